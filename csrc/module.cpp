@@ -1,0 +1,7 @@
+// Only registers the bound concerns; each lives in its own file.
+#include "module.h"
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "glotta's C++ hot paths (tar reading, packing, mixing). No torch: numpy buffers only.";
+  glotta::register_tar(m);
+}

@@ -1,0 +1,7 @@
+// glotta._native: one register_* function per bound concern (CTranslate2's layout).
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace glotta {
+void register_tar(pybind11::module_& m);
+}  // namespace glotta

@@ -1,0 +1,244 @@
+"""Text shards: webdataset tars where one sample is `KEY.txt` (UTF-8) + `KEY.json` (metadata).
+
+Writing goes through Python's tarfile (pax format, fixed mtime/owner so reruns are byte
+identical) into a temporary name that is renamed when the shard is complete. Reading goes
+through the C++ reader in glotta._native; this module turns its raw members into `Sample`s
+and applies the error policy (count and skip, or raise with --strict).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from glotta.data.manifest import MANIFEST, Manifest, ShardInfo, sha256_file
+from glotta.data.native import TarError, TarReader
+from glotta.errors import DataError
+
+log = logging.getLogger(__name__)
+
+KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
+
+
+@dataclass
+class Sample:
+    key: str
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    shard: str = ""  # shard file name, set by the reader (exclude lists use "shard.tar/KEY")
+
+    @property
+    def lang(self) -> str:
+        return self.meta.get("lang") or "und"
+
+    @property
+    def id(self) -> str:
+        return f"{self.shard}/{self.key}"
+
+
+def shard_name(prefix: str, rank: int, index: int) -> str:
+    return f"{prefix}-{rank:05d}-{index:06d}.tar"
+
+
+class ShardWriter:
+    """Rolls over to a new shard after `max_samples` samples or `max_bytes` text bytes.
+
+    `on_shard(info)` is called after each shard is renamed into place (resume bookkeeping).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        prefix: str = "shard",
+        rank: int = 0,
+        max_samples: int = 10_000,
+        max_bytes: int = 256 << 20,
+        start_index: int = 0,
+        on_shard=None,
+    ):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.prefix, self.rank = prefix, rank
+        self.max_samples, self.max_bytes = max_samples, max_bytes
+        self.index = start_index
+        self.on_shard = on_shard
+        self.written: list[ShardInfo] = []
+        self._tar: tarfile.TarFile | None = None
+        self._info: ShardInfo | None = None
+        self._keys: set[str] = set()
+
+    def _open(self) -> None:
+        name = shard_name(self.prefix, self.rank, self.index)
+        self._tmp = self.out_dir / f".{name}.tmp-{os.getpid()}"
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)
+        self._info = ShardInfo(name=name)
+        self._keys = set()
+
+    def _add(self, name: str, payload: bytes) -> None:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode = len(payload), 0, 0o444
+        ti.uname = ti.gname = ""
+        self._tar.addfile(ti, io.BytesIO(payload))
+
+    def write(self, sample: Sample) -> None:
+        if not KEY_RE.match(sample.key):
+            raise DataError(f"invalid key {sample.key!r}: use letters, digits, '_', '-' and '/' (no dots)")
+        if self._tar is None:
+            self._open()
+        if sample.key in self._keys:
+            raise DataError(f"duplicate key {sample.key!r} in shard {self._info.name}")
+        self._keys.add(sample.key)
+        text = sample.text.encode("utf-8")
+        meta = json.dumps(sample.meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        self._add(f"{sample.key}.txt", text)
+        self._add(f"{sample.key}.json", meta)
+        self._info.add(sample.meta.get("lang") or "und", len(text))
+        if self._info.samples >= self.max_samples or self._info.bytes >= self.max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Finish the current shard (if any): close, hash, rename into place."""
+        if self._tar is None:
+            return
+        self._tar.close()
+        final = self.out_dir / self._info.name
+        with open(self._tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        self._info.file_bytes = self._tmp.stat().st_size
+        self._info.sha256 = sha256_file(self._tmp)
+        os.replace(self._tmp, final)
+        self.written.append(self._info)
+        if self.on_shard is not None:
+            self.on_shard(self._info)
+        self._tar, self._info = None, None
+        self.index += 1
+
+    def close(self) -> list[ShardInfo]:
+        self.flush()
+        return self.written
+
+    def abort(self) -> None:
+        """Drop the unfinished shard (after an error) so no partial file is left behind."""
+        if self._tar is not None:
+            self._tar.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tar = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def list_shards(directory: str | Path, verify: bool = False) -> list[Path]:
+    """Shards of a set in order: from manifest.json when present, else every *.tar (sorted)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"shard directory not found: {d}")
+    if (d / MANIFEST).is_file():
+        manifest = Manifest.load(d)
+        if verify:
+            problems = manifest.verify(d)
+            if problems:
+                raise DataError("shard set does not match its manifest:\n  " + "\n  ".join(problems))
+        return [d / s.name for s in manifest.shards]
+    shards = sorted(p for p in d.glob("*.tar") if not p.name.startswith("."))
+    if not shards:
+        raise DataError(f"{d}: no *.tar shards and no {MANIFEST}")
+    return shards
+
+
+Utf8Policy = Literal["replace", "skip"]
+
+
+def iter_samples(
+    path: str | Path,
+    counters: Counter | None = None,
+    strict: bool = False,
+    utf8: Utf8Policy = "replace",
+    offset: int = 0,
+    batch: int = 256,
+) -> Iterator[Sample]:
+    """Samples of one shard. Problems are counted in `counters` (or raised when strict).
+
+    A corrupt or truncated shard ends early: the samples before the damage are yielded and
+    `corrupt_shard` is counted. With strict=True every skip raises DataError.
+    """
+    counters = counters if counters is not None else Counter()
+    path = Path(path)
+    name = path.name
+
+    def skip(reason: str, msg: str) -> None:
+        if strict:
+            raise DataError(msg)
+        counters[reason] += 1
+        log.warning(msg)
+
+    try:
+        reader = TarReader(str(path))
+    except (OSError, RuntimeError) as e:
+        skip("unreadable_shard", f"{path}: {e}")
+        return
+    try:
+        if offset:
+            reader.seek(offset)
+        while True:
+            try:
+                raw = reader.read(batch)
+            except TarError as e:
+                skip("corrupt_shard", f"{path}: {e}")
+                return
+            if strict and any(reader.counters().values()):
+                raise DataError(f"{path}: " + "; ".join(reader.warnings() or [str(reader.counters())]))
+            if not raw:
+                break
+            for key, fields in raw:
+                sample = _decode(name, key, fields, counters, skip, utf8)
+                if sample is not None:
+                    counters["samples"] += 1
+                    yield sample
+    finally:
+        for k, v in reader.counters().items():
+            counters[k] += v
+        for w in reader.warnings():
+            log.warning("%s: %s", path, w)
+        reader.close()
+
+
+def _decode(shard: str, key: str, fields: dict[str, bytes], counters: Counter, skip, utf8: Utf8Policy):
+    where = f"{shard}/{key}"
+    if "txt" not in fields:
+        skip("missing_text", f"{where}: sample has no .txt member (has: {sorted(fields)})")
+        return None
+    raw = fields["txt"]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if utf8 == "skip":
+            skip("invalid_utf8", f"{where}: invalid UTF-8 at byte {e.start}; skipped")
+            return None
+        counters["utf8_replaced"] += 1
+        text = raw.decode("utf-8", errors="replace")
+    meta: dict[str, Any] = {}
+    if "json" in fields:
+        try:
+            meta = json.loads(fields["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            skip("bad_json", f"{where}: .json is not valid JSON: {e}")
+            return None
+        if not isinstance(meta, dict):
+            skip("bad_json", f"{where}: .json must hold an object")
+            return None
+    return Sample(key=key, text=text, meta=meta, shard=shard)

@@ -1,0 +1,46 @@
+"""The `glotta` command: assembles the command groups, nothing else.
+
+Follow the data: data -> consent -> tokenizer -> train -> prune -> train.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from glotta import __version__
+
+app = typer.Typer(
+    name="glotta",
+    help="Distributed multilingual pretraining with consent filtering, fair tokenizers and CAT data pruning.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"glotta {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+# Command groups, in the order data flows through them.
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

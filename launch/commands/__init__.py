@@ -1,0 +1,1 @@
+"""One module per command group; each parses arguments and calls one library function."""

@@ -1,0 +1,39 @@
+"""Option aliases shared by every command (huggingface_hub's _cli_utils pattern)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a config key: --set key=value (repeatable; dotted keys for sections)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first bad input instead of counting and skipping it.")]
+
+
+def cli_overrides(sets: list[str] | None, **given) -> list[str]:
+    """Options typed on the command line become `key=value` overrides, applied after --set."""
+    out = list(sets or [])
+    for key, value in given.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
+        else:
+            value = _yaml_scalar(value)
+        out.append(f"{key}={value}")
+    return out
+
+
+def _yaml_scalar(v) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return json.dumps(str(v), ensure_ascii=False)

@@ -1,0 +1,33 @@
+"""Shared fixtures and skips. Fixtures build small real multilingual inputs."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+try:
+    import torch
+
+    HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    HAS_CUDA = False
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+requires_torchrun = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+
+# Real text in several scripts, short enough to read in a test failure.
+MULTILINGUAL = {
+    "en": "The quick brown fox jumps over the lazy dog while the farmer watches from the barn.",
+    "de": "Der schnelle braune Fuchs springt über den faulen Hund, während der Bauer aus der Scheune zusieht.",
+    "fr": "Le renard brun rapide saute par-dessus le chien paresseux pendant que le fermier regarde depuis la grange.",
+    "ru": "Быстрая коричневая лиса прыгает через ленивую собаку, пока фермер смотрит из сарая.",
+    "el": "Η γρήγορη καφέ αλεπού πηδά πάνω από τον τεμπέλη σκύλο ενώ ο αγρότης κοιτάζει από τον αχυρώνα.",
+    "hi": "तेज़ भूरी लोमड़ी आलसी कुत्ते के ऊपर कूदती है जबकि किसान खलिहान से देखता है।",
+    "ja": "素早い茶色の狐が怠け者の犬を飛び越え、農夫は納屋から見ている。",
+    "ar": "الثعلب البني السريع يقفز فوق الكلب الكسول بينما يراقب المزارع من الحظيرة.",
+}
+
+
+@pytest.fixture
+def multilingual_text() -> dict[str, str]:
+    return dict(MULTILINGUAL)
