@@ -31,3 +31,17 @@ MULTILINGUAL = {
 @pytest.fixture
 def multilingual_text() -> dict[str, str]:
     return dict(MULTILINGUAL)
+
+
+# Languages of the small demo shard set used across the suite (several scripts, uneven sizes).
+DEMO_LANGS = ["en", "de", "fr", "es", "ru", "el", "ja", "zh", "hi", "ar"]
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory):
+    """A small real shard set built once per test session from the machine's gettext catalogs."""
+    from glotta.data.demo_corpus import build_demo_corpus
+
+    out = tmp_path_factory.mktemp("demo_shards")
+    build_demo_corpus(out, langs=DEMO_LANGS, max_docs_per_lang=80, shard_samples=200)
+    return out
