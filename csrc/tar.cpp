@@ -172,15 +172,36 @@ class TarReader {
     done_ = false;
     pending_ = RawSample{};
     seen_.clear();
+    error_.clear();
   }
 
   // Parse up to `max_samples` complete samples (GIL released). Errors raise TarError.
+  // Samples completed before a damaged member are returned first; the error is raised on the
+  // next call, so callers keep every intact sample.
   std::vector<RawSample> parse(size_t max_samples) {
+    if (!error_.empty()) {
+      done_ = true;
+      throw TarError(error_);
+    }
     std::vector<RawSample> out;
     if (!data_) {
       done_ = true;
       return out;
     }
+    try {
+      parse_into(&out, max_samples);
+    } catch (const TarError& e) {
+      if (out.empty()) {
+        done_ = true;
+        throw;
+      }
+      error_ = e.what();
+    }
+    return out;
+  }
+
+  void parse_into(std::vector<RawSample>* out_ptr, size_t max_samples) {
+    auto& out = *out_ptr;
     while (!done_ && out.size() < max_samples) {
       Member m;
       if (!next_member(&m)) {  // end of archive
@@ -207,7 +228,6 @@ class TarReader {
         if (f.ext == m.ext) throw TarError("duplicate member '" + m.key + "." + m.ext + "' in one sample");
       pending_.fields.push_back(Field{m.ext, m.data_offset, m.size});
     }
-    return out;
   }
 
   py::bytes bytes_at(uint64_t off, uint64_t n) const {
@@ -314,13 +334,14 @@ class TarReader {
   RawSample pending_;
   std::unordered_set<std::string> seen_;
   std::vector<std::string> warnings_;
+  std::string error_;
   uint64_t skipped_unsafe_ = 0, skipped_nonregular_ = 0, skipped_noext_ = 0, skipped_meta_ = 0;
 };
 
 }  // namespace
 
 void register_tar(py::module_& m) {
-  static py::exception<TarError> tar_error(m, "TarError", PyExc_ValueError);
+  py::register_exception<TarError>(m, "TarError", PyExc_ValueError);
   py::class_<TarReader>(m, "TarReader", "Sequential mmap reader of one webdataset tar shard.")
       .def(py::init<const std::string&>(), py::arg("path"))
       .def(

@@ -1,0 +1,220 @@
+"""The C++ tar reader against Python's tarfile, webdataset's key rules, and damaged shards."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+
+import pytest
+
+from glotta._native import TarError, TarReader
+from glotta.data import Manifest, Sample, ShardWriter, iter_samples, list_shards
+from glotta.errors import DataError
+
+
+def make_tar(path, members, fmt=tarfile.PAX_FORMAT):
+    """members: [(name, bytes)] written in order (so tests control adjacency)."""
+    with tarfile.open(path, "w", format=fmt) as tf:
+        for name, payload in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(payload)
+            tf.addfile(ti, io.BytesIO(payload))
+    return path
+
+
+def read_all(path, batch=3):
+    r = TarReader(str(path))
+    out = []
+    while chunk := r.read(batch):
+        out.extend(chunk)
+    return out, r
+
+
+def tarfile_samples(path):
+    """Reference grouping with Python's tarfile and webdataset's rule (key = up to first dot of basename)."""
+    samples = []
+    with tarfile.open(path) as tf:
+        for m in tf:
+            if not m.isreg():
+                continue
+            d, _, base = m.name.rpartition("/")
+            stem, _, ext = base.partition(".")
+            key = f"{d}/{stem}" if d else stem
+            if samples and samples[-1][0] == key:
+                samples[-1][1][ext.lower()] = tf.extractfile(m).read()
+            else:
+                samples.append((key, {ext.lower(): tf.extractfile(m).read()}))
+    return samples
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_equals_tarfile_with_long_names(tmp_path, fmt, multilingual_text):
+    members = []
+    for i, (lang, text) in enumerate(multilingual_text.items()):
+        # ustar can only hold long paths through its 155-byte prefix; pax/GNU through extra headers.
+        d = "/".join(["deep"] * (12 if fmt == tarfile.USTAR_FORMAT else 40))
+        key = f"{d}/{lang}_{'x' * (60 if fmt == tarfile.USTAR_FORMAT else 150)}_{i}"
+        members += [(f"{key}.txt", text.encode()), (f"{key}.seg.JSON", json.dumps({"lang": lang}).encode())]
+    path = make_tar(tmp_path / "long.tar", members, fmt)
+    ours, reader = read_all(path)
+    assert [(k, f) for k, f in ours] == tarfile_samples(path)
+    assert len(ours) == len(multilingual_text)
+    assert "seg.json" in ours[0][1]  # extension is everything after the first dot, lower-cased
+    assert reader.done and not any(reader.counters().values())
+
+
+def test_large_member_and_binary_payload(tmp_path):
+    blob = bytes(range(256)) * 40_000  # 10 MB, crosses many blocks
+    path = make_tar(tmp_path / "big.tar", [("a.bin", blob), ("a.txt", b"t"), ("b.txt", b"")])
+    ours, _ = read_all(path)
+    assert ours == [("a", {"bin": blob, "txt": b"t"}), ("b", {"txt": b""})]
+
+
+def test_offset_resume_gives_the_rest(tmp_path, multilingual_text):
+    members = [(f"k{i:03d}.txt", f"{i} {t}".encode()) for i, t in enumerate(list(multilingual_text.values()) * 4)]
+    path = make_tar(tmp_path / "r.tar", members)
+    r = TarReader(str(path))
+    first = r.read(5)
+    off = r.offset
+    r2 = TarReader(str(path))
+    r2.seek(off)
+    rest = []
+    while chunk := r2.read(4):
+        rest.extend(chunk)
+    assert [k for k, _ in first + rest] == [f"k{i:03d}" for i in range(len(members))]
+    with pytest.raises(ValueError, match="bad offset"):
+        r2.seek(off + 1)
+
+
+def test_skips_meta_dirs_unsafe_and_extensionless_members_with_counters(tmp_path):
+    path = tmp_path / "odd.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        d = tarfile.TarInfo("somedir")
+        d.type = tarfile.DIRTYPE
+        tf.addfile(d)
+        for name, payload in [
+            ("__index__", b"meta"),
+            ("../escape.txt", b"evil"),
+            ("/abs.txt", b"evil"),
+            ("README", b"no extension"),
+            ("ok.txt", b"fine"),
+        ]:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(payload)
+            tf.addfile(ti, io.BytesIO(payload))
+    ours, reader = read_all(path)
+    assert ours == [("ok", {"txt": b"fine"})]
+    assert reader.counters() == {
+        "skipped_unsafe_name": 2,
+        "skipped_non_regular": 1,
+        "skipped_no_extension": 1,
+        "skipped_meta": 1,
+    }
+    assert any("../escape.txt" in w for w in reader.warnings())
+    counters = Counter()
+    assert [s.key for s in iter_samples(path, counters)] == ["ok"]
+    assert counters["skipped_unsafe_name"] == 2
+    with pytest.raises(DataError, match=r"odd\.tar.*unsafe member name"):
+        list(iter_samples(path, strict=True))
+
+
+def test_non_adjacent_key_is_an_error_not_two_partial_samples(tmp_path):
+    path = make_tar(tmp_path / "na.tar", [("a.txt", b"1"), ("b.txt", b"2"), ("a.json", b"{}")])
+    with pytest.raises(TarError, match="key 'a' appears again"):
+        read_all(path)
+    counters = Counter()
+    got = [s.key for s in iter_samples(path, counters)]
+    assert got == ["a", "b"]  # both intact samples before the repeated key are kept
+    assert counters["corrupt_shard"] == 1
+    with pytest.raises(DataError, match=r"na\.tar: key 'a' appears again"):
+        list(iter_samples(path, strict=True))
+
+
+def test_duplicate_extension_is_an_error(tmp_path):
+    path = make_tar(tmp_path / "dup.tar", [("a.txt", b"1"), ("a.txt", b"2")])
+    with pytest.raises(TarError, match=r"duplicate member 'a\.txt'"):
+        read_all(path)
+
+
+def _good_shard(tmp_path, n=20, text="Ein kurzer deutscher Satz über Daten."):
+    with ShardWriter(tmp_path, max_samples=1000) as w:
+        for i in range(n):
+            w.write(Sample(key=f"d{i:03d}", text=f"{text} {i}", meta={"lang": "de"}))
+    Manifest(shards=w.written).save(tmp_path)
+    return tmp_path / w.written[0].name
+
+
+def test_truncated_shard_yields_complete_samples_then_counts(tmp_path):
+    path = _good_shard(tmp_path)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: len(data) // 2 + 100])
+    counters = Counter()
+    got = list(iter_samples(cut, counters))
+    assert 0 < len(got) < 20
+    assert [s.text for s in got] == [f"Ein kurzer deutscher Satz über Daten. {i}" for i in range(len(got))]
+    assert counters["corrupt_shard"] == 1
+    with pytest.raises(DataError, match=r"cut\.tar: truncated"):
+        list(iter_samples(cut, strict=True))
+
+
+def test_corrupt_header_checksum(tmp_path):
+    path = _good_shard(tmp_path)
+    data = bytearray(path.read_bytes())
+    # Flip a byte in the name field of a later header: the checksum no longer matches.
+    headers = [i for i in range(0, len(data), 512) if data[i + 257 : i + 262] == b"ustar"]
+    data[headers[10] + 3] ^= 0xFF
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    counters = Counter()
+    got = list(iter_samples(bad, counters))
+    assert 0 < len(got) < 20 and counters["corrupt_shard"] == 1
+    with pytest.raises(DataError, match="bad header checksum at offset"):
+        list(iter_samples(bad, strict=True))
+
+
+def test_text_and_metadata_problems_are_counted(tmp_path):
+    path = make_tar(
+        tmp_path / "m.tar",
+        [
+            ("a.txt", "gültig".encode()),
+            ("b.txt", b"caf\xe9 latin-1"),  # invalid UTF-8
+            ("c.json", b'{"lang": "fr"}'),  # no .txt
+            ("d.txt", b"texte"),
+            ("d.json", b"{not json"),
+            ("e.txt", b"ok"),
+            ("e.json", b'["not", "an", "object"]'),
+        ],
+    )
+    counters = Counter()
+    got = {s.key: s.text for s in iter_samples(path, counters)}
+    assert got == {"a": "gültig", "b": "caf\ufffd latin-1"}
+    assert counters == Counter(samples=2, utf8_replaced=1, missing_text=1, bad_json=2)
+    counters = Counter()
+    assert [s.key for s in iter_samples(path, counters, utf8="skip")] == ["a"]
+    assert counters["invalid_utf8"] == 1
+    with pytest.raises(DataError, match=r"m\.tar/c: sample has no \.txt"):
+        list(iter_samples(path, strict=True))
+
+
+def test_manifest_hash_mismatch_names_the_shard(tmp_path):
+    path = _good_shard(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[600] ^= 0x01  # inside the first member's data: same size, other hash
+    path.write_bytes(bytes(data))
+    assert list_shards(tmp_path) == [path]
+    with pytest.raises(DataError, match=rf"{path.name}: sha256 does not match manifest.json"):
+        list_shards(tmp_path, verify=True)
+
+
+def test_missing_and_empty_inputs(tmp_path):
+    counters = Counter()
+    assert list(iter_samples(tmp_path / "nope.tar", counters)) == []
+    assert counters["unreadable_shard"] == 1
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    assert list(iter_samples(empty)) == []
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(DataError, match="no \\*.tar shards"):
+        list_shards(tmp_path / "emptydir")
