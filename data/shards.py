@@ -25,6 +25,7 @@ from glotta.errors import DataError
 
 log = logging.getLogger(__name__)
 
+_json_decode = json.JSONDecoder().decode  # skips json.loads' per-call encoding sniffing
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
 
 
@@ -234,7 +235,7 @@ def _decode(shard: str, key: str, fields: dict[str, bytes], counters: Counter, s
     meta: dict[str, Any] = {}
     if "json" in fields:
         try:
-            meta = json.loads(fields["json"])
+            meta = _json_decode(fields["json"].decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             skip("bad_json", f"{where}: .json is not valid JSON: {e}")
             return None
