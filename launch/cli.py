@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from glotta import __version__
+from glotta.launch.commands import data
 
 app = typer.Typer(
     name="glotta",
@@ -36,6 +37,7 @@ def _root(
 
 
 # Command groups, in the order data flows through them.
+app.add_typer(data.app, name="data", help="Import, inspect and build webdataset text shard sets.")
 
 
 def main() -> None:

@@ -1,0 +1,398 @@
+"""`glotta data import`: JSONL / Parquet / text files -> webdataset text shards + manifest.json.
+
+Work is split by RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS: with at least as
+many files as ranks each rank takes whole files (balanced by size); with fewer files every
+rank reads them all and keeps every WORLD_SIZE-th record. Each rank writes its own shards
+`PREFIX-RRRRR-NNNNNN.tar` and its manifest part; after every shard the part records where
+the input stands (file, record, counters), so a rerun after a crash verifies the finished
+shards (size + sha256) and continues at the next record. The last rank to finish merges
+manifest.json.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from glotta.config import StrictModel
+from glotta.data.langid import DEFAULT_BACKEND, UND, Backend, identify, make_langid, normalize_lang
+from glotta.data.manifest import MANIFEST, PARTS_DIR, ShardInfo, load_part, merge_parts, save_part, sha256_file
+from glotta.data.readers import Format, TextSplit, expand_inputs, iter_records
+from glotta.data.shards import Sample, ShardWriter
+from glotta.errors import ConfigError, DataError
+from glotta.progress import progress_bar
+
+log = logging.getLogger(__name__)
+MAX_EXAMPLES = 3  # messages kept per problem counter for the summary
+MAX_KEY_CHARS = 120
+
+
+class ImportConfig(StrictModel):
+    inputs: list[str] = Field(min_length=1, description="files, directories or globs")
+    out: str = Field(description="output shard directory")
+    prefix: str = Field("shard", pattern=r"^[A-Za-z0-9_-]+$")
+    format: Format | None = None  # None: from the file suffix
+    text_field: str = "text"
+    url_field: str = "url"
+    lang_field: str = "lang"
+    id_field: str = "id"
+    source_field: str = "source"
+    date_field: str = "date"
+    license_field: str = "license"
+    keep_fields: list[str] = Field(default_factory=list, description="other fields copied into KEY.json ('*' = all)")
+    text_split: TextSplit = "file"
+    shard_samples: int = Field(10_000, gt=0)
+    shard_mb: float = Field(256.0, gt=0)
+    utf8: Literal["replace", "skip"] = "replace"
+    strict: bool = False
+    lid: Literal["auto", "always", "never"] = "auto"
+    lid_backend: Backend = DEFAULT_BACKEND
+    lid_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    lid_chars: int = Field(1000, gt=0)
+
+
+def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """Explicit values, else RANK/WORLD_SIZE (torchrun), else SLURM_PROCID/SLURM_NTASKS, else 0/1."""
+    env = os.environ
+    if rank is None:
+        rank = env.get("RANK", env.get("SLURM_PROCID", "0"))
+    if world_size is None:
+        world_size = env.get("WORLD_SIZE", env.get("SLURM_NTASKS", "1"))
+    try:
+        rank, world_size = int(rank), int(world_size)
+    except ValueError:
+        raise ConfigError(f"RANK/WORLD_SIZE must be integers (got RANK={rank!r}, WORLD_SIZE={world_size!r})") from None
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"need 0 <= RANK < WORLD_SIZE (got RANK={rank}, WORLD_SIZE={world_size})")
+    return rank, world_size
+
+
+def assign_files(sizes: list[int], world_size: int) -> list[int]:
+    """Rank of each file: largest first to the least loaded rank (ties: lowest rank). Deterministic."""
+    load = [0] * world_size
+    owner = [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += sizes[i]
+    return owner
+
+
+def sanitize_key(raw: Any) -> str:
+    """An input id -> a webdataset-safe key ([A-Za-z0-9_-], no dots, no leading '_'/'-')."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", str(raw)).strip("_-")[:MAX_KEY_CHARS]
+
+
+def _json_value(v: Any) -> Any:
+    """Parquet cells (dates, bytes, decimals, nested) -> something json.dumps accepts."""
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    if isinstance(v, (dt.date, dt.datetime, dt.time)):
+        return v.isoformat()
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    return str(v)
+
+
+@dataclass
+class ImportResult:
+    rank: int
+    world_size: int
+    out: str
+    status: str  # "imported", "resumed", "nothing to do"
+    counters: dict[str, int]
+    examples: dict[str, list[str]]
+    shards: list[ShardInfo] = field(default_factory=list)
+    manifest_written: bool = False
+
+    def langs(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for s in self.shards:
+            for lang, e in s.langs.items():
+                t = out.setdefault(lang, {"samples": 0, "bytes": 0})
+                t["samples"] += e["samples"]
+                t["bytes"] += e["bytes"]
+        return dict(sorted(out.items()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank, "world_size": self.world_size, "out": self.out, "status": self.status,
+            "shards": len(self.shards), "samples": sum(s.samples for s in self.shards),
+            "bytes": sum(s.bytes for s in self.shards), "langs": self.langs(),
+            "counters": dict(sorted(self.counters.items())), "examples": self.examples,
+            "manifest_written": self.manifest_written,
+        }  # fmt: skip
+
+
+class Importer:
+    """One rank's import. `run()` does (or resumes, or skips) the work and returns the summary."""
+
+    def __init__(self, cfg: ImportConfig, rank: int | None = None, world_size: int | None = None):
+        self.cfg = cfg
+        self.rank, self.world = rank_world(rank, world_size)
+        self.out = Path(cfg.out)
+        files, ignored = expand_inputs(cfg.inputs, cfg.format)
+        self.files = files
+        if len(files) >= self.world:
+            owner = assign_files([p.stat().st_size for p, _ in files], self.world)
+            self.mine = [f for f, r in zip(files, owner) if r == self.rank]
+            self.stride = 1
+        else:  # fewer files than ranks: split by record index instead
+            self.mine, self.stride = list(files), self.world
+        self.counters: Counter = Counter(ignored_files=len(ignored)) if ignored else Counter()
+        self.examples: dict[str, list[str]] = {}
+        for p in ignored[:MAX_EXAMPLES]:
+            self.examples.setdefault("ignored_files", []).append(str(p))
+        self._lid = None
+        self._fmt: Format = "jsonl"
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change between a crash and its resume (strict only changes error handling)."""
+        cfg = self.cfg.model_dump(exclude={"strict", "inputs", "out"})
+        return {"config": cfg, "world_size": self.world, "files": [str(p.resolve()) for p, _ in self.mine]}
+
+    def _check_other_worlds(self) -> None:
+        parts = self.out / PARTS_DIR
+        if not parts.is_dir():
+            return
+        for p in parts.glob("rank-*-of-*.json"):
+            if not p.name.endswith(f"-of-{self.world:05d}.json"):
+                raise DataError(
+                    f"{self.out} holds an import with another WORLD_SIZE ({p.name}); "
+                    f"resume it with the same number of ranks or use a fresh --out"
+                )
+
+    def _problem(self, reason: str, msg: str) -> None:
+        if self.cfg.strict:
+            raise DataError(msg)
+        self.counters[reason] += 1
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < MAX_EXAMPLES:
+            ex.append(msg)
+        if self.counters[reason] <= MAX_EXAMPLES:
+            log.warning(msg)
+
+    def _save(self, shards: list[dict], cursors: list[dict], complete: bool) -> None:
+        part = {
+            "complete": complete, "fingerprint": self.fingerprint(), "shards": shards, "cursors": cursors,
+            "counters": dict(self.counters), "examples": self.examples,
+        }  # fmt: skip
+        save_part(self.out, self.rank, self.world, part)
+
+    # ---- decoding one record ----------------------------------------------------------------
+    def _text(self, raw: bytes | str, where: str) -> str | None:
+        if isinstance(raw, bytes):
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad = f"{where}: invalid UTF-8 at byte {e.start}"
+                return self._bad_utf8(bad, lambda: raw.decode("utf-8", errors="replace"))
+        try:
+            raw.encode("utf-8")
+            return raw
+        except UnicodeEncodeError as e:  # lone surrogates from JSON \ud800 escapes
+            bad = f"{where}: text is not valid Unicode (lone surrogate at char {e.start})"
+            return self._bad_utf8(bad, lambda: raw.encode("utf-8", errors="replace").decode("utf-8"))
+
+    def _bad_utf8(self, msg: str, replace) -> str | None:
+        if self.cfg.utf8 == "skip" or self.cfg.strict:
+            self._problem("invalid_utf8_skipped", msg + "; skipped")
+            return None
+        self.counters["invalid_utf8_replaced"] += 1
+        return replace()
+
+    def _record(self, payload: Any, where: str, path: Path) -> dict[str, Any] | None:
+        """The record as a dict, or None (counted) for a malformed line."""
+        if isinstance(payload, dict):
+            return payload
+        if self._fmt == "text":
+            return {self.cfg.text_field: payload}
+        if not payload.strip():
+            self.counters["blank_lines"] += 1
+            return None
+        line = self._text(payload, where)
+        if line is None:
+            return None
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            self._problem("bad_json", f"{where}: malformed JSON ({e.msg} at column {e.colno})")
+            return None
+        if not isinstance(rec, dict):
+            self._problem("bad_json", f"{where}: a JSON line must hold an object, got {type(rec).__name__}")
+            return None
+        return rec
+
+    def _sample(self, rec: dict[str, Any], where: str, path: Path, g: int) -> Sample | None:
+        c = self.cfg
+        raw = rec.get(c.text_field)
+        if raw is None:
+            fields = ", ".join(sorted(map(str, rec))[:10])
+            self._problem("missing_text", f"{where}: no text field {c.text_field!r} (fields: {fields}); see --text-field")
+            return None
+        if not isinstance(raw, (str, bytes)):
+            self._problem("bad_text", f"{where}: field {c.text_field!r} is a {type(raw).__name__}, not text")
+            return None
+        text = self._text(raw, where)
+        if text is None:
+            return None
+        if not text.strip():
+            self._problem("empty_docs", f"{where}: empty document skipped")
+            return None
+        meta: dict[str, Any] = {"source": str(rec.get(c.source_field) or f"file:{path.name}")}
+        for name, key in ((c.url_field, "url"), (c.date_field, "crawl_date"), (c.license_field, "license"), (c.id_field, "id")):
+            if rec.get(name) not in (None, ""):
+                meta[key] = _json_value(rec[name])
+        mapped = {c.text_field, c.url_field, c.lang_field, c.id_field, c.source_field, c.date_field, c.license_field}
+        keep = [k for k in rec if k not in mapped] if "*" in c.keep_fields else c.keep_fields
+        for k in keep:
+            if k in rec and k not in mapped and k not in meta:
+                meta[k] = _json_value(rec[k])
+        given = normalize_lang(rec.get(c.lang_field)) if rec.get(c.lang_field) else UND
+        if c.lid == "always" or (c.lid == "auto" and given == UND):
+            if self._lid is None:
+                self._lid = make_langid(c.lid_backend, c.lid_chars)
+            meta["lang"], meta["lang_score"] = identify(self._lid, text, c.lid_threshold)
+            self.counters["lid_docs"] += 1
+            self.counters["lid_und"] += meta["lang"] == UND
+            if given != UND:
+                meta["lang_input"] = given
+        else:
+            meta["lang"] = given
+        key = sanitize_key(rec[c.id_field]) if rec.get(c.id_field) not in (None, "") else ""
+        return Sample(key=key or f"r{self.rank}-{g:09d}", text=text, meta=meta)
+
+    # ---- resume -----------------------------------------------------------------------------
+    def _resume_point(self) -> tuple[list[dict], list[dict], bool]:
+        """Verified shards and cursors of an earlier run of this rank, and whether it had finished."""
+        part = load_part(self.out, self.rank, self.world)
+        if part is None:
+            return [], [], False
+        if part.get("fingerprint") != self.fingerprint():
+            old, new = part.get("fingerprint", {}), self.fingerprint()
+            diff = [k for k in new["config"] if old.get("config", {}).get(k) != new["config"][k]]
+            what = f"config keys {diff}" if diff else "the input files"
+            raise DataError(
+                f"{self.out} was written by an import with different {what}; "
+                "rerun with the same settings to resume, or use a fresh --out"
+            )
+        shards, cursors = part["shards"], part["cursors"]
+        good = 0
+        for s in shards:
+            p = self.out / s["name"]
+            if not p.is_file() or p.stat().st_size != s["file_bytes"] or sha256_file(p) != s["sha256"]:
+                log.warning("%s: missing or changed since it was written; redoing from there", p)
+                break
+            good += 1
+        if good == len(shards) and part.get("complete"):
+            self.counters = Counter(part["counters"])
+            self.examples = part.get("examples", {})
+            return shards, cursors, True
+        if good:
+            self.counters = Counter(cursors[good - 1]["counters"])
+            self.examples = cursors[good - 1].get("examples", {})
+        return shards[:good], cursors[:good], False
+
+    def _remove_stale(self, first_index: int) -> None:
+        """This rank's shards from `first_index` on, and temp files, left by the interrupted run."""
+        pat = re.compile(rf"^{re.escape(self.cfg.prefix)}-{self.rank:05d}-(\d+)\.tar$")
+        for p in self.out.glob(f"*{self.cfg.prefix}-{self.rank:05d}-*"):
+            m = pat.match(p.name)
+            if (m and int(m.group(1)) >= first_index) or (p.name.startswith(".") and ".tmp-" in p.name):
+                p.unlink()
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def run(self) -> ImportResult:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_other_worlds()
+        shards, cursors, done = self._resume_point()
+        if done:
+            return self._finish(shards, "nothing to do")
+        status = "resumed" if shards else "imported"
+        self._remove_stale(len(shards))
+        cur = dict(cursors[-1]) if cursors else {"file": 0, "record": 0, "global": 0}
+        self._save(shards, cursors, complete=False)
+        state = {"cursor": cur}
+
+        def on_shard(info: ShardInfo) -> None:
+            shards.append(info.__dict__.copy())
+            snap = dict(state["cursor"], counters=dict(self.counters), examples=json.loads(json.dumps(self.examples)))
+            cursors.append(snap)
+            self._save(shards, cursors, complete=False)
+
+        writer = ShardWriter(
+            self.out, self.cfg.prefix, self.rank, max_samples=self.cfg.shard_samples,
+            max_bytes=int(self.cfg.shard_mb * (1 << 20)), start_index=len(shards), on_shard=on_shard,
+        )  # fmt: skip
+        keys: set[str] = set()
+        keys_shard = writer.index
+        g = cur["global"]
+        with writer, progress_bar() as bar:
+            task = bar.add_task(f"import rank {self.rank}", total=len(self.mine) - cur["file"])
+            for fi in range(cur["file"], len(self.mine)):
+                path, self._fmt = self.mine[fi]
+                start = cur["record"] if fi == cur["file"] else 0
+                for raw in iter_records(path, self._fmt, self.cfg.text_split, start):
+                    gi, g = g, g + 1
+                    state["cursor"] = {"file": fi, "record": raw.index + 1, "global": g}
+                    if self.stride > 1 and gi % self.stride != self.rank:
+                        continue
+                    self.counters["records"] += 1
+                    rec = self._record(raw.payload, raw.where, path)
+                    sample = self._sample(rec, raw.where, path, gi) if rec is not None else None
+                    if sample is None:
+                        continue
+                    if writer.index != keys_shard:
+                        keys, keys_shard = set(), writer.index
+                    if sample.key in keys:
+                        self.counters["duplicate_ids"] += 1
+                        base, n = sample.key, 2
+                        while f"{base}_{n}" in keys:
+                            n += 1
+                        sample.key = f"{base}_{n}"
+                    keys.add(sample.key)
+                    self.counters["written"] += 1
+                    writer.write(sample)
+                state["cursor"] = {"file": fi + 1, "record": 0, "global": g}
+                bar.advance(task)
+        self._save(shards, cursors, complete=True)
+        return self._finish(shards, status)
+
+    def _finish(self, shards: list[dict], status: str) -> ImportResult:
+        written = False
+        parts = [load_part(self.out, r, self.world) for r in range(self.world)]
+        if all(p and p.get("complete") for p in parts):
+            total: Counter = Counter()
+            for p in parts:
+                total.update(p["counters"])
+            meta = {
+                "command": "glotta data import", "world_size": self.world, "inputs": self.cfg.inputs,
+                "config": self.cfg.model_dump(exclude={"inputs", "out", "strict"}), "counters": dict(sorted(total.items())),
+            }  # fmt: skip
+            manifest_path = self.out / MANIFEST
+            before = manifest_path.read_bytes() if manifest_path.is_file() else None
+            merge_parts(self.out, self.world, meta)
+            written = manifest_path.read_bytes() != before
+        return ImportResult(
+            rank=self.rank, world_size=self.world, out=str(self.out), status=status,
+            counters=dict(self.counters), examples=self.examples,
+            shards=[ShardInfo(**s) for s in shards], manifest_written=written,
+        )  # fmt: skip
+
+
+def run_import(cfg: ImportConfig, rank: int | None = None, world_size: int | None = None) -> ImportResult:
+    """Import this rank's share of `cfg.inputs` into `cfg.out` (see the module docstring)."""
+    return Importer(cfg, rank, world_size).run()
