@@ -1,0 +1,1 @@
+"""CAT (Checkpoints Across Time) pruning: score documents across early checkpoints, select per language."""

@@ -1,0 +1,1 @@
+"""Consent-aware source filtering (robots.txt, TDMRep, content signals) with an audit trail."""

@@ -1,0 +1,1 @@
+"""glotta.train: Megatron-core GPT training (TP/PP/DP under torchrun, CPU + gloo or GPU + nccl)."""
