@@ -1,0 +1,181 @@
+"""Per-document consent decisions, fast: most work is done once per (origin, snapshot).
+
+For each origin and snapshot a `Verdict` is compiled once: either the whole origin is decided
+(every agent of the policy has `none`, or one has `all`, or the server failed, or a
+Content-Signal says ai-train=no), or a short list of agents whose robots.txt groups must be
+matched against the document path (one agent per distinct group). A document then costs a URL
+split, two dict lookups and, only for `some` origins, one protego match per distinct group.
+
+Order of checks (the first drop wins, its reason code is recorded):
+  robots_unreachable  robots.txt answered 5xx or was unreachable (RFC 9309: disallow all)
+  robots_full         an agent's group disallows everything (the paper's `all`, incl. trivial allows)
+  content_signal      Content-Signal ai-train=no applies to an agent of the policy
+  robots_path         an agent may not fetch this URL (protego)
+  tdmrep              TDM rights reserved (HTML meta > header > /.well-known/tdmrep.json)
+  noai                `noai` in X-Robots-Tag or the robots meta tag
+  tos                 ToS label forbids scraping/AI (only with tos=enforce; advisory: a flag)
+  no_snapshot         no capture for the origin (only with unknown_host=drop)
+  no_url / bad_scheme / no_host / bad_host   the URL rules of urls.py (only with no_url=drop)
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from glotta.config import StrictModel
+from glotta.pruning.consent.agents import AgentPolicy, resolve_policy
+from glotta.pruning.consent.base import Decision, DocFilter
+from glotta.pruning.consent.robots import Robots
+from glotta.pruning.consent.signals import TOS_RESTRICTING, TdmRep, TosLabels, doc_noai, doc_tdm_reservation
+from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
+from glotta.pruning.consent.urls import BadURL, host_of, registrable_domain, split_url
+
+SIGNAL_KEYS = ("html_meta", "http_headers", "headers")
+
+
+class DecideConfig(StrictModel):
+    agents: str = "training"  # training | all-ai | * | comma-separated agent names
+    as_of: Literal["crawl", "now", "strictest"] = "crawl"
+    tos: Literal["off", "advisory", "enforce"] = "advisory"
+    tos_labels: Path | None = None  # CSV domain,label or JSON {domain: label}
+    unknown_host: Literal["keep", "drop"] = "keep"  # an origin with no snapshot at all
+    no_url: Literal["keep", "drop"] = "drop"  # documents whose url is missing or not http(s)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    fixed: Decision | None  # decides every document of the origin before path checks
+    path_agents: tuple[str, ...]
+    robots: Robots | None
+    tdm: TdmRep | None
+    keep: Decision
+    tos: Decision | None  # drop (enforce) for a restricting label
+    snap_date: str
+    sha256: str
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+class ConsentFilter(DocFilter):
+    name = "consent"
+
+    def __init__(self, store: SnapshotStore, cfg: DecideConfig | None = None, policy: AgentPolicy | None = None):
+        super().__init__()
+        self.cfg = cfg or DecideConfig()
+        self.store = store
+        self.policy = policy or resolve_policy(self.cfg.agents)
+        self.agents_lower = frozenset(a.lower() for a in self.policy.agents)
+        self.tos = TosLabels.load(self.cfg.tos_labels) if self.cfg.tos_labels and self.cfg.tos != "off" else None
+        self._by_date: dict[tuple[str, str | None], Verdict] = {}
+        self._by_snap: dict[tuple[str, str], Verdict] = {}
+        self._unknown = self._verdict_without_snapshot()
+
+    # ---- per origin ---------------------------------------------------------------------
+    def verdict(self, origin: str, date: str | None) -> Verdict:
+        key = (origin, date)
+        v = self._by_date.get(key)
+        if v is None:
+            snap, fallback = self.store.at(origin, date)
+            if snap is None:
+                v = self._unknown
+            else:
+                v = self._by_snap.get((snap.id, str(fallback)))
+                if v is None:
+                    v = self._by_snap[(snap.id, str(fallback))] = self._compile(snap, fallback)
+            self._by_date[key] = v
+        return v
+
+    def _verdict_without_snapshot(self) -> Verdict:
+        if self.cfg.unknown_host == "drop":
+            d = Decision(False, "no_snapshot")
+        else:
+            d = Decision(True, "no_snapshot")
+        return Verdict(d, (), None, None, d, None, "", "")
+
+    def _compile(self, snap: Snapshot, fallback: bool) -> Verdict:
+        robots = self.store.robots(snap)
+        ev = {"snapshot": snap.date, "sha256": snap.sha256, "flags": ("asof_fallback",) if fallback else ()}
+        tdm = self.store.tdmrep(snap)
+        tos = None
+        flags = ev["flags"]
+        if self.tos is not None:
+            label = self.tos.label(host_of(snap.origin), registrable_domain(snap.origin))
+            if label and self.cfg.tos == "enforce" and label in TOS_RESTRICTING:
+                tos = Decision(False, "tos", rule=f"ToS: {label}", snapshot=snap.date, sha256=snap.sha256, flags=flags)
+            elif label:
+                flags = flags + ("tos_" + _slug(label),)
+        if robots.kind == "unreachable":
+            rule = f"HTTP {snap.status}" + (f" ({snap.error})" if snap.error else "")
+            d = Decision(False, "robots_unreachable", agent="*", rule=rule, **ev)
+            return Verdict(d, (), robots, tdm, d, tos, snap.date, snap.sha256)
+        if robots.kind == "unavailable":
+            keep = Decision(True, "no_robots", rule=f"HTTP {snap.status}", snapshot=snap.date, sha256=snap.sha256, flags=flags)
+            return Verdict(None, (), robots, tdm, keep, tos, snap.date, snap.sha256)
+        path_agents, groups, signal = [], set(), None
+        for agent in self.policy.agents:
+            st = robots.classify(agent)
+            if st.status == "all":
+                d = Decision(False, "robots_full", agent=agent, rule=st.rule, **ev)
+                return Verdict(d, (), robots, tdm, d, tos, snap.date, snap.sha256)
+            if st.ai_train == "no" and signal is None:
+                signal = Decision(False, "content_signal", agent=agent, rule=st.signal_rule, **ev)
+            if st.status == "some" and st.group not in groups:
+                groups.add(st.group)
+                path_agents.append(agent)
+        if signal is not None:
+            return Verdict(signal, (), robots, tdm, signal, tos, snap.date, snap.sha256)
+        reason = "robots_path_allowed" if path_agents else "robots_none"
+        keep = Decision(True, reason, snapshot=snap.date, sha256=snap.sha256, flags=flags)
+        return Verdict(None, tuple(path_agents), robots, tdm, keep, tos, snap.date, snap.sha256)
+
+    # ---- per document -------------------------------------------------------------------
+    def decide(self, doc) -> Decision:
+        meta = doc.meta
+        try:
+            origin, path = split_url(meta.get("url"))
+        except BadURL as e:
+            return Decision(self.cfg.no_url == "keep", e.reason, rule=str(e))
+        as_of = self.cfg.as_of
+        if as_of == "now":
+            return self._apply(self.verdict(origin, None), origin, path, meta)
+        date = meta.get("crawl_date")
+        date = date[:10] if isinstance(date, str) and len(date) >= 10 else None
+        d = self._apply(self.verdict(origin, date), origin, path, meta)
+        if as_of == "strictest" and d.keep:
+            d2 = self._apply(self.verdict(origin, None), origin, path, meta)
+            if not d2.keep:
+                return d2
+        if date is None and d.keep:
+            return Decision(True, d.reason, d.agent, d.rule, d.snapshot, d.sha256, d.flags + ("no_crawl_date",))
+        return d
+
+    def _apply(self, v: Verdict, origin: str, path: str, meta: dict) -> Decision:
+        if v.fixed is not None and not v.fixed.keep:
+            return v.fixed
+        for agent in v.path_agents:
+            if not v.robots.can_fetch(path, agent):
+                return Decision(False, "robots_path", agent=agent, rule=v.robots.matched_rule(path, agent),
+                                snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags)
+        has_doc = any(k in meta for k in SIGNAL_KEYS)
+        if v.tdm is not None or has_doc:
+            level, ev = doc_tdm_reservation(meta) if has_doc else (None, "")
+            if level is None:
+                reserved, ev = v.tdm.reserved(path) if v.tdm is not None else (False, "")
+            else:
+                reserved = level == 1
+            if reserved:
+                return Decision(False, "tdmrep", rule=ev, snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags)
+        if has_doc:
+            kind, ev = doc_noai(meta, self.agents_lower)
+            if kind == "noai":
+                return Decision(False, "noai", rule=ev, snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags)
+            if kind == "noimageai":
+                k = v.keep
+                return Decision(True, k.reason, k.agent, ev, k.snapshot, k.sha256, k.flags + ("noimageai",))
+        if v.tos is not None:
+            return v.tos
+        return v.keep

@@ -1,0 +1,162 @@
+"""`glotta consent filter`: decide every document of a shard set, write the audit and an exclude list.
+
+Work is split by RANK / WORLD_SIZE over shards (shard i goes to rank i % WORLD_SIZE). Each rank
+writes, under `out/`:
+  audit/part-RRRRR.parquet     one row per document: decision, reason code and evidence
+  exclude/part-RRRRR.txt       `shard.tar/KEY` of every dropped document
+  stats/RRRRR.json             counters (total/kept/dropped_<reason>/flag_<name>, read_*)
+  completions/RRRRR            marker holding the run fingerprint (a rerun with the same inputs skips)
+  shards/                      with rewrite=true: the kept documents as a new shard set
+The rank that completes last merges `exclude.txt` and `summary.json` (no barrier needed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from glotta.data.manifest import atomic_write_text, merge_parts, save_part
+from glotta.data.shards import ShardWriter, iter_samples, list_shards
+from glotta.errors import ConfigError, DataError
+from glotta.progress import track
+from glotta.pruning.consent.decide import ConsentFilter, DecideConfig
+from glotta.pruning.consent.snapshots import SnapshotStore
+from glotta.pruning.consent.urls import BadURL, registrable_domain, split_url
+
+URL_REASONS = {"no_url", "bad_scheme", "no_host", "bad_host"}
+
+AUDIT_SCHEMA = pa.schema([
+    ("shard", pa.string()), ("key", pa.string()), ("url", pa.string()), ("origin", pa.string()),
+    ("reg_domain", pa.string()), ("lang", pa.string()), ("bytes", pa.int64()), ("crawl_date", pa.string()),
+    ("decision", pa.string()), ("reason", pa.string()), ("agent", pa.string()), ("rule", pa.string()),
+    ("snapshot_date", pa.string()), ("snapshot_sha256", pa.string()), ("flags", pa.string()),
+    ("policy", pa.string()), ("policy_version", pa.string()), ("as_of", pa.string()),
+])
+
+
+class FilterConfig(DecideConfig):
+    shards: Path | None = None  # input shard set (directory with manifest.json or *.tar)
+    store: Path | None = None  # snapshots.jsonl
+    out: Path | None = None  # output directory
+    rewrite: bool = False  # also write the kept documents as a new shard set under out/shards
+    strict: bool = False  # a document without a usable url, or a corrupt shard, is an error
+    shard_samples: int = 10_000  # samples per rewritten shard
+
+
+def rank_world() -> tuple[int, int]:
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return rank, world
+
+
+def _fingerprint(cfg: FilterConfig, policy_version: str, shards: list[Path]) -> str:
+    h = hashlib.sha256(cfg.model_dump_json().encode())
+    h.update(policy_version.encode())
+    st = Path(cfg.store).stat()
+    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    for s in shards:
+        h.update(f"{s.name}:{s.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | None = None) -> dict:
+    if cfg.shards is None or cfg.store is None or cfg.out is None:
+        raise ConfigError("consent filter needs shards, store and out (e.g. --store snapshots.jsonl --out consent/)")
+    if rank is None or world_size is None:
+        rank, world_size = rank_world()
+    shards = list_shards(cfg.shards)
+    mine = shards[rank::world_size]
+    store = SnapshotStore.load(cfg.store)
+    filt = ConsentFilter(store, cfg)
+    out = Path(cfg.out)
+    for d in ("audit", "exclude", "stats", "completions"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    fp = _fingerprint(cfg, filt.policy.version, mine)
+    done = out / "completions" / f"{rank:05d}"
+    stats_path = out / "stats" / f"{rank:05d}.json"
+    if done.is_file() and done.read_text().strip() == fp and stats_path.is_file():
+        counters = Counter(json.loads(stats_path.read_text())["counters"])
+        return _finish(out, world_size, rank, counters, skipped=True)
+
+    audit_path = out / "audit" / f"part-{rank:05d}.parquet"
+    excl_path = out / "exclude" / f"part-{rank:05d}.txt"
+    tmp_audit, tmp_excl = audit_path.with_name("." + audit_path.name + ".tmp"), excl_path.with_name("." + excl_path.name + ".tmp")
+    read = Counter()
+    rewriter = ShardWriter(out / "shards", prefix="consent", rank=rank, max_samples=cfg.shard_samples) if cfg.rewrite else None
+    policy, version, as_of = filt.policy.name, filt.policy.version, cfg.as_of
+    cols: dict[str, list] = {name: [] for name in AUDIT_SCHEMA.names}
+    with pq.ParquetWriter(tmp_audit, AUDIT_SCHEMA, compression="zstd") as writer, open(tmp_excl, "w", encoding="utf-8") as excl:
+
+        def flush() -> None:
+            if cols["key"]:
+                writer.write_table(pa.table(cols, schema=AUDIT_SCHEMA))
+                for v in cols.values():
+                    v.clear()
+
+        try:
+            for shard in track(mine, "consent filter"):
+                for s in iter_samples(shard, counters=read, strict=cfg.strict):
+                    d = filt(s)
+                    if cfg.strict and d.reason in URL_REASONS:
+                        raise DataError(f"{s.id}: {d.rule or d.reason} (strict: every document needs an http(s) url)")
+                    url = s.meta.get("url")
+                    try:
+                        origin = split_url(url)[0]
+                        reg = registrable_domain(origin)
+                    except BadURL:
+                        origin = reg = ""
+                    crawl = s.meta.get("crawl_date")
+                    row = (s.shard, s.key, url if isinstance(url, str) else None, origin, reg, s.lang,
+                           len(s.text.encode("utf-8")), crawl if isinstance(crawl, str) else None,
+                           "keep" if d.keep else "drop", d.reason, d.agent, d.rule, d.snapshot, d.sha256,
+                           ",".join(d.flags), policy, version, as_of)
+                    for name, value in zip(AUDIT_SCHEMA.names, row):
+                        cols[name].append(value)
+                    if len(cols["key"]) >= 8192:
+                        flush()
+                    if not d.keep:
+                        excl.write(s.id + "\n")
+                    elif rewriter is not None:
+                        rewriter.write(s)
+            flush()
+        except BaseException:
+            if rewriter is not None:
+                rewriter.abort()
+            raise
+    os.replace(tmp_audit, audit_path)
+    os.replace(tmp_excl, excl_path)
+    if rewriter is not None:
+        rewriter.close()
+        save_part(out / "shards", rank, world_size, {"complete": True, "shards": [asdict(i) for i in rewriter.written]})
+        merge_parts(out / "shards", world_size, {"source": str(cfg.shards), "stage": "consent filter", "policy": policy})
+    counters = filt.counters + Counter({f"read_{k}": v for k, v in read.items() if k != "samples"})
+    atomic_write_text(stats_path, json.dumps({"rank": rank, "world_size": world_size, "fingerprint": fp,
+                                              "policy": policy, "policy_version": version,
+                                              "config": json.loads(cfg.model_dump_json()),
+                                              "counters": dict(counters)}, indent=1) + "\n")
+    atomic_write_text(done, fp + "\n")
+    return _finish(out, world_size, rank, counters, skipped=False)
+
+
+def _finish(out: Path, world_size: int, rank: int, counters: Counter, skipped: bool) -> dict:
+    """Merge exclude.txt and summary.json once every rank has its completion marker."""
+    result = {"rank": rank, "world_size": world_size, "skipped": skipped, "counters": dict(counters), "out": str(out)}
+    if not all((out / "completions" / f"{r:05d}").is_file() for r in range(world_size)):
+        return result
+    total = Counter()
+    for r in range(world_size):
+        total.update(json.loads((out / "stats" / f"{r:05d}.json").read_text())["counters"])
+    lines = []
+    for r in range(world_size):
+        lines.extend((out / "exclude" / f"part-{r:05d}.txt").read_text(encoding="utf-8").splitlines())
+    atomic_write_text(out / "exclude.txt", "".join(line + "\n" for line in lines))
+    atomic_write_text(out / "summary.json", json.dumps({"world_size": world_size, "counters": dict(total)}, indent=1) + "\n")
+    result.update(merged=True, total=dict(total), exclude=str(out / "exclude.txt"))
+    return result

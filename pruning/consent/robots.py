@@ -1,0 +1,298 @@
+"""robots.txt: matching through protego, classification into the Consent in Crisis taxonomy.
+
+protego (>= 0.7: agent tokens match at token boundaries) answers "may agent A fetch URL U".
+This module adds only what protego does not do:
+  * per-agent classification none / some / all with the paper's sub-classes, where
+    `Disallow: /` (or `/*`) with only trivial allows (/ads.txt, ...) counts as full restriction;
+  * `Content-Signal: ai-train=no` lines (protego ignores unknown lines);
+  * HTTP status semantics of RFC 9309 (4xx = no robots.txt = allow all; 5xx or unreachable =
+    disallow all);
+  * input hygiene: BOM, non-UTF-8 bytes, a 500 KiB cap, version suffixes on agent tokens
+    (`User-agent: GPTBot/1.0` is read as `GPTBot`).
+Our own line reader feeds protego the normalised text, so classification and matching see the
+same groups; stacked `User-agent` lines share the rules that follow them, in any letter case.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from protego import Protego
+
+try:  # the same field reader protego uses (synonyms, misspellings), so both see the same lines
+    from protego._protego import _extract_directive
+except ImportError:  # pragma: no cover - protego moved its internals; fall back to "field: value"
+    def _extract_directive(line: str):
+        if ":" not in line:
+            return None
+        f, v = line.split(":", 1)
+        return f.strip().lower(), v.strip()
+
+MAX_BYTES = 500 * 1024  # RFC 9309 2.5: parse at least 500 KiB; we parse exactly that much
+STAR = "*"
+UA_FIELDS = {"user-agent", "useragent", "user agent"}
+ALLOW_FIELDS = {"allow"}
+DISALLOW_FIELDS = {"disallow", "dissallow", "dissalow", "disalow", "diasllow", "disallaw"}
+SIGNAL_FIELD = "content-signal"
+SITE_WIDE = {"sitemap", "sitemaps", "site-map", "host"}
+
+# `Disallow` values that block every path, and `Allow` values that leave nothing worth training on.
+FULL_DISALLOWS = {"/", "/*", "*", "/*$"}
+TRIVIAL_ALLOWS = {"/ads.txt", "/app-ads.txt", "/sellers.json", "/robots.txt", "/humans.txt",
+                  "/security.txt", "/favicon.ico", "/ads.txt$", "/app-ads.txt$", "/robots.txt$"}
+IMPORTANT_DIRS = ("/admin", "/private", "/confidential")  # the paper's "important directories"
+
+TOKEN_RE = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+def normalise_agent(value: str) -> str:
+    """`GPTBot/1.0` -> `gptbot`, `*` -> `*`, `Mozilla` stays; '' when nothing usable is left."""
+    value = value.strip()
+    if value.startswith(STAR):
+        return STAR
+    m = TOKEN_RE.match(value)
+    return m.group(0).lower() if m else ""
+
+
+@dataclass
+class Group:
+    agents: list[str]
+    rules: list[tuple[str, str, int]] = field(default_factory=list)  # (allow|disallow, value, line)
+    crawl_delay: bool = False
+    signals: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (yes|no, line)
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    agent: str
+    group: str  # the group that applies: a normalised agent token, "*" or "" (none)
+    status: str  # none | some | all | no_robots | unreachable
+    detail: str  # sub-class, e.g. all_trivial_allows, some_pattern_restrictions, none_sitemap
+    rule: str = ""  # evidence for `all`: "Disallow: / (line 7)"
+    ai_train: str = ""  # Content-Signal ai-train value that applies: yes | no | ""
+    signal_rule: str = ""
+
+
+def decode(data: bytes | str, max_bytes: int = MAX_BYTES) -> tuple[str, list[str]]:
+    """Bytes -> text with the stated rules: cap at max_bytes (cut at the last newline), drop a
+    BOM, replace invalid UTF-8. Returns (text, warnings)."""
+    warnings: list[str] = []
+    if isinstance(data, str):
+        data = data.encode("utf-8", errors="replace")
+    if len(data) > max_bytes:
+        cut = data.rfind(b"\n", 0, max_bytes)
+        data = data[: cut if cut > 0 else max_bytes]
+        warnings.append(f"truncated to {max_bytes} bytes")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        warnings.append("invalid UTF-8 replaced")
+    if text.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
+        warnings.append("HTML instead of robots.txt (no rules read)")
+    return text, warnings
+
+
+class Robots:
+    """One robots.txt (or its absence) for one origin. Build with parse() or from_http()."""
+
+    def __init__(self, kind: str = "parsed", http_status: int = 200):
+        self.kind = kind  # parsed | unavailable (4xx, allow all) | unreachable (5xx/network, disallow all)
+        self.http_status = http_status
+        self.groups: list[Group] = []
+        self.by_agent: dict[str, list[Group]] = {}
+        self.site_signals: dict[str, tuple[str, int]] = {}
+        self.sitemaps = 0
+        self.warnings: list[str] = []
+        self.invalid_lines = 0
+        self._protego: Protego | None = None
+        self._status: dict[str, AgentStatus] = {}
+        self._select: dict[str, str] = {}
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_http(cls, status: int, body: bytes | str | None, max_bytes: int = MAX_BYTES) -> "Robots":
+        """RFC 9309 2.3.1: 2xx parse; 4xx (and 3xx left after redirects) allow all; 5xx / 0 (unreachable) disallow all."""
+        if 200 <= status < 300:
+            return cls.parse(body or b"", max_bytes)
+        if 300 <= status < 500:
+            return cls("unavailable", status)
+        return cls("unreachable", status)
+
+    @classmethod
+    def parse(cls, data: bytes | str, max_bytes: int = MAX_BYTES) -> "Robots":
+        self = cls("parsed", 200)
+        text, self.warnings = decode(data, max_bytes)
+        out_lines: list[str] = []
+        current: Group | None = None
+        last_was_ua = False
+        for lineno, raw in enumerate(text.splitlines(), 1):
+            line = raw.split("#", 1)[0].strip()
+            parsed = _extract_directive(line) if line else None
+            if parsed is None:
+                if line:
+                    self.invalid_lines += 1
+                continue
+            fld, value = parsed
+            if fld in UA_FIELDS:
+                token = normalise_agent(value)
+                if not last_was_ua or current is None:
+                    current = Group(agents=[])
+                    self.groups.append(current)
+                last_was_ua = True
+                if token:
+                    current.agents.append(token)
+                    out_lines.append(f"User-agent: {token}")
+                else:
+                    out_lines.append("User-agent:")  # keeps protego's group boundaries where ours are
+                continue
+            if fld not in SITE_WIDE:
+                last_was_ua = False
+            if fld in ALLOW_FIELDS or fld in DISALLOW_FIELDS:
+                out_lines.append(f"{'Allow' if fld in ALLOW_FIELDS else 'Disallow'}: {value}")
+                if current is not None and value:
+                    current.rules.append(("allow" if fld in ALLOW_FIELDS else "disallow", value, lineno))
+            elif fld == SIGNAL_FIELD:
+                target = current.signals if current is not None else self.site_signals
+                for part in value.split(","):
+                    k, _, v = part.partition("=")
+                    if k.strip() and v.strip():
+                        target[k.strip().lower()] = (v.strip().lower(), lineno)
+            elif fld in ("crawl-delay", "crawl delay"):
+                out_lines.append(f"Crawl-delay: {value}")
+                if current is not None:
+                    current.crawl_delay = True
+            elif fld in ("sitemap", "sitemaps", "site-map"):
+                self.sitemaps += 1
+            elif fld not in SITE_WIDE and fld not in ("request-rate", "request rate", "visit-time", "visit time"):
+                self.invalid_lines += 1
+            if fld not in SITE_WIDE and fld not in ALLOW_FIELDS and fld not in DISALLOW_FIELDS and fld not in (
+                "crawl-delay", "crawl delay"):
+                out_lines.append("X-Glotta-Other: 1")  # ends a stacked User-agent run for protego as for us
+        for g in self.groups:
+            for a in g.agents:
+                self.by_agent.setdefault(a, []).append(g)  # RFC 9309 2.2.1: groups of one agent merge
+        self._protego = Protego.parse("\n".join(out_lines))
+        return self
+
+    # ---- queries ------------------------------------------------------------------------
+    def select(self, agent: str) -> str:
+        """The group key that applies to `agent`: the longest group token found in the agent name
+        at a token boundary (protego's rule), else `*`, else ''."""
+        key = self._select.get(agent)
+        if key is not None:
+            return key
+        name, best, score = agent.strip().lower(), "", 0
+        for token in self.by_agent:
+            if token == STAR:
+                s = 1
+            else:
+                s, i = 0, name.find(token)
+                while i != -1:
+                    if i == 0 or not (name[i - 1].isalnum() or name[i - 1] in "-_"):
+                        s = len(token)
+                        break
+                    i = name.find(token, i + 1)
+            if s > score:
+                best, score = token, s
+        self._select[agent] = best
+        return best
+
+    def rules_for(self, agent: str) -> list[tuple[str, str, int]]:
+        return [r for g in self.by_agent.get(self.select(agent), []) for r in g.rules]
+
+    def can_fetch(self, url: str, agent: str) -> bool:
+        if self.kind == "unavailable":
+            return True
+        if self.kind == "unreachable":
+            return False
+        return self._protego.can_fetch(url, agent)
+
+    def matched_rule(self, path: str, agent: str) -> str:
+        """Evidence: the longest rule of the agent's group matching `path` (allow wins ties)."""
+        best = None
+        for fld, value, line in self.rules_for(agent):
+            if _pattern(value).match(path):
+                rank = (len(value), fld == "allow")
+                if best is None or rank > best[0]:
+                    best = (rank, fld, value, line)
+        return "" if best is None else f"{best[1].capitalize()}: {best[2]} (line {best[3]})"
+
+    def classify(self, agent: str) -> AgentStatus:
+        st = self._status.get(agent)
+        if st is None:
+            st = self._status[agent] = self._classify(agent)
+        return st
+
+    def _classify(self, agent: str) -> AgentStatus:
+        if self.kind == "unavailable":
+            return AgentStatus(agent, "", "no_robots", f"no_robots_http_{self.http_status}")
+        if self.kind == "unreachable":
+            return AgentStatus(agent, "", "unreachable", f"unreachable_http_{self.http_status}")
+        key = self.select(agent)
+        groups = self.by_agent.get(key, [])
+        signal, sig_line = self._signal(groups, "ai-train")
+        sig_rule = f"Content-Signal: ai-train={signal} (line {sig_line})" if signal else ""
+        # The paper's rule: ignore values with '?' (query-string rules say nothing about content).
+        rules = [r for g in groups for r in g.rules if "?" not in r[1]]
+        dis = [(v, n) for f, v, n in rules if f == "disallow"]
+        allow = [v for f, v, _ in rules if f == "allow"]
+        if not dis or {v for v, _ in dis} == set(allow):
+            if any(g.crawl_delay for g in groups):
+                detail = "none_crawl_delay"
+            elif self.sitemaps:
+                detail = "none_sitemap"
+            else:
+                detail = "none"
+            return AgentStatus(agent, key, "none", detail, "", signal, sig_rule)
+        full = [(v, n) for v, n in dis if v in FULL_DISALLOWS]
+        if full and all(_trivial(a) for a in allow):
+            detail = "all_trivial_allows" if allow else "all"
+            return AgentStatus(agent, key, "all", detail, f"Disallow: {full[0][0]} (line {full[0][1]})", signal, sig_rule)
+        if any(v.rstrip("/").lower() in IMPORTANT_DIRS for v, _ in dis):
+            detail = "some_disallow_important_dir"
+        elif any("*" in v or v.endswith("$") for v, _ in dis):
+            detail = "some_pattern_restrictions"
+        else:
+            detail = "some_other"
+        return AgentStatus(agent, key, "some", detail, "", signal, sig_rule)
+
+    def _signal(self, groups: list[Group], key: str) -> tuple[str, int]:
+        """A Content-Signal applies from the agent's own group, else from the `*` group, else from
+        lines outside any group: a site's `*` signal is a statement to every crawler."""
+        for source in (groups, self.by_agent.get(STAR, []), None):
+            if source is None:
+                if key in self.site_signals:
+                    return self.site_signals[key]
+                continue
+            for g in source:
+                if key in g.signals:
+                    return g.signals[key]
+        return "", 0
+
+
+def _trivial(allow: str) -> bool:
+    return allow in TRIVIAL_ALLOWS or allow.startswith("/.well-known/")
+
+
+_PATTERNS: dict[str, re.Pattern] = {}
+
+
+def _pattern(value: str) -> re.Pattern:
+    """robots.txt pattern -> regex (`*` any run, trailing `$` end); used for evidence only."""
+    p = _PATTERNS.get(value)
+    if p is None:
+        anchored = value.endswith("$")
+        body = value[:-1] if anchored else value
+        p = re.compile(".*".join(re.escape(s) for s in body.split("*")) + ("$" if anchored else ""))
+        _PATTERNS[value] = p
+    return p
+
+
+def sha256_text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()

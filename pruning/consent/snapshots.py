@@ -1,0 +1,156 @@
+"""Snapshot store: several robots.txt (and tdmrep.json) captures per origin, each with a date.
+
+One JSON object per line (snapshots.jsonl), appended by `fetch` and `import`, read whole by
+`filter` and `report`. Keys are scheme-aware origins (`https://host[:port]`), so an http and an
+https capture of one host are separate, as robots.txt is (RFC 9309 2.3).
+
+Which snapshot decides a document (`as_of`):
+  crawl      the latest capture at or before the document's crawl_date (the paper's rule); a
+             document crawled before the first capture uses the first capture (`asof_fallback`),
+             and one without crawl_date uses the latest;
+  now        the latest capture;
+  strictest  both of the above; the document is dropped if either drops it.
+"""
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from glotta.errors import DataError
+from glotta.pruning.consent.robots import MAX_BYTES, Robots, sha256_text
+from glotta.pruning.consent.signals import TdmRep
+from glotta.pruning.consent.urls import BadURL, split_url
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass
+class Snapshot:
+    origin: str  # https://host[:port]
+    date: str  # YYYY-MM-DD of the capture
+    status: int  # HTTP status of robots.txt; 0 = unreachable (network error, timeout)
+    robots: str | None = None  # body as text (None unless 2xx)
+    sha256: str = ""  # of the body bytes as fetched/imported
+    source: str = ""  # fetch | file path | wayback ...
+    error: str = ""
+    tdmrep_status: int = 0  # HTTP status of /.well-known/tdmrep.json (0: not fetched)
+    tdmrep: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.origin}@{self.date}"
+
+
+def parse_date(value: object) -> str | None:
+    """'2024-03-01T12:00:00Z' -> '2024-03-01'; None when absent or unreadable."""
+    if isinstance(value, str):
+        m = _DATE.match(value.strip())
+        if m:
+            return m.group(0)
+    return None
+
+
+class SnapshotStore:
+    def __init__(self, snapshots: list[Snapshot] | None = None):
+        self.by_origin: dict[str, list[Snapshot]] = {}
+        self._dates: dict[str, list[str]] = {}
+        self._robots: dict[str, Robots] = {}
+        self._tdm: dict[str, TdmRep | None] = {}
+        for s in snapshots or []:
+            self.add(s)
+
+    def add(self, snap: Snapshot) -> None:
+        lst = self.by_origin.setdefault(snap.origin, [])
+        lst.append(snap)
+        lst.sort(key=lambda s: s.date)  # stable: for one date, the later line wins below
+        self._dates[snap.origin] = [s.date for s in lst]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_origin.values())
+
+    # ---- io -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, counters=None) -> "SnapshotStore":
+        path = Path(path)
+        store = cls()
+        if not path.is_file():
+            raise DataError(f"snapshot store not found: {path} (run `glotta consent fetch` or `import` first)")
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    store.add(Snapshot(**json.loads(line)))
+                except (json.JSONDecodeError, TypeError) as e:
+                    raise DataError(f"{path}:{n}: not a snapshot record: {e}") from None
+        return store
+
+    @staticmethod
+    def append(path: str | Path, snapshots: list[Snapshot]) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            for s in snapshots:
+                f.write(json.dumps(asdict(s), ensure_ascii=False) + "\n")
+
+    # ---- lookups ------------------------------------------------------------------------
+    def at(self, origin: str, date: str | None) -> tuple[Snapshot | None, bool]:
+        """Latest capture at or before `date` (None: the latest). Returns (snapshot, fallback)."""
+        lst = self.by_origin.get(origin)
+        if not lst:
+            return None, False
+        if date is None:
+            return lst[-1], False
+        i = bisect.bisect_right(self._dates[origin], date)
+        if i == 0:
+            return lst[0], True
+        return lst[i - 1], False
+
+    def robots(self, snap: Snapshot) -> Robots:
+        key = snap.id
+        r = self._robots.get(key)
+        if r is None:
+            body = snap.robots.encode("utf-8") if snap.robots is not None else None
+            r = self._robots[key] = Robots.from_http(snap.status, body)
+        return r
+
+    def tdmrep(self, snap: Snapshot) -> TdmRep | None:
+        key = snap.id
+        if key not in self._tdm:
+            ok = 200 <= snap.tdmrep_status < 300 and snap.tdmrep is not None
+            self._tdm[key] = TdmRep.parse(snap.tdmrep) if ok else None
+        return self._tdm[key]
+
+
+def import_files(files: list[Path], date: str | None = None, scheme: str = "https") -> list[Snapshot]:
+    """robots.txt files -> snapshots. Layout: `<host>/<YYYY-MM-DD>.txt` (several dates per host), or
+    `<host>.txt` with `date` given. The host may carry a scheme prefix: `http___host`."""
+    out = []
+    for f in files:
+        f = Path(f)
+        if f.parent.name and parse_date(f.stem) and f.stem == parse_date(f.stem):
+            host, day = f.parent.name, f.stem
+        else:
+            host, day = f.stem, date
+        if day is None:
+            raise DataError(f"{f}: no capture date: name the file <host>/<YYYY-MM-DD>.txt or pass --date")
+        sch = scheme
+        for prefix in ("http___", "https___"):
+            if host.startswith(prefix):
+                sch, host = prefix[:-3], host[len(prefix):]
+        try:
+            origin, _ = split_url(f"{sch}://{host}/")
+        except BadURL as e:
+            raise DataError(f"{f}: {host!r} is not a host name ({e.reason})") from None
+        data = f.read_bytes()
+        text = data[:MAX_BYTES].decode("utf-8", errors="replace")  # parsing reads no more (RFC 9309 2.5)
+        out.append(Snapshot(origin, day, 200, text, sha256_text(data), str(f)))
+    return out
+
+
+def today() -> str:
+    return dt.datetime.now(dt.timezone.utc).date().isoformat()

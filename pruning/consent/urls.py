@@ -1,0 +1,90 @@
+"""URL -> (origin, path) with the stated rules for bad input, and registrable domains for reports.
+
+robots.txt applies per origin (scheme, host, port), so decisions are keyed by the exact origin
+`https://sub.example.org[:port]`. Rules for odd input (each raises BadURL with a reason code
+that the filter counts):
+  * no url / not a string / empty           -> no_url
+  * scheme other than http or https         -> bad_scheme   (mailto:, ftp:, data:, ...)
+  * no host, or a host that is not a name   -> no_host
+  * an IDN host is converted to its ASCII (punycode) form with Python's IDNA codec; a host
+    the codec rejects                       -> bad_host
+Default ports (80 for http, 443 for https) are dropped; userinfo is ignored.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from publicsuffixlist import PublicSuffixList
+
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.S)
+_HOST = re.compile(r"[a-z0-9](?:[a-z0-9\-_.]*[a-z0-9_])?|\[[0-9a-f:.]+\]")
+DEFAULT_PORT = {"http": "80", "https": "443"}
+
+
+class BadURL(ValueError):
+    def __init__(self, reason: str, url: object):
+        super().__init__(f"{reason}: {url!r}"[:300])
+        self.reason = reason
+
+
+def split_url(url: object) -> tuple[str, str]:
+    """'https://Bücher.example:443/a?b' -> ('https://xn--bcher-kva.example', '/a?b')."""
+    if not isinstance(url, str) or not url.strip():
+        raise BadURL("no_url", url)
+    m = _URL.match(url.strip())
+    if m is None:
+        raise BadURL("bad_scheme" if ":" in url else "no_host", url)
+    scheme, netloc, rest = m.groups()
+    origin = _origin(scheme, netloc)
+    if rest.startswith("#") or not rest:
+        rest = "/"
+    elif not rest.startswith("/"):
+        rest = "/" + rest
+    return origin, rest.split("#", 1)[0]
+
+
+@lru_cache(maxsize=1 << 18)
+def _origin(scheme: str, netloc: str) -> str:
+    scheme = scheme.lower()
+    if scheme not in DEFAULT_PORT:
+        raise BadURL("bad_scheme", f"{scheme}://{netloc}")
+    hostport = netloc.rpartition("@")[2]
+    host, port = hostport, ""
+    if not host.startswith("[") and ":" in host:
+        host, _, port = host.rpartition(":")
+    elif host.startswith("[") and "]:" in host:
+        host, _, port = host.rpartition(":")
+    host = host.rstrip(".").lower()
+    if not host:
+        raise BadURL("no_host", netloc)
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise BadURL("bad_host", netloc) from None
+    if not _HOST.fullmatch(host) or (port and not port.isdigit()):
+        raise BadURL("bad_host", netloc)
+    if port and port != DEFAULT_PORT[scheme]:
+        return f"{scheme}://{host}:{int(port)}"
+    return f"{scheme}://{host}"
+
+
+def origin_of(url: str) -> str:
+    return split_url(url)[0]
+
+
+def host_of(origin: str) -> str:
+    return origin.split("://", 1)[1].rsplit(":", 1)[0] if "]" not in origin else origin.split("://", 1)[1]
+
+
+@lru_cache(maxsize=1)
+def _psl() -> PublicSuffixList:
+    return PublicSuffixList()  # the dated list shipped in the package: offline, private suffixes included
+
+
+@lru_cache(maxsize=1 << 16)
+def registrable_domain(origin: str) -> str:
+    """eTLD+1 of the origin's host (for aggregation only); the host itself when it has none."""
+    host = host_of(origin)
+    return _psl().privatesuffix(host) or host
