@@ -79,7 +79,8 @@ class FastTextLid:
         self._detector.detect("warm up", model="lite")  # load now, so a broken model fails before any work
 
     def detect(self, text: str) -> tuple[str, float]:
-        text = " ".join(text.split())  # fastText reads one line; collapse all whitespace
+        # fastText reads one line of valid UTF-8: collapse whitespace, replace lone surrogates
+        text = " ".join(text.split()).encode("utf-8", errors="replace").decode("utf-8")
         if not text:
             return UND, 0.0
         best = self._detector.detect(text, model="lite", k=1)
