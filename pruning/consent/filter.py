@@ -26,7 +26,7 @@ from glotta.data.shards import ShardWriter, iter_samples, list_shards
 from glotta.errors import ConfigError, DataError
 from glotta.progress import track
 from glotta.pruning.consent.decide import ConsentFilter, DecideConfig
-from glotta.pruning.consent.snapshots import SnapshotStore
+from glotta.pruning.consent.snapshots import SnapshotStore, store_fingerprint
 from glotta.pruning.consent.urls import BadURL, registrable_domain, split_url
 
 URL_REASONS = {"no_url", "bad_scheme", "no_host", "bad_host"}
@@ -59,8 +59,7 @@ def rank_world() -> tuple[int, int]:
 def _fingerprint(cfg: FilterConfig, policy_version: str, shards: list[Path]) -> str:
     h = hashlib.sha256(cfg.model_dump_json().encode())
     h.update(policy_version.encode())
-    st = Path(cfg.store).stat()
-    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(store_fingerprint(cfg.store).encode())
     for s in shards:
         h.update(f"{s.name}:{s.stat().st_size}".encode())
     return h.hexdigest()[:16]

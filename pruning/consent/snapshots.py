@@ -74,19 +74,25 @@ class SnapshotStore:
 
     # ---- io -----------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, counters=None) -> "SnapshotStore":
+    def load(cls, path: str | Path) -> "SnapshotStore":
+        """A .jsonl file, or a directory whose *.jsonl parts (fetch runs, imports, ranks) are read in name order."""
         path = Path(path)
-        store = cls()
-        if not path.is_file():
+        if path.is_dir():
+            files = sorted(path.glob("*.jsonl"))
+        elif path.is_file():
+            files = [path]
+        else:
             raise DataError(f"snapshot store not found: {path} (run `glotta consent fetch` or `import` first)")
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    store.add(Snapshot(**json.loads(line)))
-                except (json.JSONDecodeError, TypeError) as e:
-                    raise DataError(f"{path}:{n}: not a snapshot record: {e}") from None
+        store = cls()
+        for file in files:
+            with open(file, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        store.add(Snapshot(**json.loads(line)))
+                    except (json.JSONDecodeError, TypeError) as e:
+                        raise DataError(f"{file}:{n}: not a snapshot record: {e}") from None
         return store
 
     @staticmethod
@@ -150,6 +156,13 @@ def import_files(files: list[Path], date: str | None = None, scheme: str = "http
         text = data[:MAX_BYTES].decode("utf-8", errors="replace")  # parsing reads no more (RFC 9309 2.5)
         out.append(Snapshot(origin, day, 200, text, sha256_text(data), str(f)))
     return out
+
+
+def store_fingerprint(path: str | Path) -> str:
+    """Changes whenever a part of the store is added or rewritten (for restart checks)."""
+    path = Path(path)
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
 def today() -> str:
