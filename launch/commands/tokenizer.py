@@ -1,0 +1,104 @@
+"""`glotta tokenizer build | eval | extend | parallel`: parse options, call glotta.tokenizer, print."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from glotta.config import load_config
+from glotta.launch.console import print_counters, print_json, print_table
+from glotta.launch.errors import guarded
+from glotta.launch.options import ConfigOpt, JsonOpt, SetOpt, StrictOpt, cli_overrides
+
+app = typer.Typer(no_args_is_help=True, help="Build, evaluate and extend SentencePiece tokenizers.")
+
+LangsOpt = Annotated[Optional[list[str]], typer.Option("--lang", help="Language to include (repeatable; default all).")]
+
+
+@app.command()
+@guarded
+def build(
+    shards: Annotated[Optional[Path], typer.Option(help="Shard set to sample from.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="File name stem of .model/.vocab/.card.json.")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size.")] = None,
+    model_type: Annotated[Optional[str], typer.Option(help="unigram or bpe.")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Temperature-sampling exponent (1 = natural mix).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="temperature or unimax.")] = None,
+    sample_bytes: Annotated[Optional[int], typer.Option(help="Size of the training sample in UTF-8 bytes.")] = None,
+    langs: LangsOpt = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    strict: StrictOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train SentencePiece on a language-balanced sample of a shard set."""
+    from glotta.tokenizer.build import BuildConfig
+    from glotta.tokenizer.build import build as run_build
+
+    overrides = cli_overrides(
+        sets, shards=shards, out_dir=out_dir, name=name, vocab_size=vocab_size, model_type=model_type,
+        **{"sample.alpha": alpha, "sample.method": method, "sample.sample_bytes": sample_bytes,
+           "sample.langs": langs, "sample.seed": seed},
+    )
+    cfg = load_config(BuildConfig, config, overrides, section="tokenizer")
+    card = run_build(cfg, strict=strict)
+    if json_out:
+        print_json(card)
+        return
+    rows = [{"lang": lang, **v} for lang, v in card["languages"].items()]
+    print_table(f"tokenizer sample ({cfg.sample.method}, alpha={cfg.sample.alpha})", rows)
+    print_counters("counters", card["counters"])
+    print(f"wrote {card['model']} ({cfg.vocab_size} pieces, {card['seconds']['total']:.1f} s)")
+
+
+@app.command("eval")
+@guarded
+def eval_(
+    tokenizers: Annotated[Optional[list[Path]], typer.Argument(help="SentencePiece .model files.")] = None,
+    parallel: Annotated[Optional[Path], typer.Option(help="Parallel JSONL {id, lang, text}.")] = None,
+    shards: Annotated[Optional[Path], typer.Option(help="Shard set (premium per byte when not parallel).")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Reference language of premiums.")] = None,
+    chart: Annotated[Optional[Path], typer.Option(help="Write a PNG chart here.")] = None,
+    langs: LangsOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fertility, continued words, bytes/token, unk/byte-fallback rates and token premiums per language."""
+    from glotta.tokenizer.evaluate import EvalConfig, evaluate, table_rows
+
+    overrides = cli_overrides(sets, tokenizers=[str(t) for t in tokenizers or []] or None, parallel=parallel,
+                              shards=shards, reference=reference, chart=chart, langs=langs)
+    cfg = load_config(EvalConfig, config, overrides, section="tokenizer_eval")
+    result = evaluate(cfg)
+    if json_out:
+        print_json(result)
+        return
+    print_table(f"tokenizer eval (premium vs {cfg.reference})", table_rows(result))
+    summary = [{"name": n, **{f"premium_{k}": v for k, v in t["summary"]["premium"].items()},
+                "worst": t["summary"]["worst_lang"], "kind": ",".join(t["summary"]["premium_kinds"])}
+               for n, t in result["tokenizers"].items()]
+    print_table("premium summary", summary)
+    if "chart" in result:
+        print(f"chart: {result['chart']}")
+
+
+@app.command("parallel")
+@guarded
+def parallel(
+    out: Annotated[Path, typer.Option(help="Output JSONL.")],
+    langs: LangsOpt = None,
+    max_ids: Annotated[int, typer.Option(help="Most parallel lines per language.")] = 2000,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write parallel text {id, lang, text} from this machine's gettext catalogs (for `eval`)."""
+    from glotta.tokenizer.parallel import gettext_parallel
+
+    counts = gettext_parallel(out, langs or ["en", "de", "fr", "es", "ru", "el", "ja", "zh", "hi", "ar"], max_ids=max_ids)
+    if json_out:
+        print_json({"out": str(out), "lines": counts})
+    else:
+        print(f"wrote {out}: {next(iter(counts.values()))} parallel lines in {len(counts)} languages")
