@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pyarrow as pa
@@ -266,3 +269,19 @@ def test_inputs_that_do_not_exist_or_cannot_be_read(tmp_path):
     gz.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="cut.jsonl.gz: corrupt or truncated"):
         run_import(cfg([gz], tmp_path / "out2"))
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(shutil.which("torchrun") is None or shutil.which("glotta") is None, reason="needs torchrun and the glotta script")
+def test_torchrun_two_processes(tmp_path, docs):
+    """Two real processes started by torchrun split the files by RANK/WORLD_SIZE; one of them merges."""
+    files = [write_jsonl(tmp_path / f"part{i}.jsonl", docs[i::4]) for i in range(4)]
+    out = tmp_path / "out"
+    cmd = ["torchrun", "--nproc-per-node=2", "--no-python", "glotta", "data", "import", *map(str, files), "--out", str(out), "--json"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summaries = [json.loads(chunk) for chunk in re.findall(r"^\{.*?^\}", run.stdout, flags=re.S | re.M)]
+    assert sorted(s["rank"] for s in summaries) == [0, 1] and {s["world_size"] for s in summaries} == {2}
+    assert sum(s["samples"] for s in summaries) == len(docs)
+    assert sorted(s.key for s in imported(out)) == sorted(d["id"] for d in docs)
+    assert Manifest.load(out).meta["world_size"] == 2
