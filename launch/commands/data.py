@@ -59,6 +59,7 @@ def import_(
     Work is split by RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS; rerunning the same command resumes after a crash and does nothing when the import is complete.
     """
     from glotta.data.importer import ImportConfig, run_import
+    from glotta.data.inspect import InspectReport
 
     overrides = cli_overrides(
         sets, inputs=inputs or None, out=out, text_field=text_field, url_field=url_field, lang_field=lang_field,
@@ -75,11 +76,12 @@ def import_(
         return
     if res.status == "nothing to do":
         err_console.print(f"nothing to do: rank {res.rank}'s shards in {res.out} are complete and verified")
-    print_counters(f"import rank {res.rank}/{res.world_size}: {res.status}", res.counters)
     summary = res.to_json()
-    rows = [{"lang": k, "docs": v["samples"], "bytes": v["bytes"]} for k, v in summary["langs"].items()]
-    stdout.print(f"rank {res.rank}: {summary['samples']:,} docs, {summary['bytes']:,} bytes in {summary['shards']} shard(s)")
-    print_table("", rows, ["lang", "docs", "bytes"])
+    stdout.print(f"import rank {res.rank}/{res.world_size} {res.status}: {summary['samples']:,} docs, "
+                 f"{summary['bytes']:,} bytes in {summary['shards']} shard(s)", highlight=False)
+    print_counters("", res.counters)
+    report = InspectReport(res.out, "import", summary["shards"], summary["langs"])
+    print_table("", _lang_rows(report.rows()), ["lang", "docs", "bytes", "docs_share", "bytes_share"])
     if res.manifest_written:
         err_console.print(f"wrote {Path(res.out) / 'manifest.json'}")
 
@@ -109,7 +111,8 @@ def inspect(
     stdout.print(title, highlight=False)
     print_table("", _lang_rows(report.rows()), ["lang", "docs", "bytes", "docs_share", "bytes_share"])
     if report.counters:
-        print_counters("counters" + (" (from the import)" if report.source == "manifest" else " (scan)"), report.counters)
+        stdout.print("counters" + (" (from the import)" if report.source == "manifest" else " (scan)"))
+        print_counters("", report.counters)
     if report.verified:
         err_console.print(f"verified: all {report.shards} shard(s) match manifest.json (size and sha256)")
 
