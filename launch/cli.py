@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from glotta import __version__
-from glotta.launch.commands import data, tokenizer
+from glotta.launch.commands import consent, data, tokenizer
 
 app = typer.Typer(
     name="glotta",
@@ -38,6 +38,7 @@ def _root(
 
 # Command groups, in the order data flows through them.
 app.add_typer(data.app, name="data", help="Import, inspect and build webdataset text shard sets.")
+app.add_typer(consent.app, name="consent", help="Consent filtering: robots.txt, TDMRep and content signals, with an audit.")
 app.add_typer(tokenizer.app, name="tokenizer", help="Build, evaluate and extend SentencePiece tokenizers.")
 
 

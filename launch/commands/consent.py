@@ -1,0 +1,164 @@
+"""`glotta consent ...`: parse options, call glotta.pruning.consent, print."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from glotta.config import load_config
+from glotta.launch.console import print_counters, print_json, print_table
+from glotta.launch.errors import guarded
+from glotta.launch.options import ConfigOpt, JsonOpt, SetOpt, StrictOpt, cli_overrides
+from glotta.progress import set_quiet
+
+app = typer.Typer(no_args_is_help=True, help="Consent-aware source filtering: robots.txt, TDMRep, content signals.")
+
+Str = Optional[str]
+PathOpt = Optional[Path]
+StoreOpt = Annotated[PathOpt, typer.Option("--store", help="Snapshot store: a directory of JSONL parts or one .jsonl file.")]
+AgentsOpt = Annotated[Str, typer.Option("--agents", help="training | all-ai | * | comma-separated agent names.")]
+
+
+@app.command("agents")
+@guarded
+def agents_(policy: Annotated[str, typer.Argument(help="training | all-ai | * | a comma-separated list.")] = "training",
+            json_out: JsonOpt = False) -> None:
+    """List the agents of a policy (all-ai comes from the shipped ai.robots.txt list)."""
+    from glotta.pruning.consent.agents import ai_agents, resolve_policy
+
+    p = resolve_policy(policy)
+    facts = {a["name"].lower(): a for a in ai_agents()["agents"]}
+    rows = [{"name": a, "function": facts.get(a.lower(), {}).get("function", ""),
+             "respect": facts.get(a.lower(), {}).get("respect", "")} for a in p.agents]
+    if json_out:
+        print_json({"policy": p.name, "version": p.version, "agents": rows})
+        return
+    print_table(f"policy {p.name} ({len(rows)} agents, version {p.version})", rows)
+
+
+@app.command("import")
+@guarded
+def import_(
+    files: Annotated[list[Path], typer.Argument(help="robots.txt files: <host>/<YYYY-MM-DD>.txt, or <host>.txt with --date.")],
+    store: StoreOpt = None,
+    date: Annotated[Str, typer.Option(help="Capture date for files named <host>.txt.")] = None,
+    scheme: Annotated[str, typer.Option(help="Scheme of the hosts (http or https).")] = "https",
+    json_out: JsonOpt = False,
+) -> None:
+    """Add robots.txt captures from files to the snapshot store (e.g. Wayback or Common Crawl captures)."""
+    from glotta.errors import ConfigError
+    from glotta.pruning.consent.snapshots import SnapshotStore, import_files
+
+    if store is None:
+        raise ConfigError("consent import needs --store")
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"--scheme must be http or https, got {scheme!r}")
+    paths = [f for p in files for f in (sorted(p.rglob("*.txt")) if p.is_dir() else [p])]
+    snaps = import_files(paths, date=date, scheme=scheme)
+    target = store if store.suffix == ".jsonl" else store / "import.jsonl"
+    SnapshotStore.append(target, snaps)
+    result = {"store": str(target), "snapshots": len(snaps), "origins": len({s.origin for s in snaps})}
+    print_json(result) if json_out else print_counters(f"imported into {target}", {k: v for k, v in result.items() if k != "store"})
+
+
+@app.command("fetch")
+@guarded
+def fetch_(
+    shards: Annotated[PathOpt, typer.Argument(help="Shard set whose document URLs name the origins.", show_default=False)] = None,
+    store: StoreOpt = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight at most (default 32).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds per request, whole (default 10).")] = None,
+    date: Annotated[Str, typer.Option(help="Capture date to record (default: today, UTC).")] = None,
+    tdmrep: Annotated[Optional[bool], typer.Option("--tdmrep/--no-tdmrep", help="Also fetch /.well-known/tdmrep.json.")] = None,
+    refetch: Annotated[Optional[bool], typer.Option("--refetch", help="Fetch origins already captured on --date.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Capture robots.txt (and tdmrep.json) for every origin of a shard set (RFC 9309 status rules)."""
+    from glotta.pruning.consent.fetch import FetchConfig, run_fetch
+    from glotta.pruning.consent.filter import rank_world
+
+    overrides = cli_overrides(sets, shards=shards, store=store, concurrency=concurrency, timeout_s=timeout, date=date,
+                              tdmrep=tdmrep, refetch=refetch)
+    cfg = load_config(FetchConfig, config, overrides, section="consent_fetch")
+    set_quiet(json_out)
+    res = run_fetch(cfg, *rank_world())
+    print_json(res) if json_out else print_counters(f"consent fetch -> {res['store']} ({res['date']})", res["counters"])
+
+
+@app.command("filter")
+@guarded
+def filter_(
+    shards: Annotated[PathOpt, typer.Argument(help="Shard set to decide.", show_default=False)] = None,
+    store: StoreOpt = None,
+    out: Annotated[PathOpt, typer.Option("--out", "-o", help="Output directory (audit, exclude list, stats).")] = None,
+    agents: AgentsOpt = None,
+    as_of: Annotated[Str, typer.Option("--as-of", help="crawl | now | strictest: which snapshot decides.")] = None,
+    tos: Annotated[Str, typer.Option("--tos", help="off | advisory | enforce: use of ToS labels.")] = None,
+    tos_labels: Annotated[PathOpt, typer.Option("--tos-labels", help="CSV domain,label or JSON {domain: label}.")] = None,
+    unknown_host: Annotated[Str, typer.Option("--unknown-host", help="keep | drop origins without any snapshot.")] = None,
+    no_url: Annotated[Str, typer.Option("--no-url", help="keep | drop documents without an http(s) url.")] = None,
+    rewrite: Annotated[Optional[bool], typer.Option("--rewrite", help="Also write kept documents as shards (out/shards).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    strict: StrictOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Decide every document: Parquet audit with reason and evidence, exclude list, optional rewritten shards."""
+    from glotta.pruning.consent.filter import FilterConfig, run_filter
+
+    overrides = cli_overrides(sets, shards=shards, store=store, out=out, agents=agents, as_of=as_of, tos=tos,
+                              tos_labels=tos_labels, unknown_host=unknown_host, no_url=no_url, rewrite=rewrite,
+                              strict=strict or None)
+    cfg = load_config(FilterConfig, config, overrides, section="consent_filter")
+    set_quiet(json_out)
+    res = run_filter(cfg)
+    if json_out:
+        print_json(res)
+        return
+    counters = res.get("total", res["counters"])
+    total = counters.get("total", 0) or 1
+    rows = [{"counter": k, "value": v, "share": f"{v / total:.1%}"} for k, v in sorted(counters.items())]
+    print_table(f"consent filter ({cfg.agents}, as of {cfg.as_of})" + (" - already complete" if res["skipped"] else ""),
+                rows, ["counter", "value", "share"])
+    if res.get("exclude"):
+        print(f"exclude list: {res['exclude']}")
+
+
+@app.command("report")
+@guarded
+def report_(
+    out: Annotated[PathOpt, typer.Argument(help="The directory `consent filter` wrote.", show_default=False)] = None,
+    store: StoreOpt = None,
+    png: Annotated[PathOpt, typer.Option("--png", help="Write the chart (needs --store).")] = None,
+    top: Annotated[Optional[int], typer.Option(help="Domains to list (default 20).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Byte-weighted restricted share per reason, language, domain, and per agent group over snapshot months."""
+    from glotta.pruning.consent.report import ReportConfig, build_report
+
+    overrides = cli_overrides(sets, out=out, store=store, png=png, top=top)
+    cfg = load_config(ReportConfig, config, overrides, section="consent_report")
+    rep = build_report(cfg)
+    if json_out:
+        print_json(rep)
+        return
+    print(f"{rep['dropped_docs']:,} of {rep['docs']:,} documents dropped; {rep['dropped_byte_share']:.2%} of UTF-8 bytes")
+    pct = lambda rows, *keys: [dict(r, **{k: f"{r[k]:.1%}" for k in keys}) for r in rows]  # noqa: E731
+    print_table("by reason", pct(rep["reasons"], "byte_share"), ["decision", "reason", "docs", "bytes", "byte_share"])
+    print_table("by language", pct(rep["langs"], "dropped_byte_share"),
+                ["lang", "docs", "bytes", "dropped_docs", "dropped_byte_share"])
+    print_table(f"top {len(rep['domains'])} domains by bytes", pct(rep["domains"], "dropped_byte_share"),
+                ["reg_domain", "hosts", "docs", "bytes", "dropped_docs", "dropped_byte_share", "top_reason"])
+    if rep["months"]:
+        last = rep["months"][-1]["month"]
+        rows = [r for r in rep["months"] if r["month"] == last and "lang" not in r]
+        print_table(f"robots.txt status as of {last}, share of bytes per agent group",
+                    pct(rows, "all", "unreachable", "some", "none", "no_robots", "no_snapshot"),
+                    ["group", "all", "unreachable", "some", "none", "no_robots", "no_snapshot"])
+    if rep.get("png"):
+        print(f"chart: {rep['png']}")
