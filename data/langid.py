@@ -90,9 +90,13 @@ class FastTextLid:
 
 
 class Cld2Lid:
-    """CLD2 via pycld2: the top language's share of the text, halved when CLD2 says unreliable."""
+    """CLD2 via pycld2. Score: the top language's share of the text CLD2 could classify
+    (digits, punctuation and format strings do not count against it), halved when CLD2
+    itself flags the result as unreliable."""
 
     name = "cld2"
+    # C0/C1 control characters (other than tab/newline/CR) make pycld2 reject the whole text.
+    _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
     def __init__(self, max_chars: int = 1000):
         try:
@@ -102,16 +106,16 @@ class Cld2Lid:
         self._cld2, self.max_chars = pycld2, max_chars
 
     def detect(self, text: str) -> tuple[str, float]:
-        text = text[: self.max_chars]
+        text = self._CONTROL.sub("", text[: self.max_chars])
         try:
             reliable, _, details = self._cld2.detect(text, bestEffort=True)
-        except (self._cld2.error, UnicodeEncodeError, ValueError):  # lone surrogates, control bytes
+        except (self._cld2.error, UnicodeEncodeError, ValueError):  # lone surrogates
             return UND, 0.0
-        _, code, percent, _ = details[0]
-        lang = normalize_lang(code)
-        if lang == UND:
+        lang = normalize_lang(details[0][1])
+        known = sum(percent for _, code, percent, _ in details if code != "un")
+        if lang == UND or not known:
             return UND, 0.0
-        return lang, percent / 100.0 * (1.0 if reliable else 0.5)
+        return lang, details[0][2] / known * (1.0 if reliable else 0.5)
 
 
 def make_langid(backend: Backend = DEFAULT_BACKEND, max_chars: int = 1000) -> LangId:
