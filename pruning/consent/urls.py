@@ -18,7 +18,8 @@ from functools import lru_cache
 from publicsuffixlist import PublicSuffixList
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.S)
-_HOST = re.compile(r"[a-z0-9](?:[a-z0-9\-_.]*[a-z0-9_])?|\[[0-9a-f:.]+\]")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9_])?"
+_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\]")
 DEFAULT_PORT = {"http": "80", "https": "443"}
 
 
@@ -63,7 +64,7 @@ def _origin(scheme: str, netloc: str) -> str:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
             raise BadURL("bad_host", netloc) from None
-    if not _HOST.fullmatch(host) or (port and not port.isdigit()):
+    if len(host) > 253 or not _HOST.fullmatch(host) or (port and not port.isdigit()):
         raise BadURL("bad_host", netloc)
     if port and port != DEFAULT_PORT[scheme]:
         return f"{scheme}://{host}:{int(port)}"
