@@ -76,6 +76,14 @@ def trainer_args(cfg: BuildConfig, langs: list[str]) -> dict:
     )
 
 
+class VocabTooSmall(ConfigError):
+    """The vocabulary cannot even hold the sample's required characters (`needed` says how many)."""
+
+    def __init__(self, msg: str, needed: int):
+        super().__init__(msg)
+        self.needed = needed
+
+
 _TOO_HIGH = re.compile(r"Vocabulary size (?:is )?too high \((\d+)\).*<= (\d+)", re.S)
 _TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 
@@ -101,9 +109,10 @@ def train_spm(lines: list[str], args: dict, prefix: str, temp_file: bool = False
             ) from None
         m = _TOO_LOW.search(str(e))
         if m:
-            raise ConfigError(
+            raise VocabTooSmall(
                 f"--vocab-size {m.group(1)} is smaller than the {m.group(2)} characters and symbols the sample needs "
-                f"at character_coverage={args['character_coverage']}: raise --vocab-size or lower character_coverage"
+                f"at character_coverage={args['character_coverage']:.6g}: raise --vocab-size or lower character_coverage",
+                int(m.group(2)),
             ) from None
         raise DataError(f"SentencePiece training failed: {e}") from None
 

@@ -102,3 +102,38 @@ def parallel(
         print_json({"out": str(out), "lines": counts})
     else:
         print(f"wrote {out}: {next(iter(counts.values()))} parallel lines in {len(counts)} languages")
+
+
+@app.command()
+@guarded
+def extend(
+    base: Annotated[Optional[Path], typer.Option(help="Base SentencePiece .model.")] = None,
+    shards: Annotated[Optional[Path], typer.Option(help="Shard set with target-language text.")] = None,
+    langs: LangsOpt = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="File name stem of the extended model.")] = None,
+    add: Annotated[Optional[int], typer.Option(help="Most pieces to append.")] = None,
+    score_mode: Annotated[Optional[str], typer.Option(help="auto, below-min, target or zero.")] = None,
+    allocate: Annotated[Optional[str], typer.Option(help="joint, or worst-premium (greedy parity).")] = None,
+    parallel: Annotated[Optional[Path], typer.Option(help="Parallel JSONL for premiums and the report.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Append pieces learned from target-language text to a base model (old ids never move)."""
+    from glotta.tokenizer.extend import ExtendConfig
+    from glotta.tokenizer.extend import extend as run_extend
+
+    overrides = cli_overrides(sets, base=base, shards=shards, langs=langs, out_dir=out_dir, name=name, add=add,
+                              score_mode=score_mode, allocate=allocate, parallel=parallel)
+    cfg = load_config(ExtendConfig, config, overrides, section="tokenizer_extend")
+    report = run_extend(cfg)
+    if json_out:
+        print_json(report)
+        return
+    print_table("base-language drift", [{"lang": k, **v} for k, v in report["base"].items()]
+                + [{"lang": "total", **report["base_total"]}])
+    print_table("target languages", [{"lang": k, **{c: v for c, v in r.items() if c != "source"}}
+                                     for k, r in report["target"].items()])
+    print(f"wrote {report['model']}: {report['base_vocab_size']} + {report['added']} pieces "
+          f"(score mode {report['score_mode']}, allocation {report['allocate']})")
