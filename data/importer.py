@@ -167,6 +167,11 @@ class Importer:
     def _check_other_worlds(self) -> None:
         parts = self.out / PARTS_DIR
         if not parts.is_dir():
+            if (self.out / MANIFEST).is_file():
+                raise DataError(
+                    f"{self.out} already holds a shard set that was not written by `glotta data import`; "
+                    "use a fresh --out"
+                )
             return
         for p in parts.glob("rank-*-of-*.json"):
             if not p.name.endswith(f"-of-{self.world:05d}.json"):
@@ -366,6 +371,8 @@ class Importer:
                     keys.add(sample.key)
                     self.counters["written"] += 1
                     writer.write(sample)
+                    if self.counters["written"] % 1000 == 0:
+                        bar.update(task, description=f"import rank {self.rank}: {self.counters['written']:,} docs")
                 state["cursor"] = {"file": fi + 1, "record": 0, "global": g}
                 bar.advance(task)
         self._save(shards, cursors, complete=True)

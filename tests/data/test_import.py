@@ -286,3 +286,14 @@ def test_torchrun_two_processes(tmp_path, docs):
     assert sum(s["samples"] for s in summaries) == len(docs)
     assert sorted(s.key for s in imported(out)) == sorted(d["id"] for d in docs)
     assert Manifest.load(out).meta["world_size"] == 2
+
+
+def test_refuses_to_mix_with_another_shard_set(tmp_path, demo_shards, multilingual_text):
+    out = tmp_path / "out"
+    shutil.copytree(demo_shards, out)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": multilingual_text["en"]}])
+    with pytest.raises(DataError, match="already holds a shard set"):
+        run_import(cfg([src], out))
+    run_import(cfg([src], tmp_path / "two"), rank=0, world_size=2)
+    with pytest.raises(DataError, match="another WORLD_SIZE"):
+        run_import(cfg([src], tmp_path / "two"), rank=0, world_size=3)
