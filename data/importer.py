@@ -181,8 +181,10 @@ class Importer:
                 )
 
     def _problem(self, reason: str, msg: str) -> None:
+        """A bad record: an error with --strict, else counted, skipped and (the first few) logged."""
         if self.cfg.strict:
             raise DataError(msg)
+        msg += " (skipped)"
         self.counters[reason] += 1
         ex = self.examples.setdefault(reason, [])
         if len(ex) < MAX_EXAMPLES:
@@ -214,12 +216,12 @@ class Importer:
 
     def _bad_utf8(self, msg: str, replace) -> str | None:
         if self.cfg.utf8 == "skip" or self.cfg.strict:
-            self._problem("invalid_utf8_skipped", msg + "; skipped")
+            self._problem("invalid_utf8_skipped", msg)
             return None
         self.counters["invalid_utf8_replaced"] += 1
         return replace()
 
-    def _record(self, payload: Any, where: str, path: Path) -> dict[str, Any] | None:
+    def _record(self, payload: Any, where: str) -> dict[str, Any] | None:
         """The record as a dict, or None (counted) for a malformed line."""
         if isinstance(payload, dict):
             return payload
@@ -255,7 +257,7 @@ class Importer:
         if text is None:
             return None
         if not text.strip():
-            self._problem("empty_docs", f"{where}: empty document skipped")
+            self._problem("empty_docs", f"{where}: empty document")
             return None
         meta: dict[str, Any] = {"source": str(rec.get(c.source_field) or f"file:{path.name}")}
         for name, key in ((c.url_field, "url"), (c.date_field, "crawl_date"), (c.license_field, "license"), (c.id_field, "id")):
@@ -356,7 +358,7 @@ class Importer:
                     if self.stride > 1 and gi % self.stride != self.rank:
                         continue
                     self.counters["records"] += 1
-                    rec = self._record(raw.payload, raw.where, path)
+                    rec = self._record(raw.payload, raw.where)
                     sample = self._sample(rec, raw.where, path, gi) if rec is not None else None
                     if sample is None:
                         continue

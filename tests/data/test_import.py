@@ -236,7 +236,7 @@ def test_empty_missing_and_malformed_records_are_counted_with_location(tmp_path,
     c = res.counters
     assert (c["empty_docs"], c["missing_text"], c["bad_text"], c["bad_json"], c["blank_lines"]) == (1, 1, 1, 2, 1)
     assert c["records"] == 7 and c["written"] == 1
-    assert res.examples["missing_text"] == [f"{src}:line 3: no text field 'text' (fields: body, id); see --text-field"]
+    assert res.examples["missing_text"] == [f"{src}:line 3: no text field 'text' (fields: body, id); see --text-field (skipped)"]
     assert res.examples["bad_json"][0].startswith(f"{src}:line 5: malformed JSON")
     assert "line 6: a JSON line must hold an object, got list" in res.examples["bad_json"][1]
     for bad_line in (2, 3, 4, 5):
