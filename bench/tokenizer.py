@@ -1,0 +1,77 @@
+"""Tokenizer build and encode speed against plain SentencePiece, on the real demo corpus.
+
+1. build: `glotta.tokenizer.build` (sample from shards + train + card) vs
+   `SentencePieceTrainer.train` on the same in-memory sample with the same options.
+   Overhead = ours / baseline - 1 (target <= 10%).
+2. encode: the `eval` metric pass (encode + per-language counts) vs a bare batched
+   `SentencePieceProcessor.encode` of the same lines, in MB/s of UTF-8 text.
+
+    python bench/tokenizer.py [--docs-per-lang 100] [--sample-bytes 1500000] [--vocab-size 8000] [--model-type unigram] [--repeat 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import sentencepiece as spm
+
+from glotta.data.demo_corpus import build_demo_corpus
+from glotta.tokenizer.build import BuildConfig, build, trainer_args, train_spm
+from glotta.tokenizer.metrics import Vocab, count
+from glotta.tokenizer.sample import SampleConfig, draw_sample
+
+LANGS = ["en", "de", "fr", "es", "ru", "el", "ja", "zh", "hi", "ar", "ko", "th", "tr", "pl", "uk", "vi"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs-per-lang", type=int, default=100)
+    ap.add_argument("--vocab-size", type=int, default=8000)
+    ap.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
+    ap.add_argument("--sample-bytes", type=int, default=1_500_000)
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = Path(tmp) / "shards"
+        build_demo_corpus(shards, langs=LANGS, max_docs_per_lang=args.docs_per_lang, shard_samples=500)
+        cfg = BuildConfig(shards=shards, out_dir=Path(tmp) / "ours", vocab_size=args.vocab_size,
+                          model_type=args.model_type, sample=SampleConfig(sample_bytes=args.sample_bytes))
+        sample = draw_sample(shards, cfg.sample)
+        spm_args = trainer_args(cfg, sorted(sample.langs))
+        mb = sum(s.bytes for s in sample.langs.values()) / 1e6
+        print(f"sample: {len(sample.lines):,} lines, {mb:.2f} MB, {len(sample.langs)} languages; "
+              f"{args.model_type} vocab {args.vocab_size}; {os.cpu_count()} cores")
+        ours, base, cards = [], [], []
+        for _ in range(args.repeat):  # alternate so machine noise hits both alike
+            t = time.perf_counter()
+            cards.append(build(cfg))
+            ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            train_spm(sample.lines, spm_args, str(Path(tmp) / "direct"))
+            base.append(time.perf_counter() - t)
+        o, b = min(ours), min(base)
+        print(f"build   glotta {o:7.2f} s   sentencepiece direct {b:7.2f} s   ratio {o / b:.3f} "
+              f"(overhead {100 * (o / b - 1):+.1f}%)")
+        best = cards[ours.index(o)]["seconds"]
+        print(f"        glotta breakdown: sample {best['sample']:.2f} s + train {best['train']:.2f} s")
+
+        sp = spm.SentencePieceProcessor(model_file=str(Path(tmp) / "ours" / "glotta.model"))
+        lines = sample.lines
+        vocab = Vocab(sp)
+        raw, ev = [], []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            sp.encode(lines)
+            raw.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            count(vocab, lines)
+            ev.append(time.perf_counter() - t)
+        r, e = mb / min(raw), mb / min(ev)
+        print(f"encode  eval pass {e:7.2f} MB/s   sentencepiece encode {r:7.2f} MB/s   ratio {e / r:.3f}")
+
+
+if __name__ == "__main__":
+    main()
