@@ -10,12 +10,13 @@ from typing import Annotated
 import typer
 
 from glotta import __version__
-from glotta.launch.commands import consent, data, tokenizer
+from glotta.launch.commands import consent, data, prune, tokenizer
 
 app = typer.Typer(
     name="glotta",
     help="Distributed multilingual pretraining with consent filtering, fair tokenizers and CAT data pruning.",
     no_args_is_help=True,
+    add_completion=False,
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -40,6 +41,7 @@ def _root(
 app.add_typer(data.app, name="data", help="Import, inspect and build webdataset text shard sets.")
 app.add_typer(consent.app, name="consent", help="Consent filtering: robots.txt, TDMRep and content signals, with an audit.")
 app.add_typer(tokenizer.app, name="tokenizer", help="Build, evaluate and extend SentencePiece tokenizers.")
+app.add_typer(prune.app, name="prune", help="CAT pruning: score documents across checkpoints, select per language.")
 
 
 def main() -> None:

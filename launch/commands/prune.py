@@ -1,0 +1,85 @@
+"""`glotta prune select | score`: parse options, call glotta.pruning.cat, print."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from glotta.config import load_config
+from glotta.launch.console import print_counters, print_json, print_table
+from glotta.launch.errors import guarded
+from glotta.launch.options import ConfigOpt, JsonOpt, SetOpt, StrictOpt, cli_overrides
+
+app = typer.Typer(no_args_is_help=True, help="Checkpoints-Across-Time scoring and per-language selection.")
+
+
+@app.command("select")
+@guarded
+def select_(
+    scores: Annotated[Optional[list[Path]], typer.Option("--scores", help="Scores file or folder (repeatable).")] = None,
+    shards: Annotated[Optional[Path], typer.Option(help="The shard set the scores were computed on.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="cat, std, mean_abs_change, drop, nll_var, cv, rank_change, "
+                                                       "zscore; baselines random, ppl_low, ppl_mid, ppl_high, length.")] = None,
+    keep: Annotated[Optional[float], typer.Option(help="Fraction to keep, in (0, 1].")] = None,
+    unit: Annotated[Optional[str], typer.Option(help="Budget unit: tokens or docs.")] = None,
+    scope: Annotated[Optional[str], typer.Option(help="language (rank within each language) or global.")] = None,
+    allocation: Annotated[Optional[str], typer.Option(help="fraction (per language) or unimax.")] = None,
+    floor: Annotated[Optional[int], typer.Option(help="Languages with at most this many units are kept whole.")] = None,
+    cap: Annotated[Optional[int], typer.Option(help="Most units any language keeps.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of method=random.")] = None,
+    exclude: Annotated[Optional[list[Path]], typer.Option(help="Exclude list already applied (repeatable).")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="The run's SentencePiece model (checked; text stats).")] = None,
+    materialize: Annotated[Optional[bool], typer.Option("--materialize/--no-materialize",
+                                                        help="Also write the kept documents as shards.")] = None,
+    mlflow_uri: Annotated[Optional[str], typer.Option("--mlflow-uri", help="Log to this MLflow tracking URI.")] = None,
+    mlflow_run: Annotated[Optional[str], typer.Option("--mlflow-run", help="Log into this existing MLflow run.")] = None,
+    mlflow: Annotated[Optional[bool], typer.Option("--mlflow", help="Log to MLflow (default store: <out>/mlflow.db).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    strict: StrictOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Keep the top fraction of documents by a score; write an exclude list, a report and optionally shards."""
+    from glotta.pruning.cat.select import SelectConfig, run
+
+    overrides = cli_overrides(
+        sets, scores=[str(s) for s in scores] if scores else None, shards=shards, out_dir=out_dir, method=method,
+        seed=seed, exclude=[str(e) for e in exclude] if exclude else None, tokenizer=tokenizer,
+        materialize=materialize,
+        **{"selection.fraction": keep, "selection.unit": unit, "selection.scope": scope,
+           "selection.allocation": allocation, "selection.floor": floor, "selection.cap": cap,
+           "mlflow.tracking_uri": mlflow_uri, "mlflow.run_id": mlflow_run, "mlflow.enabled": mlflow},
+    )
+    cfg = load_config(SelectConfig, config, overrides, section="prune_select")
+    result = run(cfg, strict=strict)
+    if json_out:
+        print_json(result)
+        return
+    stats = result["text_stats"]
+    rows = []
+    for r in result["langs"]:
+        kept, dropped = stats.get(r["lang"], {}).get("kept", {}), stats.get(r["lang"], {}).get("dropped", {})
+        rows.append({"lang": r["lang"], "docs": r["docs"], "kept": r["kept_docs"], "kept_tok%": 100 * r["kept_frac_tokens"],
+                     "floor": "yes" if r["floor"] else "",
+                     "len k/d": _pair(kept.get("mean_tokens"), dropped.get("mean_tokens"), "{:.0f}"),
+                     "ttr k/d": _pair(kept.get("type_token_ratio"), dropped.get("type_token_ratio"), "{:.2f}"),
+                     "rare% k/d": _pair(_pct(kept.get("rare_token_rate")), _pct(dropped.get("rare_token_rate")), "{:.2f}")})
+    sel = result["selection"]
+    print_table(f"prune select: {result['method']}, keep {sel['fraction']} of {sel['unit']} per "
+                f"{'language' if sel['scope'] == 'language' else 'corpus'}", rows)
+    print_counters("counters", {k: v for k, v in result["counters"].items() if v})
+    print(f"kept {result['kept_frac_tokens']:.1%} of tokens; exclude list: {result['exclude']}")
+    if result.get("materialized"):
+        print(f"pruned shards: {result['materialized']['dir']} ({result['materialized']['docs']} docs)")
+    if result.get("mlflow"):
+        print(f"mlflow run {result['mlflow']['run_id']} at {result['mlflow']['tracking_uri']}")
+
+
+def _pct(x):
+    return None if x is None else 100 * x
+
+
+def _pair(a, b, fmt: str) -> str:
+    return "/".join("-" if v is None else fmt.format(v) for v in (a, b))
