@@ -87,6 +87,8 @@ def test_text_files_split_modes_and_language_id(tmp_path, multilingual_text):
     run_import(cfg([src / "*.txt"], tmp_path / "paras", text_split="paragraphs"))
     paras = imported(tmp_path / "paras")
     assert len(paras) == 16 and {p.text for p in paras} >= set(multilingual_text.values())
+    theirs = wds.WebDataset([str(p) for p in list_shards(tmp_path / "paras")], shardshuffle=False).decode()
+    assert [(x["__key__"], x["txt"], x["json"]) for x in theirs] == [(s.key, s.text, s.meta) for s in paras]
     run_import(cfg([src / "de.txt"], tmp_path / "lines", text_split="lines", lid="never"))
     assert [s.meta["lang"] for s in imported(tmp_path / "lines")] == ["und", "und"]
 
@@ -297,3 +299,14 @@ def test_refuses_to_mix_with_another_shard_set(tmp_path, demo_shards, multilingu
     run_import(cfg([src], tmp_path / "two"), rank=0, world_size=2)
     with pytest.raises(DataError, match="another WORLD_SIZE"):
         run_import(cfg([src], tmp_path / "two"), rank=0, world_size=3)
+
+
+def test_shard_mb_bounds_the_text_per_shard(tmp_path, docs):
+    src = write_jsonl(tmp_path / "in.jsonl", docs)
+    run_import(cfg([src], tmp_path / "out", shard_mb=0.05))  # 52,428 bytes of text
+    m = Manifest.load(tmp_path / "out")
+    limit = int(0.05 * (1 << 20))
+    assert len(m.shards) > 3 and m.samples == len(docs)
+    assert all(s.bytes >= limit for s in m.shards[:-1])  # a shard closes once it reaches the limit
+    max_doc = max(len(d["text"].encode()) for d in docs)
+    assert all(s.bytes < limit + max_doc for s in m.shards)  # ... and never takes more than one more document
