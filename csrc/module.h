@@ -4,4 +4,6 @@
 
 namespace glotta {
 void register_tar(pybind11::module_& m);
+void register_pack(pybind11::module_& m);
+void register_mix(pybind11::module_& m);
 }  // namespace glotta

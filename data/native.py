@@ -1,12 +1,87 @@
-"""Typed façade over the C++ extension glotta._native (built at install time by setup.py)."""
+"""Typed façade over the C++ extension glotta._native (built at install time by setup.py).
+
+The bindings take raw numpy buffers; the functions here pick the dtype instantiation, convert
+inputs and check bounds so that a mistake is a clear Python error, not a C++ one.
+"""
 from __future__ import annotations
 
+import numpy as np
+
 try:
-    from glotta._native import TarError, TarReader
+    from glotta._native import BlendSchedule, TarError, TarReader
+    from glotta._native import assemble_i32 as _assemble_i32
+    from glotta._native import assemble_u16 as _assemble_u16
+    from glotta._native import best_fit_pack as _best_fit_pack
+    from glotta._native import permutation as _permutation
 except ImportError as e:  # pragma: no cover - only when the package was not installed/built
     raise ImportError(
         "glotta._native is not built: install the package with `pip install -e .` "
         "(needs a C++17 compiler and the Python headers)"
     ) from e
 
-__all__ = ["TarError", "TarReader"]
+__all__ = ["BlendSchedule", "TarError", "TarReader", "assemble", "best_fit_pack", "permutation", "token_dtype"]
+
+_MASK63 = (1 << 63) - 1
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (halves what workers send), else int32."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.int32)
+
+
+def permutation(n: int, seed: int) -> np.ndarray:
+    """A permutation of range(n) that depends only on (n, seed), on every platform."""
+    if n < 0:
+        raise ValueError(f"permutation size must be >= 0, got {n}")
+    return _permutation(int(n), int(seed) & _MASK63)
+
+
+def best_fit_pack(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Best-fit-decreasing of `lengths` into rows of `capacity`: (doc, start, len, row, n_rows)."""
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}")
+    if lengths.size and lengths.min() < 0:
+        raise ValueError("document lengths must be >= 0")
+    return _best_fit_pack(lengths, int(capacity))
+
+
+def assemble(
+    flat: np.ndarray,
+    seg_row: np.ndarray,
+    seg_start: np.ndarray,
+    seg_len: np.ndarray,
+    seg_lang: np.ndarray,
+    rows: int,
+    row_len: int,
+    pad_id: int,
+    eod_id: int,
+    reset_position_ids: bool,
+    eod_mask_loss: bool,
+) -> dict:
+    """Megatron batch arrays from rows given as segments of `flat` (start -1 = padding)."""
+    if flat.dtype == np.uint16:
+        fn = _assemble_u16
+    elif flat.dtype == np.int32:
+        fn = _assemble_i32
+    else:
+        raise TypeError(f"token buffer must be uint16 or int32, got {flat.dtype}")
+    seg_start = np.ascontiguousarray(seg_start, dtype=np.int64)
+    seg_len = np.ascontiguousarray(seg_len, dtype=np.int64)
+    if (seg_start + seg_len)[seg_start >= 0].max(initial=0) > flat.size:
+        raise ValueError("a segment points past the token buffer")
+    return fn(
+        np.ascontiguousarray(flat),
+        np.ascontiguousarray(seg_row, dtype=np.int32),
+        seg_start,
+        seg_len,
+        np.ascontiguousarray(seg_lang, dtype=np.int32),
+        int(rows),
+        int(row_len),
+        int(pad_id),
+        int(eod_id),
+        bool(reset_position_ids),
+        bool(eod_mask_loss),
+    )

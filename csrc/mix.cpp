@@ -1,0 +1,170 @@
+// Deterministic mixing schedule and permutations for the streaming loader.
+//
+// BlendSchedule: Megatron-style largest-error interleave over languages: slot i goes to the
+// active language whose share is furthest behind its weight. A language reaching its cap (in
+// documents) leaves the mix; the remaining weights are renormalised and the error restarts
+// from that slot, so the remaining languages keep their relative proportions exactly.
+//
+// permutation / deal: Fisher-Yates driven by splitmix64 with Lemire's unbiased bounded draw.
+// std::shuffle and std::uniform_int_distribution differ between standard libraries; this
+// does not, so a seed gives the same order on every machine.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+#include "module.h"
+
+namespace py = pybind11;
+
+namespace glotta {
+namespace {
+
+inline uint64_t splitmix64(uint64_t* s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+// Uniform integer in [0, n) without modulo bias (Lemire 2019).
+inline uint64_t bounded(uint64_t* s, uint64_t n) {
+  uint64_t x = splitmix64(s);
+  __uint128_t m = static_cast<__uint128_t>(x) * n;
+  uint64_t lo = static_cast<uint64_t>(m);
+  if (lo < n) {
+    uint64_t t = (0 - n) % n;
+    while (lo < t) {
+      x = splitmix64(s);
+      m = static_cast<__uint128_t>(x) * n;
+      lo = static_cast<uint64_t>(m);
+    }
+  }
+  return static_cast<uint64_t>(m >> 64);
+}
+
+void shuffle_into(int64_t* out, int64_t n, uint64_t seed) {
+  for (int64_t i = 0; i < n; ++i) out[i] = i;
+  uint64_t s = seed;
+  for (int64_t i = n - 1; i > 0; --i) {
+    int64_t j = static_cast<int64_t>(bounded(&s, static_cast<uint64_t>(i) + 1));
+    std::swap(out[i], out[j]);
+  }
+}
+
+class BlendSchedule {
+ public:
+  BlendSchedule(std::vector<double> weights, std::vector<int64_t> caps) : w_(std::move(weights)), caps_(std::move(caps)) {
+    if (w_.empty()) throw std::invalid_argument("blend schedule needs at least one language");
+    if (caps_.size() != w_.size()) throw std::invalid_argument("weights and caps differ in length");
+    counts_.assign(w_.size(), 0);
+    seg_counts_.assign(w_.size(), 0);
+    active_.assign(w_.size(), false);
+    for (size_t i = 0; i < w_.size(); ++i) {
+      if (!(w_[i] >= 0) || !std::isfinite(w_[i])) throw std::invalid_argument("weights must be finite and >= 0");
+      active_[i] = w_[i] > 0 && caps_[i] != 0;
+    }
+    renormalise();
+  }
+
+  // Next `n` slots: language index and its occurrence number (0, 1, ... per language).
+  // Fewer than n when every language has reached its cap.
+  std::pair<std::vector<int32_t>, std::vector<int64_t>> next(int64_t n) {
+    std::vector<int32_t> lang;
+    std::vector<int64_t> occ;
+    lang.reserve(static_cast<size_t>(n));
+    occ.reserve(static_cast<size_t>(n));
+    const size_t k = w_.size();
+    for (int64_t i = 0; i < n && any_active_; ++i) {
+      const double t = static_cast<double>(pos_ - seg_pos_ + 1);
+      int best = -1;
+      double best_err = -std::numeric_limits<double>::infinity();
+      for (size_t l = 0; l < k; ++l) {
+        if (!active_[l]) continue;
+        double err = wn_[l] * t - static_cast<double>(counts_[l] - seg_counts_[l]);
+        if (err > best_err) {
+          best_err = err;
+          best = static_cast<int>(l);
+        }
+      }
+      lang.push_back(best);
+      occ.push_back(counts_[best]);
+      ++counts_[best];
+      ++pos_;
+      if (caps_[best] >= 0 && counts_[best] >= caps_[best]) {
+        active_[best] = false;
+        renormalise();
+      }
+    }
+    return {std::move(lang), std::move(occ)};
+  }
+
+  int64_t position() const { return pos_; }
+  std::vector<int64_t> counts() const { return counts_; }
+  bool exhausted() const { return !any_active_; }
+
+ private:
+  void renormalise() {
+    double total = 0;
+    for (size_t l = 0; l < w_.size(); ++l)
+      if (active_[l]) total += w_[l];
+    any_active_ = total > 0;
+    wn_.assign(w_.size(), 0.0);
+    for (size_t l = 0; l < w_.size(); ++l)
+      if (active_[l]) wn_[l] = w_[l] / total;
+    seg_pos_ = pos_;
+    seg_counts_ = counts_;
+  }
+
+  std::vector<double> w_, wn_;
+  std::vector<int64_t> caps_, counts_, seg_counts_;
+  std::vector<bool> active_;
+  int64_t pos_ = 0, seg_pos_ = 0;
+  bool any_active_ = false;
+};
+
+}  // namespace
+
+void register_mix(py::module_& m) {
+  py::class_<BlendSchedule>(m, "BlendSchedule",
+                            "Largest-error interleave over languages with per-language caps (-1 = none).")
+      .def(py::init<std::vector<double>, std::vector<int64_t>>(), py::arg("weights"), py::arg("caps"))
+      .def(
+          "next",
+          [](BlendSchedule& s, int64_t n) {
+            std::pair<std::vector<int32_t>, std::vector<int64_t>> r;
+            {
+              py::gil_scoped_release release;
+              r = s.next(n);
+            }
+            py::array_t<int32_t> lang(static_cast<py::ssize_t>(r.first.size()));
+            py::array_t<int64_t> occ(static_cast<py::ssize_t>(r.second.size()));
+            std::copy(r.first.begin(), r.first.end(), lang.mutable_data());
+            std::copy(r.second.begin(), r.second.end(), occ.mutable_data());
+            return py::make_tuple(lang, occ);
+          },
+          py::arg("n"), "(lang int32[n'], occurrence int64[n']); n' < n once every language is exhausted.")
+      .def_property_readonly("position", &BlendSchedule::position)
+      .def_property_readonly("counts", &BlendSchedule::counts)
+      .def_property_readonly("exhausted", &BlendSchedule::exhausted);
+
+  m.def(
+      "permutation",
+      [](int64_t n, uint64_t seed) {
+        if (n < 0) throw std::invalid_argument("permutation size must be >= 0");
+        py::array_t<int64_t> out(static_cast<py::ssize_t>(n));
+        int64_t* p = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          shuffle_into(p, n, seed);
+        }
+        return out;
+      },
+      py::arg("n"), py::arg("seed"), "A seeded permutation of range(n), identical on every platform.");
+}
+
+}  // namespace glotta

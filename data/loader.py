@@ -1,0 +1,521 @@
+"""TokenLoader: shards -> SentencePiece on the fly -> packed, mixed Megatron batches, resumable.
+
+The global order does not depend on the data-parallel size:
+
+  schedule   slot j -> (language, document): the C++ largest-error interleave (mixing.py).
+  lanes      the global batch has `global_batch_size` rows; row i of every global step comes
+             from lane i. Slots are dealt to lanes in blocks: block p holds slots
+             [p*L, (p+1)*L) and a seeded permutation gives each lane exactly one of them, so
+             lane i's p-th document is fixed by the config alone.
+  ranks      rank r owns the contiguous lanes [r*L/D, (r+1)*L/D) and yields them as L/(D*B)
+             micro-batches per global step. It reads and tokenizes only its lanes' documents,
+             so tokenization scales with D, and ranks never share a document.
+
+Every rank yields one micro-batch per owned lane group per step, so all ranks yield the same
+number of batches. A lane's packer state is three integers (packing.py); a rank's state is
+its lanes' states, and an elastic resume hands lanes to their new owners (`merge_states`).
+Because lane contents do not depend on D, a global batch after an elastic resume is bitwise
+identical to the same global batch of an uninterrupted run; only which rank holds which rows
+changes (see docs/loader.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, ValidationError, model_validator
+
+from glotta.config import StrictModel
+from glotta.data.exclude import read_exclude
+from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
+from glotta.data.native import assemble, permutation
+from glotta.data.packing import BestFitLane, ConcatLane, Doc, RowStats
+from glotta.data.shards import list_shards
+from glotta.data.tokenize import UTF8_REPLACED, DocIndex, Encoder, build_index, open_tokenizer, worker_encode, worker_init
+from glotta.errors import ConfigError, DataError
+from glotta.seeding import stable_seed
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+class LoaderConfig(StrictModel):
+    sources: list[str] = Field(min_length=1, description="shard directories or .tar files")
+    tokenizer: str = Field(description="SentencePiece .model file")
+    seq_len: int = Field(ge=2, description="tokens per row (labels are shifted by one)")
+    micro_batch_size: int = Field(ge=1)
+    global_batch_size: int | None = Field(None, ge=1, description="rows per step over all ranks (default mbs*dp)")
+    mix: MixConfig = Field(default_factory=MixConfig)
+    seed: int = 1234
+    num_workers: int = Field(0, ge=0, description="tokenizer processes (0 = in the loader's process)")
+    packing: Literal["concat", "best_fit"] = "best_fit"
+    best_fit_buffer: int = Field(64, ge=1, description="documents per lane buffer for best_fit")
+    reset_position_ids: bool = True
+    eod_mask_loss: bool = False
+    exclude: list[str] = Field(default_factory=list, description="exclude lists (shard.tar/KEY lines or Parquet)")
+    num_batches: int | None = Field(None, ge=1, description="micro-batches per rank, then stop (pads if data runs out)")
+    docs_per_task: int = Field(128, ge=1, description="documents per tokenizer task")
+    start_method: Literal["fork", "forkserver", "spawn"] = Field(
+        "fork", description="how workers start (fork: like torch's DataLoader; spawn needs a __main__ guard)"
+    )
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "LoaderConfig":
+        if self.global_batch_size is not None and self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
+            )
+        return self
+
+
+def _shards(sources: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for s in sources:
+        p = Path(s)
+        if p.is_dir():
+            out.extend(list_shards(p))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"loader source not found: {p}")
+    names = [p.name for p in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"shard names must be unique across sources (exclude lists use them): {dup[:5]}")
+    return out
+
+
+def _sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+class TokenLoader:
+    """Iterable of Megatron batches for one data-parallel rank (see the module docstring)."""
+
+    def __init__(
+        self,
+        sources: list[str] | str | None = None,
+        tokenizer: str | None = None,
+        seq_len: int | None = None,
+        micro_batch_size: int | None = None,
+        mix: MixConfig | dict | str | None = None,
+        seed: int = 1234,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        num_workers: int = 0,
+        *,
+        config: LoaderConfig | None = None,
+        **kwargs: Any,
+    ):
+        if config is None:
+            if isinstance(sources, (str, Path)):
+                sources = [str(sources)]
+            if isinstance(mix, str):
+                mix = {"method": mix}
+            fields = dict(
+                sources=[str(s) for s in sources or []],
+                tokenizer=str(tokenizer) if tokenizer is not None else None,
+                seq_len=seq_len,
+                micro_batch_size=micro_batch_size,
+                mix=mix if mix is not None else MixConfig(),
+                seed=seed,
+                num_workers=num_workers,
+                **kwargs,
+            )
+            try:
+                config = LoaderConfig(**fields)
+            except ValidationError as e:
+                err = e.errors()[0]
+                key = ".".join(str(x) for x in err["loc"]) or "loader"
+                raise ConfigError(f"loader.{key}: {err['msg']}") from None
+        self.cfg = cfg = config
+        if not 0 <= dp_rank < dp_size:
+            raise ConfigError(f"dp_rank must be in [0, dp_size): got rank {dp_rank} of {dp_size}")
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.global_batch = cfg.global_batch_size or cfg.micro_batch_size * dp_size
+        if self.global_batch % (cfg.micro_batch_size * dp_size):
+            raise ConfigError(
+                f"loader.global_batch_size ({self.global_batch}) must be a multiple of "
+                f"micro_batch_size * dp_size ({cfg.micro_batch_size} * {dp_size})"
+            )
+        self.row_len = cfg.seq_len + 1
+
+        _, tok = open_tokenizer(cfg.tokenizer)
+        self.vocab_size, self.eod_id, self.pad_id = tok.vocab_size, tok.eod_id, tok.pad_id
+        shards = _shards(cfg.sources)
+        exclude = read_exclude(cfg.exclude)
+        self.index: DocIndex = build_index(shards, exclude, cfg.strict)
+        self._setup_mix(exclude)
+
+        L, D = self.global_batch, dp_size
+        self.lane_ids = list(range(dp_rank * L // D, (dp_rank + 1) * L // D))
+        self.groups = len(self.lane_ids) // cfg.micro_batch_size
+        self._lanes = {i: self._new_lane() for i in self.lane_ids}
+        self._micro = 0
+        self._stats = RowStats()
+        self._counts: Counter = Counter()
+        self._lang_tokens = np.zeros(len(self.langs), np.int64)
+        self._blocks: dict[int, dict[int, Doc | None]] = {}
+        self._jobs: dict[int, Any] = {}
+        self._collected: set[int] = set()
+        self._blocks_per_job = max(1, round(cfg.docs_per_task / len(self.lane_ids)))
+        self._pool: ProcessPoolExecutor | None = None
+        self._encoder: Encoder | None = None
+        self._fingerprint = {
+            "seq_len": cfg.seq_len,
+            "global_batch_size": self.global_batch,
+            "packing": cfg.packing,
+            "best_fit_buffer": cfg.best_fit_buffer if cfg.packing == "best_fit" else None,
+            "seed": cfg.seed,
+            "mix": cfg.mix.model_dump(),
+            "langs": list(self.langs),
+            "documents": int(len(self.index.key)),
+            "shards": [Path(s).name for s in self.index.shards],
+            "exclude": hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest()[:16],
+            "tokenizer": _sha(cfg.tokenizer),
+        }
+
+    # ---- setup ----------------------------------------------------------------------------
+    def _setup_mix(self, exclude: set[str]) -> None:
+        cfg, idx = self.cfg, self.index
+        by_lang: dict[str, list[int]] = {}
+        for i, lang in enumerate(idx.lang):
+            by_lang.setdefault(lang, []).append(i)
+        if cfg.mix.langs is not None:
+            empty = sorted(set(cfg.mix.langs) - set(by_lang))
+            if empty:
+                raise DataError(f"mix.langs: no documents for {empty} in {cfg.sources} (empty or excluded)")
+            by_lang = {lang: by_lang[lang] for lang in cfg.mix.langs}
+        if not by_lang:
+            raise DataError(f"no documents to load from {cfg.sources} ({dict(idx.counters)})")
+        sizes = {lang: float(idx.nbytes[d].sum()) for lang, d in by_lang.items()}
+        weights = mix_weights(cfg.mix, sizes)
+        self.langs: list[str] = list(weights)
+        self.weights = weights
+        self._lang_docs = [np.asarray(by_lang[lang], np.int64) for lang in self.langs]
+        n_docs = [len(d) for d in self._lang_docs]
+        # Document rate = byte share / mean document size, so byte shares follow the weights.
+        rates = [weights[lang] * n / max(sizes[lang], 1.0) for lang, n in zip(self.langs, n_docs)]
+        caps = doc_caps(cfg.mix, n_docs)
+        self.finite = all(c >= 0 for c in caps)
+        if self.finite and self.dp_size > 1 and cfg.num_batches is None:
+            raise ConfigError(
+                "loader.num_batches: the data is finite (mix.exhausted='drop' or mix.max_epochs) and dp_size > 1; "
+                "set num_batches so that every rank yields the same number of batches"
+            )
+        self.schedule = Schedule(rates, n_docs, caps, stable_seed(cfg.seed, "schedule"), cfg.mix.shuffle)
+
+    def _new_lane(self, state=(0, 0, 0)):
+        if self.cfg.packing == "concat":
+            return ConcatLane(self.row_len, tuple(state))
+        return BestFitLane(self.row_len, self.cfg.best_fit_buffer, tuple(state))
+
+    # ---- documents ------------------------------------------------------------------------
+    def _job_docs(self, job: int) -> tuple[list[tuple[int, int, int]], np.ndarray, np.ndarray]:
+        """(block, lane, global doc index or -1) for every owned lane of the job's blocks."""
+        L = self.global_batch
+        b0 = job * self._blocks_per_job
+        where, slots = [], []
+        for p in range(b0, b0 + self._blocks_per_job):
+            deal = permutation(L, stable_seed(self.cfg.seed, "deal", p))
+            for lane in self.lane_ids:
+                where.append((p, lane))
+                slots.append(p * L + int(deal[lane]))
+        lang, doc, _ = self.schedule.lookup(np.asarray(slots, np.int64))
+        gidx = np.full(len(slots), -1, np.int64)
+        ok = lang >= 0
+        for i in np.flatnonzero(ok):
+            gidx[i] = self._lang_docs[lang[i]][doc[i]]
+        return where, lang, gidx
+
+    def _submit(self, job: int) -> None:
+        where, lang, gidx = self._job_docs(job)
+        ok = gidx >= 0
+        sel = gidx[ok]
+        args = (self.index.shard[sel], self.index.offset[sel], [self.index.key[i] for i in sel])
+        if self._pool is not None:
+            fut = self._pool.submit(worker_encode, *args)
+        else:
+            fut = None
+        self._jobs[job] = (where, lang, gidx, fut, args)
+
+    def _collect(self, job: int) -> None:
+        where, lang, gidx, fut, args = self._jobs.pop(job)
+        self._collected.add(job)
+        if fut is not None:
+            flat, lengths, status = fut.result()
+        else:
+            if self._encoder is None:
+                self._encoder = Encoder(self.index.shards, self.cfg.tokenizer, self.cfg.strict)
+            flat, lengths, status = self._encoder.encode(*args)
+        ends = np.cumsum(lengths)
+        k = 0
+        for (p, lane), lg, g in zip(where, lang.tolist(), gidx.tolist()):
+            blk = self._blocks.setdefault(p, {})
+            if g < 0:
+                blk[lane] = None
+                continue
+            blk[lane] = Doc(flat[ends[k] - lengths[k] : ends[k]], lg, g, int(status[k]))
+            k += 1
+
+    def _get(self, lane: int, p: int) -> Doc | None:
+        blk = self._blocks.get(p)
+        if blk is None:
+            job = p // self._blocks_per_job
+            ahead = 2 * self.cfg.num_workers if self._pool is not None else 0
+            for j in range(job, job + ahead + 1):  # keep the workers busy with the next jobs
+                if j not in self._jobs and j not in self._collected:
+                    self._submit(j)
+            self._collect(job)
+            blk = self._blocks[p]
+        return blk[lane]
+
+    def _evict(self) -> None:
+        low = min(lane.first_needed() for lane in self._lanes.values())
+        for p in [p for p in self._blocks if p < low]:
+            del self._blocks[p]
+        low_job = low // self._blocks_per_job
+        self._collected = {j for j in self._collected if j >= low_job}
+        for j in [j for j in self._jobs if j < low_job]:
+            _, _, _, fut, _ = self._jobs.pop(j)
+            if fut is not None:
+                fut.cancel()
+
+    # ---- iteration ------------------------------------------------------------------------
+    def _start(self) -> None:
+        if self.cfg.num_workers > 0 and self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.cfg.num_workers,
+                mp_context=get_context(self.cfg.start_method),
+                initializer=worker_init,
+                initargs=(self.index.shards, self.cfg.tokenizer, self.cfg.strict),
+            )
+
+    def __iter__(self):
+        self._start()
+        while self.cfg.num_batches is None or self._micro < self.cfg.num_batches:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            yield batch
+
+    def _next_batch(self) -> dict | None:
+        B = self.cfg.micro_batch_size
+        g = self._micro % self.groups
+        lanes = self.lane_ids[g * B : (g + 1) * B]
+        rows = []
+        for lane in lanes:
+            rows.append(self._lanes[lane].next_row(lambda p, lane=lane: self._get(lane, p), self._stats))
+        if all(r is None for r in rows) and self.cfg.num_batches is None:
+            return None
+        batch = self._assemble(rows)
+        self._micro += 1
+        self._evict()
+        return batch
+
+    def _assemble(self, rows: list) -> dict:
+        S1 = self.row_len
+        pieces, seg_row, seg_start, seg_len, seg_lang, seg_doc = [], [], [], [], [], []
+        at = 0
+        for b, segs in enumerate(rows):
+            fill = 0
+            if segs is None:
+                self._counts["pad_rows"] += 1
+                segs = []
+            for d, start, n in segs:
+                pieces.append(d.tokens[start : start + n])
+                seg_row.append(b)
+                seg_start.append(at)
+                seg_len.append(n)
+                seg_lang.append(d.lang)
+                seg_doc.append(d.index)
+                if start == 0 and d.status == UTF8_REPLACED:
+                    self._counts["utf8_replaced"] += 1
+                at += n
+                fill += n
+            if fill < S1:
+                seg_row.append(b)
+                seg_start.append(-1)
+                seg_len.append(S1 - fill)
+                seg_lang.append(-1)
+                seg_doc.append(-1)
+        flat = np.concatenate(pieces) if pieces else np.zeros(0, np.uint16)
+        out = assemble(
+            flat,
+            np.asarray(seg_row),
+            np.asarray(seg_start),
+            np.asarray(seg_len),
+            np.asarray(seg_lang),
+            len(rows),
+            S1,
+            self.pad_id,
+            self.eod_id,
+            self.cfg.reset_position_ids,
+            self.cfg.eod_mask_loss,
+        )
+        kept = out.pop("segments")
+        lang_ids = out["lang_ids"]
+        real = lang_ids[lang_ids >= 0]
+        self._lang_tokens += np.bincount(real, minlength=len(self.langs))
+        self._counts["pad_tokens"] += int(lang_ids.size - real.size)
+        self._counts["rows"] += len(rows)
+        batch = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}
+        batch["doc_langs"] = [self.langs[seg_lang[s]] if seg_lang[s] >= 0 else "" for s in kept.tolist()]
+        batch["doc_ids"] = [self.index.doc_id(seg_doc[s]) if seg_doc[s] >= 0 else "" for s in kept.tolist()]
+        return batch
+
+    # ---- stats and state ------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        tokens = int(self._lang_tokens.sum())
+        total = tokens + self._counts["pad_tokens"]
+        st = self._stats
+        return {
+            "batches": self._micro,
+            "rows": self._counts["rows"],
+            "tokens": tokens,
+            "padding_pct": 100.0 * self._counts["pad_tokens"] / total if total else 0.0,
+            "truncation_pct": 100.0 * st.split / st.docs if st.docs else 0.0,
+            "documents": st.docs,
+            "split_documents": st.split,
+            "pad_rows": self._counts["pad_rows"],
+            "tokens_per_lang": {lang: int(n) for lang, n in zip(self.langs, self._lang_tokens)},
+            "weights": dict(self.weights),
+            "skipped": {k: int(v) for k, v in sorted(self.index.counters.items()) if k != "indexed" and v}
+            | ({"utf8_replaced": self._counts["utf8_replaced"]} if self._counts["utf8_replaced"] else {})
+            | ({"empty_text": st.empty} if st.empty else {}),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """State after the last yielded batch: small, versioned, plain types."""
+        return {
+            "version": STATE_VERSION,
+            "fingerprint": dict(self._fingerprint),
+            "dp_rank": self.dp_rank,
+            "dp_size": self.dp_size,
+            "lanes": [[lane, *self._lanes[lane].state()] for lane in self.lane_ids],
+            "stats": {
+                "docs": self._stats.docs,
+                "split": self._stats.split,
+                "empty": self._stats.empty,
+                "counts": dict(self._counts),
+                "lang_tokens": self._lang_tokens.tolist(),
+            },
+        }
+
+    @staticmethod
+    def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+        """One state holding every lane, from the states of all ranks (for an elastic resume)."""
+        if not states:
+            raise DataError("merge_states: no loader states given")
+        base = states[0]
+        for s in states[1:]:
+            _check_fingerprint(base, s)
+        lanes: dict[int, list[int]] = {}
+        for s in states:
+            for entry in s["lanes"]:
+                if entry[0] in lanes:
+                    raise DataError(f"merge_states: lane {entry[0]} appears in two states (same rank twice?)")
+                lanes[entry[0]] = entry
+        stats = {"docs": 0, "split": 0, "empty": 0, "counts": Counter(), "lang_tokens": None}
+        for s in states:
+            st = s["stats"]
+            stats["docs"] += st["docs"]
+            stats["split"] += st["split"]
+            stats["empty"] += st["empty"]
+            stats["counts"].update(st["counts"])
+            lt = np.asarray(st["lang_tokens"], np.int64)
+            stats["lang_tokens"] = lt if stats["lang_tokens"] is None else stats["lang_tokens"] + lt
+        stats["counts"] = dict(stats["counts"])
+        stats["lang_tokens"] = stats["lang_tokens"].tolist()
+        return {
+            "version": base["version"],
+            "fingerprint": base["fingerprint"],
+            "dp_rank": None,
+            "dp_size": None,
+            "lanes": [lanes[k] for k in sorted(lanes)],
+            "stats": stats,
+        }
+
+    def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Restore a state of this rank, or (elastic resume) a merged state / the list of all ranks' states."""
+        if isinstance(state, list):
+            state = self.merge_states(state)
+        if state.get("version") != STATE_VERSION:
+            raise DataError(f"loader state version {state.get('version')!r}; this glotta reads version {STATE_VERSION}")
+        _check_fingerprint({"fingerprint": self._fingerprint}, state, ours="now")
+        lanes = {int(e[0]): tuple(int(x) for x in e[1:]) for e in state["lanes"]}
+        missing = [i for i in self.lane_ids if i not in lanes]
+        if missing:
+            raise DataError(
+                f"loader state has no entry for lanes {missing[:8]} of rank {self.dp_rank}/{self.dp_size} "
+                f"(it was saved by rank {state.get('dp_rank')}/{state.get('dp_size')}); for a resume with another "
+                "dp_size pass the states of all ranks (a list, or TokenLoader.merge_states)"
+            )
+        B = self.cfg.micro_batch_size
+        group_rows = []
+        for g in range(self.groups):
+            rows = {lanes[i][0] for i in self.lane_ids[g * B : (g + 1) * B]}
+            if len(rows) != 1:
+                raise DataError("loader state was saved mid-step; resume with another dp_size needs a step boundary")
+            group_rows.append(rows.pop())
+        k = min(group_rows)
+        ahead = sum(1 for r in group_rows if r == k + 1)
+        if any(r not in (k, k + 1) for r in group_rows) or group_rows != sorted(group_rows, reverse=True):
+            raise DataError("loader state was saved mid-step; resume with another dp_size needs a step boundary")
+        self._lanes = {i: self._new_lane(lanes[i]) for i in self.lane_ids}
+        self._micro = k * self.groups + ahead
+        self._blocks.clear()
+        for j in list(self._jobs):
+            fut = self._jobs.pop(j)[3]
+            if fut is not None:
+                fut.cancel()
+        self._collected = set()
+        # Counters: a same-layout resume restores this rank's; an elastic one gives the totals to rank 0.
+        st = state["stats"]
+        same = state.get("dp_size") == self.dp_size and state.get("dp_rank") == self.dp_rank
+        if same or self.dp_rank == 0:
+            self._stats = RowStats(st["docs"], st["split"], st["empty"])
+            self._counts = Counter(st["counts"])
+            self._lang_tokens = np.asarray(st["lang_tokens"], np.int64)
+        else:
+            self._stats, self._counts = RowStats(), Counter()
+            self._lang_tokens = np.zeros(len(self.langs), np.int64)
+
+    # ---- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._encoder is not None:
+            self._encoder.close()
+            self._encoder = None
+        self._jobs.clear()
+
+    def __enter__(self) -> "TokenLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to clean
+            pass
+
+
+def _check_fingerprint(ref: dict[str, Any], other: dict[str, Any], ours: str = "first state") -> None:
+    a, b = ref["fingerprint"], other.get("fingerprint", {})
+    diff = [f"{k}: saved {b.get(k)!r}, {ours} {a.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diff:
+        raise DataError("loader state does not match this loader:\n  " + "\n  ".join(diff))
