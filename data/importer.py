@@ -24,7 +24,7 @@ from pydantic import Field
 
 from glotta.config import StrictModel
 from glotta.data.langid import DEFAULT_BACKEND, UND, Backend, identify, make_langid, normalize_lang
-from glotta.data.manifest import MANIFEST, PARTS_DIR, ShardInfo, load_part, merge_parts, save_part, sha256_file
+from glotta.data.manifest import MANIFEST, PARTS_DIR, Manifest, ShardInfo, load_part, merge_parts, save_part, sha256_file
 from glotta.data.readers import Format, TextSplit, expand_inputs, iter_records
 from glotta.data.shards import Sample, ShardWriter
 from glotta.errors import ConfigError, DataError
@@ -118,13 +118,7 @@ class ImportResult:
     manifest_written: bool = False
 
     def langs(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for s in self.shards:
-            for lang, e in s.langs.items():
-                t = out.setdefault(lang, {"samples": 0, "bytes": 0})
-                t["samples"] += e["samples"]
-                t["bytes"] += e["bytes"]
-        return dict(sorted(out.items()))
+        return Manifest(shards=self.shards).langs()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -315,10 +309,10 @@ class Importer:
 
     def _remove_stale(self, first_index: int) -> None:
         """This rank's shards from `first_index` on, and temp files, left by the interrupted run."""
-        pat = re.compile(rf"^{re.escape(self.cfg.prefix)}-{self.rank:05d}-(\d+)\.tar$")
+        pat = re.compile(rf"^(\.?){re.escape(self.cfg.prefix)}-{self.rank:05d}-(\d+)\.tar(\.tmp-\d+)?$")
         for p in self.out.glob(f"*{self.cfg.prefix}-{self.rank:05d}-*"):
             m = pat.match(p.name)
-            if (m and int(m.group(1)) >= first_index) or (p.name.startswith(".") and ".tmp-" in p.name):
+            if m and (int(m.group(2)) >= first_index or m.group(3)):
                 p.unlink()
 
     # ---- the loop ---------------------------------------------------------------------------
