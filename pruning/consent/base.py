@@ -34,6 +34,7 @@ class DocFilter(ABC):
 
     def __init__(self) -> None:
         self.counters: Counter = Counter()
+        self._keys: dict[str, str] = {}
 
     @abstractmethod
     def decide(self, doc) -> Decision: ...
@@ -45,7 +46,10 @@ class DocFilter(ABC):
         if d.keep:
             c["kept"] += 1
         else:
-            c["dropped_" + d.reason] += 1
+            key = self._keys.get(d.reason)
+            if key is None:
+                key = self._keys[d.reason] = "dropped_" + d.reason
+            c[key] += 1
         for f in d.flags:
             c["flag_" + f] += 1
         return d

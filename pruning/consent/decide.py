@@ -54,6 +54,29 @@ class Verdict:
     tos: Decision | None  # drop (enforce) for a restricting label
     snap_date: str
     sha256: str
+    fast: Decision | None = None  # the decision for every path when the document carries no signals of its own
+
+
+def _verdict(fixed, path_agents, robots, tdm, keep, tos, snap_date, sha256) -> Verdict:
+    if fixed is not None and not fixed.keep:
+        fast = fixed
+    elif not path_agents and tdm is None:
+        fast = tos if tos is not None else keep
+    else:
+        fast = None
+    return Verdict(fixed, path_agents, robots, tdm, keep, tos, snap_date, sha256, fast)
+
+
+_END = re.compile(r"[/?#]")
+
+
+def _head(url: str) -> str | None:
+    """'https://Host.example:443/a' -> 'https://Host.example:443' (the raw text split_url keys on)."""
+    i = 8 if url.startswith("https://") else 7 if url.startswith("http://") else 0
+    if not i:
+        return None
+    m = _END.search(url, i)
+    return url[: m.start()] if m else url
 
 
 def _slug(label: str) -> str:
@@ -72,6 +95,9 @@ class ConsentFilter(DocFilter):
         self.tos = TosLabels.load(self.cfg.tos_labels) if self.cfg.tos_labels and self.cfg.tos != "off" else None
         self._by_date: dict[tuple[str, str | None], Verdict] = {}
         self._by_snap: dict[tuple[str, str], Verdict] = {}
+        self._crawl = self.cfg.as_of == "crawl"
+        self._fast: dict[tuple[str, str], Decision] = {}  # ("https://Host:443", date) -> decision for any path
+        self._path_drops: dict[tuple[int, str, str], Decision] = {}  # verdicts live as long as the filter
         self._unknown = self._verdict_without_snapshot()
 
     # ---- per origin ---------------------------------------------------------------------
@@ -94,7 +120,7 @@ class ConsentFilter(DocFilter):
             d = Decision(False, "no_snapshot")
         else:
             d = Decision(True, "no_snapshot")
-        return Verdict(d, (), None, None, d, None, "", "")
+        return _verdict(d, (), None, None, d, None, "", "")
 
     def _compile(self, snap: Snapshot, fallback: bool) -> Verdict:
         robots = self.store.robots(snap)
@@ -111,35 +137,57 @@ class ConsentFilter(DocFilter):
         if robots.kind == "unreachable":
             rule = f"HTTP {snap.status}" + (f" ({snap.error})" if snap.error else "")
             d = Decision(False, "robots_unreachable", agent="*", rule=rule, **ev)
-            return Verdict(d, (), robots, tdm, d, tos, snap.date, snap.sha256)
+            return _verdict(d, (), robots, tdm, d, tos, snap.date, snap.sha256)
         if robots.kind == "unavailable":
             keep = Decision(True, "no_robots", rule=f"HTTP {snap.status}", snapshot=snap.date, sha256=snap.sha256, flags=flags)
-            return Verdict(None, (), robots, tdm, keep, tos, snap.date, snap.sha256)
+            return _verdict(None, (), robots, tdm, keep, tos, snap.date, snap.sha256)
         path_agents, groups, signal = [], set(), None
         for agent in self.policy.agents:
             st = robots.classify(agent)
             if st.status == "all":
                 d = Decision(False, "robots_full", agent=agent, rule=st.rule, **ev)
-                return Verdict(d, (), robots, tdm, d, tos, snap.date, snap.sha256)
+                return _verdict(d, (), robots, tdm, d, tos, snap.date, snap.sha256)
             if st.ai_train == "no" and signal is None:
                 signal = Decision(False, "content_signal", agent=agent, rule=st.signal_rule, **ev)
             if st.status == "some" and st.group not in groups:
                 groups.add(st.group)
                 path_agents.append(agent)
         if signal is not None:
-            return Verdict(signal, (), robots, tdm, signal, tos, snap.date, snap.sha256)
+            return _verdict(signal, (), robots, tdm, signal, tos, snap.date, snap.sha256)
         reason = "robots_path_allowed" if path_agents else "robots_none"
         keep = Decision(True, reason, snapshot=snap.date, sha256=snap.sha256, flags=flags)
-        return Verdict(None, tuple(path_agents), robots, tdm, keep, tos, snap.date, snap.sha256)
+        return _verdict(None, tuple(path_agents), robots, tdm, keep, tos, snap.date, snap.sha256)
 
     # ---- per document -------------------------------------------------------------------
     def decide(self, doc) -> Decision:
         meta = doc.meta
+        if self._crawl:  # fast path: "scheme://netloc" + crawl date -> a verdict valid for every path
+            url, date = meta.get("url"), meta.get("crawl_date")
+            if url.__class__ is str and date.__class__ is str and len(date) == 10:
+                i = 8 if url.startswith("https://") else 7 if url.startswith("http://") else 0
+                if i:
+                    m = _END.search(url, i)
+                    fast = self._fast.get((url[: m.start()] if m else url, date))
+                    if fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
+                        return fast
         try:
             origin, path = split_url(meta.get("url"))
         except BadURL as e:
             return Decision(self.cfg.no_url == "keep", e.reason, rule=str(e))
         as_of = self.cfg.as_of
+        if as_of == "crawl":  # the common case, inlined: two dict lookups for most documents
+            date = meta.get("crawl_date")
+            if date.__class__ is str and len(date) >= 10:
+                if len(date) > 10:
+                    date = date[:10]
+                v = self._by_date.get((origin, date)) or self.verdict(origin, date)
+                if v.fast is not None:
+                    head = _head(meta["url"])
+                    if head is not None and len(self._fast) < 1 << 22:
+                        self._fast[(head, date)] = v.fast
+                    if not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
+                        return v.fast
+                return self._apply(v, origin, path, meta)
         if as_of == "now":
             return self._apply(self.verdict(origin, None), origin, path, meta)
         date = meta.get("crawl_date")
@@ -157,10 +205,15 @@ class ConsentFilter(DocFilter):
         if v.fixed is not None and not v.fixed.keep:
             return v.fixed
         for agent in v.path_agents:
-            if not v.robots.can_fetch(path, agent):
-                return Decision(False, "robots_path", agent=agent, rule=v.robots.matched_rule(path, agent),
-                                snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags)
-        has_doc = any(k in meta for k in SIGNAL_KEYS)
+            allowed, rule = v.robots.path_decision(path, agent)
+            if not allowed:
+                key = (id(v), agent, rule)  # one Decision object per deciding rule, reused
+                d = self._path_drops.get(key)
+                if d is None:
+                    d = self._path_drops[key] = Decision(False, "robots_path", agent=agent, rule=rule,
+                                                         snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags)
+                return d
+        has_doc = "html_meta" in meta or "http_headers" in meta or "headers" in meta  # SIGNAL_KEYS, unrolled
         if v.tdm is not None or has_doc:
             level, ev = doc_tdm_reservation(meta) if has_doc else (None, "")
             if level is None:

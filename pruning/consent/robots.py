@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 
 from protego import Protego
 
+try:  # protego's URL normaliser: path_decision() walks protego's own sorted rules with it
+    from protego._utils import _quote_path
+except ImportError:  # pragma: no cover
+    _quote_path = None
+
 try:  # the same field reader protego uses (synonyms, misspellings), so both see the same lines
     from protego._protego import _extract_directive
 except ImportError:  # pragma: no cover - protego moved its internals; fall back to "field: value"
@@ -111,6 +116,7 @@ class Robots:
         self._protego: Protego | None = None
         self._status: dict[str, AgentStatus] = {}
         self._select: dict[str, str] = {}
+        self._rulesets: dict[str, object] = {}
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -210,6 +216,43 @@ class Robots:
         if self.kind == "unreachable":
             return False
         return self._protego.can_fetch(url, agent)
+
+    def path_decision(self, path: str, agent: str) -> tuple[bool, str]:
+        """(allowed, evidence) for a path in one pass: protego's can_fetch loop (rules sorted by
+        length, allow first on ties; the first match decides) returning the deciding rule too.
+        Falls back to can_fetch + matched_rule if protego's internals are not what 0.7 has."""
+        if self.kind != "parsed":
+            return self.can_fetch(path, agent), ""
+        rs = self._rulesets.get(agent, False)
+        if rs is False:
+            rs = self._rulesets[agent] = self._ruleset(agent)
+        if rs is None:
+            return True, ""
+        if rs == "public" or path == "/robots.txt":
+            ok = self.can_fetch(path, agent)
+            return ok, "" if ok else self.matched_rule(path, agent)
+        ruleset, prefixes, lines = rs
+        url = _quote_path(path)
+        for rule in ruleset._rules if url.startswith(prefixes) else ruleset._special_rules:
+            if rule.value.match(url):
+                if rule.field == "allow":
+                    return True, ""
+                line = lines.get(rule.value._pattern)
+                return False, f"Disallow: {rule.value._pattern} (line {line})" if line else self.matched_rule(path, agent)
+        return True, ""
+
+    def _ruleset(self, agent: str):
+        try:
+            rs = self._protego._get_matching_rule_set(agent)
+            if rs is None:
+                return None
+            if _quote_path is None:
+                return "public"
+            prefixes = rs._plain_prefixes if rs._plain_prefixes is not None else rs._build_index()
+            lines = {v: n for f, v, n in self.rules_for(agent) if f == "disallow"}
+            return rs, prefixes, lines
+        except AttributeError:  # pragma: no cover - protego's internals moved
+            return "public"
 
     def matched_rule(self, path: str, agent: str) -> str:
         """Evidence: the longest rule of the agent's group matching `path` (allow wins ties)."""

@@ -117,3 +117,13 @@ def test_bad_input_warnings():
     assert any("HTML" in w for w in Robots.parse(b"<html><body>hi</body></html>").warnings)
     assert Robots.parse(b"\x00\x01<<>>{}\n:::\nfoo bar baz\n").invalid_lines >= 2
     assert len(HUGE) > 10_000_000 > MAX_BYTES
+
+
+@pytest.mark.parametrize("name,status,body,classes,urls", CASES, ids=[c[0] for c in CASES])
+def test_one_pass_path_decision_agrees_with_protego(name, status, body, classes, urls):
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    robots = Robots.from_http(status, data)
+    for path, agent, allowed in urls + [("/robots.txt", "GPTBot", status < 500), ("/a%20b/ü?x=1", "GPTBot", None)]:
+        ok, rule = robots.path_decision(path, agent)
+        assert ok is robots.can_fetch(path, agent), (name, path, agent)
+        assert ok or robots.kind != "parsed" or rule.startswith("Disallow: ")
