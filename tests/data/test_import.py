@@ -5,7 +5,10 @@ import gzip
 import json
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -310,3 +313,25 @@ def test_shard_mb_bounds_the_text_per_shard(tmp_path, docs):
     assert all(s.bytes >= limit for s in m.shards[:-1])  # a shard closes once it reaches the limit
     max_doc = max(len(d["text"].encode()) for d in docs)
     assert all(s.bytes < limit + max_doc for s in m.shards)  # ... and never takes more than one more document
+
+
+def test_resume_after_sigkill(tmp_path, docs):
+    """A real crash: the import process is killed with SIGKILL mid-run, then rerun."""
+    recs = [dict(d, id=f"{d['id']}-{i}") for i in range(15) for d in docs]  # 3,600 real documents
+    src = write_jsonl(tmp_path / "in.jsonl", recs)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "glotta.launch.cli", "data", "import", str(src), "--out", str(out), "--shard-samples", "50"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("*.tar"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (out / "manifest.json").exists():
+        pytest.skip("the import finished before it could be killed")
+    res = run_import(cfg([src], out, shard_samples=50))
+    assert res.status == "resumed"
+    run_import(cfg([src], tmp_path / "clean", shard_samples=50))
+    a, b = Manifest.load(out), Manifest.load(tmp_path / "clean")
+    assert [(s.name, s.sha256) for s in a.shards] == [(s.name, s.sha256) for s in b.shards]
+    assert a.meta["counters"] == b.meta["counters"] and not list(out.glob(".*"))
