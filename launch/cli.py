@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from glotta import __version__
-from glotta.launch.commands import consent, data, prune, tokenizer
+from glotta.launch.commands import consent, data, pipeline, prune, tokenizer
 
 app = typer.Typer(
     name="glotta",
@@ -42,6 +42,8 @@ app.add_typer(data.app, name="data", help="Import, inspect and build webdataset 
 app.add_typer(consent.app, name="consent", help="Consent filtering: robots.txt, TDMRep and content signals, with an audit.")
 app.add_typer(tokenizer.app, name="tokenizer", help="Build, evaluate and extend SentencePiece tokenizers.")
 app.add_typer(prune.app, name="prune", help="CAT pruning: score documents across checkpoints, select per language.")
+app.add_typer(pipeline.app, name="pipeline", help="Run the whole pipeline, stage by stage, resumable.")
+app.command("demo")(pipeline.demo)
 
 
 def main() -> None:

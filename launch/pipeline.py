@@ -35,7 +35,7 @@ class Stage:
     commands: list[list[str]]
     outputs: list[Path]
     reports: list[Path] = field(default_factory=list)  # files/folders whose reports go to MLflow
-    distributed: bool = False
+    stdout: dict[int, Path] = field(default_factory=dict)  # command index -> file keeping its stdout (--json)
 
 
 class StageFailed(GlottaError):
@@ -157,7 +157,7 @@ class Runner:
         t0 = time.time()
         for n, cmd in enumerate(stage.commands):
             log_path = self.logs / f"{stage.name}-{n}.log"
-            rc = _run_logged(cmd, env, log_path)
+            rc = _run_logged(cmd, env, log_path, stage.stdout.get(n))
             if rc != 0:
                 if child_id:
                     self._client.set_terminated(child_id, "FAILED")
@@ -211,13 +211,27 @@ class Runner:
         client.set_terminated(run_id, "FINISHED")
 
 
-def _run_logged(cmd: list[str], env: dict, log_path: Path) -> int:
-    """Run `cmd`, its stderr shown live (progress bars) and both streams kept in `log_path`."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            sys.stderr.buffer.write(line)
-            sys.stderr.flush()
-        return proc.wait()
+def _run_logged(cmd: list[str], env: dict, log_path: Path, stdout_path: Path | None = None) -> int:
+    """Run `cmd` with its stderr shown live (progress bars) and kept in `log_path`.
+
+    stdout goes to `stdout_path` when given (a command's --json result), else to the log too.
+    """
+    out = None
+    if stdout_path is not None:
+        stdout_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(stdout_path, "wb")
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=out or subprocess.PIPE, stderr=subprocess.PIPE if out else subprocess.STDOUT
+            )
+            stream = proc.stderr if out else proc.stdout
+            assert stream is not None
+            for line in stream:
+                log.write(line)
+                sys.stderr.buffer.write(line)
+                sys.stderr.flush()
+            return proc.wait()
+    finally:
+        if out is not None:
+            out.close()
