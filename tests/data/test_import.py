@@ -335,3 +335,20 @@ def test_resume_after_sigkill(tmp_path, docs):
     a, b = Manifest.load(out), Manifest.load(tmp_path / "clean")
     assert [(s.name, s.sha256) for s in a.shards] == [(s.name, s.sha256) for s in b.shards]
     assert a.meta["counters"] == b.meta["counters"] and not list(out.glob(".*"))
+
+
+def test_parquet_types_binary_text_dates_and_nested_fields(tmp_path, multilingual_text):
+    import datetime as dt
+
+    table = pa.table({
+        "content": pa.array([multilingual_text["ja"].encode(), b"caf\xe9"], type=pa.binary()),
+        "ts": pa.array([dt.datetime(2024, 5, 1, 12, 30), None], type=pa.timestamp("s")),
+        "extra": pa.array([{"score": 0.9, "tags": ["a"]}, {"score": 0.1, "tags": []}]),
+    })  # fmt: skip
+    pq.write_table(table, tmp_path / "in.parquet")
+    res = run_import(cfg([tmp_path / "in.parquet"], tmp_path / "out", text_field="content", date_field="ts", keep_fields=["extra"]))
+    got = imported(tmp_path / "out")
+    assert got[0].text == multilingual_text["ja"] and got[0].meta["crawl_date"] == "2024-05-01T12:30:00"
+    assert got[0].meta["extra"] == {"score": 0.9, "tags": ["a"]} and got[0].meta["lang"] == "ja"
+    assert got[1].text == "caf\ufffd" and "crawl_date" not in got[1].meta
+    assert res.counters["invalid_utf8_replaced"] == 1
