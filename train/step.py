@@ -67,10 +67,17 @@ def get_batch(data_iterator, shape: tuple[int, int], device: torch.device) -> Ba
     return Batch(tokens, labels, loss_mask, position_ids, document_mask(seg), lang_ids)
 
 
-def loss_func(loss_mask: torch.Tensor, lang_ids: torch.Tensor, num_langs: int, output_tensor: torch.Tensor):
+def loss_func(
+    loss_mask: torch.Tensor,
+    lang_ids: torch.Tensor,
+    num_langs: int,
+    label_bytes: torch.Tensor | None,
+    output_tensor: torch.Tensor,
+):
     """Per-token CE from GPTModel -> (sum over real tokens, token count, report).
 
-    report["lm loss"] = [loss_sum, tokens]; report["lang"] = [loss_sum per language..., tokens per language...].
+    report["lm loss"] = [loss_sum, tokens]; report["lang"] = [loss sums per language (L), tokens
+    per language (L), UTF-8 bytes of the predicted tokens per language (L, zeros without a table)].
     """
     losses = output_tensor.float().reshape(-1)
     mask = loss_mask.reshape(-1).float()
@@ -82,15 +89,29 @@ def loss_func(loss_mask: torch.Tensor, lang_ids: torch.Tensor, num_langs: int, o
     real = mask > 0
     per_lang_loss = torch.zeros(num_langs, device=losses.device).index_add_(0, langs[real], losses[real].detach())
     per_lang_tok = torch.zeros(num_langs, device=losses.device).index_add_(0, langs[real], mask[real])
+    per_lang_bytes = torch.zeros(num_langs, device=losses.device)
+    if label_bytes is not None:
+        per_lang_bytes.index_add_(0, langs[real], label_bytes.reshape(-1)[real].float())
     report = {
         "lm loss": torch.stack([loss_sum.detach(), num_tokens]),
-        "lang": torch.cat([per_lang_loss, per_lang_tok]),
+        "lang": torch.cat([per_lang_loss, per_lang_tok, per_lang_bytes]),
     }
     return loss_sum, num_tokens.to(torch.int), report
 
 
-def forward_step(shape: tuple[int, int], device: torch.device, num_langs: int, data_iterator, model):
-    """Megatron forward_step: (output, partial(loss_func, ...)). Bind the first three args with partial."""
+def forward_step(
+    shape: tuple[int, int],
+    device: torch.device,
+    num_langs: int,
+    byte_lengths: torch.Tensor | None,
+    data_iterator,
+    model,
+):
+    """Megatron forward_step: (output, partial(loss_func, ...)). Bind the first four args with partial;
+    `byte_lengths` (UTF-8 bytes per token id, or None) feeds bits-per-byte in validation."""
     batch = get_batch(data_iterator, shape, device)
     output = model(batch.tokens, batch.position_ids, batch.attention_mask, labels=batch.labels)
-    return output, partial(loss_func, batch.loss_mask, batch.lang_ids, num_langs)
+    label_bytes = None
+    if byte_lengths is not None:
+        label_bytes = byte_lengths.to(device)[batch.labels.clamp(0, byte_lengths.numel() - 1)]
+    return output, partial(loss_func, batch.loss_mask, batch.lang_ids, num_langs, label_bytes)

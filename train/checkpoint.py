@@ -1,0 +1,253 @@
+"""Checkpoints: megatron dist_checkpointing (torch_dist) + small JSON/tensor side files.
+
+Layout of one checkpoint (`<dir>/iter_0000100/`):
+  torch_dist files   model (+ optimizer) sharded tensors: reshardable across TP/PP/DP on load
+  meta.json          version, step, consumed samples/tokens, scheduler state, resolved config,
+                     vocab size, languages (rank 0)
+  loader/dp_NNNNN.json  loader state of each data-parallel rank (TP rank 0 of stage 0)
+  rng/rank_NNNNN.pt  CPU (and CUDA) RNG state of each rank, loaded with weights_only=True
+
+It is written under `iter_0000100.tmp`, renamed when every rank has finished, and `latest`
+(a text file with the step) is replaced last, so a crash never leaves a half checkpoint that
+looks complete. Nothing is unpickled on load: torch.load runs with weights_only=True (torch's
+default since 2.6, which dist_checkpointing's common-state load relies on) and the rest is JSON.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from glotta.config import StrictModel
+from glotta.errors import GlottaError
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+# Keys of the sharded state dict and the side files (constants so readers never guess).
+MODEL = "model"
+OPTIMIZER = "optimizer"
+META = "meta.json"
+LOADER_DIR = "loader"
+RNG_DIR = "rng"
+LATEST = "latest"
+
+
+class CheckpointConfig(StrictModel):
+    # Where checkpoints go; None = <run_dir>/checkpoints.
+    dir: str | None = None
+    interval: int = 100
+    keep_last: int = 2
+    # Checkpoints across time (CAT): steps (ints) or fractions of train_iters (floats in (0, 1]).
+    # They are saved even off-interval and never deleted.
+    keep_steps: list[float] = []
+    # Resume from <dir>/latest when it exists (so re-running the command or a torchrun restart continues).
+    resume: bool = True
+    # Initialise from another checkpoint (any TP/PP layout) when there is nothing to resume.
+    init_from: str | None = None
+    # With init_from: load model weights only (new optimizer, scheduler and data order).
+    init_weights_only: bool = True
+
+
+class CheckpointError(GlottaError):
+    pass
+
+
+def step_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"iter_{step:07d}"
+
+
+def latest_step(root: str | Path) -> int | None:
+    p = Path(root) / LATEST
+    if not p.is_file():
+        return None
+    step = int(p.read_text().strip())
+    if not step_dir(root, step).is_dir():
+        raise CheckpointError(f"{p} names step {step} but {step_dir(root, step)} does not exist")
+    return step
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory, or a root with `latest` -> the checkpoint directory."""
+    p = Path(path)
+    if (p / META).is_file():
+        return p
+    step = latest_step(p)
+    if step is None:
+        raise CheckpointError(f"{p} is neither a checkpoint (no {META}) nor a checkpoint root (no {LATEST})")
+    return step_dir(p, step)
+
+
+def keep_steps(cfg: CheckpointConfig, train_iters: int) -> set[int]:
+    return {int(round(s * train_iters)) if 0 < s <= 1 and not float(s).is_integer() else int(s) for s in cfg.keep_steps}
+
+
+def should_save(cfg: CheckpointConfig, step: int, train_iters: int) -> bool:
+    return step % cfg.interval == 0 or step == train_iters or step in keep_steps(cfg, train_iters)
+
+
+# --- state dicts ---------------------------------------------------------------------------------
+
+
+def _unwrap(m):
+    return getattr(m, "module", m)
+
+
+def _model_keys(chunks) -> list[str]:
+    return [MODEL] if len(chunks) == 1 else [f"{MODEL}{i}" for i in range(len(chunks))]
+
+
+def sharded_state_dict(chunks, optimizer=None, is_loading: bool = False) -> dict:
+    sd = {k: _unwrap(m).sharded_state_dict() for k, m in zip(_model_keys(chunks), chunks)}
+    if optimizer is not None:
+        sd[OPTIMIZER] = optimizer.sharded_state_dict(sd, is_loading=is_loading)
+    return sd
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _to_json(obj: Any) -> Any:
+    """Loader state may hold numpy values: keep them exact and typed in JSON."""
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {str(k): _to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_json(v) for v in obj]
+    return obj
+
+
+def _from_json(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+        return {k: _from_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_json(v) for v in obj]
+    return obj
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_to_json(obj), ensure_ascii=False, indent=1))
+    os.replace(tmp, path)
+
+
+# --- save / load ---------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    chunks,
+    optimizer,
+    meta: dict,
+    loader_state: dict | None,
+    dims,
+    keep: CheckpointConfig | None = None,
+    train_iters: int | None = None,
+) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    from megatron.core import dist_checkpointing
+
+    root = Path(root)
+    final, tmp = step_dir(root, step), root / f"iter_{step:07d}.tmp"
+    if dims.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    dist_checkpointing.save(sharded_state_dict(chunks, optimizer), str(tmp))
+    torch.save(_rng_state(), _mkdirs(tmp / RNG_DIR) / f"rank_{dims.rank:05d}.pt")
+    if dims.tp_rank == 0 and dims.pp_rank == 0 and loader_state is not None:
+        _write_json(tmp / LOADER_DIR / f"dp_{dims.dp_rank:05d}.json", loader_state)
+    if dims.rank == 0:
+        _write_json(tmp / META, {"version": VERSION, "step": step, "world": _world(dims), **meta})
+    dist.barrier()
+    if dims.rank == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        latest_tmp = root / (LATEST + ".tmp")
+        latest_tmp.write_text(f"{step}\n")
+        os.replace(latest_tmp, root / LATEST)
+        if keep is not None:
+            prune(root, keep, train_iters or step)
+    dist.barrier()
+    return final
+
+
+def _mkdirs(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _world(dims) -> dict:
+    return {"world_size": dims.world_size, "tp": dims.tp, "pp": dims.pp, "dp": dims.dp}
+
+
+def prune(root: str | Path, keep: CheckpointConfig, train_iters: int) -> list[int]:
+    """Delete all but the last `keep_last` checkpoints and the `keep_steps` ones. Returns deleted steps."""
+    root = Path(root)
+    steps = sorted(int(p.name[5:]) for p in root.glob("iter_*") if p.is_dir() and p.name[5:].isdigit())
+    protected = set(steps[-keep.keep_last :] if keep.keep_last > 0 else []) | keep_steps(keep, train_iters)
+    removed = [s for s in steps if s not in protected]
+    for s in removed:
+        shutil.rmtree(step_dir(root, s), ignore_errors=True)
+    return removed
+
+
+def read_meta(path: str | Path) -> dict:
+    ckpt = resolve(path)
+    meta = json.loads((ckpt / META).read_text())
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{ckpt / META}: checkpoint version {meta.get('version')}, this glotta reads {VERSION}")
+    return meta
+
+
+def load_checkpoint(path: str | Path, chunks, optimizer=None, dims=None, strict: bool = True) -> dict:
+    """Load model weights (and the optimizer when given) into this rank's chunks, resharding to the
+    current TP/PP/DP layout. Collective. Returns meta.json plus `loader_state` for this DP rank
+    (None if the checkpoint has none for it) and `rng_restored`."""
+    from megatron.core import dist_checkpointing
+
+    ckpt = resolve(path)
+    meta = read_meta(ckpt)
+    loaded = dist_checkpointing.load(sharded_state_dict(chunks, optimizer, is_loading=True), str(ckpt))
+    for key, m in zip(_model_keys(chunks), chunks):
+        _unwrap(m).load_state_dict(loaded[key], strict=strict)
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded[OPTIMIZER])
+    meta["loader_state"] = None
+    meta["rng_restored"] = False
+    if dims is not None:
+        same_layout = meta["world"] == _world(dims)
+        rng_file = ckpt / RNG_DIR / f"rank_{dims.rank:05d}.pt"
+        if same_layout and rng_file.is_file():
+            rng = torch.load(rng_file, weights_only=True)
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+            meta["rng_restored"] = True
+        meta["loader_state"] = load_loader_states(ckpt)
+    return meta
+
+
+def load_loader_states(path: str | Path) -> list[dict]:
+    """Loader states of all data-parallel ranks of the checkpoint, in DP-rank order."""
+    files = sorted((Path(path) / LOADER_DIR).glob("dp_*.json"))
+    return [_from_json(json.loads(f.read_text())) for f in files]

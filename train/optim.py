@@ -1,0 +1,119 @@
+"""Megatron DDP + optimizer + LR schedule for the model chunks, and the loss-spike guard."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from glotta.config import StrictModel
+from glotta.errors import GlottaError
+from glotta.train.parallel import ParallelDims
+
+
+class OptimConfig(StrictModel):
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = 1.0
+    warmup_iters: int = 10
+    # cosine: warmup then cosine to min_lr; wsd: warmup, constant, then decay over wsd_decay_iters.
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    wsd_decay_iters: int = 0
+    # Distributed optimizer (ZeRO-1 over DP); needs reduce-scatter, so GPU/nccl only.
+    distributed_optimizer: bool = True
+    overlap_grad_reduce: bool = True
+    # A step whose loss exceeds spike_factor x the running mean is a spike: skip it or stop.
+    spike_factor: float = 0.0
+    on_spike: Literal["skip", "stop"] = "stop"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.schedule == "wsd" and self.wsd_decay_iters <= 0:
+            raise ValueError("optim.wsd_decay_iters must be > 0 with optim.schedule=wsd")
+        return self
+
+
+def build_optimizer(chunks, cfg: OptimConfig, dims: ParallelDims, train_iters: int, bf16: bool):
+    """Wrap chunks in megatron DDP, build the megatron optimizer and OptimizerParamScheduler.
+
+    Loss is summed over tokens (calculate_per_token_loss); finalize_model_grads divides the
+    all-reduced grads by the global token count."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    on_gpu = dims.backend == "nccl"
+    dist_opt = cfg.distributed_optimizer and on_gpu and dims.dp > 1
+    tcfg = chunks[0].config
+    ddp_cfg = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=cfg.overlap_grad_reduce and on_gpu,
+        use_distributed_optimizer=dist_opt,
+        # Per-token loss: sum grads over DP, finalize_model_grads scales by 1/num_tokens.
+        average_in_collective=False,
+    )
+    model = [
+        DistributedDataParallel(tcfg, ddp_cfg, c, disable_bucketing=(i > 0)) for i, c in enumerate(chunks)
+    ]
+    opt = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=cfg.lr,
+            min_lr=cfg.min_lr,
+            weight_decay=cfg.weight_decay,
+            adam_beta1=cfg.beta1,
+            adam_beta2=cfg.beta2,
+            adam_eps=cfg.eps,
+            clip_grad=cfg.clip_grad,
+            bf16=bf16,
+            params_dtype=tcfg.params_dtype,
+            use_distributed_optimizer=dist_opt,
+        ),
+        model,
+    )
+    tcfg.calculate_per_token_loss = True
+    tcfg.finalize_model_grads_func = finalize_model_grads
+    tcfg.grad_scale_func = opt.scale_loss
+    if ddp_cfg.overlap_grad_reduce:
+        tcfg.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
+        tcfg.grad_sync_func = [m.start_grad_sync for m in model] if len(model) > 1 else model[0].start_grad_sync
+    decay_iters = {"cosine": train_iters, "wsd": train_iters, "constant": train_iters}[cfg.schedule]
+    sched = OptimizerParamScheduler(
+        opt,
+        init_lr=0.0,
+        max_lr=cfg.lr,
+        min_lr=cfg.min_lr if cfg.schedule != "constant" else cfg.lr,
+        lr_warmup_steps=cfg.warmup_iters,
+        lr_decay_steps=decay_iters,
+        lr_decay_style={"cosine": "cosine", "wsd": "WSD", "constant": "constant"}[cfg.schedule],
+        start_wd=cfg.weight_decay,
+        end_wd=cfg.weight_decay,
+        wd_incr_steps=train_iters,
+        wd_incr_style="constant",
+        wsd_decay_steps=cfg.wsd_decay_iters or None,
+        lr_wsd_decay_style="linear" if cfg.schedule == "wsd" else None,
+    )
+    return model, opt, sched
+
+
+class SpikeGuard:
+    """Running mean of the training loss; `check` says whether to skip a step or raises to stop."""
+
+    def __init__(self, cfg: OptimConfig, warmup: int = 20):
+        self.cfg, self.mean, self.n, self.warmup = cfg, 0.0, 0, warmup
+
+    def check(self, loss: float, step: int) -> bool:
+        """True if the update should be applied."""
+        if loss != loss or loss in (float("inf"), float("-inf")):
+            raise GlottaError(f"step {step}: loss is {loss}; lower optim.lr or check the data")
+        if self.cfg.spike_factor > 0 and self.n >= self.warmup and loss > self.cfg.spike_factor * self.mean:
+            msg = f"step {step}: loss {loss:.3f} > {self.cfg.spike_factor} x running mean {self.mean:.3f}"
+            if self.cfg.on_spike == "stop":
+                raise GlottaError(msg + " (optim.on_spike=stop)")
+            return False
+        self.n += 1
+        self.mean += (loss - self.mean) / min(self.n, 100)
+        return True
