@@ -27,7 +27,8 @@ class DataConfig(StrictModel):
     exclude: list[str] = []
     # Mixing config passed to TokenLoader (see glotta.data.mixing.MixConfig); None = its default.
     mix: dict[str, Any] | None = None
-    num_workers: int = 1
+    # Tokenizer processes per loader (0 = tokenize in the training process).
+    num_workers: int = 0
     # Further TokenLoader keyword arguments (e.g. packing), passed through unchanged.
     loader: dict[str, Any] = {}
 
@@ -55,6 +56,10 @@ class TrainData:
 def _make_loader(cfg, dims, sources: list[str], seed: int, dp_rank: int, dp_size: int):
     from glotta.data.loader import TokenLoader
 
+    extra = dict(cfg.data.loader)
+    if cfg.data.exclude:
+        extra["exclude"] = list(cfg.data.exclude)
+    # global_batch_size fixes the global sample order independently of dp_size (elastic resume).
     return TokenLoader(
         sources,
         cfg.data.tokenizer,
@@ -65,8 +70,8 @@ def _make_loader(cfg, dims, sources: list[str], seed: int, dp_rank: int, dp_size
         dp_rank=dp_rank,
         dp_size=dp_size,
         num_workers=cfg.data.num_workers,
-        exclude=cfg.data.exclude or None,
-        **cfg.data.loader,
+        global_batch_size=cfg.global_batch_size,
+        **extra,
     )
 
 

@@ -159,8 +159,8 @@ def _restore_loader(data, states, dims, source) -> None:
         return
     if len(states) == dims.dp:
         data.loader.load_state_dict(states[dims.dp_rank])
-    else:  # data-parallel size changed: the loader re-slices the global sample order
-        data.loader.load_state_dict({"resharded_from": states})
+    else:  # data-parallel size changed: the loader hands the saved lanes to their new owners
+        data.loader.load_state_dict(states)
 
 
 def _save(cfg, dims, ckpt_dir, step, model, opt, sched, data, state) -> None:
