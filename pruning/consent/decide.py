@@ -204,8 +204,9 @@ class ConsentFilter(DocFilter):
     def _apply(self, v: Verdict, origin: str, path: str, meta: dict) -> Decision:
         if v.fixed is not None and not v.fixed.keep:
             return v.fixed
+        quoted = v.robots.quote(path) if v.path_agents else None
         for agent in v.path_agents:
-            allowed, rule = v.robots.path_decision(path, agent)
+            allowed, rule = v.robots.path_decision(path, agent, quoted)
             if not allowed:
                 key = (id(v), agent, rule)  # one Decision object per deciding rule, reused
                 d = self._path_drops.get(key)

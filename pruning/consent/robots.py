@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from protego import Protego
 
 try:  # protego's URL normaliser: path_decision() walks protego's own sorted rules with it
-    from protego._utils import _quote_path
+    from protego._utils import _quote_path, _quote_pattern
 except ImportError:  # pragma: no cover
-    _quote_path = None
+    _quote_path = _quote_pattern = None
 
 try:  # the same field reader protego uses (synonyms, misspellings), so both see the same lines
     from protego._protego import _extract_directive
@@ -217,7 +217,11 @@ class Robots:
             return False
         return self._protego.can_fetch(url, agent)
 
-    def path_decision(self, path: str, agent: str) -> tuple[bool, str]:
+    def quote(self, path: str) -> str:
+        """The path as protego compares it (once per document, shared by all agents)."""
+        return _quote_path(path) if _quote_path is not None else path
+
+    def path_decision(self, path: str, agent: str, quoted: str | None = None) -> tuple[bool, str]:
         """(allowed, evidence) for a path in one pass: protego's can_fetch loop (rules sorted by
         length, allow first on ties; the first match decides) returning the deciding rule too.
         Falls back to can_fetch + matched_rule if protego's internals are not what 0.7 has."""
@@ -231,14 +235,25 @@ class Robots:
         if rs == "public" or path == "/robots.txt":
             ok = self.can_fetch(path, agent)
             return ok, "" if ok else self.matched_rule(path, agent)
-        ruleset, prefixes, lines = rs
-        url = _quote_path(path)
-        for rule in ruleset._rules if url.startswith(prefixes) else ruleset._special_rules:
+        ruleset, prefixes, lines, needs = rs
+        url = quoted if quoted is not None else _quote_path(path)
+        if url.startswith(prefixes):
+            rules = ruleset._rules
+        else:
+            # Only wildcard/`$` rules can match now. Each needs its head as a prefix and its other
+            # literal parts somewhere in the URL; when no rule passes that necessary test, none
+            # matches and protego's default (allow) applies, so the rule walk is skipped.
+            for head, parts in needs:
+                if url.startswith(head) and all(p in url for p in parts):
+                    break
+            else:
+                return True, ""
+            rules = ruleset._special_rules
+        for rule in rules:
             if rule.value.match(url):
                 if rule.field == "allow":
                     return True, ""
-                line = lines.get(rule.value._pattern)
-                return False, f"Disallow: {rule.value._pattern} (line {line})" if line else self.matched_rule(path, agent)
+                return False, lines.get(rule.value._pattern) or f"Disallow: {rule.value._pattern}"
         return True, ""
 
     def _ruleset(self, agent: str):
@@ -249,8 +264,17 @@ class Robots:
             if _quote_path is None:
                 return "public"
             prefixes = rs._plain_prefixes if rs._plain_prefixes is not None else rs._build_index()
-            lines = {v: n for f, v, n in self.rules_for(agent) if f == "disallow"}
-            return rs, prefixes, lines
+            lines = {}  # protego's quoted pattern -> our raw rule and line, for the evidence
+            for f, v, n in self.rules_for(agent):
+                if f == "disallow":
+                    lines.setdefault(_quote_pattern(v), f"Disallow: {v} (line {n})")
+                    if "$" in v:
+                        lines.setdefault(_quote_pattern(v.replace("$", "%24")), f"Disallow: {v} (line {n})")
+            needs = []
+            for rule in rs._special_rules:
+                head, *parts = rule.value._pattern.removesuffix("$").split("*")
+                needs.append((head, [p for p in parts if p]))
+            return rs, prefixes, lines, needs
         except AttributeError:  # pragma: no cover - protego's internals moved
             return "public"
 

@@ -127,3 +127,19 @@ def test_one_pass_path_decision_agrees_with_protego(name, status, body, classes,
         ok, rule = robots.path_decision(path, agent)
         assert ok is robots.can_fetch(path, agent), (name, path, agent)
         assert ok or robots.kind != "parsed" or rule.startswith("Disallow: ")
+
+
+def test_one_pass_agrees_with_protego_on_many_paths():
+    """The rule-walk shortcut must never change protego's answer: compare on a grid of paths."""
+    robots = Robots.parse(
+        "User-agent: *\nCrawl-delay: 10\nDisallow: /admin/\nDisallow: /*?sort=\nDisallow: /*/print$\n"
+        "Disallow: /*.pdf$\nAllow: /core/*.css$\nDisallow: /core/\nDisallow: /a*b*c\nAllow: /a*b*c/ok\n"
+        "Disallow: /exact$\nDisallow: /%7Euser/\n")
+    heads = ["/", "/admin/", "/core/", "/core/x.css", "/a", "/axbyc", "/axbyc/ok", "/exact", "/~user/", "/news/"]
+    tails = ["", "1", "/print", "/print/2", ".pdf", ".pdf?x", "?sort=asc", "?q=1&sort=1", "/ok", "c"]
+    for h in heads:
+        for t in tails:
+            path = h + t
+            ok, rule = robots.path_decision(path, "GPTBot")
+            assert ok is robots.can_fetch(path, "GPTBot"), path
+            assert ok or rule.startswith("Disallow:"), path
