@@ -50,6 +50,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _route(self, case, path):
         tdm = path == "/.well-known/tdmrep.json"
+        if case == "robots.txt":  # the server's own root robots.txt (used by the CLI test)
+            return self._send(200, ROBOTS)
         if case == "ok":
             if tdm:
                 return self._send(200, b'[{"location": "/", "tdm-reservation": 1}]', [("Content-Type", "application/json")])
@@ -155,3 +157,43 @@ def test_unreachable_port_is_disallow_all():
     snaps, counters = fetch_origins([f"http://127.0.0.1:{port}"], FetchConfig(timeout_s=0.5, tdmrep=False))
     assert snaps[0].status == 0 and snaps[0].error
     assert Robots.from_http(0, None).can_fetch("http://x/a", "GPTBot") is False
+
+
+def test_cli_import_fetch_filter(server, tmp_path, multilingual_text):
+    """`glotta consent import`, `fetch` and `filter` chained through the CLI, on a real shard."""
+    import json
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from glotta.data import Manifest, Sample, ShardWriter
+    from glotta.launch.cli import app
+
+    shards = tmp_path / "shards"
+    with ShardWriter(shards, prefix="web") as w:
+        for i, (lang, text) in enumerate(multilingual_text.items()):
+            host = server if i % 2 else "https://imported.example"
+            w.write(Sample(f"d{i}", text, {"lang": lang, "url": f"{host}/{lang}/{i}", "crawl_date": "2026-06-01"}))
+    Manifest(shards=w.written).save(shards)
+    robots_dir = tmp_path / "captures" / "imported.example"
+    robots_dir.mkdir(parents=True)
+    (robots_dir / "2026-01-01.txt").write_text("User-agent: *\nDisallow: /fr/\n")  # fr is one of the imported host's documents
+    store = tmp_path / "store"
+    runner = CliRunner()
+    r = runner.invoke(app, ["consent", "import", str(tmp_path / "captures"), "--store", str(store), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["snapshots"] == 1
+    r = runner.invoke(app, ["consent", "fetch", str(shards), "--store", str(store), "--date", "2026-01-01",
+                            "--timeout", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    # imported.example already has a capture on that date, so only the local server is fetched.
+    assert res["counters"]["skipped_already_captured"] == 1
+    assert res["counters"]["origins"] == 1 and res["counters"]["robots_2xx"] == 1
+    r = runner.invoke(app, ["consent", "filter", str(shards), "--store", str(store), "--out", str(tmp_path / "out"), "--json"])
+    assert r.exit_code == 0, r.output
+    audit = pq.read_table(tmp_path / "out" / "audit").to_pandas().set_index("key")
+    local = audit[audit.origin == server]
+    assert set(local.reason) == {"robots_full"} and set(local.agent) == {"GPTBot"}
+    imported = audit[audit.origin == "https://imported.example"]
+    assert set(imported.reason) == {"robots_path", "robots_path_allowed"}  # the imported capture decides
