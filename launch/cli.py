@@ -11,6 +11,7 @@ import typer
 
 from glotta import __version__
 from glotta.launch.commands import consent, data, pipeline, prune, tokenizer
+from glotta.launch.commands import train as train_cmd
 
 app = typer.Typer(
     name="glotta",
@@ -41,8 +42,10 @@ def _root(
 app.add_typer(data.app, name="data", help="Import, inspect and build webdataset text shard sets.")
 app.add_typer(consent.app, name="consent", help="Consent filtering: robots.txt, TDMRep and content signals, with an audit.")
 app.add_typer(tokenizer.app, name="tokenizer", help="Build, evaluate and extend SentencePiece tokenizers.")
+app.command("train")(train_cmd.train)
 app.add_typer(prune.app, name="prune", help="CAT pruning: score documents across checkpoints, select per language.")
 app.add_typer(pipeline.app, name="pipeline", help="Run the whole pipeline, stage by stage, resumable.")
+app.add_typer(train_cmd.launch_app, name="launch", help="Print or run the torchrun command for N nodes x G GPUs.")
 app.command("demo")(pipeline.demo)
 
 

@@ -45,9 +45,9 @@ class CheckpointConfig(StrictModel):
     dir: str | None = None
     interval: int = 100
     keep_last: int = 2
-    # Checkpoints across time (CAT): steps (ints) or fractions of train_iters (floats in (0, 1]).
-    # They are saved even off-interval and never deleted.
-    keep_steps: list[float] = []
+    # Checkpoints across time (CAT): steps (ints, e.g. 500) or fractions of train_iters (floats
+    # in (0, 1], e.g. 0.25 or 1.0). They are saved even off-interval and never deleted.
+    keep_steps: list[int | float] = []
     # Resume from <dir>/latest when it exists (so re-running the command or a torchrun restart continues).
     resume: bool = True
     # Initialise from another checkpoint (any TP/PP layout) when there is nothing to resume.
@@ -86,7 +86,7 @@ def resolve(path: str | Path) -> Path:
 
 
 def keep_steps(cfg: CheckpointConfig, train_iters: int) -> set[int]:
-    return {int(round(s * train_iters)) if 0 < s <= 1 and not float(s).is_integer() else int(s) for s in cfg.keep_steps}
+    return {max(1, int(round(s * train_iters))) if isinstance(s, float) and 0 < s <= 1 else int(s) for s in cfg.keep_steps}
 
 
 def should_save(cfg: CheckpointConfig, step: int, train_iters: int) -> bool:
