@@ -158,7 +158,7 @@ def report_(
         last = rep["months"][-1]["month"]
         rows = [r for r in rep["months"] if r["month"] == last and "lang" not in r]
         print_table(f"robots.txt status as of {last}, share of bytes per agent group",
-                    pct(rows, "all", "unreachable", "some", "none", "no_robots", "no_snapshot"),
-                    ["group", "all", "unreachable", "some", "none", "no_robots", "no_snapshot"])
+                    pct(rows, "all", "unreachable", "some", "none", "no_robots", "no_snapshot", "ai_train_no"),
+                    ["group", "all", "unreachable", "some", "none", "no_robots", "no_snapshot", "ai_train_no"])
     if rep.get("png"):
         print(f"chart: {rep['png']}")

@@ -5,7 +5,7 @@ runs before any tokenizer exists; the paper's "tokens" were regex word counts, a
 
 Three views:
   decisions   from the audit: docs/bytes kept and dropped, per reason, per language, per domain
-  months      the paper's figure: for every month between the first and last snapshot, each
+  months      the paper's figure (plus `ai_train_no`: bytes under a Content-Signal ai-train=no): for every month between the first and last snapshot, each
               origin's robots.txt as of month end (latest capture at or before it) classified for
               each agent group; a group takes the strictest status of its agents; shares are of
               all audited bytes (origins without a capture that month count as no_snapshot)
@@ -107,11 +107,14 @@ def monthly(audit, store: SnapshotStore, months: int) -> list[dict]:
             for name, agents in groups.items():
                 st = "no_snapshot" if robots is None else max((robots.classify(a).status for a in agents), key=RANK.get)
                 acc[(name, st)] += nbytes
+                if robots is not None and any(robots.classify(a).ai_train == "no" for a in agents):
+                    acc[(name, "ai_train_no")] += nbytes
                 if name == "training (combined)":
                     status_of[origin] = st
         for name in groups:
             row = {"month": end[:7], "group": name}
             row.update({st: _share(acc[(name, st)], total) for st in STATUSES})
+            row["ai_train_no"] = _share(acc[(name, "ai_train_no")], total)  # Content-Signal, any status
             rows.append(row)
         lang_acc: dict[tuple[str, str], float] = defaultdict(float)
         lang_tot: dict[str, float] = defaultdict(float)
