@@ -56,10 +56,15 @@ def rank_world() -> tuple[int, int]:
     return rank, world
 
 
-def _fingerprint(cfg: FilterConfig, policy_version: str, shards: list[Path]) -> str:
+def _run_id(cfg: FilterConfig, policy_version: str, world_size: int) -> str:
+    """Same for every rank of one run: config, agent list, store and world size."""
     h = hashlib.sha256(cfg.model_dump_json().encode())
-    h.update(policy_version.encode())
-    h.update(store_fingerprint(cfg.store).encode())
+    h.update(f"{policy_version}:{world_size}:{store_fingerprint(cfg.store)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint(run_id: str, shards: list[Path]) -> str:
+    h = hashlib.sha256(run_id.encode())
     for s in shards:
         h.update(f"{s.name}:{s.stat().st_size}".encode())
     return h.hexdigest()[:16]
@@ -77,12 +82,13 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
     out = Path(cfg.out)
     for d in ("audit", "exclude", "stats", "completions"):
         (out / d).mkdir(parents=True, exist_ok=True)
-    fp = _fingerprint(cfg, filt.policy.version, mine)
+    run_id = _run_id(cfg, filt.policy.version, world_size)
+    fp = _fingerprint(run_id, mine)
     done = out / "completions" / f"{rank:05d}"
     stats_path = out / "stats" / f"{rank:05d}.json"
     if done.is_file() and done.read_text().strip() == fp and stats_path.is_file():
         counters = Counter(json.loads(stats_path.read_text())["counters"])
-        return _finish(out, world_size, rank, counters, skipped=True)
+        return _finish(out, world_size, rank, counters, run_id, skipped=True)
 
     audit_path = out / "audit" / f"part-{rank:05d}.parquet"
     excl_path = out / "exclude" / f"part-{rank:05d}.txt"
@@ -136,22 +142,29 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
         save_part(out / "shards", rank, world_size, {"complete": True, "shards": [asdict(i) for i in rewriter.written]})
         merge_parts(out / "shards", world_size, {"source": str(cfg.shards), "stage": "consent filter", "policy": policy})
     counters = filt.counters + Counter({f"read_{k}": v for k, v in read.items() if k != "samples"})
-    atomic_write_text(stats_path, json.dumps({"rank": rank, "world_size": world_size, "fingerprint": fp,
+    atomic_write_text(stats_path, json.dumps({"rank": rank, "world_size": world_size, "fingerprint": fp, "run_id": run_id,
                                               "policy": policy, "policy_version": version,
                                               "config": json.loads(cfg.model_dump_json()),
                                               "counters": dict(counters)}, indent=1) + "\n")
     atomic_write_text(done, fp + "\n")
-    return _finish(out, world_size, rank, counters, skipped=False)
+    return _finish(out, world_size, rank, counters, run_id, skipped=False)
 
 
-def _finish(out: Path, world_size: int, rank: int, counters: Counter, skipped: bool) -> dict:
-    """Merge exclude.txt and summary.json once every rank has its completion marker."""
+def _finish(out: Path, world_size: int, rank: int, counters: Counter, run_id: str, skipped: bool) -> dict:
+    """Merge exclude.txt and summary.json once every rank of this run (same run_id) is complete."""
     result = {"rank": rank, "world_size": world_size, "skipped": skipped, "counters": dict(counters), "out": str(out)}
-    if not all((out / "completions" / f"{r:05d}").is_file() for r in range(world_size)):
-        return result
-    total = Counter()
+    stats = []
     for r in range(world_size):
-        total.update(json.loads((out / "stats" / f"{r:05d}.json").read_text())["counters"])
+        path = out / "stats" / f"{r:05d}.json"
+        if not (out / "completions" / f"{r:05d}").is_file() or not path.is_file():
+            return result
+        st = json.loads(path.read_text())
+        if st.get("run_id") != run_id:  # left over from a run with other inputs: that rank reruns
+            return result
+        stats.append(st)
+    total = Counter()
+    for st in stats:
+        total.update(st["counters"])
     lines = []
     for r in range(world_size):
         lines.extend((out / "exclude" / f"part-{r:05d}.txt").read_text(encoding="utf-8").splitlines())

@@ -109,8 +109,11 @@ def test_filter_two_ranks_audit_exclude_counters(scenario, demo_shards, tmp_path
     kept_ids = {s.key for s in _docs(tmp_path / "out" / "shards")}
     assert kept_ids == {s.key for s in scenario["docs"] if s.id not in expected}
 
-    # A rerun with the same inputs is a no-op.
+    # A rerun with the same inputs is a no-op; with other inputs, it never merges another run's rank.
     assert run_filter(cfg, rank=0, world_size=2)["skipped"]
+    other = cfg.model_copy(update={"as_of": "now"})
+    assert "merged" not in run_filter(other, rank=0, world_size=2)
+    assert run_filter(other, rank=1, world_size=2)["merged"]
 
 
 def test_as_of_now_and_strictest(scenario, demo_shards, tmp_path):
