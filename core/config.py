@@ -71,6 +71,8 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         key = ".".join(str(x) for x in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
+        elif e["type"] == "missing":
+            lines.append(f"{source}: '{key}' is required (give it in the YAML, as an option, or with --set {key}=...)")
         else:
             lines.append(f"{source}: {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

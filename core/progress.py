@@ -23,7 +23,8 @@ def set_quiet(quiet: bool) -> None:
 
 
 def enabled() -> bool:
-    return not _quiet and int(os.environ.get("RANK", "0")) == 0 and sys.stderr.isatty()
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    return not _quiet and rank == 0 and sys.stderr.isatty()
 
 
 @contextmanager
