@@ -461,6 +461,9 @@ class TokenLoader:
                 f"(it was saved by rank {state.get('dp_rank')}/{state.get('dp_size')}); for a resume with another "
                 "dp_size pass the states of all ranks (a list, or TokenLoader.merge_states)"
             )
+        same_layout = state.get("dp_size") == self.dp_size and state.get("dp_rank") == self.dp_rank
+        if not same_layout and len({e[1] for e in state["lanes"]}) > 1:
+            raise DataError("loader state was saved mid-step; resume with another dp_size needs a step boundary")
         B = self.cfg.micro_batch_size
         group_rows = []
         for g in range(self.groups):
@@ -482,8 +485,7 @@ class TokenLoader:
         self._collected = set()
         # Counters: a same-layout resume restores this rank's; an elastic one gives the totals to rank 0.
         st = state["stats"]
-        same = state.get("dp_size") == self.dp_size and state.get("dp_rank") == self.dp_rank
-        if same or self.dp_rank == 0:
+        if same_layout or self.dp_rank == 0:
             self._stats = RowStats(st["docs"], st["split"], st["empty"])
             self._counts = Counter(st["counts"])
             self._lang_tokens = np.asarray(st["lang_tokens"], np.int64)

@@ -1,0 +1,129 @@
+"""Bad input: clear errors naming the culprit, or counted skips; never a hang."""
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+
+import pytest
+
+from glotta.data import list_shards
+from glotta.data.loader import TokenLoader
+from glotta.errors import ConfigError, DataError
+
+DROP = {"method": "natural", "exhausted": "drop"}
+
+
+def _copy(demo_shards, tmp_path):
+    out = tmp_path / "shards"
+    out.mkdir()
+    for p in list_shards(demo_shards):
+        shutil.copy(p, out / p.name)  # no manifest: the loader lists *.tar
+    return out
+
+
+def test_tokenizer_missing_or_not_sentencepiece(demo_shards, tmp_path):
+    with pytest.raises(DataError, match="tokenizer file not found: .*nope.model"):
+        TokenLoader(str(demo_shards), str(tmp_path / "nope.model"), seq_len=64, micro_batch_size=1)
+    bogus = tmp_path / "vocab.model"
+    bogus.write_text("this is a vocabulary listing, not a model\n")
+    with pytest.raises(DataError, match="vocab.model: not a SentencePiece model"):
+        TokenLoader(str(demo_shards), str(bogus), seq_len=64, micro_batch_size=1)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"seq_len": 1}, "loader.seq_len"),
+        ({"micro_batch_size": 0}, "loader.micro_batch_size"),
+        ({"mix": {"method": "explicit", "weights": {"en": 0.0, "de": 0.0}}}, "sum to a positive number"),
+        ({"mix": {"method": "temperature", "alpha": 0}}, "loader.mix.alpha"),
+        ({"global_batch_size": 3, "micro_batch_size": 2}, "multiple of micro_batch_size"),
+        ({"dp_size": 2, "mix": DROP}, "loader.num_batches"),
+        ({"packing": "greedy"}, "loader.packing"),
+    ],
+)
+def test_bad_config_is_one_clear_error(demo_shards, sp_model, kw, match):
+    args = dict(seq_len=64, micro_batch_size=1) | kw
+    with pytest.raises(ConfigError, match=match):
+        TokenLoader(str(demo_shards), str(sp_model), **args)
+
+
+def test_empty_language_is_named(demo_shards, sp_model, tmp_path):
+    with pytest.raises(DataError, match=r"\['sw'\]"):
+        TokenLoader(str(demo_shards), str(sp_model), 64, 1, mix={"langs": ["en", "sw"]})
+    ids = [f"{p.name}" for p in list_shards(demo_shards)]
+    ex = tmp_path / "all.txt"
+    ex.write_text("\n".join(ids))
+    with pytest.raises(DataError, match="no documents to load"):
+        TokenLoader(str(demo_shards), str(sp_model), 64, 1, exclude=[str(ex)])
+    with pytest.raises(DataError, match="exclude list not found"):
+        TokenLoader(str(demo_shards), str(sp_model), 64, 1, exclude=[str(tmp_path / "missing.txt")])
+
+
+def test_corrupt_shard_mid_stream_is_counted_or_strict(demo_shards, sp_model, tmp_path):
+    shards = _copy(demo_shards, tmp_path)
+    victim = sorted(shards.glob("*.tar"))[1]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])  # cut mid-stream: the first half of its documents survive
+    with TokenLoader(str(shards), str(sp_model), 512, 2, mix=DROP) as ld:
+        n = sum(1 for _ in ld)
+        st = ld.stats()
+    assert n > 0 and st["skipped"]["corrupt_shard"] == 1
+    assert 600 < st["documents"] < 800
+    with pytest.raises(DataError, match=victim.name):
+        TokenLoader(str(shards), str(sp_model), 512, 2, mix=DROP, strict=True)
+
+
+def _add(tar, name, payload: bytes):
+    ti = tarfile.TarInfo(name)
+    ti.size = len(payload)
+    tar.addfile(ti, io.BytesIO(payload))
+
+
+def test_undecodable_text_is_replaced_and_counted(demo_shards, sp_model, tmp_path, multilingual_text):
+    shards = _copy(demo_shards, tmp_path)
+    with tarfile.open(shards / "extra-000000.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        good = multilingual_text["de"].encode()
+        _add(tar, "bad0.txt", good[:20] + b"\xff\xfe" + good[20:])  # invalid UTF-8 in German text
+        _add(tar, "bad0.json", b'{"lang": "de"}')
+        _add(tar, "blank.txt", b"   \n")
+        _add(tar, "blank.json", b'{"lang": "de"}')
+    with TokenLoader(str(shards), str(sp_model), 512, 2, mix=DROP) as ld:
+        seen = {d for b in ld for d in b["doc_ids"] if d}
+        st = ld.stats()
+    assert "extra-000000.tar/bad0" in seen and "extra-000000.tar/blank" not in seen
+    assert st["skipped"]["utf8_replaced"] == 1 and st["skipped"]["empty_text"] == 1
+    with TokenLoader(str(shards), str(sp_model), 512, 2, mix=DROP, strict=True) as ld:
+        with pytest.raises(DataError, match="extra-000000.tar/bad0: invalid UTF-8"):
+            for _ in ld:
+                pass
+
+
+def test_shard_changed_under_a_running_loader_fails_in_the_worker(demo_shards, sp_model, tmp_path):
+    shards = _copy(demo_shards, tmp_path)
+    with TokenLoader(str(shards), str(sp_model), 128, 2, mix=DROP, num_workers=2) as ld:
+        for p in shards.glob("*.tar"):
+            p.write_bytes(p.read_bytes()[:1024])  # every shard cut to its first document
+        with pytest.raises(DataError, match="cannot re-read|shard changed"):
+            for _ in ld:
+                pass
+
+
+def test_state_mismatch_names_what_changed(demo_shards, sp_model):
+    a = TokenLoader(str(demo_shards), str(sp_model), 64, 2, global_batch_size=4)
+    next(iter(a))
+    state = a.state_dict()
+    b = TokenLoader(str(demo_shards), str(sp_model), 128, 2, global_batch_size=4)
+    with pytest.raises(DataError, match=r"seq_len: saved 64, now 128"):
+        b.load_state_dict(state)
+    with pytest.raises(DataError, match="version"):
+        a.load_state_dict(state | {"version": 99})
+    # A rank of another layout needs the lanes it now owns, at a step boundary.
+    r0 = TokenLoader(str(demo_shards), str(sp_model), 64, 2, dp_rank=0, dp_size=2, global_batch_size=4, num_batches=9)
+    next(iter(r0))
+    c = TokenLoader(str(demo_shards), str(sp_model), 64, 1, dp_rank=3, dp_size=4, global_batch_size=4, num_batches=9)
+    with pytest.raises(DataError, match="states of all ranks"):
+        c.load_state_dict(r0.state_dict())
+    with pytest.raises(DataError, match="mid-step"):
+        c.load_state_dict(state)  # saved by one rank holding 4 lanes after half a step
