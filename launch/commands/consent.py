@@ -127,6 +127,34 @@ def filter_(
         print(f"exclude list: {res['exclude']}")
 
 
+@app.command("check")
+@guarded
+def check_(
+    url: Annotated[str, typer.Argument(help="The URL to explain.")],
+    store: StoreOpt = None,
+    date: Annotated[Str, typer.Option(help="Crawl date (YYYY-MM-DD); default: the latest capture.")] = None,
+    agents: AgentsOpt = None,
+    as_of: Annotated[Str, typer.Option("--as-of", help="crawl | now | strictest.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Explain one URL: the decision and every agent's robots.txt class in the capture used."""
+    from glotta.errors import ConfigError
+    from glotta.pruning.consent.decide import DecideConfig, explain
+    from glotta.pruning.consent.snapshots import SnapshotStore
+
+    if store is None:
+        raise ConfigError("consent check needs --store")
+    cfg = load_config(DecideConfig, None, cli_overrides(None, agents=agents, as_of=as_of))
+    res = explain(SnapshotStore.load(store), url, date, cfg)
+    if json_out:
+        print_json(res)
+        return
+    verdict = "keep" if res["keep"] else "drop"
+    print(f"{verdict}: {res['reason']} {res['agent']} {res['rule']} (capture {res['snapshot'] or '-'})".strip())
+    if res["agents"]:
+        print_table("agents", res["agents"], ["agent", "group", "status", "detail", "may_fetch", "ai_train"])
+
+
 @app.command("report")
 @guarded
 def report_(

@@ -233,3 +233,25 @@ class ConsentFilter(DocFilter):
         if v.tos is not None:
             return v.tos
         return v.keep
+
+
+def explain(store: SnapshotStore, url: str, date: str | None = None, cfg: DecideConfig | None = None) -> dict:
+    """Why a URL is kept or dropped: the decision plus each agent's class in the capture used."""
+    f = ConsentFilter(store, cfg)
+    meta = {"url": url} | ({"crawl_date": date} if date else {})
+    d = f.decide(type("Doc", (), {"meta": meta})())
+    out = {"url": url, "keep": d.keep, "reason": d.reason, "agent": d.agent, "rule": d.rule,
+           "snapshot": d.snapshot, "sha256": d.sha256, "flags": list(d.flags), "agents": []}
+    try:
+        origin, path = split_url(url)
+    except BadURL:
+        return out
+    snap, _ = store.at(origin, date if f.cfg.as_of == "crawl" else None)
+    if snap is not None:
+        robots = store.robots(snap)
+        for agent in f.policy.agents:
+            st = robots.classify(agent)
+            out["agents"].append({"agent": agent, "group": st.group, "status": st.status, "detail": st.detail,
+                                  "may_fetch": robots.can_fetch(path, agent), "ai_train": st.ai_train})
+        out["robots_warnings"] = robots.warnings
+    return out

@@ -150,3 +150,24 @@ def test_config_section_and_errors(tmp_path):
     assert (cfg.agents, cfg.as_of, cfg.tos) == ("all-ai", "strictest", "enforce")
     with pytest.raises(ConfigError, match="as_of"):
         load_config(FilterConfig, None, ["as_of=yesterday"])
+
+
+def test_cli_check_explains_a_url(tmp_path):
+    from typer.testing import CliRunner
+
+    from glotta.launch.cli import app
+
+    store = tmp_path / "s.jsonl"
+    SnapshotStore.append(store, [Snapshot("https://a.example", "2024-01-01", 200,
+                                          "User-agent: *\nDisallow: /private\n\nUser-agent: GPTBot\nDisallow: /\n", "x", "t")])
+    r = CliRunner().invoke(app, ["consent", "check", "https://a.example/private/1", "--store", str(store), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert (res["keep"], res["reason"], res["agent"], res["rule"]) == (False, "robots_full", "GPTBot", "Disallow: / (line 5)")
+    by_agent = {a["agent"]: a for a in res["agents"]}
+    assert by_agent["GPTBot"]["status"] == "all" and by_agent["CCBot"]["detail"] == "some_disallow_important_dir"
+    assert by_agent["CCBot"]["may_fetch"] is False
+    r = CliRunner().invoke(app, ["consent", "check", "https://a.example/x", "--store", str(store), "--agents", "*"])
+    assert r.exit_code == 0 and r.output.startswith("keep: robots_path_allowed")
+    r = CliRunner().invoke(app, ["consent", "check", "https://a.example/x", "--store", str(tmp_path / "missing.jsonl")])
+    assert r.exit_code == 2 and "snapshot store not found" in r.output
