@@ -18,8 +18,10 @@ from glotta.pruning.consent.robots import Robots
 from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore, import_files
 
 
+run = run_filter  # the stage entry point the pipeline runner calls: run(FilterConfig) -> result dict
+
 __all__ = [
     "AgentPolicy", "ConsentFilter", "DecideConfig", "Decision", "DocFilter", "FetchConfig",
     "FilterConfig", "KEEP", "ReportConfig", "Robots", "Snapshot", "SnapshotStore", "build_report", "fetch_origins",
-    "import_files", "resolve_policy", "run_fetch", "run_filter",
+    "import_files", "resolve_policy", "run", "run_fetch", "run_filter",
 ]

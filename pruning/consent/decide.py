@@ -30,7 +30,7 @@ from glotta.pruning.consent.base import Decision, DocFilter
 from glotta.pruning.consent.robots import Robots
 from glotta.pruning.consent.signals import TOS_RESTRICTING, TdmRep, TosLabels, doc_noai, doc_tdm_reservation
 from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
-from glotta.pruning.consent.urls import BadURL, host_of, registrable_domain, split_url
+from glotta.pruning.consent.urls import BadURL, host_of, path_of, registrable_domain, split_url
 
 SIGNAL_KEYS = ("html_meta", "http_headers", "headers")
 
@@ -96,7 +96,8 @@ class ConsentFilter(DocFilter):
         self._by_date: dict[tuple[str, str | None], Verdict] = {}
         self._by_snap: dict[tuple[str, str], Verdict] = {}
         self._crawl = self.cfg.as_of == "crawl"
-        self._fast: dict[tuple[str, str], Decision] = {}  # ("https://Host:443", date) -> decision for any path
+        # ("https://Host:443", date) -> the Decision for any path, or the Verdict whose agents match paths
+        self._fast: dict[tuple[str, str], Decision | Verdict] = {}
         self._path_drops: dict[tuple[int, str, str], Decision] = {}  # verdicts live as long as the filter
         self._unknown = self._verdict_without_snapshot()
 
@@ -167,9 +168,14 @@ class ConsentFilter(DocFilter):
                 i = 8 if url.startswith("https://") else 7 if url.startswith("http://") else 0
                 if i:
                     m = _END.search(url, i)
-                    fast = self._fast.get((url[: m.start()] if m else url, date))
-                    if fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
-                        return fast
+                    j = m.start() if m else len(url)
+                    hit = self._fast.get((url[:j], date))
+                    if hit is not None:
+                        if hit.__class__ is Decision:
+                            if not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
+                                return hit
+                        else:  # a verdict that needs the path: skip re-parsing the origin
+                            return self._apply(hit, path_of(url[j:]), meta)
         try:
             origin, path = split_url(meta.get("url"))
         except BadURL as e:
@@ -181,27 +187,26 @@ class ConsentFilter(DocFilter):
                 if len(date) > 10:
                     date = date[:10]
                 v = self._by_date.get((origin, date)) or self.verdict(origin, date)
-                if v.fast is not None:
-                    head = _head(meta["url"])
-                    if head is not None and len(self._fast) < 1 << 22:
-                        self._fast[(head, date)] = v.fast
-                    if not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
-                        return v.fast
-                return self._apply(v, origin, path, meta)
+                head = _head(meta["url"])
+                if head is not None and len(self._fast) < 1 << 22:
+                    self._fast[(head, date)] = v.fast if v.fast is not None else v
+                if v.fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
+                    return v.fast
+                return self._apply(v, path, meta)
         if as_of == "now":
-            return self._apply(self.verdict(origin, None), origin, path, meta)
+            return self._apply(self.verdict(origin, None), path, meta)
         date = meta.get("crawl_date")
         date = date[:10] if isinstance(date, str) and len(date) >= 10 else None
-        d = self._apply(self.verdict(origin, date), origin, path, meta)
+        d = self._apply(self.verdict(origin, date), path, meta)
         if as_of == "strictest" and d.keep:
-            d2 = self._apply(self.verdict(origin, None), origin, path, meta)
+            d2 = self._apply(self.verdict(origin, None), path, meta)
             if not d2.keep:
                 return d2
         if date is None and d.keep:
             return Decision(True, d.reason, d.agent, d.rule, d.snapshot, d.sha256, d.flags + ("no_crawl_date",))
         return d
 
-    def _apply(self, v: Verdict, origin: str, path: str, meta: dict) -> Decision:
+    def _apply(self, v: Verdict, path: str, meta: dict) -> Decision:
         if v.fixed is not None and not v.fixed.keep:
             return v.fixed
         quoted = v.robots.quote(path) if v.path_agents else None

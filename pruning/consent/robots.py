@@ -244,8 +244,12 @@ class Robots:
             # literal parts somewhere in the URL; when no rule passes that necessary test, none
             # matches and protego's default (allow) applies, so the rule walk is skipped.
             for head, parts in needs:
-                if url.startswith(head) and all(p in url for p in parts):
-                    break
+                if url.startswith(head):
+                    for p in parts:
+                        if p not in url:
+                            break
+                    else:
+                        break  # this rule may match: let protego's rules decide
             else:
                 return True, ""
             rules = ruleset._special_rules

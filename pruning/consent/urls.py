@@ -33,6 +33,15 @@ _END = re.compile(r"[/?#]")
 _FAST: dict[str, str | BadURL] = {}  # "https://netloc" -> origin or the BadURL it raised
 
 
+def path_of(rest: str) -> str:
+    """What follows `scheme://netloc` -> the path and query robots rules match ('' -> '/', no fragment)."""
+    if not rest or rest[0] == "#":
+        return "/"
+    if "#" in rest:
+        rest = rest.split("#", 1)[0]
+    return rest if rest[0] == "/" else "/" + rest
+
+
 def split_url(url: object) -> tuple[str, str]:
     """'https://Bücher.example:443/a?b' -> ('https://xn--bcher-kva.example', '/a?b')."""
     if isinstance(url, str):  # fast path: one regex search and one dict lookup per URL
@@ -51,12 +60,7 @@ def split_url(url: object) -> tuple[str, str]:
                     _FAST[head] = origin
             if isinstance(origin, BadURL):
                 raise BadURL(origin.reason, url)
-            rest = url[j:]
-            if not rest or rest[0] == "#":
-                return origin, "/"
-            if "#" in rest:
-                rest = rest.split("#", 1)[0]
-            return origin, rest if rest[0] == "/" else "/" + rest
+            return origin, path_of(url[j:])
     if not isinstance(url, str) or not url.strip():
         raise BadURL("no_url", url)
     m = _URL.match(url.strip())
