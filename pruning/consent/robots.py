@@ -180,7 +180,9 @@ class Robots:
                 out_lines.append("X-Glotta-Other: 1")  # ends a stacked User-agent run for protego as for us
         for g in self.groups:
             for a in g.agents:
-                self.by_agent.setdefault(a, []).append(g)  # RFC 9309 2.2.1: groups of one agent merge
+                lst = self.by_agent.setdefault(a, [])  # RFC 9309 2.2.1: groups of one agent merge
+                if g not in lst:  # `User-agent: GPTBot` + `User-agent: gptbot` in one group
+                    lst.append(g)
         self._protego = Protego.parse("\n".join(out_lines))
         return self
 
