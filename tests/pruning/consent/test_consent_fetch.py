@@ -145,7 +145,7 @@ def test_fetch_status_rules(server):
 def test_one_request_at_a_time_per_host(server):
     # Ten captures of one host with a global concurrency of 8: the server never sees two at once.
     Handler.max_in_flight.clear()
-    cfg = FetchConfig(timeout_s=5, date="2026-01-01", concurrency=8, tdmrep=True)
+    cfg = FetchConfig(timeout_s=20, date="2026-01-01", concurrency=8, tdmrep=True)
     origins = [f"{server}/ok"] * 10
     fetch_origins(origins, cfg)
     assert Handler.max_in_flight["ok"] == 1
@@ -188,7 +188,7 @@ def test_cli_import_fetch_filter(server, tmp_path, multilingual_text):
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["snapshots"] == 1
     r = runner.invoke(app, ["consent", "fetch", str(shards), "--store", str(store), "--date", "2026-01-01",
-                            "--timeout", "5", "--json"])
+                            "--timeout", "20", "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     # imported.example already has a capture on that date, so only the local server is fetched.
