@@ -237,8 +237,22 @@ class Robots:
         if rs == "public" or path == "/robots.txt":
             ok = self.can_fetch(path, agent)
             return ok, "" if ok else self.matched_rule(path, agent)
-        ruleset, prefixes, lines, needs = rs
+        ruleset, prefixes, lines, needs, plain_len, memo = rs
         url = quoted if quoted is not None else _quote_path(path)
+        if plain_len:
+            # Only plain prefix rules (no `*`, no `$`): whether a rule matches depends on the first
+            # plain_len characters alone, so the answer for that prefix is remembered.
+            key = url[:plain_len]
+            hit = memo.get(key)
+            if hit is None:
+                hit = self._walk(url, ruleset, prefixes, lines, needs)
+                if len(memo) < 1 << 16:
+                    memo[key] = hit
+            return hit
+        return self._walk(url, ruleset, prefixes, lines, needs)
+
+    @staticmethod
+    def _walk(url, ruleset, prefixes, lines, needs) -> tuple[bool, str]:
         if url.startswith(prefixes):
             rules = ruleset._rules
         else:
@@ -280,7 +294,8 @@ class Robots:
             for rule in rs._special_rules:
                 head, *parts = rule.value._pattern.removesuffix("$").split("*")
                 needs.append((head, [p for p in parts if p]))
-            return rs, prefixes, lines, needs
+            plain_len = 0 if rs._special_rules or not rs._rules else max(len(r.value._pattern) for r in rs._rules)
+            return rs, prefixes, lines, needs, plain_len, {}
         except AttributeError:  # pragma: no cover - protego's internals moved
             return "public"
 

@@ -143,3 +143,15 @@ def test_one_pass_agrees_with_protego_on_many_paths():
             ok, rule = robots.path_decision(path, "GPTBot")
             assert ok is robots.can_fetch(path, "GPTBot"), path
             assert ok or rule.startswith("Disallow:"), path
+
+
+def test_prefix_memo_agrees_with_protego():
+    """Plain-prefix groups remember answers per prefix; repeated and near-miss paths must still agree."""
+    robots = Robots.parse("User-agent: GPTBot\nDisallow: /private/\nAllow: /private/open/\nDisallow: /tmp\n")
+    paths = ["/private/a", "/private/open/b", "/private/ope", "/privat", "/tmp", "/tmpx/1", "/tm", "/", "/news/1",
+             "/private/open/", "/Private/a", "/private/%6Fpen/x"]
+    for _ in range(2):  # the second round is answered from the memo
+        for path in paths:
+            ok, rule = robots.path_decision(path, "GPTBot")
+            assert ok is robots.can_fetch(path, "GPTBot"), path
+            assert ok or rule in ("Disallow: /private/ (line 2)", "Disallow: /tmp (line 4)"), (path, rule)
