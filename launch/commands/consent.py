@@ -22,12 +22,15 @@ AgentsOpt = Annotated[Str, typer.Option("--agents", help="training | all-ai | * 
 
 @app.command("agents")
 @guarded
-def agents_(policy: Annotated[str, typer.Argument(help="training | all-ai | * | a comma-separated list.")] = "training",
-            json_out: JsonOpt = False) -> None:
-    """List the agents of a policy (all-ai comes from the shipped ai.robots.txt list)."""
+def agents_(policy: Annotated[Str, typer.Argument(help="training | all-ai | * | a comma-separated list.",
+                                                  show_default=False)] = None,
+            config: ConfigOpt = None, sets: SetOpt = None, json_out: JsonOpt = False) -> None:
+    """List the agents of a policy (default: the filter's, training; all-ai comes from the shipped list)."""
     from glotta.pruning.consent.agents import ai_agents, resolve_policy
+    from glotta.pruning.consent.filter import FilterConfig
 
-    p = resolve_policy(policy)
+    cfg = load_config(FilterConfig, config, cli_overrides(sets, agents=policy), section="consent_filter")
+    p = resolve_policy(cfg.agents)
     facts = {a["name"].lower(): a for a in ai_agents()["agents"]}
     rows = [{"name": a, "function": facts.get(a.lower(), {}).get("function", ""),
              "respect": facts.get(a.lower(), {}).get("respect", "")} for a in p.agents]
@@ -40,26 +43,21 @@ def agents_(policy: Annotated[str, typer.Argument(help="training | all-ai | * | 
 @app.command("import")
 @guarded
 def import_(
-    files: Annotated[list[Path], typer.Argument(help="robots.txt files: <host>/<YYYY-MM-DD>.txt, or <host>.txt with --date.")],
+    files: Annotated[Optional[list[Path]], typer.Argument(help="robots.txt files or folders: <host>/<YYYY-MM-DD>.txt, "
+                                                          "or <host>.txt with --date.", show_default=False)] = None,
     store: StoreOpt = None,
     date: Annotated[Str, typer.Option(help="Capture date for files named <host>.txt.")] = None,
-    scheme: Annotated[str, typer.Option(help="Scheme of the hosts (http or https).")] = "https",
+    scheme: Annotated[Str, typer.Option(help="Scheme of the hosts: http or https (default https).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Add robots.txt captures from files to the snapshot store (e.g. Wayback or Common Crawl captures)."""
-    from glotta.errors import ConfigError
-    from glotta.pruning.consent.snapshots import SnapshotStore, import_files
+    from glotta.pruning.consent.snapshots import ImportConfig, run_import
 
-    if store is None:
-        raise ConfigError("consent import needs --store")
-    if scheme not in ("http", "https"):
-        raise ConfigError(f"--scheme must be http or https, got {scheme!r}")
-    paths = [f for p in files for f in (sorted(p.rglob("*.txt")) if p.is_dir() else [p])]
-    snaps = import_files(paths, date=date, scheme=scheme)
-    target = store if store.suffix == ".jsonl" else store / "import.jsonl"
-    SnapshotStore.append(target, snaps)
-    result = {"store": str(target), "snapshots": len(snaps), "origins": len({s.origin for s in snaps})}
-    print_json(result) if json_out else print_counters(f"imported into {target}", {k: v for k, v in result.items() if k != "store"})
+    overrides = cli_overrides(sets, files=[str(f) for f in files] if files else None, store=store, date=date, scheme=scheme)
+    res = run_import(load_config(ImportConfig, config, overrides, section="consent_import"))
+    print_json(res) if json_out else print_counters(f"imported into {res['store']}", {k: v for k, v in res.items() if k != "store"})
 
 
 @app.command("fetch")
@@ -135,17 +133,21 @@ def check_(
     date: Annotated[Str, typer.Option(help="Crawl date (YYYY-MM-DD); default: the latest capture.")] = None,
     agents: AgentsOpt = None,
     as_of: Annotated[Str, typer.Option("--as-of", help="crawl | now | strictest.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Explain one URL: the decision and every agent's robots.txt class in the capture used."""
     from glotta.errors import ConfigError
-    from glotta.pruning.consent.decide import DecideConfig, explain
+    from glotta.pruning.consent.decide import explain
+    from glotta.pruning.consent.filter import FilterConfig
     from glotta.pruning.consent.snapshots import SnapshotStore
 
-    if store is None:
+    cfg = load_config(FilterConfig, config, cli_overrides(sets, store=store, agents=agents, as_of=as_of),
+                      section="consent_filter")
+    if cfg.store is None:
         raise ConfigError("consent check needs --store")
-    cfg = load_config(DecideConfig, None, cli_overrides(None, agents=agents, as_of=as_of))
-    res = explain(SnapshotStore.load(store), url, date, cfg)
+    res = explain(SnapshotStore.load(cfg.store), url, date, cfg)
     if json_out:
         print_json(res)
         return

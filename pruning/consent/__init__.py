@@ -4,7 +4,7 @@ Follow the data: `fetch` (or `import`) captures robots.txt per origin into a sna
 `filter` decides every document (keep, or drop with a reason code and evidence) and writes a
 Parquet audit plus an exclude list for the loader -> `report` summarises what was removed and
 how consent changed over snapshot months. See docs/consent.md.
-Config sections (YAML): consent_fetch, consent_filter, consent_report.
+Config sections (YAML): consent_import, consent_fetch, consent_filter, consent_report.
 """
 from __future__ import annotations
 

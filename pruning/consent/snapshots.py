@@ -19,8 +19,11 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
-from glotta.errors import DataError
+from glotta.config import StrictModel
+
+from glotta.errors import ConfigError, DataError
 from glotta.pruning.consent.robots import MAX_BYTES, Robots, sha256_text
 from glotta.pruning.consent.signals import TdmRep
 from glotta.pruning.consent.urls import BadURL, split_url
@@ -156,6 +159,30 @@ def import_files(files: list[Path], date: str | None = None, scheme: str = "http
         text = data[:MAX_BYTES].decode("utf-8", errors="replace")  # parsing reads no more (RFC 9309 2.5)
         out.append(Snapshot(origin, day, 200, text, sha256_text(data), str(f)))
     return out
+
+
+class ImportConfig(StrictModel):
+    files: list[Path] = []  # robots.txt files or directories of them
+    store: Path | None = None  # a directory (writes import.jsonl into it) or a .jsonl file
+    date: str | None = None  # capture date for files named <host>.txt
+    scheme: Literal["http", "https"] = "https"
+
+
+def run_import(cfg: ImportConfig) -> dict:
+    """`glotta consent import`: robots.txt files -> snapshots appended to the store."""
+    if cfg.store is None or not cfg.files:
+        raise ConfigError("consent import needs files and store (e.g. captures/ --store snapshots/)")
+    if cfg.date is not None and parse_date(cfg.date) != cfg.date:
+        raise ConfigError(f"date: expected YYYY-MM-DD, got {cfg.date!r}")
+    paths = []
+    for p in cfg.files:
+        if not p.exists():
+            raise DataError(f"not found: {p}")
+        paths.extend(sorted(p.rglob("*.txt")) if p.is_dir() else [p])
+    snaps = import_files(paths, date=cfg.date, scheme=cfg.scheme)
+    target = cfg.store if cfg.store.suffix == ".jsonl" else cfg.store / "import.jsonl"
+    SnapshotStore.append(target, snaps)
+    return {"store": str(target), "snapshots": len(snaps), "origins": len({s.origin for s in snaps})}
 
 
 def store_fingerprint(path: str | Path) -> str:
