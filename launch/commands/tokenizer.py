@@ -137,3 +137,36 @@ def extend(
                                      for k, r in report["target"].items()])
     print(f"wrote {report['model']}: {report['base_vocab_size']} + {report['added']} pieces "
           f"(score mode {report['score_mode']}, allocation {report['allocate']})")
+
+
+@app.command("adapt-checkpoint")
+@guarded
+def adapt_checkpoint(
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Trainer checkpoint (directory or root with latest).")] = None,
+    new_tokenizer: Annotated[Optional[Path], typer.Option(help="Extended .model (from `tokenizer extend`).")] = None,
+    old_tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer the checkpoint was trained with.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Root of the adapted checkpoint.")] = None,
+    init: Annotated[Optional[str], typer.Option(help="mean, align, script, mean-all or random.")] = None,
+    tp: Annotated[Optional[int], typer.Option(help="Tensor-parallel size of the run that continues.")] = None,
+    text: Annotated[Optional[Path], typer.Option(help="Target text: parallel JSONL or shard set.")] = None,
+    langs: LangsOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Resize a checkpoint's embeddings (and untied output layer) to an extended vocabulary."""
+    from glotta.tokenizer.adapt import AdaptConfig, adapt
+
+    overrides = cli_overrides(sets, checkpoint=checkpoint, new_tokenizer=new_tokenizer, old_tokenizer=old_tokenizer,
+                              out=out, init=init, tp=tp, text=text, langs=langs)
+    cfg = load_config(AdaptConfig, config, overrides, section="tokenizer_adapt")
+    report = adapt(cfg)
+    if json_out:
+        print_json(report)
+        return
+    rows = [{"name": m, "bpb": r["bpb"], "old_logits_max_abs_diff": r["old_logits_max_abs_diff"]}
+            for m, r in report["methods"].items()]
+    rows.append({"name": "old model + old tokenizer", "bpb": report["bpb_old_model_old_tokenizer"]})
+    print_table("bits per byte on target text right after initialisation", rows)
+    print(f"wrote {report['out']} (vocab {report['old_vocab']} -> {report['new_vocab']}, rows {report['new_rows']} "
+          f"for TP={report['tp']}, init {report['init']})")
