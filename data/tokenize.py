@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from itertools import chain
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +68,11 @@ class DocIndex:
     key: list[str]
     counters: Counter = field(default_factory=Counter)
 
+    def __post_init__(self) -> None:
+        self.names = [Path(s).name for s in self.shards]
+
     def doc_id(self, i: int) -> str:
-        return f"{Path(self.shards[self.shard[i]]).name}/{self.key[i]}"
+        return f"{self.names[self.shard[i]]}/{self.key[i]}"
 
 
 def build_index(shards: list[Path], exclude: set[str], strict: bool = False) -> DocIndex:
@@ -142,6 +146,7 @@ def build_index(shards: list[Path], exclude: set[str], strict: bool = False) -> 
 class Encoder:
     def __init__(self, shards: list[str], tokenizer: str, strict: bool = False):
         self.shards, self.strict = shards, strict
+        self.names = [Path(s).name for s in shards]
         self.sp, self.info = open_tokenizer(tokenizer)
         self.dtype = token_dtype(self.info.vocab_size)
         self._readers: dict[int, TarReader] = {}
@@ -150,7 +155,7 @@ class Encoder:
         reader = self._readers.get(shard)
         if reader is None:
             reader = self._readers[shard] = TarReader(self.shards[shard])
-        name = Path(self.shards[shard]).name
+        name = self.names[shard]
         try:
             reader.seek(int(offset))
             raw = reader.read(1)
@@ -171,20 +176,17 @@ class Encoder:
         texts, status = [], np.zeros(len(keys), np.int8)
         for i, (s, o, k) in enumerate(zip(shard, offset, keys)):
             text, status[i] = self._text(int(s), int(o), k)
-            if not text.strip():
+            if not text or text.isspace():
                 status[i] = EMPTY
                 text = ""
             texts.append(text)
         ids = self.sp.encode(texts, out_type=int, num_threads=1)
         eod = self.info.eod_id
-        lengths = np.fromiter((len(x) + 1 if st != EMPTY else 0 for x, st in zip(ids, status)), np.int64, len(ids))
-        flat = np.empty(int(lengths.sum()), self.dtype)
-        at = 0
-        for x, n in zip(ids, lengths):
-            if n:
-                flat[at : at + n - 1] = x
-                flat[at + n - 1] = eod
-                at += n
+        for x, st in zip(ids, status):
+            if st != EMPTY:
+                x.append(eod)
+        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+        flat = np.fromiter(chain.from_iterable(ids), self.dtype, int(lengths.sum()))
         return flat, lengths, status
 
     def close(self) -> None:

@@ -107,17 +107,23 @@ def test_elastic_resume_2_1_4_same_global_batches_and_each_document_once(demo_sh
 
 
 def test_ranks_yield_equal_batches_and_disjoint_documents(demo_shards, sp_model):
-    lds = [_loader(demo_shards, sp_model, dp_rank=r, dp_size=2, global_batch_size=8, num_batches=150) for r in range(2)]
-    seen = []
-    counts = []
+    """Finite data, 2 ranks: both yield num_batches (padding once dry), together every document once."""
+    lds = [
+        _loader(demo_shards, sp_model, dp_rank=r, dp_size=2, global_batch_size=8, num_batches=300, num_workers=1, **ELASTIC)
+        for r in range(2)
+    ]
+    seen, counts, tail_mask = [], [], []
     for ld in lds:
         ids, n = set(), 0
         for b in ld:
             ids |= {d for d in b["doc_ids"] if d}
             n += 1
+            last = b["loss_mask"].sum().item()
         seen.append(ids)
         counts.append(n)
+        tail_mask.append(last)
         ld.close()
-    assert counts == [150, 150]
+    assert counts == [300, 300]
+    assert tail_mask == [0, 0]  # both ran dry and padded up to num_batches
     assert not (seen[0] & seen[1])
-    assert len(seen[0] | seen[1]) == 800
+    assert len(seen[0] | seen[1]) == 240

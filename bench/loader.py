@@ -1,0 +1,153 @@
+"""TokenLoader throughput vs a pure-Python baseline and vs raw SentencePiece, same text, same run.
+
+  raw        sp.encode(all texts) on text already in memory: the tokenizer's own rate, the floor
+             (1 thread, and as many threads as the loader has workers)
+  baseline   webdataset (decode) + sp.encode per document + Python concat-and-chunk + torch.tensor
+  ours       TokenLoader(num_workers=W, packing=concat, natural mix, one epoch), end to end
+             including the index pass and worker start-up
+
+All three count the same tokens (every document's ids plus EOD). Shards default to a demo corpus
+of real gettext text; the SentencePiece model is trained on it (unigram) unless --model is given.
+
+    python bench/loader.py [SHARD_DIR] [--model M] [--workers 2] [--seq-len 2048] [--repeat 2]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+import webdataset as wds
+
+from glotta.data import iter_samples, list_shards
+from glotta.data.demo_corpus import build_demo_corpus
+from glotta.data.loader import TokenLoader
+
+LANGS = "en de fr es pt it nl pl ru uk el tr ar he fa hi bn ta ja zh ko vi th id".split()
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) plus its reaped children (the loader's workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measured(fn):
+    """fn() -> (tokens, extra); returns (tokens/s wall, tokens, tokens per CPU-second, extra)."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    n, extra = fn()
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    return n / wall, n, n / cpu, extra
+
+
+def raw(sp, texts, threads: int):
+    ids = sp.encode(texts, out_type=int, num_threads=threads)
+    return sum(len(x) + 1 for x in ids), None
+
+
+def baseline(shards, sp, seq_len: int, batch: int):
+    eod, buf, rows, n = sp.eos_id(), [], [], 0
+    for sample in wds.WebDataset([str(p) for p in shards], shardshuffle=False).decode():
+        ids = sp.encode(sample["txt"]) + [eod]
+        n += len(ids)
+        buf.extend(ids)
+        while len(buf) >= seq_len + 1:
+            rows.append(buf[: seq_len + 1])
+            del buf[:seq_len]
+            if len(rows) == batch:
+                t = torch.tensor(rows)
+                _ = {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(batch, seq_len)}
+                rows = []
+    return n, None
+
+
+def ours(shard_dir, model, seq_len: int, batch: int, workers: int):
+    """Tokens delivered end to end (index pass and worker start-up included); also the rate after batch 1."""
+    mix = {"method": "natural", "exhausted": "drop"}
+    with TokenLoader(str(shard_dir), str(model), seq_len, batch, mix=mix, num_workers=workers, packing="concat") as ld:
+        it = iter(ld)
+        first = next(it)
+        t1 = time.perf_counter()
+        for _ in it:
+            pass
+        t2 = time.perf_counter()
+        st = ld.stats()
+    n = st["tokens"]  # each document's tokens (+EOD) once in the token region
+    steady = (n - int((first["lang_ids"] >= 0).sum())) / (t2 - t1)
+    return n, (st, steady)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("shards", nargs="?", type=Path)
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--docs-per-lang", type=int, default=120)
+    ap.add_argument("--vocab", type=int, default=8000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("glotta").setLevel(logging.ERROR)
+
+    with tempfile.TemporaryDirectory(prefix="glotta-bench-loader-") as tmp:
+        run(args, Path(tmp))
+
+
+def run(args, tmp: Path) -> None:
+    shard_dir = args.shards
+    if shard_dir is None:
+        shard_dir = tmp / "shards"
+        build_demo_corpus(shard_dir, langs=LANGS, max_docs_per_lang=args.docs_per_lang, shard_samples=500)
+    shards = list_shards(shard_dir)
+    texts = [s.text for p in shards for s in iter_samples(p)]
+    model = args.model
+    if model is None:
+        lines = [line for t in texts for line in t.split("\n") if line.strip()]
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_prefix=str(tmp / "bench"), vocab_size=args.vocab,
+            character_coverage=0.9995, pad_id=3, num_threads=2, minloglevel=2,
+        )
+        model = tmp / "bench.model"
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    print(f"corpus: {len(shards)} shards, {len(texts)} documents, {mb:.1f} MB text; vocab {sp.get_piece_size()}; "
+          f"seq_len {args.seq_len}, batch {args.batch}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+
+    # Interleaved repeats, best of each: the machine may be shared, so a busy moment hits all four.
+    runs = {
+        "raw sp.encode, 1 thread": lambda: raw(sp, texts, 1),
+        f"raw sp.encode, {args.workers} threads": lambda: raw(sp, texts, args.workers),
+        "baseline webdataset+sp+python": lambda: baseline(shards, sp, args.seq_len, args.batch),
+        f"TokenLoader, {args.workers} workers": lambda: ours(shard_dir, model, args.seq_len, args.batch, args.workers),
+    }
+    res: dict[str, tuple] = {}
+    for _ in range(args.repeat):
+        for name, fn in runs.items():
+            r = measured(fn)
+            if name not in res or r[0] > res[name][0]:
+                res[name] = r
+    print(f"{'':34s}{'tokens/s':>12s}{'tokens/CPU-s':>14s}{'tokens':>12s}")
+    for name, (rate, n, per_cpu, _) in res.items():
+        print(f"{name:34s}{rate:12,.0f}{per_cpu:14,.0f}{n:12,d}")
+    raw1, rawW, base, our = (res[k][0] for k in runs)
+    st, steady = res[list(runs)[3]][3]
+    print(f"{'  TokenLoader after the first batch':34s}{steady:12,.0f}")
+    print(f"ours / baseline                   = {our / base:.2f}x   (target >= 3x)")
+    print(f"ours / raw, {args.workers} threads              = {our / rawW:.2f}    (target >= 0.85)")
+    print(f"ours / raw, 1 thread              = {our / raw1:.2f}")
+    print(f"ours after batch 1 / raw, {args.workers} thr.   = {steady / rawW:.2f}")
+    cpu = [res[k][2] for k in runs]
+    print(f"CPU efficiency: ours / baseline = {cpu[3] / cpu[2]:.2f}x, ours / raw 1 thread = {cpu[3] / cpu[0]:.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
+    print(f"padding {st['padding_pct']:.2f}%, truncation {st['truncation_pct']:.1f}% (concat), batches {st['batches']}")
+
+if __name__ == "__main__":
+    main()
