@@ -83,3 +83,48 @@ def _pct(x):
 
 def _pair(a, b, fmt: str) -> str:
     return "/".join("-" if v is None else fmt.format(v) for v in (a, b))
+
+
+@app.command("score")
+@guarded
+def score(
+    checkpoints: Annotated[Optional[list[Path]], typer.Option("--checkpoints", help="Checkpoint dir (repeatable), or "
+                                                              "one checkpoint root: its kept early steps.")] = None,
+    shards: Annotated[Optional[Path], typer.Option(help="Shard set to score.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (one Parquet per shard).")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="SentencePiece model (default: the run's).")] = None,
+    exclude: Annotated[Optional[list[Path]], typer.Option(help="Exclude list to apply (repeatable).")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Window length (default: the model's).")] = None,
+    micro_batch_size: Annotated[Optional[int], typer.Option(help="Rows of seq_len per forward.")] = None,
+    tp: Annotated[Optional[int], typer.Option(help="Tensor-parallel size.")] = None,
+    pp: Annotated[Optional[int], typer.Option(help="Pipeline-parallel size.")] = None,
+    mlflow_uri: Annotated[Optional[str], typer.Option("--mlflow-uri", help="Log to this MLflow tracking URI.")] = None,
+    mlflow_run: Annotated[Optional[str], typer.Option("--mlflow-run", help="Log into this existing MLflow run.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    strict: StrictOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Forward-only NLL of every document at every kept checkpoint (run under torchrun for TP/PP/DP)."""
+    import os
+
+    from glotta.pruning.cat.score import ScoreConfig, run
+
+    overrides = cli_overrides(
+        sets, checkpoints=[str(c) for c in checkpoints] if checkpoints else None, shards=shards, out_dir=out_dir,
+        tokenizer=tokenizer, exclude=[str(e) for e in exclude] if exclude else None, seq_len=seq_len,
+        micro_batch_size=micro_batch_size,
+        **{"parallel.tensor_parallel": tp, "parallel.pipeline_parallel": pp,
+           "mlflow.tracking_uri": mlflow_uri, "mlflow.run_id": mlflow_run},
+    )
+    cfg = load_config(ScoreConfig, config, overrides, section="prune_score")
+    result = run(cfg, strict=strict)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if json_out:
+        print_json(result)
+        return
+    print_table(f"prune score: run {result['run_id']}, TP={result['tp']} PP={result['pp']} DP={result['dp']}",
+                result["throughput"], ["step", "tokens", "seconds", "tokens_per_s", "tokens_per_s_per_device"])
+    print(f"wrote {result['shards_written']} shard score files to {result['out_dir']} "
+          f"({result['shards']} shards, checkpoints {result['checkpoint_steps']})")

@@ -1,0 +1,346 @@
+"""`glotta prune score`: forward-only NLL of every document at every kept checkpoint (torchrun, any TP/PP/DP).
+
+Work split: shard i goes to data-parallel group i % DP; the TP and PP ranks of a group read the
+same shard and build identical micro-batches (no broadcast needed). A document is scored as
+`[EOD] + ids` -> `ids + [EOD]` (EOD = the tokenizer's EOS id, the loader's document end) in
+windows of `seq_len` tokens with no context carried between windows; windows are packed into rows
+with a document mask and positions restarting at each window, so documents never see each other.
+Per document: n_tokens (tokens predicted), n_bytes (UTF-8 text), token-mean NLL per checkpoint.
+
+Resume: each (shard, checkpoint) result is saved as `.parts/<shard>/ckpt_<k>.npy`; when all K
+are there the shard's `<shard>.parquet` is written and its parts removed. A restarted job skips
+finished shards and parts, and skips loading a checkpoint that no shard still needs.
+`score.json` in the output folder pins run, checkpoints, tokenizer and seq_len: a rerun with
+other inputs is refused instead of mixing numbers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import Field
+
+from glotta.config import StrictModel
+from glotta.data.manifest import atomic_write_text
+from glotta.data.shards import iter_samples, list_shards
+from glotta.errors import DataError
+from glotta.pruning.cat.checkpoints import CheckpointSet, resolve
+from glotta.pruning.cat.select import read_excludes
+from glotta.pruning.cat.table import ScoresMeta, nll_column, write_scores
+from glotta.pruning.cat.tracking import MlflowConfig
+from glotta.train.parallel import ParallelConfig
+
+log = logging.getLogger(__name__)
+
+STATE = "score.json"
+PARTS = ".parts"
+
+
+class ScoreConfig(StrictModel):
+    checkpoints: list[Path] = Field(default_factory=list, description="checkpoint dirs, or a root = its kept steps")
+    shards: Path | None = None
+    out_dir: Path = Path("scores")
+    exclude: list[Path] = Field(default_factory=list)
+    tokenizer: Path | None = None  # default: the run's data.tokenizer
+    seq_len: int | None = Field(None, gt=1)  # default: the model's seq_length
+    micro_batch_size: int = Field(16, gt=0)  # rows of seq_len per forward
+    microbatches_per_call: int = Field(4, gt=0)  # micro-batches per pipeline schedule call (fills PP stages)
+    parallel: ParallelConfig = ParallelConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    seed: int = 1234
+    # Stop after this many checkpoint passes of this job (tests and preemption drills); 0 = no limit.
+    stop_after_checkpoints: int = Field(0, ge=0)
+
+
+@dataclass
+class ShardDocs:
+    name: str
+    keys: list[str]
+    langs: list[str]
+    n_bytes: np.ndarray
+    ids: list[list[int]]  # token ids without EOD
+
+    @property
+    def n_tokens(self) -> np.ndarray:
+        return np.fromiter((len(x) + 1 for x in self.ids), np.int64, len(self.ids))
+
+
+def read_shard(path: Path, sp, excluded: set[str], counters: Counter, strict: bool) -> ShardDocs:
+    keys, langs, nbytes, texts = [], [], [], []
+    for s in iter_samples(path, counters, strict=strict):
+        if s.shard in excluded or s.id in excluded:
+            counters["excluded"] += 1
+            continue
+        keys.append(s.key)
+        langs.append(s.lang)
+        texts.append(s.text)
+        nbytes.append(len(s.text.encode("utf-8")))
+    ids = sp.encode(texts, out_type=int) if texts else []
+    return ShardDocs(path.name, keys, langs, np.asarray(nbytes, np.int64), ids)
+
+
+# ---- packing: documents -> windows -> rows of seq_len -------------------------------------------
+@dataclass
+class Rows:
+    tokens: np.ndarray  # [R, S]
+    labels: np.ndarray
+    position_ids: np.ndarray
+    segments: np.ndarray  # [R, S] window index within the row; padding = its own segment
+    loss_mask: np.ndarray
+    doc_of: np.ndarray  # [R, S] document index per token (-1 on padding)
+
+
+def pack(ids: list[list[int]], eod: int, pad: int, seq_len: int) -> Rows:
+    """Windows in document order, placed greedily: a window goes into the current row when it fits."""
+    rows: list[list[tuple[int, np.ndarray, np.ndarray]]] = []
+    free = 0
+    for d, x in enumerate(ids):
+        inp = np.asarray([eod] + list(x), np.int64)
+        tgt = np.asarray(list(x) + [eod], np.int64)
+        for a in range(0, len(inp), seq_len):
+            w_in, w_tgt = inp[a : a + seq_len], tgt[a : a + seq_len]
+            if len(w_in) > free:
+                rows.append([])
+                free = seq_len
+            rows[-1].append((d, w_in, w_tgt))
+            free -= len(w_in)
+    r = len(rows)
+    out = Rows(*(np.full((r, seq_len), v, np.int64) for v in (pad, pad, 0, 0)), np.zeros((r, seq_len), np.float32),
+               np.full((r, seq_len), -1, np.int64))
+    for i, row in enumerate(rows):
+        at = 0
+        for j, (d, w_in, w_tgt) in enumerate(row):
+            n = len(w_in)
+            sl = slice(at, at + n)
+            out.tokens[i, sl], out.labels[i, sl] = w_in, w_tgt
+            out.position_ids[i, sl] = np.arange(n)
+            out.segments[i, sl] = j
+            out.loss_mask[i, sl] = 1.0
+            out.doc_of[i, sl] = d
+            at += n
+        out.segments[i, at:] = len(row)  # padding: one more segment, masked out of the loss
+    return out
+
+
+# ---- forward ------------------------------------------------------------------------------------
+def _forward_step(device, data_iterator, model):
+    from glotta.train.attention import document_mask
+
+    b = next(data_iterator)
+    tokens, labels, pos, seg, mask = (torch.as_tensor(v).to(device) for v in b)
+    out = model(tokens, pos, document_mask(seg), labels=labels)
+    return out, partial(_loss, mask)
+
+
+def _loss(mask, output):
+    losses = output.float()
+    total = (losses * mask).sum()
+    return total, mask.sum().to(torch.int), {"losses": losses.detach().cpu()}
+
+
+def score_rows(model, rows: Rows, cfg: ScoreConfig, seq_len: int, device) -> np.ndarray | None:
+    """Per-token losses [R, S] on the last pipeline stage (None elsewhere)."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    b = cfg.micro_batch_size
+    n = len(rows.tokens)
+    pad_rows = (-n) % b
+    arrays = [rows.tokens, rows.labels, rows.position_ids, rows.segments, rows.loss_mask]
+    if pad_rows:  # fixed [B, S] micro-batches (pipeline p2p shapes); extra rows are all padding
+        arrays = [np.concatenate([a, np.zeros((pad_rows, seq_len), a.dtype)]) for a in arrays]
+    mbs = [tuple(a[i : i + b] for a in arrays) for i in range(0, n + pad_rows, b)]
+    fwd = get_forward_backward_func()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(mbs), cfg.microbatches_per_call):
+            chunk = mbs[i : i + cfg.microbatches_per_call]
+            reports = fwd(forward_step_func=partial(_forward_step, device), data_iterator=iter(chunk), model=model,
+                          num_microbatches=len(chunk), seq_length=seq_len, micro_batch_size=b, forward_only=True)
+            out += [r["losses"] for r in reports]
+    if not out:
+        return None
+    return torch.cat(out).double().numpy()[:n]
+
+
+def doc_nll_sums(rows: Rows, losses: np.ndarray, n_docs: int) -> np.ndarray:
+    real = rows.doc_of >= 0
+    return np.bincount(rows.doc_of[real], weights=losses[real] * rows.loss_mask[real], minlength=n_docs)
+
+
+# ---- the job ------------------------------------------------------------------------------------
+def _state(cs: CheckpointSet, seq_len: int) -> dict:
+    return {"version": 1, "run_id": cs.run_id, "checkpoint_steps": cs.steps, "tokenizer_sha256": cs.tokenizer_sha256,
+            "seq_len": seq_len, "checkpoints": [str(c.path) for c in cs.checkpoints]}
+
+
+def _check_out_dir(out: Path, state: dict) -> None:
+    p = out / STATE
+    if p.is_file():
+        old = json.loads(p.read_text())
+        keys = ("run_id", "checkpoint_steps", "tokenizer_sha256", "seq_len")
+        diff = [k for k in keys if old.get(k) != state[k]]
+        if diff:
+            raise DataError(f"{out} holds scores of other inputs ({', '.join(f'{k}: {old.get(k)}' for k in diff)}); "
+                            "use another --out")
+
+
+def part_path(out: Path, shard: str, k: int) -> Path:
+    return out / PARTS / shard / f"ckpt_{k + 1}.npy"
+
+
+def final_path(out: Path, shard: str) -> Path:
+    return out / f"{shard}.parquet"
+
+
+def run(cfg: ScoreConfig, strict: bool = False) -> dict:
+    """Collective: every torchrun worker calls it. Returns the summary (on every rank)."""
+    import sentencepiece as spm
+
+    from glotta.train.checkpoint import load_checkpoint
+    from glotta.train.model import ModelConfig, build_model
+    from glotta.train.parallel import destroy_parallel, init_parallel
+
+    if cfg.shards is None:
+        from glotta.errors import ConfigError
+
+        raise ConfigError("shards: the shard set to score is required")
+    # Every check that can fail runs on every rank before the process group exists.
+    cs = resolve(cfg.checkpoints, cfg.tokenizer)
+    model_cfg = ModelConfig.model_validate(cs.model)
+    seq_len = cfg.seq_len or model_cfg.seq_length
+    shards = list_shards(cfg.shards)
+    excluded = read_excludes(cfg.exclude)
+    state = _state(cs, seq_len)
+    _check_out_dir(cfg.out_dir, state)
+    sp = spm.SentencePieceProcessor(model_file=str(cs.tokenizer))
+    eod = sp.eos_id()
+    if eod < 0:
+        raise DataError(f"{cs.tokenizer}: no EOS piece; the loader and the scorer use it as end of document")
+    pad = sp.pad_id() if sp.pad_id() >= 0 else eod
+    if seq_len > model_cfg.seq_length and model_cfg.position_embedding == "learned_absolute":
+        from glotta.errors import ConfigError
+
+        raise ConfigError(f"seq_len {seq_len} exceeds the model's learned positions ({model_cfg.seq_length})")
+
+    dims = init_parallel(cfg.parallel, cfg.seed)
+    try:
+        if dims.rank == 0:
+            cfg.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cfg.out_dir / STATE, json.dumps(state, indent=1) + "\n")
+        dist.barrier()
+        model = build_model(model_cfg.model_copy(update={"seq_length": max(seq_len, model_cfg.seq_length)}),
+                            dims, cs.vocab_size)
+        for m in model:
+            m.eval()
+        mine = shards[dims.dp_rank :: dims.dp]
+        writer = dims.is_last_stage and dims.tp_rank == 0
+        counters: Counter = Counter()
+        per_ckpt, loaded = [], []
+        cache: dict[str, tuple[ShardDocs, Rows]] = {}
+        for k, ck in enumerate(cs.checkpoints):
+            # Skip a checkpoint nobody needs (all ranks see the same files, so they agree).
+            todo_all = [s for s in shards if not final_path(cfg.out_dir, s.name).is_file()
+                        and not part_path(cfg.out_dir, s.name, k).is_file()]
+            if not todo_all:
+                continue
+            if cfg.stop_after_checkpoints and len(loaded) >= cfg.stop_after_checkpoints:
+                break
+            load_checkpoint(ck.path, model, None, None)
+            loaded.append(ck.step)
+            tokens, t0 = 0, time.perf_counter()
+            for path in [s for s in mine if s in todo_all]:
+                if path.name not in cache:
+                    docs = read_shard(path, sp, excluded, counters, strict)
+                    cache = {path.name: (docs, pack(docs.ids, eod, pad, seq_len))}  # one shard in memory
+                docs, rows = cache[path.name]
+                losses = score_rows(model, rows, cfg, seq_len, dims.device)
+                tokens += int(rows.loss_mask.sum())
+                if writer and losses is not None:
+                    sums = doc_nll_sums(rows, losses, len(docs.keys))
+                    p = part_path(cfg.out_dir, path.name, k)
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = p.with_name(f".{p.name}.tmp.npy")
+                    np.save(tmp, sums)
+                    tmp.replace(p)
+            per_ckpt.append(_throughput(tokens, time.perf_counter() - t0, dims, ck.step))
+            dist.barrier()
+        written = 0
+        if writer:
+            for path in mine:
+                written += _finish_shard(cfg.out_dir, path, sp, excluded, state, cs, strict, cache)
+        dist.barrier()
+        summary = {"out_dir": str(cfg.out_dir), "run_id": cs.run_id, "checkpoint_steps": cs.steps, "seq_len": seq_len,
+                   "shards": len(shards), "checkpoints_scored": loaded, "tp": dims.tp, "pp": dims.pp, "dp": dims.dp, "throughput": per_ckpt,
+                   "shards_written": _sum(written, dims), "counters": dict(counters)}
+        if dims.rank == 0 and cfg.mlflow.active and per_ckpt:
+            summary["mlflow"] = _log(cfg, cs, summary)
+        return summary
+    finally:
+        destroy_parallel()
+
+
+def _throughput(tokens: int, seconds: float, dims, step: int) -> dict:
+    """Tokens scored by the whole job per second and per device (model-parallel ranks share a batch)."""
+    t = torch.tensor([tokens if dims.tp_rank == 0 and dims.pp_rank == 0 else 0, seconds], dtype=torch.float64)
+    dist.all_reduce(t[:1])
+    secs = torch.tensor([seconds], dtype=torch.float64)
+    dist.all_reduce(secs, op=dist.ReduceOp.MAX)
+    total, wall = float(t[0]), float(secs[0])
+    rate = {"step": step, "tokens": int(total), "seconds": round(wall, 3),
+            "tokens_per_s": total / wall if wall > 0 else 0.0,
+            "tokens_per_s_per_device": total / wall / dims.world_size if wall > 0 else 0.0}
+    if dims.rank == 0:
+        print(f"glotta prune score: checkpoint step {step}: {rate['tokens']:,} tokens in {wall:.1f} s, "
+              f"{rate['tokens_per_s_per_device']:,.0f} tokens/s per device ({dims.world_size} devices)", flush=True)
+    return rate
+
+
+def _sum(x: int, dims) -> int:
+    t = torch.tensor([x], dtype=torch.int64)
+    dist.all_reduce(t)
+    return int(t[0])
+
+
+def _finish_shard(out: Path, path: Path, sp, excluded, state, cs: CheckpointSet, strict: bool, cache) -> int:
+    """All K parts present -> write <shard>.parquet and drop the parts. Returns 1 if written now."""
+    if final_path(out, path.name).is_file():
+        return 0
+    parts = [part_path(out, path.name, k) for k in range(len(cs.checkpoints))]
+    if not all(p.is_file() for p in parts):
+        return 0
+    docs = cache[path.name][0] if path.name in cache else read_shard(path, sp, excluded, Counter(), strict)
+    n_tokens = docs.n_tokens
+    cols = {"shard": [docs.name] * len(docs.keys), "key": docs.keys, "lang": docs.langs, "n_tokens": n_tokens,
+            "n_bytes": docs.n_bytes}
+    for k, p in enumerate(parts):
+        sums = np.load(p)
+        if len(sums) != len(docs.keys):
+            raise DataError(f"{p}: {len(sums)} documents, {path} now has {len(docs.keys)} (shard changed mid-job?)")
+        cols[nll_column(k + 1)] = sums / n_tokens
+    meta = ScoresMeta(state["run_id"], state["tokenizer_sha256"], state["checkpoint_steps"], state["seq_len"],
+                      extra={"checkpoints": state["checkpoints"]})
+    write_scores(final_path(out, path.name), cols, meta)
+    shutil.rmtree(out / PARTS / path.name, ignore_errors=True)
+    return 1
+
+
+def _log(cfg: ScoreConfig, cs: CheckpointSet, summary: dict) -> dict:
+    from glotta.pruning.cat.tracking import log_run
+
+    params = {"checkpoint_steps": cs.steps, "seq_len": summary["seq_len"], "tp": summary["tp"], "pp": summary["pp"],
+              "dp": summary["dp"], "scores_run": cs.run_id}
+    metrics = {}
+    for r in summary["throughput"]:
+        metrics[f"tokens_per_s_per_device.step{r['step']}"] = r["tokens_per_s_per_device"]
+    rates = [r["tokens_per_s_per_device"] for r in summary["throughput"]]
+    metrics["tokens_per_s_per_device"] = float(np.mean(rates))
+    return log_run(cfg.mlflow, cfg.out_dir, "prune.score", params, metrics, [cfg.out_dir / STATE], run_name="prune-score")
