@@ -168,6 +168,7 @@ class TokenLoader:
         self._blocks: dict[int, dict[int, Doc | None]] = {}
         self._jobs: dict[int, Any] = {}
         self._collected: set[int] = set()
+        self.tokenized_docs = 0  # by this process since start (depends on prefetch; not in the state)
         self._blocks_per_job = max(1, round(cfg.docs_per_task / len(self.lane_ids)))
         self._pool: ProcessPoolExecutor | None = None
         self._encoder: Encoder | None = None
@@ -259,6 +260,7 @@ class TokenLoader:
                 self._encoder = Encoder(self.index.shards, self.cfg.tokenizer, self.cfg.strict)
             flat, lengths, status = self._encoder.encode(*args)
         ends = np.cumsum(lengths)
+        self.tokenized_docs += len(lengths)
         k = 0
         for (p, lane), lg, g in zip(where, lang.tolist(), gidx.tolist()):
             blk = self._blocks.setdefault(p, {})
@@ -388,6 +390,7 @@ class TokenLoader:
             "documents": st.docs,
             "split_documents": st.split,
             "pad_rows": self._counts["pad_rows"],
+            "tokenized_documents": self.tokenized_docs,
             "tokens_per_lang": {lang: int(n) for lang, n in zip(self.langs, self._lang_tokens)},
             "weights": dict(self.weights),
             "skipped": {k: int(v) for k, v in sorted(self.index.counters.items()) if k != "indexed" and v}
@@ -421,13 +424,20 @@ class TokenLoader:
         for s in states[1:]:
             _check_fingerprint(base, s)
         lanes: dict[int, list[int]] = {}
+        unique, seen_ranks = [], set()
         for s in states:
+            # Tensor/pipeline-parallel peers of one data-parallel rank hold the same lanes: keep one.
+            rank = (s.get("dp_rank"), s.get("dp_size"))
+            if rank[0] is not None and rank in seen_ranks:
+                continue
+            seen_ranks.add(rank)
+            unique.append(s)
             for entry in s["lanes"]:
-                if entry[0] in lanes:
-                    raise DataError(f"merge_states: lane {entry[0]} appears in two states (same rank twice?)")
+                if entry[0] in lanes and list(lanes[entry[0]]) != list(entry):
+                    raise DataError(f"merge_states: lane {entry[0]} has two different states")
                 lanes[entry[0]] = entry
         stats = {"docs": 0, "split": 0, "empty": 0, "counts": Counter(), "lang_tokens": None}
-        for s in states:
+        for s in unique:
             st = s["stats"]
             stats["docs"] += st["docs"]
             stats["split"] += st["split"]
@@ -445,6 +455,17 @@ class TokenLoader:
             "lanes": [lanes[k] for k in sorted(lanes)],
             "stats": stats,
         }
+
+    def global_state_dict(self, group=None) -> dict[str, Any]:
+        """Every rank's lanes in one state (torch.distributed all_gather over `group`); resumable
+        with any dp_size. Without an initialised process group it is this rank's state."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.state_dict()
+        states: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(states, self.state_dict(), group=group)
+        return self.merge_states(states)
 
     def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Restore a state of this rank, or (elastic resume) a merged state / the list of all ranks' states."""

@@ -112,7 +112,7 @@ def test_ranks_yield_equal_batches_and_disjoint_documents(demo_shards, sp_model)
         _loader(demo_shards, sp_model, dp_rank=r, dp_size=2, global_batch_size=8, num_batches=300, num_workers=1, **ELASTIC)
         for r in range(2)
     ]
-    seen, counts, tail_mask = [], [], []
+    seen, counts, tail_mask, tokenized = [], [], [], []
     for ld in lds:
         ids, n = set(), 0
         for b in ld:
@@ -122,8 +122,10 @@ def test_ranks_yield_equal_batches_and_disjoint_documents(demo_shards, sp_model)
         seen.append(ids)
         counts.append(n)
         tail_mask.append(last)
+        tokenized.append(ld.stats()["tokenized_documents"])
         ld.close()
     assert counts == [300, 300]
     assert tail_mask == [0, 0]  # both ran dry and padded up to num_batches
     assert not (seen[0] & seen[1])
     assert len(seen[0] | seen[1]) == 240
+    assert tokenized == [len(seen[0]), len(seen[1])]  # each rank tokenizes only its own documents, once
