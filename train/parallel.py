@@ -90,6 +90,19 @@ def _single_process_env() -> None:
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
+def _restart_store(world: int, timeout: timedelta):
+    """After `torchrun --max-restarts` restarts the workers, the rendezvous store still holds the
+    dead workers' gloo addresses under the same keys (torch 2.13), so the new workers would connect
+    to them. Give each restart its own key prefix. None on the first attempt (the default path)."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart == "0":
+        return None
+    from torch.distributed.rendezvous import _create_c10d_store
+
+    store = _create_c10d_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["RANK"]), world, timeout)
+    return dist.PrefixStore(f"glotta/restart_{restart}/", store)
+
+
 def init_parallel(cfg: ParallelConfig | None = None, seed: int = 1234) -> ParallelDims:
     """Create the process group (if needed) and megatron's model-parallel groups; seed the RNGs."""
     from megatron.core import parallel_state as ps
@@ -113,7 +126,12 @@ def init_parallel(cfg: ParallelConfig | None = None, seed: int = 1234) -> Parall
 
         cpu.enable()
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=cfg.timeout_minutes))
+        timeout = timedelta(minutes=cfg.timeout_minutes)
+        store = _restart_store(world, timeout)
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]), world_size=world, timeout=timeout)
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
     ps.initialize_model_parallel(

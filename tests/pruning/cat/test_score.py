@@ -1,8 +1,7 @@
 """`glotta prune score`: packing, TP=1 vs TP=2 equality, resume after an interruption, bad input.
 
-The checkpoints are written by the trainer's own model builder and checkpoint code (a 2-layer GPT
-initialised with two seeds, saved as steps 2 and 4 of one run): real megatron dist_checkpointing
-directories that the scorer loads and reshards to TP=2, without the cost of training in CI.
+The checkpoints come from a real stage-1 run (`glotta train`, configs/gpt-tiny.yaml, 8 steps on the
+tiny shard set) that keeps steps 2 and 4 across time; the scorer finds them from the checkpoint root.
 """
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,23 +26,7 @@ from glotta.pruning.cat.table import read_scores
 # fp32 on CPU: TP=2 splits the matmuls and the vocab-parallel softmax, so sums are reordered.
 TP_TOLERANCE = 1e-4  # nats, on token-mean NLL
 
-MAKE_CHECKPOINTS = textwrap.dedent("""
-    import sys, torch
-    if __name__ == "__main__":
-        root, tok = sys.argv[1], sys.argv[2]
-        from glotta.train import checkpoint as ck
-        from glotta.train.model import ModelConfig, build_model
-        from glotta.train.parallel import ParallelConfig, destroy_parallel, init_parallel
-        mc = ModelConfig(seq_length=64, num_layers=2, hidden_size=64, num_attention_heads=4)
-        dims = init_parallel(ParallelConfig(), 1)
-        for step in (2, 4):
-            torch.manual_seed(step)
-            chunks = build_model(mc, dims, 2000)
-            cfg = {"run_dir": root, "seed": 1, "train_iters": 8, "model": mc.model_dump(mode="json"),
-                   "data": {"tokenizer": tok}, "checkpoint": {"keep_steps": [2, 4]}}
-            ck.save_checkpoint(root + "/checkpoints", step, chunks, None, {"config": cfg, "vocab_size": 2000}, None, dims)
-        destroy_parallel()
-""")
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _env():
@@ -70,12 +53,15 @@ def tiny_shards(demo_shards, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run_dir(spm_model, tmp_path_factory):
+def run_dir(spm_model, tiny_shards, tmp_path_factory):
+    """A real stage-1 run: `glotta train` (gpt-tiny, 8 steps) keeping steps 2 and 4 across time."""
     root = tmp_path_factory.mktemp("stage1")
-    script = root / "make_checkpoints.py"
-    script.write_text(MAKE_CHECKPOINTS)
-    r = subprocess.run([sys.executable, str(script), str(root), str(spm_model)], env=_env(), capture_output=True,
-                       text=True, timeout=300)
+    sets = ["data.train=[%s]" % tiny_shards, f"data.tokenizer={spm_model}", "tracking.enabled=false",
+            "eval_interval=0", "data.num_workers=0", "checkpoint.keep_steps=[2, 4]", "checkpoint.keep_last=1",
+            "optim.warmup_iters=2"]
+    cmd = [sys.executable, "-m", "glotta.launch.cli", "train", "-c", str(REPO / "configs" / "gpt-tiny.yaml"),
+           "--run-dir", str(root), "--iters", "8"] + [a for x in sets for a in ("--set", x)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return root
 

@@ -52,17 +52,23 @@ def test_select_writes_exclude_list_report_and_shards(scores_dir, demo_shards, s
     assert all(src[by_key[s.key]] == s.text for s in got)
 
 
-def test_exclude_list_is_read_by_the_loader_exclude_reader(scores_dir, demo_shards, tmp_path):
-    exclude = pytest.importorskip("glotta.data.exclude")
+def test_exclude_list_is_honoured_by_the_loader(scores_dir, demo_shards, spm_model, tmp_path):
+    loader_mod = pytest.importorskip("glotta.data.loader")
     out = tmp_path / "sel"
     r = invoke("--scores", scores_dir, "--shards", demo_shards, "--out", out, "--method", "random", "--keep", 0.3,
                "--set", "histograms=false", "--json")
     assert r.exit_code == 0, r.output
-    dropped = exclude.read_exclude([out / "exclude.txt"])
     sel = pd.read_parquet(out / "selection.parquet")
-    seen_kept = {s.id for p in list_shards(demo_shards) for s in iter_samples(p)
-                 if not exclude.is_excluded(dropped, s.shard, s.key)}
-    assert seen_kept == set((sel["shard"] + "/" + sel["key"])[sel["kept"]])
+    kept = set((sel["shard"] + "/" + sel["key"])[sel["kept"]])
+    loader = loader_mod.TokenLoader([str(demo_shards)], str(spm_model), seq_len=64, micro_batch_size=4,
+                                    exclude=[str(out / "exclude.txt")])
+    assert {loader.index.doc_id(i) for i in range(len(loader.index.key))} == kept
+    seen = set()
+    for i, batch in enumerate(loader):
+        seen |= {d for d in batch["doc_ids"] if d}
+        if i == 20:
+            break
+    assert seen and seen <= kept
 
 
 def test_earlier_exclude_lists_are_respected(scores_dir, demo_shards, tmp_path):
