@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
-from collections import Counter, deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
@@ -254,7 +254,10 @@ class TokenLoader:
         where, lang, gidx, fut, args = self._jobs.pop(job)
         self._collected.add(job)
         if fut is not None:
-            flat, lengths, status = fut.result()
+            try:
+                flat, lengths, status = fut.result()
+            except BrokenProcessPool as e:
+                raise DataError(f"a tokenizer worker process died (killed, or out of memory?): {e}") from None
         else:
             if self._encoder is None:
                 self._encoder = Encoder(self.index.shards, self.cfg.tokenizer, self.cfg.strict)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Literal

@@ -43,7 +43,8 @@ def test_resume_is_bitwise_identical(demo_shards, sp_model, packing, workers):
         # Resume with another worker count: workers are stateless, so nothing changes.
         with _loader(demo_shards, sp_model, packing=packing, num_workers=2 - workers, global_batch_size=4) as b:
             b.load_state_dict(state)
-            assert b.stats() == stats
+            drop = lambda st: {k: v for k, v in st.items() if k != "tokenized_documents"}  # noqa: E731 (per process)
+            assert drop(b.stats()) == drop(stats)
             tail = _take(iter(b), 40 - cut)
         assert all(_same(x, y) for x, y in zip(tail, full[cut:])), f"resume after {cut} batches differs"
 
