@@ -214,7 +214,8 @@ class TokenLoader:
                 "loader.num_batches: the data is finite (mix.exhausted='drop' or mix.max_epochs) and dp_size > 1; "
                 "set num_batches so that every rank yields the same number of batches"
             )
-        self.schedule = Schedule(rates, n_docs, caps, stable_seed(cfg.seed, "schedule"), cfg.mix.shuffle)
+        self._schedule_args = (rates, n_docs, caps, stable_seed(cfg.seed, "schedule"), cfg.mix.shuffle)
+        self.schedule = Schedule(*self._schedule_args)
 
     def _new_lane(self, state=(0, 0, 0)):
         if self.cfg.packing == "concat":
@@ -289,6 +290,7 @@ class TokenLoader:
         low = min(lane.first_needed() for lane in self._lanes.values())
         for p in [p for p in self._blocks if p < low]:
             del self._blocks[p]
+        self.schedule.forget(low * self.global_batch)
         low_job = low // self._blocks_per_job
         self._collected = {j for j in self._collected if j >= low_job}
         for j in [j for j in self._jobs if j < low_job]:
@@ -507,6 +509,8 @@ class TokenLoader:
             if fut is not None:
                 fut.cancel()
         self._collected = set()
+        self.schedule = Schedule(*self._schedule_args)  # a fresh window: the state may point backwards
+        self.schedule.forget(min(lane.first_needed() for lane in self._lanes.values()) * self.global_batch)
         # Counters: a same-layout resume restores this rank's; an elastic one gives the totals to rank 0.
         st = state["stats"]
         if same_layout or self.dp_rank == 0:

@@ -163,19 +163,36 @@ class Schedule:
     def __init__(self, doc_rates: list[float], n_docs: list[int], caps: list[int], seed: int, shuffle: bool):
         self.n_docs, self.seed, self.shuffle = n_docs, seed, shuffle
         self._blend = BlendSchedule([float(r) for r in doc_rates], [int(c) for c in caps])
+        # Generated slots [_base, _base + len(_lang)); slots before _keep are dropped as generation goes on,
+        # so a long run (or a resume deep into one) keeps only the window the lanes still need.
+        self._base, self._keep = 0, 0
         self._lang = np.empty(0, np.int32)
         self._occ = np.empty(0, np.int64)
         self._perms: dict[tuple[int, int], np.ndarray] = {}
         self.length: int | None = None  # known once the schedule ran dry
 
+    def forget(self, before: int) -> None:
+        """Slots below `before` will not be looked up again."""
+        self._keep = max(self._keep, before)
+        self._trim()
+
+    def _trim(self) -> None:
+        drop = min(self._keep - self._base, len(self._lang))
+        if drop >= self.CHUNK:
+            self._lang, self._occ = self._lang[drop:].copy(), self._occ[drop:].copy()
+            self._base += drop
+        if len(self._perms) > 4 * len(self.n_docs):  # old epochs' permutations; recomputed if ever needed
+            self._perms.clear()
+
     def _extend(self, upto: int) -> None:
-        while self.length is None and len(self._lang) < upto:
-            want = max(self.CHUNK, upto - len(self._lang))
+        while self.length is None and self._base + len(self._lang) < upto:
+            want = min(max(self.CHUNK, upto - self._base - len(self._lang)), 16 * self.CHUNK)
             lang, occ = self._blend.next(want)
             self._lang = np.concatenate([self._lang, lang])
             self._occ = np.concatenate([self._occ, occ])
             if len(lang) < want:
-                self.length = len(self._lang)
+                self.length = self._base + len(self._lang)
+            self._trim()
 
     def _perm(self, lang: int, epoch: int) -> np.ndarray:
         key = (lang, epoch)
@@ -186,14 +203,15 @@ class Schedule:
     def lookup(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lang, doc within language, epoch) per slot; lang = -1 past the end of the schedule."""
         slots = np.asarray(slots, dtype=np.int64)
+        if slots.size and slots.min() < self._base:
+            raise ValueError(f"schedule slot {int(slots.min())} was already forgotten (window starts at {self._base})")
         self._extend(int(slots.max(initial=-1)) + 1)
-        n = len(self._lang)
-        ok = slots < n
+        ok = slots < self._base + len(self._lang)
         lang = np.full(len(slots), -1, np.int32)
         doc = np.full(len(slots), -1, np.int64)
         epoch = np.zeros(len(slots), np.int64)
-        lang[ok] = self._lang[slots[ok]]
-        occ = self._occ[slots[ok]]
+        lang[ok] = self._lang[slots[ok] - self._base]
+        occ = self._occ[slots[ok] - self._base]
         nd = np.asarray(self.n_docs, dtype=np.int64)[lang[ok]]
         ep, pos = occ // nd, occ % nd
         epoch[ok] = ep

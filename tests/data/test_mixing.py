@@ -120,6 +120,22 @@ def test_schedule_maps_slots_to_each_document_once_per_epoch():
     assert again.lookup(np.arange(30))[1].tolist() == doc.tolist()
 
 
+def test_schedule_keeps_only_the_window_still_needed():
+    n_docs = [50, 20, 5]
+    args = ([0.5, 0.3, 0.2], n_docs, [-1, -1, -1], 3, True)
+    ref = Schedule(*args).lookup(np.arange(300_000))
+    s = Schedule(*args)
+    got = []
+    for start in range(0, 300_000, 30_000):
+        got.append(s.lookup(np.arange(start, start + 30_000)))
+        s.forget(start + 30_000)
+    for a, b in zip(ref, (np.concatenate([g[i] for g in got]) for i in range(3))):
+        assert np.array_equal(a, b)
+    assert s._base > 200_000 and len(s._lang) < 100_000  # the prefix was dropped
+    with pytest.raises(ValueError, match="forgotten"):
+        s.lookup(np.array([10]))
+
+
 def test_permutation_is_pinned_across_platforms():
     # Our own splitmix64 + Lemire draw: the order must never change, or old loader states break.
     assert permutation(10, 42).tolist() == [8, 3, 6, 5, 4, 0, 9, 2, 1, 7]
