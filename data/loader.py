@@ -35,6 +35,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from glotta.config import StrictModel
 from glotta.data.exclude import read_exclude
+from glotta.data.loader_state import STATE_VERSION, check_fingerprint, merge_states
 from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
 from glotta.data.native import assemble, permutation
 from glotta.data.packing import BestFitLane, ConcatLane, Doc, RowStats
@@ -44,9 +45,6 @@ from glotta.errors import ConfigError, DataError
 from glotta.seeding import stable_seed
 
 log = logging.getLogger(__name__)
-
-STATE_VERSION = 1
-
 
 class LoaderConfig(StrictModel):
     sources: list[str] = Field(min_length=1, description="shard directories or .tar files")
@@ -423,43 +421,7 @@ class TokenLoader:
     @staticmethod
     def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
         """One state holding every lane, from the states of all ranks (for an elastic resume)."""
-        if not states:
-            raise DataError("merge_states: no loader states given")
-        base = states[0]
-        for s in states[1:]:
-            _check_fingerprint(base, s)
-        lanes: dict[int, list[int]] = {}
-        unique, seen_ranks = [], set()
-        for s in states:
-            # Tensor/pipeline-parallel peers of one data-parallel rank hold the same lanes: keep one.
-            rank = (s.get("dp_rank"), s.get("dp_size"))
-            if rank[0] is not None and rank in seen_ranks:
-                continue
-            seen_ranks.add(rank)
-            unique.append(s)
-            for entry in s["lanes"]:
-                if entry[0] in lanes and list(lanes[entry[0]]) != list(entry):
-                    raise DataError(f"merge_states: lane {entry[0]} has two different states")
-                lanes[entry[0]] = entry
-        stats = {"docs": 0, "split": 0, "empty": 0, "counts": Counter(), "lang_tokens": None}
-        for s in unique:
-            st = s["stats"]
-            stats["docs"] += st["docs"]
-            stats["split"] += st["split"]
-            stats["empty"] += st["empty"]
-            stats["counts"].update(st["counts"])
-            lt = np.asarray(st["lang_tokens"], np.int64)
-            stats["lang_tokens"] = lt if stats["lang_tokens"] is None else stats["lang_tokens"] + lt
-        stats["counts"] = dict(stats["counts"])
-        stats["lang_tokens"] = stats["lang_tokens"].tolist()
-        return {
-            "version": base["version"],
-            "fingerprint": base["fingerprint"],
-            "dp_rank": None,
-            "dp_size": None,
-            "lanes": [lanes[k] for k in sorted(lanes)],
-            "stats": stats,
-        }
+        return merge_states(states)
 
     def global_state_dict(self, group=None) -> dict[str, Any]:
         """Every rank's lanes in one state (torch.distributed all_gather over `group`); resumable
@@ -478,7 +440,7 @@ class TokenLoader:
             state = self.merge_states(state)
         if state.get("version") != STATE_VERSION:
             raise DataError(f"loader state version {state.get('version')!r}; this glotta reads version {STATE_VERSION}")
-        _check_fingerprint({"fingerprint": self._fingerprint}, state, ours="now")
+        check_fingerprint({"fingerprint": self._fingerprint}, state, ours="now")
         lanes = {int(e[0]): tuple(int(x) for x in e[1:]) for e in state["lanes"]}
         missing = [i for i in self.lane_ids if i not in lanes]
         if missing:
@@ -542,10 +504,3 @@ class TokenLoader:
             self.close()
         except Exception:  # interpreter shutdown: nothing left to clean
             pass
-
-
-def _check_fingerprint(ref: dict[str, Any], other: dict[str, Any], ours: str = "first state") -> None:
-    a, b = ref["fingerprint"], other.get("fingerprint", {})
-    diff = [f"{k}: saved {b.get(k)!r}, {ours} {a.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    if diff:
-        raise DataError("loader state does not match this loader:\n  " + "\n  ".join(diff))
