@@ -19,13 +19,13 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/glotta demo
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/glotta demo
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/*.py; do echo "== $$b"; PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info core/_native*.so
