@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -300,7 +301,7 @@ def _throughput(tokens: int, seconds: float, dims, step: int) -> dict:
             "tokens_per_s_per_device": total / wall / dims.world_size if wall > 0 else 0.0}
     if dims.rank == 0:
         print(f"glotta prune score: checkpoint step {step}: {rate['tokens']:,} tokens in {wall:.1f} s, "
-              f"{rate['tokens_per_s_per_device']:,.0f} tokens/s per device ({dims.world_size} devices)", flush=True)
+              f"{rate['tokens_per_s_per_device']:,.0f} tokens/s per device ({dims.world_size} devices)", file=sys.stderr, flush=True)
     return rate
 
 
