@@ -63,15 +63,17 @@ def test_sigkill_restart_is_bitwise_identical(baseline, train_data, tmp_path):
 
 def test_resume_with_another_dp_size(baseline, train_data, tmp_path):
     """The DP=2 checkpoint of step 8 resumed by one process (DP=1, 4 micro-batches): the loader
-    re-deals its lanes, so the same global batches follow and the losses match to float rounding."""
+    re-deals its lanes, so the same global batch follows: step 9 matches to 1e-5 (relative; only
+    the order of the gradient sums changes), later steps to 1e-3 (Adam amplifies that rounding)."""
     base_dir, ref = baseline
     run_dir = tmp_path / "dp1"
     copy_checkpoint(base_dir / "checkpoints", 8, run_dir / "checkpoints")
     run_train(1, sets(train_data, run_dir))
     got = losses(run_dir)
     assert sorted(got) == list(range(9, ITERS + 1))
+    assert math.isclose(got[9][0], ref[9], rel_tol=1e-5), (got[9], ref[9])
     for step in got:
-        assert math.isclose(got[step][0], ref[step], rel_tol=1e-5), (step, got[step], ref[step])
+        assert math.isclose(got[step][0], ref[step], rel_tol=1e-3), (step, got[step], ref[step])
 
 
 def test_tp1_checkpoint_continues_with_tp2(baseline, train_data, tmp_path):
