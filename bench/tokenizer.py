@@ -6,7 +6,7 @@
 2. encode: the `eval` metric pass (encode + per-language counts) vs a bare batched
    `SentencePieceProcessor.encode` of the same lines, in MB/s of UTF-8 text.
 
-    python bench/tokenizer.py [--docs-per-lang 100] [--sample-bytes 1500000] [--vocab-size 8000] [--model-type unigram] [--repeat 2]
+    python bench/tokenizer.py [--docs-per-lang 100] [--sample-bytes 1500000] [--vocab-size 8000] [--model-type unigram] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=8000)
     ap.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
     ap.add_argument("--sample-bytes", type=int, default=1_500_000)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "shards"
@@ -44,19 +44,28 @@ def main() -> None:
         mb = sum(s.bytes for s in sample.langs.values()) / 1e6
         print(f"sample: {len(sample.lines):,} lines, {mb:.2f} MB, {len(sample.langs)} languages; "
               f"{args.model_type} vocab {args.vocab_size}; {os.cpu_count()} cores")
-        ours, base, cards = [], [], []
-        for _ in range(args.repeat):  # alternate so machine noise hits both alike
-            t = time.perf_counter()
+        ours, base, ours_cpu, base_cpu, cards = [], [], [], [], []
+        def ours_run():
+            t, c = time.perf_counter(), time.process_time()
             cards.append(build(cfg))
             ours.append(time.perf_counter() - t)
-            t = time.perf_counter()
+            ours_cpu.append(time.process_time() - c)
+
+        def base_run():
+            t, c = time.perf_counter(), time.process_time()
             train_spm(sample.lines, spm_args, str(Path(tmp) / "direct"))
             base.append(time.perf_counter() - t)
-        o, b = min(ours), min(base)
-        print(f"build   glotta {o:7.2f} s   sentencepiece direct {b:7.2f} s   ratio {o / b:.3f} "
-              f"(overhead {100 * (o / b - 1):+.1f}%)")
-        best = cards[ours.index(o)]["seconds"]
-        print(f"        glotta breakdown: sample {best['sample']:.2f} s + train {best['train']:.2f} s")
+            base_cpu.append(time.process_time() - c)
+
+        for i in range(args.repeat):  # alternate the order so warm-up and machine noise hit both alike
+            for run in ((ours_run, base_run) if i % 2 == 0 else (base_run, ours_run)):
+                run()
+        # CPU seconds (all threads of this process) are the steadier figure on a shared machine
+        for label, a, b in (("wall", min(ours), min(base)), ("cpu", min(ours_cpu), min(base_cpu))):
+            print(f"build   glotta {a:7.2f} s   sentencepiece direct {b:7.2f} s   ratio {a / b:.3f} "
+                  f"(overhead {100 * (a / b - 1):+.1f}%, {label} seconds, best of {args.repeat})")
+        best = cards[ours.index(min(ours))]["seconds"]
+        print(f"        glotta breakdown (wall): sample {best['sample']:.2f} s + train {best['train']:.2f} s")
 
         sp = spm.SentencePieceProcessor(model_file=str(Path(tmp) / "ours" / "glotta.model"))
         lines = sample.lines

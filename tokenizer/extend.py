@@ -1,7 +1,7 @@
 """`glotta tokenizer extend`: append target-language pieces to a base SentencePiece model.
 
 Pieces are only appended to the ModelProto (sentencepiece_model_pb2), so every old id keeps
-its piece, and `id_map.json` records the new ones. Candidates come from a SentencePiece model
+its piece, and `<name>.id_map.json` records the new ones. Candidates come from a SentencePiece model
 trained on target-language text with the base model's own trainer settings, taken in the
 target model's order (merge order for BPE, probability for unigram), each preceded by any of
 its characters the base lacks.
@@ -243,7 +243,7 @@ def extend(cfg: ExtendConfig) -> dict:
         "added": [{"id": n_base + i, "piece": p, "score": proto.pieces[n_base + i].score, "lang": lang}
                   for i, (p, _, lang) in enumerate(chosen)],
     }
-    atomic_write_text(out / "id_map.json", json.dumps(id_map, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(out / f"{cfg.name}.id_map.json", json.dumps(id_map, indent=1, ensure_ascii=False) + "\n")
     report = drift_report(base_sp, new_sp, base_texts, parallel, {x: all_shards.get(x, []) for x in cfg.langs}, cfg.reference, cfg.langs)
     report.update({
         "model": str(model_path),

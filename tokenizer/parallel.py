@@ -13,11 +13,23 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
+from pydantic import Field
+
+from glotta.config import StrictModel
 from glotta.data.demo_corpus import LOCALE_DIRS, find_catalogs, read_messages
 from glotta.data.manifest import atomic_write_text
 from glotta.errors import DataError
 
 log = logging.getLogger(__name__)
+
+DEFAULT_LANGS = ["en", "de", "fr", "es", "ru", "el", "ja", "zh", "hi", "ar"]
+
+
+class ParallelConfig(StrictModel):
+    out: Path = Path("parallel.jsonl")
+    langs: list[str] = DEFAULT_LANGS
+    max_ids: int = Field(2000, gt=0)
+    min_chars: int = Field(20, ge=0)  # shorter messages ("OK", "File") say little about a tokenizer
 
 
 def read_parallel(path: str | Path, langs: list[str] | None = None) -> dict[str, dict[str, str]]:

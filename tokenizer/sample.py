@@ -38,6 +38,7 @@ class SampleConfig(StrictModel):
     max_epochs: float = Field(4.0, gt=0)  # unimax: most repetitions of one language's text
     min_lang_bytes: int = Field(2_000, ge=0)  # languages with less text are left out (warned, counted)
     max_line_bytes: int = Field(4192, gt=0)  # SentencePiece's max_sentence_length; longer lines are cut
+    holdout: Path | None = None  # parallel JSONL whose texts never enter the sample (held-out evaluation)
     seed: int = 0
 
 
@@ -139,6 +140,11 @@ def draw_sample(shard_dir: str | Path, cfg: SampleConfig, strict: bool = False) 
     want = targets(sizes, cfg)
     stats = {lang: LangStats(sizes[lang], want[lang], want[lang] / sizes[lang]) for lang in sizes}
     lines: list[str] = []
+    held: set[str] = set()
+    if cfg.holdout is not None:
+        from glotta.tokenizer.parallel import parallel_texts
+
+        held = parallel_texts(cfg.holdout)
     for shard in list_shards(shard_dir):
         rng = random.Random(stable_seed(cfg.seed, "tokenizer-sample", shard.name))
         for s in iter_samples(shard, counters=counters, strict=strict):
@@ -149,6 +155,9 @@ def draw_sample(shard_dir: str | Path, cfg: SampleConfig, strict: bool = False) 
             for line in s.text.split("\n"):
                 line = line.strip()
                 if not line:
+                    continue
+                if line in held:
+                    counters["holdout_lines"] += 1
                     continue
                 k = int(whole) + (rng.random() < frac)
                 if not k:

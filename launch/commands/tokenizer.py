@@ -1,4 +1,4 @@
-"""`glotta tokenizer build | eval | extend | parallel`: parse options, call glotta.tokenizer, print."""
+"""`glotta tokenizer parallel | build | eval | extend | adapt-checkpoint`: parse options, call glotta.tokenizer, print."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -89,19 +89,23 @@ def eval_(
 @app.command("parallel")
 @guarded
 def parallel(
-    out: Annotated[Path, typer.Option(help="Output JSONL.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output JSONL.")] = None,
     langs: LangsOpt = None,
-    max_ids: Annotated[int, typer.Option(help="Most parallel lines per language.")] = 2000,
+    max_ids: Annotated[Optional[int], typer.Option(help="Most parallel lines per language.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Write parallel text {id, lang, text} from this machine's gettext catalogs (for `eval`)."""
-    from glotta.tokenizer.parallel import gettext_parallel
+    from glotta.tokenizer.parallel import ParallelConfig, gettext_parallel
 
-    counts = gettext_parallel(out, langs or ["en", "de", "fr", "es", "ru", "el", "ja", "zh", "hi", "ar"], max_ids=max_ids)
+    overrides = cli_overrides(sets, out=out, langs=langs, max_ids=max_ids)
+    cfg = load_config(ParallelConfig, config, overrides, section="tokenizer_parallel")
+    counts = gettext_parallel(cfg.out, cfg.langs, max_ids=cfg.max_ids, min_chars=cfg.min_chars)
     if json_out:
-        print_json({"out": str(out), "lines": counts})
+        print_json({"out": str(cfg.out), "lines": counts})
     else:
-        print(f"wrote {out}: {next(iter(counts.values()))} parallel lines in {len(counts)} languages")
+        print(f"wrote {cfg.out}: {next(iter(counts.values()))} parallel lines in {len(counts)} languages")
 
 
 @app.command()

@@ -99,6 +99,14 @@ def test_vocab_too_large_names_option_and_max(skewed_shards, tmp_path):
         build(cfg.model_copy(update={"vocab_size": 300}))
 
 
+def test_holdout_keeps_evaluation_text_out(demo_shards, parallel_jsonl):
+    from glotta.tokenizer.parallel import parallel_texts
+
+    held = parallel_texts(parallel_jsonl)
+    s = draw_sample(demo_shards, SampleConfig(sample_bytes=200_000, holdout=parallel_jsonl))
+    assert s.counters["holdout_lines"] > 0 and not held & set(s.lines)
+
+
 def test_tiny_language_is_counted_or_strict_error(skewed_shards, tmp_path, caplog):
     cfg = SampleConfig(sample_bytes=50_000, min_lang_bytes=20_000)  # ar has ~17 kB in the skewed set
     with caplog.at_level(logging.WARNING):

@@ -43,7 +43,7 @@ def test_extend_round_trip_bpe(base_models, skewed_shards, parallel_jsonl, tmp_p
     for text in multilingual_text.values():  # old ids decode identically
         ids = base.encode(text)
         assert new.decode(ids) == base.decode(ids) == text
-    id_map = json.loads((tmp_path / "id_map.json").read_text())
+    id_map = json.loads((tmp_path / "extended.id_map.json").read_text())
     assert id_map["base_vocab_size"] == n and [a["id"] for a in id_map["added"]] == list(range(n, n + 300))
     assert all(new.id_to_piece(a["id"]) == a["piece"] for a in id_map["added"])
     # below-min scores: every new piece ranks under every base piece
@@ -80,7 +80,7 @@ def test_worst_premium_allocation(base_models, skewed_shards, parallel_jsonl, tm
     print("steps:", [(s["lang"], round(s["premium_before"], 2)) for s in steps], "before:", before)
     assert steps[0]["lang"] == max(before, key=before.get)  # the worst language is served first
     assert sum(s["pieces"] for s in steps) == report["added"] == 150
-    id_map = json.loads((tmp_path / "id_map.json").read_text())
+    id_map = json.loads((tmp_path / "extended.id_map.json").read_text())
     assert {a["lang"] for a in id_map["added"]} <= {"hi", "ar", "el"}
 
 
