@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from itertools import chain
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +149,7 @@ class Encoder:
         self.sp, self.info = open_tokenizer(tokenizer)
         self.dtype = token_dtype(self.info.vocab_size)
         self._readers: dict[int, TarReader] = {}
+        self._numpy = True
 
     def _text(self, shard: int, offset: int, key: str) -> tuple[str, int]:
         reader = self._readers.get(shard)
@@ -180,14 +180,25 @@ class Encoder:
                 status[i] = EMPTY
                 text = ""
             texts.append(text)
-        ids = self.sp.encode(texts, out_type=int, num_threads=1)
-        eod = self.info.eod_id
-        for x, st in zip(ids, status):
+        arrays = self._encode(texts)
+        eod = np.array([self.info.eod_id], np.int32)
+        lengths = np.zeros(len(arrays), np.int64)
+        parts = []
+        for i, (x, st) in enumerate(zip(arrays, status)):
             if st != EMPTY:
-                x.append(eod)
-        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
-        flat = np.fromiter(chain.from_iterable(ids), self.dtype, int(lengths.sum()))
+                parts += (x, eod)
+                lengths[i] = len(x) + 1
+        flat = np.concatenate(parts).astype(self.dtype, copy=False) if parts else np.zeros(0, self.dtype)
         return flat, lengths, status
+
+    def _encode(self, texts: list[str]) -> list[np.ndarray]:
+        """Ids per text as numpy arrays (sentencepiece >= 0.2.1 returns them without Python ints)."""
+        if self._numpy:
+            try:
+                return self.sp.encode(texts, return_type="numpy", num_threads=1)
+            except (TypeError, ValueError):
+                self._numpy = False
+        return [np.asarray(x, np.int32) for x in self.sp.encode(texts, out_type=int, num_threads=1)]
 
     def close(self) -> None:
         for r in self._readers.values():
