@@ -54,25 +54,26 @@ def torchrun_cmd(nproc: int, *args: str) -> list[str]:
     ]  # fmt: skip
 
 
-# ---- output records ------------------------------------------------------------------------
-def record_outputs(paths: list[Path]) -> dict[str, dict]:
+# ---- output records (paths relative to the run directory, so a run can be moved) ------------
+def record_outputs(run_dir: Path, paths: list[Path]) -> dict[str, dict]:
     rec = {}
     for p in paths:
         if not p.exists():
             raise StageFailed(f"expected output {p} is missing")
+        key = os.path.relpath(p, run_dir)
         if p.is_dir() and (p / MANIFEST).is_file():
-            rec[str(p)] = {"manifest_sha256": sha256_file(p / MANIFEST)}
+            rec[key] = {"manifest_sha256": sha256_file(p / MANIFEST)}
         elif p.is_dir():
-            rec[str(p)] = {"files": {str(f.relative_to(p)): f.stat().st_size for f in sorted(p.rglob("*")) if f.is_file()}}
+            rec[key] = {"files": {str(f.relative_to(p)): f.stat().st_size for f in sorted(p.rglob("*")) if f.is_file()}}
         else:
-            rec[str(p)] = {"sha256": sha256_file(p)}
+            rec[key] = {"sha256": sha256_file(p)}
     return rec
 
 
-def outputs_verify(rec: dict[str, dict]) -> list[str]:
+def outputs_verify(run_dir: Path, rec: dict[str, dict]) -> list[str]:
     problems = []
-    for path, want in rec.items():
-        p = Path(path)
+    for rel, want in rec.items():
+        p = run_dir / rel
         if not p.exists():
             problems.append(f"{p} is missing")
         elif "manifest_sha256" in want:
@@ -90,8 +91,10 @@ def outputs_verify(rec: dict[str, dict]) -> list[str]:
     return problems
 
 
-def fingerprint(stage: Stage) -> str:
-    return hashlib.sha256(json.dumps(stage.commands).encode()).hexdigest()[:16]
+def fingerprint(stage: Stage, run_dir: Path) -> str:
+    """Hash of the stage's commands, independent of where the run directory and Python live."""
+    text = json.dumps(stage.commands).replace(str(run_dir), "$RUN").replace(sys.executable, "python")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ---- running -------------------------------------------------------------------------------
@@ -111,10 +114,10 @@ class Runner:
         if not marker.is_file():
             return False
         rec = json.loads(marker.read_text())
-        if rec.get("fingerprint") != fingerprint(stage):
+        if rec.get("fingerprint") != fingerprint(stage, self.run_dir):
             console.print(f"[yellow]{stage.name}: commands changed since the last run; running it again[/]")
             return False
-        problems = outputs_verify(rec["outputs"])
+        problems = outputs_verify(self.run_dir, rec["outputs"])
         for p in problems:
             console.print(f"[yellow]{stage.name}: {p}; running it again[/]")
         return not problems
@@ -167,7 +170,7 @@ class Runner:
                     f"log: {log_path}\nearlier stages' outputs are intact; rerun the same command to resume here"
                 )
         seconds = time.time() - t0
-        rec = {"fingerprint": fingerprint(stage), "outputs": record_outputs(stage.outputs), "seconds": seconds}
+        rec = {"fingerprint": fingerprint(stage, self.run_dir), "outputs": record_outputs(self.run_dir, stage.outputs), "seconds": seconds}
         atomic_write_text(self.state_dir / f"{stage.name}.json", json.dumps(rec, indent=1))
         if child_id:
             self._log_reports(child_id, stage, seconds)
