@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from glotta.errors import ConfigError, GlottaError
 
@@ -12,7 +13,7 @@ err = Console(stderr=True)
 
 def report(e: GlottaError) -> int:
     kind = "config error" if isinstance(e, ConfigError) else "error"
-    err.print(f"[bold red]{kind}:[/] {e}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]{kind}:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     return 2
 
 

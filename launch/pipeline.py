@@ -16,11 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rich.markup import escape
 
 from glotta.data.manifest import MANIFEST, Manifest, atomic_write_text, sha256_file
 from glotta.errors import ConfigError, GlottaError
@@ -119,7 +122,7 @@ class Runner:
             return False
         problems = outputs_verify(self.run_dir, rec["outputs"])
         for p in problems:
-            console.print(f"[yellow]{stage.name}: {p}; running it again[/]")
+            console.print(f"[yellow]{stage.name}: {escape(p)}; running it again[/]")
         return not problems
 
     def run(self, stages: list[Stage], start: str | None = None, until: str | None = None) -> list[dict]:
@@ -150,7 +153,7 @@ class Runner:
         console.rule(f"[bold]{stage.name}")
         if self.dry_run:
             for cmd in stage.commands:
-                console.print(" ".join(cmd), highlight=False, soft_wrap=True)
+                console.print(" ".join(map(shlex.quote, cmd)), markup=False, highlight=False, soft_wrap=True)
             return {"stage": stage.name, "status": "dry-run", "seconds": 0.0}
         child_id = self._mlflow_child(stage)
         env = dict(os.environ, MLFLOW_TRACKING_URI=self.tracking_uri, GLOTTA_PIPELINE_STAGE=stage.name)

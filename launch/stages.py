@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from glotta.config import StrictModel
+from glotta.data.holdout import EXCLUDE as HOLDOUT_EXCLUDE
 from glotta.errors import ConfigError
 from glotta.launch.pipeline import Stage, glotta_cmd, torchrun_cmd
 
@@ -51,12 +52,34 @@ class TokenizerStage(StrictModel):
     set: list[str] = []
 
 
+class HoldoutStage(StrictModel):
+    fraction: float = Field(0.05, gt=0, lt=1)
+    max_docs_per_lang: int = Field(50, gt=0)
+
+
+class TrainStage(StrictModel):
+    config: Path  # training recipe, e.g. gpt-tiny.yaml (relative to the pipeline recipe)
+    init: Literal["scratch", "stage1"] = "scratch"  # stage 2: from scratch or continue from stage 1's last checkpoint
+    set: list[str] = []
+
+
+class CatStage(StrictModel):
+    method: str = "zscore"  # see docs/prune.md for the evaluation behind the default
+    keep: float = Field(0.5, gt=0, le=1)
+    score_set: list[str] = []
+    select_set: list[str] = []
+
+
 class PipelineConfig(StrictModel):
     run_dir: Path = Path("runs/pipeline")
     nproc: int = Field(1, ge=1)  # processes per distributed stage (torchrun --nproc-per-node)
     data: DataStage
     consent: ConsentStage = Field(default_factory=ConsentStage)
     tokenizer: TokenizerStage = Field(default_factory=TokenizerStage)
+    holdout: HoldoutStage = Field(default_factory=HoldoutStage)
+    stage1: TrainStage | None = None
+    cat: CatStage = Field(default_factory=CatStage)
+    stage2: TrainStage | None = None
     # MLflow store for the parent and child runs; default: SQLite + artifacts inside run_dir.
     tracking_uri: str | None = None
 
@@ -69,6 +92,9 @@ class PipelineConfig(StrictModel):
         c = self.model_copy(deep=True)
         c.consent.robots, c.consent.store = fix(c.consent.robots), fix(c.consent.store)
         c.data.inputs = [str(fix(Path(i))) for i in c.data.inputs]
+        for t in (c.stage1, c.stage2):
+            if t is not None:
+                t.config = fix(t.config)
         return c
 
     def check_files(self) -> None:
@@ -80,6 +106,11 @@ class PipelineConfig(StrictModel):
             for key, p in (("consent.robots", self.consent.robots), ("consent.store", self.consent.store)):
                 if p is not None and not Path(p).exists():
                     missing.append(f"{key}: {p}")
+        for key, t in (("stage1.config", self.stage1), ("stage2.config", self.stage2)):
+            if t is not None and not Path(t.config).is_file():
+                missing.append(f"{key}: {t.config}")
+        if self.stage2 is not None and self.stage1 is None:
+            raise ConfigError("stage2 needs stage1 (CAT scores stage 1's checkpoints across time)")
         for i, item in enumerate(self.data.inputs):
             if not any(Path().glob(item)) and not Path(item).exists():
                 missing.append(f"data.inputs[{i}]: {item}")
@@ -94,7 +125,14 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     if cfg.consent.enabled:
         stages.append(consent_stage(cfg, run, shards))
         shards = run / "consent" / "shards"
+    stages.append(holdout_stage(cfg, run, shards))
     stages.append(tokenizer_stage(cfg, run, shards))
+    if cfg.stage1 is not None:
+        stages.append(train_stage(cfg, run, shards, "stage1", [run / "holdout" / HOLDOUT_EXCLUDE]))
+    if cfg.stage2 is not None:
+        stages.append(cat_stage(cfg, run, shards))
+        excludes = [run / "holdout" / HOLDOUT_EXCLUDE, run / "cat" / "exclude.txt"]
+        stages.append(train_stage(cfg, run, shards, "stage2", excludes))
     return stages
 
 
@@ -171,3 +209,47 @@ def tokenizer_stage(cfg: PipelineConfig, run: Path, shards: Path) -> Stage:
         reports=[out, rep / "tokenizer-eval.json"],
         stdout={0: rep / "tokenizer-build.json", 2: rep / "tokenizer-eval.json"},
     )
+
+
+def holdout_stage(cfg: PipelineConfig, run: Path, shards: Path) -> Stage:
+    h, out = cfg.holdout, run / "holdout"
+    cmd = glotta_cmd(
+        "data", "holdout", shards, "--out", out, "--fraction", h.fraction, "--max-docs-per-lang", h.max_docs_per_lang, "--json"
+    )
+    return Stage("holdout", [cmd], outputs=[out / "valid", out / HOLDOUT_EXCLUDE], stdout={0: run / "reports" / "holdout.json"})
+
+
+def train_stage(cfg: PipelineConfig, run: Path, shards: Path, name: str, excludes: list[Path]) -> Stage:
+    t: TrainStage = getattr(cfg, name)
+    out = run / name
+    sets = [
+        f"data.train=[{shards}]", f"data.valid=[{run / 'holdout' / 'valid'}]",
+        f"data.tokenizer={run / 'tokenizer' / 'glotta.model'}", f"data.exclude=[{', '.join(map(str, excludes))}]",
+        f"stage={name}", f"tracking.run_name={name}",
+    ]  # fmt: skip
+    if t.init == "stage1":
+        sets.append(f"checkpoint.init_from={run / 'stage1' / 'checkpoints'}")
+    cmd = torchrun_cmd(cfg.nproc, "train", "-c", t.config, "--run-dir", out, *_sets(sets + t.set), "--json")
+    return Stage(
+        name, [cmd], outputs=[out / "checkpoints" / "latest", out / "metrics.jsonl"],
+        reports=[out / "config.json"], stdout={0: run / "reports" / f"{name}.json"},
+    )  # fmt: skip
+
+
+def cat_stage(cfg: PipelineConfig, run: Path, shards: Path) -> Stage:
+    c, out = cfg.cat, run / "cat"
+    holdout = run / "holdout" / HOLDOUT_EXCLUDE
+    tok = run / "tokenizer" / "glotta.model"
+    score = torchrun_cmd(
+        cfg.nproc, "prune", "score", "--checkpoints", run / "stage1" / "checkpoints", "--shards", shards,
+        "--exclude", holdout, "--tokenizer", tok, "--out", out / "scores", *_sets(c.score_set), "--json",
+    )  # fmt: skip
+    select = glotta_cmd(
+        "prune", "select", "--scores", out / "scores", "--shards", shards, "--exclude", holdout, "--tokenizer", tok,
+        "--method", c.method, "--keep", c.keep, "--out", out, *_sets(c.select_set), "--json",
+    )  # fmt: skip
+    rep = run / "reports"
+    return Stage(
+        "cat", [score, select], outputs=[out / "scores", out / "exclude.txt"], reports=[out],
+        stdout={0: rep / "cat-score.json", 1: rep / "cat-select.json"},
+    )  # fmt: skip

@@ -161,3 +161,34 @@ def demo_corpus(
         return
     stdout.print(f"{cfg.out}: {report.samples:,} docs, {report.bytes:,} bytes, {report.shards} shard(s), {len(report.langs)} language(s)", highlight=False)
     print_table("", _lang_rows(report.rows()), ["lang", "docs", "bytes", "docs_share", "bytes_share"])
+
+
+@app.command("holdout")
+@guarded
+def holdout(
+    shards: Annotated[Optional[Path], typer.Argument(help="Shard set to hold documents out of.", show_default=False)] = None,
+    out: Annotated[Optional[Path], _opt("--out", "-o", help="Output folder: valid/ shards and train.exclude.txt.")] = None,
+    fraction: Annotated[Optional[float], _opt("--fraction", help="Share of each language held out (default: 0.05).")] = None,
+    max_docs_per_lang: Annotated[Optional[int], _opt("--max-docs-per-lang", help="Cap per language (default: 50).")] = None,
+    exclude: Annotated[Optional[list[Path]], _opt("--exclude", help="Exclude list already applied (repeatable).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: JsonOpt = False,
+    strict: StrictOpt = False,
+) -> None:
+    """Hold out validation documents per language (stable hash) and write the exclude list that keeps them out of training."""
+    from glotta.data.holdout import HoldoutConfig, run_holdout
+
+    overrides = cli_overrides(
+        sets, shards=str(shards) if shards else None, out=str(out) if out else None, fraction=fraction,
+        max_docs_per_lang=max_docs_per_lang, exclude=[str(e) for e in exclude] if exclude else None,
+        strict=strict or None,
+    )  # fmt: skip
+    cfg = load_config(HoldoutConfig, config, overrides)
+    set_quiet(json_out)
+    res = run_holdout(cfg)
+    if json_out:
+        print_json(res)
+        return
+    print_table(f"held out -> {res['valid']}", [{"lang": k, "docs": v} for k, v in res["held_out"].items()], ["lang", "docs"])
+    stdout.print(f"training exclude list: {res['exclude']}", highlight=False)
