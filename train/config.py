@@ -39,6 +39,10 @@ class TrainConfig(StrictModel):
     def _check(self):
         if self.global_batch_size % self.micro_batch_size:
             raise ValueError("global_batch_size must be a multiple of micro_batch_size")
+        if self.optim.warmup_iters >= self.train_iters:
+            raise ValueError(f"optim.warmup_iters ({self.optim.warmup_iters}) must be < train_iters ({self.train_iters})")
+        if self.optim.schedule == "wsd" and self.optim.warmup_iters + self.optim.wsd_decay_iters > self.train_iters:
+            raise ValueError("optim.warmup_iters + optim.wsd_decay_iters must be <= train_iters")
         return self
 
     def checkpoint_dir(self) -> Path:
