@@ -41,7 +41,7 @@ def _root(
 # Command groups, in the order data flows through them.
 app.add_typer(data.app, name="data", help="Import, inspect and build webdataset text shard sets.")
 app.add_typer(consent.app, name="consent", help="Consent filtering: robots.txt, TDMRep and content signals, with an audit.")
-app.add_typer(tokenizer.app, name="tokenizer", help="Build, evaluate and extend SentencePiece tokenizers.")
+app.add_typer(tokenizer.app, name="tokenizer", help="Build, evaluate and extend SentencePiece tokenizers; adapt checkpoints to them.")
 app.command("train")(train_cmd.train)
 app.add_typer(prune.app, name="prune", help="CAT pruning: score documents across checkpoints, select per language.")
 app.add_typer(pipeline.app, name="pipeline", help="Run the whole pipeline, stage by stage, resumable.")

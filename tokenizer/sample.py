@@ -25,6 +25,7 @@ from glotta.config import StrictModel
 from glotta.data import Manifest, iter_samples, list_shards
 from glotta.data.manifest import MANIFEST
 from glotta.errors import DataError
+from glotta.progress import track
 from glotta.seeding import stable_seed
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def draw_sample(shard_dir: str | Path, cfg: SampleConfig, strict: bool = False) 
         from glotta.tokenizer.parallel import parallel_texts
 
         held = parallel_texts(cfg.holdout)
-    for shard in list_shards(shard_dir):
+    for shard in track(list_shards(shard_dir), "sampling shards"):
         rng = random.Random(stable_seed(cfg.seed, "tokenizer-sample", shard.name))
         for s in iter_samples(shard, counters=counters, strict=strict):
             st = stats.get(s.lang)

@@ -11,7 +11,7 @@ from glotta.launch.console import print_counters, print_json, print_table
 from glotta.launch.errors import guarded
 from glotta.launch.options import ConfigOpt, JsonOpt, SetOpt, StrictOpt, cli_overrides
 
-app = typer.Typer(no_args_is_help=True, help="Build, evaluate and extend SentencePiece tokenizers.")
+app = typer.Typer(no_args_is_help=True, help="Build, evaluate and extend SentencePiece tokenizers; adapt checkpoints to them.")
 
 LangsOpt = Annotated[Optional[list[str]], typer.Option("--lang", help="Language to include (repeatable; default all).")]
 
