@@ -135,7 +135,8 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 
 def table_rows(result: dict) -> list[dict]:
-    """Flat rows for the CLI table: one per (language, tokenizer)."""
+    """Flat rows for the CLI table: one per (language, tokenizer); short column names fit 80 columns.
+    kind: par = Petrov premium on parallel lines, byte = tokens-per-byte ratio (no parallel text)."""
     rows = []
     names = list(result["tokenizers"])
     langs = sorted({lang for t in result["tokenizers"].values() for lang in t["langs"]})
@@ -147,13 +148,13 @@ def table_rows(result: dict) -> list[dict]:
             rows.append({
                 "lang": lang,
                 "name": name,
-                "fertility": r["fertility"],
+                "fert": r["fertility"],
                 "unit": r["fertility_unit"],
                 "pcw": r["pcw"],
-                "bytes/tok": r["bytes_per_token"],
+                "B/tok": r["bytes_per_token"],
                 "unk": r["unk_rate"],
                 "bytefb": r["byte_rate"],
                 "premium": r["premium"],
-                "kind": r["premium_kind"],
+                "kind": {"parallel": "par", "per-byte": "byte"}.get(r["premium_kind"], r["premium_kind"]),
             })
     return rows

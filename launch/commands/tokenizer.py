@@ -77,11 +77,12 @@ def eval_(
     if json_out:
         print_json(result)
         return
-    print_table(f"tokenizer eval (premium vs {cfg.reference})", table_rows(result))
-    summary = [{"name": n, **{f"premium_{k}": v for k, v in t["summary"]["premium"].items()},
+    print_table(f"tokenizer eval (premium vs {cfg.reference}; kind par = parallel lines, byte = per byte)",
+                table_rows(result))
+    summary = [{"name": n, **t["summary"]["premium"],
                 "worst": t["summary"]["worst_lang"], "kind": ",".join(t["summary"]["premium_kinds"])}
                for n, t in result["tokenizers"].items()]
-    print_table("premium summary", summary)
+    print_table("premium summary (non-reference languages)", summary)
     if "chart" in result:
         print(f"chart: {result['chart']}")
 
