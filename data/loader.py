@@ -40,7 +40,7 @@ from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
 from glotta.data.native import assemble, permutation
 from glotta.data.packing import BestFitLane, ConcatLane, Doc, RowStats
 from glotta.data.shards import list_shards
-from glotta.data.tokenize import UTF8_REPLACED, DocIndex, Encoder, build_index, open_tokenizer, worker_encode, worker_init
+from glotta.data.tokenize import UTF8_REPLACED, DocIndex, Encoder, cached_index, open_tokenizer, worker_encode, worker_init
 from glotta.errors import ConfigError, DataError
 from glotta.seeding import stable_seed
 
@@ -152,7 +152,7 @@ class TokenLoader:
         self.vocab_size, self.eod_id, self.pad_id = tok.vocab_size, tok.eod_id, tok.pad_id
         shards = _shards(cfg.sources)
         exclude = read_exclude(cfg.exclude)
-        self.index: DocIndex = build_index(shards, exclude, cfg.strict)
+        self.index: DocIndex = cached_index(shards, exclude, cfg.strict)
         self._setup_mix(exclude)
 
         L, D = self.global_batch, dp_size

@@ -11,8 +11,10 @@ This module must not import torch: spawned workers import it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +141,24 @@ def build_index(shards: list[Path], exclude: set[str], strict: bool = False) -> 
         key=keys,
         counters=counters,
     )
+
+
+_INDEX_CACHE: dict[tuple, DocIndex] = {}
+
+
+def cached_index(shards: list[Path], exclude: set[str], strict: bool = False) -> DocIndex:
+    """build_index, remembered per process while the shard files are unchanged (size, mtime):
+    a trainer that builds a fresh validation loader for every evaluation indexes once."""
+    key = (
+        tuple((str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else (str(p),) for p in shards),
+        hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest(),
+        strict,
+    )
+    if key not in _INDEX_CACHE:
+        if len(_INDEX_CACHE) >= 8:
+            _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
+        _INDEX_CACHE[key] = build_index(shards, exclude, strict)
+    return _INDEX_CACHE[key]
 
 
 # ---- reading + encoding (runs in workers, or in-process with num_workers=0) -----------------

@@ -125,3 +125,18 @@ def test_config_model_and_from_config(demo_shards, sp_model):
     b = TokenLoader(str(demo_shards), str(sp_model), 64, 2, mix={"method": "temperature", "alpha": 0.5}, packing="concat")
     x, y = next(iter(a)), next(iter(b))
     assert torch.equal(x["tokens"], y["tokens"])
+
+
+def test_index_is_reused_until_a_shard_changes(demo_shards, sp_model, tmp_path):
+    import os
+    import shutil
+
+    for p in list_shards(demo_shards):
+        shutil.copy(p, tmp_path / p.name)
+    a = TokenLoader(str(tmp_path), str(sp_model), 64, 1)
+    b = TokenLoader(str(tmp_path), str(sp_model), 64, 1)
+    assert a.index is b.index  # a validation loader built per evaluation does not re-read the shards
+    victim = sorted(tmp_path.glob("*.tar"))[0]
+    os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
+    c = TokenLoader(str(tmp_path), str(sp_model), 64, 1)
+    assert c.index is not a.index and c.index.key == a.index.key
