@@ -125,7 +125,7 @@ def main() -> None:
     # Proxy: LR schedule for one epoch, checkpoints at 10-40%, stop at 40%.
     proxy = work / "proxy"
     train(proxy, train_dir, valid_dir, tok, epoch, 0,
-          ["checkpoint.keep_steps=[0.1, 0.2, 0.3, 0.4]", f"exit_after_iters={int(0.4 * epoch)}", "eval_interval=0",
+          ["checkpoint.keep_steps=[0.1, 0.2, 0.3, 0.4]", f"exit_after_iters={round(0.4 * epoch)}", "eval_interval=0",
            f"checkpoint.interval={epoch}"])
     t_proxy = time.perf_counter()
     score = json.loads(glotta("prune", "score", "--checkpoints", proxy / "checkpoints", "--shards", train_dir,

@@ -32,6 +32,8 @@ class CheckpointSet:
     tokenizer_sha256: str
     model: dict  # the run's model config section
     vocab_size: int
+    mlflow_uri: str | None = None  # the stage-1 run's MLflow store, when it has one
+
 
     @property
     def steps(self) -> list[int]:
@@ -109,9 +111,13 @@ def resolve(paths: list[Path], tokenizer: Path | None = None) -> CheckpointSet:
                         f"({next(iter(shas.values()))[:12]})")
     run_dir = Path(ident["run_dir"] or cks[0].path.parent)
     id_file = run_dir / "mlflow_run_id"  # glotta.train.tracking writes it when MLflow is on
+    uri = None
     if id_file.is_file():
         run_id = id_file.read_text().strip()
+        db = run_dir / "mlflow.db"  # the trainer's default store (tracking.uri may point elsewhere)
+        uri = (cks[-1].meta.get("config", {}).get("tracking", {}).get("uri")) or (
+            f"sqlite:///{db.resolve()}" if db.is_file() else None)
     else:
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
         run_id = f"{run_dir.name}#{digest}"
-    return CheckpointSet(cks, run_id, Path(tokenizer), sha, ident["model"] or {}, int(ident["vocab_size"]))
+    return CheckpointSet(cks, run_id, Path(tokenizer), sha, ident["model"] or {}, int(ident["vocab_size"]), uri)

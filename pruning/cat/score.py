@@ -180,7 +180,7 @@ def doc_nll_sums(rows: Rows, losses: np.ndarray, n_docs: int) -> np.ndarray:
 # ---- the job ------------------------------------------------------------------------------------
 def _state(cs: CheckpointSet, seq_len: int) -> dict:
     return {"version": 1, "run_id": cs.run_id, "checkpoint_steps": cs.steps, "tokenizer_sha256": cs.tokenizer_sha256,
-            "seq_len": seq_len, "checkpoints": [str(c.path) for c in cs.checkpoints]}
+            "seq_len": seq_len, "checkpoints": [str(c.path) for c in cs.checkpoints], "mlflow_uri": cs.mlflow_uri}
 
 
 def _check_out_dir(out: Path, state: dict) -> None:
@@ -328,7 +328,7 @@ def _finish_shard(out: Path, path: Path, sp, excluded, state, cs: CheckpointSet,
             raise DataError(f"{p}: {len(sums)} documents, {path} now has {len(docs.keys)} (shard changed mid-job?)")
         cols[nll_column(k + 1)] = sums / n_tokens
     meta = ScoresMeta(state["run_id"], state["tokenizer_sha256"], state["checkpoint_steps"], state["seq_len"],
-                      extra={"checkpoints": state["checkpoints"]})
+                      extra={"checkpoints": state["checkpoints"], "mlflow_uri": state["mlflow_uri"]})
     write_scores(final_path(out, path.name), cols, meta)
     shutil.rmtree(out / PARTS / path.name, ignore_errors=True)
     return 1
@@ -344,4 +344,7 @@ def _log(cfg: ScoreConfig, cs: CheckpointSet, summary: dict) -> dict:
         metrics[f"tokens_per_s_per_device.step{r['step']}"] = r["tokens_per_s_per_device"]
     rates = [r["tokens_per_s_per_device"] for r in summary["throughput"]]
     metrics["tokens_per_s_per_device"] = float(np.mean(rates))
-    return log_run(cfg.mlflow, cfg.out_dir, "prune.score", params, metrics, [cfg.out_dir / STATE], run_name="prune-score")
+    mcfg = cfg.mlflow
+    if mcfg.run_id and not mcfg.tracking_uri and cs.mlflow_uri:  # into the stage-1 run's own store
+        mcfg = mcfg.model_copy(update={"tracking_uri": cs.mlflow_uri})
+    return log_run(mcfg, cfg.out_dir, "prune.score", params, metrics, [cfg.out_dir / STATE], run_name="prune-score")

@@ -207,7 +207,7 @@ def run(cfg: SelectConfig, strict: bool = False) -> dict:
     }
     atomic_write_text(out / "report.json", json.dumps(result, indent=1, ensure_ascii=False, default=_plain) + "\n")
     if cfg.mlflow.active:
-        result["mlflow"] = _log(cfg, out, result, hists)
+        result["mlflow"] = _log(cfg, out, result, hists, meta.extra.get("mlflow_uri"))
     return result
 
 
@@ -241,7 +241,7 @@ def _materialize(cfg: SelectConfig, shards: list[Path], df: pd.DataFrame, kept: 
     return {"dir": str(dest), "shards": len(w.written), "docs": sum(s.samples for s in w.written)}
 
 
-def _log(cfg: SelectConfig, out: Path, result: dict, hists: list[Path]) -> dict:
+def _log(cfg: SelectConfig, out: Path, result: dict, hists: list[Path], run_uri: str | None) -> dict:
     params = {"method": cfg.method, "scores_run": result["scores_run"],
               "checkpoint_steps": result["checkpoint_steps"], "seed": cfg.seed,
               **{f"selection.{k}": v for k, v in cfg.selection.model_dump().items()}}
@@ -253,4 +253,7 @@ def _log(cfg: SelectConfig, out: Path, result: dict, hists: list[Path]) -> dict:
             if k in ("mean_tokens", "mean_bytes", "type_token_ratio", "rare_token_rate"):
                 metrics[f"{side}.{k}"] = v
     arts = [out / "report.json"] + ([out / "report"] if hists else [])
-    return log_run(cfg.mlflow, out, f"prune.{cfg.method}", params, metrics, arts, run_name=f"prune-{cfg.method}")
+    mcfg = cfg.mlflow
+    if mcfg.run_id and not mcfg.tracking_uri and run_uri:  # --mlflow-run of stage 1: its own store
+        mcfg = mcfg.model_copy(update={"tracking_uri": run_uri})
+    return log_run(mcfg, out, f"prune.{cfg.method}", params, metrics, arts, run_name=f"prune-{cfg.method}")

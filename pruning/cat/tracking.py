@@ -56,7 +56,7 @@ def log_run(cfg: MlflowConfig, out_dir: Path, prefix: str, params: dict[str, Any
     )
     for a in artifacts:
         if a.is_dir():
-            client.log_artifacts(run_id, str(a), artifact_path=f"{p}{a.name}".rstrip("."))
+            client.log_artifacts(run_id, str(a), artifact_path=f"{prefix}/{a.name}" if cfg.run_id else a.name)
         elif a.is_file():
             client.log_artifact(run_id, str(a), artifact_path=prefix if cfg.run_id else None)
     if not cfg.run_id:
