@@ -38,7 +38,8 @@ def main() -> None:
         shards = Path(tmp) / "shards"
         build_demo_corpus(shards, langs=LANGS, max_docs_per_lang=args.docs_per_lang, shard_samples=500)
         cfg = BuildConfig(shards=shards, out_dir=Path(tmp) / "ours", vocab_size=args.vocab_size,
-                          model_type=args.model_type, sample=SampleConfig(sample_bytes=args.sample_bytes))
+                          model_type=args.model_type, force=True,  # measure a real build every time
+                          sample=SampleConfig(sample_bytes=args.sample_bytes))
         sample = draw_sample(shards, cfg.sample)
         spm_args = trainer_args(cfg, sorted(sample.langs))
         mb = sum(s.bytes for s in sample.langs.values()) / 1e6

@@ -19,7 +19,8 @@ import sentencepiece as spm
 from pydantic import Field
 
 from glotta.config import StrictModel
-from glotta.data.manifest import atomic_write_text
+from glotta.data import list_shards
+from glotta.data.manifest import MANIFEST, atomic_write_text, sha256_file
 from glotta.errors import ConfigError, DataError
 from glotta.tokenizer.sample import SampleConfig, TextSample, draw_sample
 
@@ -45,6 +46,7 @@ class BuildConfig(StrictModel):
     user_symbols: list[str] = []
     temp_file: bool = False  # train from a temporary text file instead of an in-memory iterator
     threads: int = Field(0, ge=0)  # 0: all cores
+    force: bool = False  # rebuild even when a finished build with the same config and input exists
     sample: SampleConfig = SampleConfig()
 
 
@@ -117,10 +119,38 @@ def train_spm(lines: list[str], args: dict, prefix: str, temp_file: bool = False
         raise DataError(f"SentencePiece training failed: {e}") from None
 
 
+def input_fingerprint(shards: Path) -> dict:
+    """What the build read: the shard set's manifest hash (or the shard names and sizes without one)."""
+    manifest = Path(shards) / MANIFEST
+    if manifest.is_file():
+        return {"shards": str(shards), "manifest_sha256": sha256_file(manifest)}
+    return {"shards": str(shards), "files": {p.name: p.stat().st_size for p in list_shards(shards)}}
+
+
+def finished(cfg: BuildConfig, fingerprint: dict) -> dict | None:
+    """The card of an earlier build with the same config and input whose model is in place, else None."""
+    out = Path(cfg.out_dir)
+    card_path, model = out / f"{cfg.name}.card.json", out / f"{cfg.name}.model"
+    if cfg.force or not (card_path.is_file() and model.is_file()):
+        return None
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    same_config = {**card.get("config", {}), "force": False} == {**json.loads(cfg.model_dump_json()), "force": False}
+    return card if same_config and card.get("input") == fingerprint else None
+
+
 def build(cfg: BuildConfig, strict: bool = False) -> dict:
-    """Draw the sample, train, write model/vocab/card; returns the card."""
+    """Draw the sample, train, write model/vocab/card; returns the card. A finished build with the
+    same config and input is reused (card["reused"] = True) unless `force`."""
     if cfg.shards is None:
         raise ConfigError("shards: give the shard set to sample from (--shards DIR)")
+    fingerprint = input_fingerprint(cfg.shards)
+    done = finished(cfg, fingerprint)
+    if done is not None:
+        log.info("%s: finished build with the same config and input, reused (force=true rebuilds)", done["model"])
+        return {**done, "reused": True}
     t0 = time.perf_counter()
     sample: TextSample = draw_sample(cfg.shards, cfg.sample, strict=strict)
     t_sample = time.perf_counter() - t0
@@ -142,6 +172,7 @@ def build(cfg: BuildConfig, strict: bool = False) -> dict:
         "model": str(out / f"{cfg.name}.model"),
         "sentencepiece_version": spm.__version__,
         "config": json.loads(cfg.model_dump_json()),
+        "input": fingerprint,
         "trainer": {k: v for k, v in args.items() if k not in ("num_threads", "minloglevel")},
         "languages": sample.card(),
         "totals": {

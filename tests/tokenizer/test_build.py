@@ -78,6 +78,20 @@ def test_build_writes_model_vocab_card(skewed_shards, tmp_path):
     assert not list(tmp_path.glob(".tok*"))  # no temporary files left
 
 
+def test_rerun_reuses_a_finished_build(skewed_shards, tmp_path):
+    cfg = BuildConfig(shards=skewed_shards, out_dir=tmp_path, vocab_size=2000, model_type="bpe",
+                      sample=SampleConfig(sample_bytes=100_000))
+    first = build(cfg)
+    mtime = (tmp_path / "glotta.model").stat().st_mtime_ns
+    again = build(cfg)
+    assert again["reused"] and again["seconds"] == first["seconds"]
+    assert (tmp_path / "glotta.model").stat().st_mtime_ns == mtime
+    changed = build(cfg.model_copy(update={"sample": SampleConfig(sample_bytes=100_000, seed=1)}))
+    assert "reused" not in changed and (tmp_path / "glotta.model").stat().st_mtime_ns != mtime
+    assert "reused" not in build(cfg.model_copy(update={"sample": SampleConfig(sample_bytes=100_000, seed=1),
+                                                        "force": True}))
+
+
 def test_temp_file_training_gives_the_same_model(skewed_shards, tmp_path):
     common = dict(shards=skewed_shards, vocab_size=2000, model_type="bpe", sample=SampleConfig(sample_bytes=100_000))
     build(BuildConfig(out_dir=tmp_path / "mem", **common))
