@@ -197,7 +197,7 @@ def run(cfg: SelectConfig, strict: bool = False) -> dict:
         "tokens": total_tokens,
         "kept_tokens": int(df["n_tokens"][kept].sum()),
         "kept_frac_tokens": float(df["n_tokens"][kept].sum() / max(total_tokens, 1)),
-        "langs": per_lang.to_dict(orient="records"),
+        "langs": json.loads(per_lang.to_json(orient="records")),  # plain bool/int/float, not numpy
         "text_stats": stats,
         "histograms": [str(p) for p in hists],
         "exclude": str(out / "exclude.txt"),
