@@ -94,17 +94,43 @@ def manifest_langs(path: Path) -> dict[str, dict[str, int]]:
     return Manifest.load(path).langs() if (path / "manifest.json").is_file() else {}
 
 
+def val_losses(run_dir: Path) -> dict[str, float]:
+    """The last validation losses a training stage logged (metrics.jsonl), per language."""
+    path = run_dir / "metrics.jsonl"
+    last: dict[str, float] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if "val/loss" in rec:
+                last = {k.removeprefix("val/loss/"): v for k, v in rec.items() if k.startswith("val/loss/")}
+                last["all"] = rec["val/loss"]
+    return last
+
+
+def loss_table(run: Path, stages: list[str]) -> list[dict]:
+    per = {name: val_losses(run / name) for name in stages}
+    langs = sorted({k for v in per.values() for k in v if k != "all"}) + ["all"]
+    return [{"lang": lang, **{f"{n} val loss": per[n].get(lang) for n in stages}} for lang in langs if any(per.values())]
+
+
 def pipeline_summary(cfg, results: list[dict], seconds: float, tracking_uri: str) -> dict:
     run = Path(cfg.run_dir)
+    shards = run / "consent" / "shards" if cfg.consent.enabled else run / "data"
+    holdout = run / "holdout" / "train.exclude.txt"
     sets = [("import", run / "data", [])]
     if cfg.consent.enabled:
-        sets.append(("consent", run / "consent" / "shards", []))
+        sets.append(("consent", shards, []))
+    sets.append(("train", shards, [holdout]))
+    if cfg.stage2 is not None and (run / "cat" / "exclude.txt").is_file():
+        sets.append(("cat", shards, [holdout, run / "cat" / "exclude.txt"]))
+    trained = [n for n in ("stage1", "stage2") if getattr(cfg, n) is not None]
     return {
         "run_dir": str(run),
         "seconds": round(seconds, 1),
         "stages": results,
         "corpus": corpus_table(run, sets),
         "premiums": premium_table(run),
+        "validation": loss_table(run, trained) if trained else [],
         "mlflow": {"tracking_uri": tracking_uri, "ui": f"mlflow ui --backend-store-uri {tracking_uri}"},
     }
 
@@ -114,8 +140,30 @@ def print_summary(summary: dict) -> None:
 
     print_table("Stages", summary["stages"], ["stage", "status", "seconds"])
     if summary["corpus"]:
-        print_table("Documents and tokens kept per language after each stage", summary["corpus"])
+        print_table("Documents · tokens kept per language after each stage", _compact(summary["corpus"]))
     if summary["premiums"]:
         print_table("Tokenizer: token premium vs the reference language (parallel gettext text)", summary["premiums"])
+    if summary["validation"]:
+        print_table("Validation loss per language (nats/token, held-out documents)", summary["validation"])
     out.print(f"\nRun directory: {summary['run_dir']}  ({summary['seconds']:.0f} s)")
     out.print(f"MLflow runs:   {summary['mlflow']['ui']}")
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e4 else f"{n:,}"
+
+
+def _compact(rows: list[dict]) -> list[dict]:
+    """{lang, 'X docs', 'X tokens', ...} -> {lang, X: 'docs · tokens'} so the table fits a terminal."""
+    out = []
+    for r in rows:
+        c = {"lang": r["lang"]}
+        for k, v in r.items():
+            if k.endswith(" docs"):
+                stage = k.removesuffix(" docs")
+                tok = r.get(f"{stage} tokens")
+                c[stage] = f"{v:,}" + (f" · {_human(tok)}" if tok is not None else "")
+        out.append(c)
+    return out
