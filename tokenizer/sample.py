@@ -77,15 +77,19 @@ class TextSample:
         }
 
 
-def language_sizes(shard_dir: str | Path, counters: Counter | None = None) -> dict[str, int]:
-    """UTF-8 text bytes per language: from manifest.json, or counted from the shards without one."""
+def language_sizes(shard_dir: str | Path, counters: Counter | None = None, held: set[str] | None = None) -> dict[str, int]:
+    """UTF-8 text bytes per language: from manifest.json, or counted from the shards without one
+    or when held-out lines must not count (a held-out language would otherwise get less than its share)."""
     d = Path(shard_dir)
-    if (d / MANIFEST).is_file():
+    if (d / MANIFEST).is_file() and not held:
         return {lang: e["bytes"] for lang, e in Manifest.load(d).langs().items()}
     sizes: Counter = Counter()
     for shard in list_shards(d):
-        for s in iter_samples(shard, counters=counters):
-            sizes[s.lang] += len(s.text.encode("utf-8"))
+        for s in iter_samples(shard, counters=Counter() if held else counters):
+            if held:
+                sizes[s.lang] += sum(len(x.encode("utf-8")) for x in map(str.strip, s.text.split("\n")) if x not in held)
+            else:
+                sizes[s.lang] += len(s.text.encode("utf-8"))
     return dict(sorted(sizes.items()))
 
 
@@ -137,15 +141,15 @@ def _cut(line: str, max_bytes: int) -> str:
 def draw_sample(shard_dir: str | Path, cfg: SampleConfig, strict: bool = False) -> TextSample:
     """One streaming pass over the shard set; the result is seeded and identical on every run."""
     counters: Counter = Counter()
-    sizes = select_languages(language_sizes(shard_dir, counters), cfg, counters, strict)
-    want = targets(sizes, cfg)
-    stats = {lang: LangStats(sizes[lang], want[lang], want[lang] / sizes[lang]) for lang in sizes}
-    lines: list[str] = []
     held: set[str] = set()
     if cfg.holdout is not None:
         from glotta.tokenizer.parallel import parallel_texts
 
         held = parallel_texts(cfg.holdout)
+    sizes = select_languages(language_sizes(shard_dir, counters, held), cfg, counters, strict)
+    want = targets(sizes, cfg)
+    stats = {lang: LangStats(sizes[lang], want[lang], want[lang] / sizes[lang]) for lang in sizes}
+    lines: list[str] = []
     for shard in track(list_shards(shard_dir), "sampling shards"):
         rng = random.Random(stable_seed(cfg.seed, "tokenizer-sample", shard.name))
         for s in iter_samples(shard, counters=counters, strict=strict):

@@ -48,8 +48,11 @@ def build(
     if json_out:
         print_json(card)
         return
-    rows = [{"lang": lang, **v} for lang, v in card["languages"].items()]
-    print_table(f"tokenizer sample ({cfg.sample.method}, alpha={cfg.sample.alpha})", rows)
+    names = {"available_bytes": "avail_B", "target_bytes": "target_B", "sampled_bytes": "bytes",
+             "sampled_chars": "chars", "sampled_lines": "lines"}
+    rows = [{"lang": lang, **{names.get(k, k): x for k, x in v.items()}} for lang, v in card["languages"].items()]
+    how = f"alpha={cfg.sample.alpha}" if cfg.sample.method == "temperature" else f"max_epochs={cfg.sample.max_epochs}"
+    print_table(f"tokenizer sample ({cfg.sample.method}, {how}){' - reused' if card.get('reused') else ''}", rows)
     print_counters("counters", card["counters"])
     print(f"wrote {card['model']} ({cfg.vocab_size} pieces, {card['seconds']['total']:.1f} s)")
 
@@ -136,10 +139,17 @@ def extend(
     if json_out:
         print_json(report)
         return
-    print_table("base-language drift", [{"lang": k, **v} for k, v in report["base"].items()]
-                + [{"lang": "total", **report["base_total"]}])
-    print_table("target languages", [{"lang": k, **{c: v for c, v in r.items() if c != "source"}}
-                                     for k, r in report["target"].items()])
+    short = {"lines_changed": "changed", "lines_more_tokens": "longer", "tokens_before": "tok0",
+             "tokens_after": "tok1", "token_change_pct": "change_%", "old_ids_decode_same": "same_text",
+             "fertility_unit": "unit", "fertility_before": "fert0", "fertility_after": "fert1",
+             "premium_before": "prem0", "premium_after": "prem1"}
+
+    def rows(table: dict) -> list[dict]:
+        return [{"lang": k, **{short.get(c, c): v for c, v in r.items() if c != "source"}} for k, r in table.items()]
+
+    print_table("base-language drift (0 = old tokenizer, 1 = extended; same lines)",
+                rows({**report["base"], "total": report["base_total"]}))
+    print_table("target languages (0 = before, 1 = after)", rows(report["target"]))
     print(f"wrote {report['model']}: {report['base_vocab_size']} + {report['added']} pieces "
           f"(score mode {report['score_mode']}, allocation {report['allocate']})")
 
