@@ -122,6 +122,9 @@ class Tracker:
                 self._start_run()
             from mlflow.entities import Metric
 
+            while self.artifacts:  # small and few (config, tokenizer card): first
+                self._client.log_artifact(self.run_id, self.artifacts[0])
+                self.artifacts.pop(0)
             while self.pending:
                 chunk, metrics = self.pending[:50], []
                 for step, ts, values in chunk:
@@ -129,9 +132,6 @@ class Tracker:
                 for i in range(0, len(metrics), 1000):  # mlflow's per-request limit
                     self._client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
                 del self.pending[: len(chunk)]
-            while self.artifacts:
-                self._client.log_artifact(self.run_id, self.artifacts[0])
-                self.artifacts.pop(0)
             if self._down_since is not None:
                 log.warning("mlflow: %s reachable again after %.0f s", self.uri, time.time() - self._down_since)
                 self._down_since = None

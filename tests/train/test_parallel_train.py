@@ -68,7 +68,8 @@ def test_tp2_pp2_trains_and_survives_mlflow_server_death(train_data, tmp_path):
         def validation_logged():
             exp = client.get_experiment_by_name("tp2pp2")
             runs = client.search_runs([exp.experiment_id]) if exp else []
-            return runs and any(k.startswith("val/bpb/") for k in runs[0].data.metrics)
+            return (runs and any(k.startswith("val/bpb/") for k in runs[0].data.metrics)
+                    and list((store / "artifacts").rglob("config.json")))
 
         wait_for(validation_logged, 300, train, "validation metrics on the server")
         os.killpg(server.pid, signal.SIGKILL)  # the tracking server dies mid-run
