@@ -103,6 +103,34 @@ class BlendSchedule {
     return {std::move(lang), std::move(occ)};
   }
 
+  // The full generator state, so a long schedule resumes without replaying from slot 0.
+  py::dict state() const {
+    py::dict d;
+    d["pos"] = pos_;
+    d["seg_pos"] = seg_pos_;
+    d["counts"] = counts_;
+    d["seg_counts"] = seg_counts_;
+    d["active"] = std::vector<bool>(active_.begin(), active_.end());
+    return d;
+  }
+
+  void restore(int64_t pos, int64_t seg_pos, std::vector<int64_t> counts, std::vector<int64_t> seg_counts,
+               std::vector<bool> active) {
+    const size_t k = w_.size();
+    if (counts.size() != k || seg_counts.size() != k || active.size() != k)
+      throw std::invalid_argument("schedule state has " + std::to_string(counts.size()) + " languages, expected " +
+                                  std::to_string(k));
+    if (pos < 0 || seg_pos < 0 || seg_pos > pos) throw std::invalid_argument("schedule state: bad positions");
+    for (size_t l = 0; l < k; ++l)
+      if (active[l] && !(w_[l] > 0)) throw std::invalid_argument("schedule state: a zero-weight language is active");
+    active_ = std::move(active);
+    pos_ = pos;
+    counts_ = std::move(counts);
+    renormalise();
+    seg_pos_ = seg_pos;
+    seg_counts_ = std::move(seg_counts);
+  }
+
   int64_t position() const { return pos_; }
   std::vector<int64_t> counts() const { return counts_; }
   bool exhausted() const { return !any_active_; }
@@ -148,6 +176,9 @@ void register_mix(py::module_& m) {
             return py::make_tuple(lang, occ);
           },
           py::arg("n"), "(lang int32[n'], occurrence int64[n']); n' < n once every language is exhausted.")
+      .def("state", &BlendSchedule::state, "Generator state: pos, seg_pos, counts, seg_counts, active.")
+      .def("restore", &BlendSchedule::restore, py::arg("pos"), py::arg("seg_pos"), py::arg("counts"),
+           py::arg("seg_counts"), py::arg("active"), "Continue from a state() taken earlier (same weights and caps).")
       .def_property_readonly("position", &BlendSchedule::position)
       .def_property_readonly("counts", &BlendSchedule::counts)
       .def_property_readonly("exhausted", &BlendSchedule::exhausted);

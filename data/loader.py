@@ -166,6 +166,7 @@ class TokenLoader:
         self._blocks: dict[int, dict[int, Doc | None]] = {}
         self._jobs: dict[int, Any] = {}
         self._collected: set[int] = set()
+        self._low_block = 0  # the lowest block any lane still needs
         self.tokenized_docs = 0  # by this process since start (depends on prefetch; not in the state)
         self._blocks_per_job = max(1, round(cfg.docs_per_task / len(self.lane_ids)))
         self._pool: ProcessPoolExecutor | None = None
@@ -226,7 +227,7 @@ class TokenLoader:
         L = self.global_batch
         b0 = job * self._blocks_per_job
         where, slots = [], []
-        for p in range(b0, b0 + self._blocks_per_job):
+        for p in range(max(b0, self._low_block), b0 + self._blocks_per_job):  # blocks below: no lane needs them
             deal = permutation(L, stable_seed(self.cfg.seed, "deal", p))
             for lane in self.lane_ids:
                 where.append((p, lane))
@@ -288,6 +289,7 @@ class TokenLoader:
         low = min(lane.first_needed() for lane in self._lanes.values())
         for p in [p for p in self._blocks if p < low]:
             del self._blocks[p]
+        self._low_block = low
         self.schedule.forget(low * self.global_batch)
         low_job = low // self._blocks_per_job
         self._collected = {j for j in self._collected if j >= low_job}
@@ -409,6 +411,7 @@ class TokenLoader:
             "dp_rank": self.dp_rank,
             "dp_size": self.dp_size,
             "lanes": [[lane, *self._lanes[lane].state()] for lane in self.lane_ids],
+            "schedule": self.schedule.snapshot(),  # so a resume does not replay the schedule from slot 0
             "stats": {
                 "docs": self._stats.docs,
                 "split": self._stats.split,
@@ -472,7 +475,12 @@ class TokenLoader:
                 fut.cancel()
         self._collected = set()
         self.schedule = Schedule(*self._schedule_args)  # a fresh window: the state may point backwards
-        self.schedule.forget(min(lane.first_needed() for lane in self._lanes.values()) * self.global_batch)
+        first_slot = min(lane.first_needed() for lane in self._lanes.values()) * self.global_batch
+        snap = state.get("schedule")
+        if snap is not None and int(snap["pos"]) <= first_slot:
+            self.schedule.restore(snap)
+        self._low_block = first_slot // self.global_batch
+        self.schedule.forget(first_slot)
         # Counters: a same-layout resume restores this rank's; an elastic one gives the totals to rank 0.
         st = state["stats"]
         if same_layout or self.dp_rank == 0:

@@ -54,6 +54,8 @@ def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
         "dp_size": None,
         "lanes": [lanes[k] for k in sorted(lanes)],
         "stats": stats,
+        # The earliest window start is valid for every lane.
+        "schedule": min((s["schedule"] for s in unique if s.get("schedule")), key=lambda x: x["pos"], default=None),
     }
 
 

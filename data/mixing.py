@@ -163,6 +163,7 @@ class Schedule:
     def __init__(self, doc_rates: list[float], n_docs: list[int], caps: list[int], seed: int, shuffle: bool):
         self.n_docs, self.seed, self.shuffle = n_docs, seed, shuffle
         self._blend = BlendSchedule([float(r) for r in doc_rates], [int(c) for c in caps])
+        self._shadow = BlendSchedule([float(r) for r in doc_rates], [int(c) for c in caps])  # stays at _base
         # Generated slots [_base, _base + len(_lang)); slots before _keep are dropped as generation goes on,
         # so a long run (or a resume deep into one) keeps only the window the lanes still need.
         self._base, self._keep = 0, 0
@@ -181,8 +182,24 @@ class Schedule:
         if drop >= self.CHUNK:
             self._lang, self._occ = self._lang[drop:].copy(), self._occ[drop:].copy()
             self._base += drop
+            self._shadow.next(drop)  # replays the dropped slots so its state is the state at _base
         if len(self._perms) > 4 * len(self.n_docs):  # old epochs' permutations; recomputed if ever needed
             self._perms.clear()
+
+    def snapshot(self) -> dict:
+        """Generator state at the start of the window (plain types, for the loader state)."""
+        st = self._shadow.state()
+        return {k: (list(v) if isinstance(v, list) else int(v)) for k, v in st.items()}
+
+    def restore(self, snap: dict) -> None:
+        """Start the window at a snapshot() instead of replaying the schedule from slot 0."""
+        args = (int(snap["pos"]), int(snap["seg_pos"]), list(snap["counts"]), list(snap["seg_counts"]), list(snap["active"]))
+        self._blend.restore(*args)
+        self._shadow.restore(*args)
+        self._base = self._keep = args[0]
+        self._lang = np.empty(0, np.int32)
+        self._occ = np.empty(0, np.int64)
+        self.length = None
 
     def _extend(self, upto: int) -> None:
         while self.length is None and self._base + len(self._lang) < upto:

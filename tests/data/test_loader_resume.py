@@ -130,3 +130,22 @@ def test_ranks_yield_equal_batches_and_disjoint_documents(demo_shards, sp_model)
     assert not (seen[0] & seen[1])
     assert len(seen[0] | seen[1]) == 240
     assert tokenized == [len(seen[0]), len(seen[1])]  # each rank tokenizes only its own documents, once
+
+
+def test_resume_from_a_schedule_snapshot_deep_into_the_run(demo_shards, sp_model, monkeypatch):
+    """A tiny schedule window forces trimming, so the resume restarts from a snapshot, not slot 0."""
+    from glotta.data.mixing import Schedule
+
+    monkeypatch.setattr(Schedule, "CHUNK", 16)
+    args = dict(packing="concat", global_batch_size=2, mix={"method": "temperature"}, seq_len=64)
+    with _loader(demo_shards, sp_model, **args) as ref:
+        full = _take(iter(ref), 500)
+    with _loader(demo_shards, sp_model, **args) as a:
+        _take(iter(a), 300)
+        state = a.state_dict()
+    assert state["schedule"]["pos"] >= 16  # the window moved: slots before it are gone
+    with _loader(demo_shards, sp_model, **args) as b:
+        b.load_state_dict(state)
+        assert b.schedule._base == state["schedule"]["pos"]
+        tail = _take(iter(b), 200)
+    assert all(_same(x, y) for x, y in zip(tail, full[300:]))

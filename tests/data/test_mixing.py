@@ -134,6 +134,14 @@ def test_schedule_keeps_only_the_window_still_needed():
     assert s._base > 200_000 and len(s._lang) < 100_000  # the prefix was dropped
     with pytest.raises(ValueError, match="forgotten"):
         s.lookup(np.array([10]))
+    # A snapshot of the window start resumes without replaying from slot 0.
+    snap = s.snapshot()
+    assert snap["pos"] == s._base
+    t = Schedule(*args)
+    t.restore(snap)
+    tail = np.arange(snap["pos"], 300_000)
+    for a, b in zip(t.lookup(tail), Schedule(*args).lookup(tail)):
+        assert np.array_equal(a, b)
 
 
 def test_permutation_is_pinned_across_platforms():
