@@ -189,13 +189,14 @@ def consent_stage(cfg: PipelineConfig, run: Path, shards: Path) -> Stage:
 
 def tokenizer_stage(cfg: PipelineConfig, run: Path, shards: Path) -> Stage:
     t, out = cfg.tokenizer, run / "tokenizer"
+    parallel = out / "parallel.jsonl"  # gettext parallel text for the premium table, kept out of the sample
     build = ["tokenizer", "build", "--shards", shards, "--out", out, "--name", "glotta", "--vocab-size", t.vocab_size]
-    build += ["--alpha", t.alpha] + (["--sample-bytes", t.sample_bytes] if t.sample_bytes else []) + _sets(t.set)
-    parallel = out / "parallel.jsonl"
+    build += ["--alpha", t.alpha] + (["--sample-bytes", t.sample_bytes] if t.sample_bytes else [])
+    build += _sets([f"sample.holdout={parallel}", *t.set])
     langs = [a for lang in t.eval_langs for a in ("--lang", lang)]
     cmds = [
-        glotta_cmd(*build, "--json"),
         glotta_cmd("tokenizer", "parallel", "--out", parallel, *langs),
+        glotta_cmd(*build, "--json"),
         glotta_cmd(
             "tokenizer", "eval", out / "glotta.model", "--parallel", parallel, "--reference", t.reference,
             "--chart", out / "premiums.png", *langs, "--json",
@@ -207,7 +208,7 @@ def tokenizer_stage(cfg: PipelineConfig, run: Path, shards: Path) -> Stage:
         cmds,
         outputs=[out / "glotta.model"],
         reports=[out, rep / "tokenizer-eval.json"],
-        stdout={0: rep / "tokenizer-build.json", 2: rep / "tokenizer-eval.json"},
+        stdout={1: rep / "tokenizer-build.json", 2: rep / "tokenizer-eval.json"},
     )
 
 
