@@ -31,11 +31,11 @@ import torch.distributed as dist
 from pydantic import Field
 
 from glotta.config import StrictModel
+from glotta.data.exclude import read_exclude
 from glotta.data.manifest import atomic_write_text
 from glotta.data.shards import iter_samples, list_shards
 from glotta.errors import DataError
 from glotta.pruning.cat.checkpoints import CheckpointSet, resolve
-from glotta.pruning.cat.select import read_excludes
 from glotta.pruning.cat.table import ScoresMeta, nll_column, write_scores
 from glotta.pruning.cat.tracking import MlflowConfig
 from glotta.train.parallel import ParallelConfig
@@ -219,7 +219,7 @@ def run(cfg: ScoreConfig, strict: bool = False) -> dict:
     model_cfg = ModelConfig.model_validate(cs.model)
     seq_len = cfg.seq_len or model_cfg.seq_length
     shards = list_shards(cfg.shards)
-    excluded = read_excludes(cfg.exclude)
+    excluded = read_exclude(cfg.exclude)
     state = _state(cs, seq_len)
     _check_out_dir(cfg.out_dir, state)
     sp = spm.SentencePieceProcessor(model_file=str(cs.tokenizer))
@@ -246,6 +246,7 @@ def run(cfg: ScoreConfig, strict: bool = False) -> dict:
         writer = dims.is_last_stage and dims.tp_rank == 0
         counters: Counter = Counter()
         per_ckpt, loaded = [], []
+        counted: set[str] = set()
         cache: dict[str, tuple[ShardDocs, Rows]] = {}
         for k, ck in enumerate(cs.checkpoints):
             # Skip a checkpoint nobody needs (all ranks see the same files, so they agree).
@@ -260,7 +261,11 @@ def run(cfg: ScoreConfig, strict: bool = False) -> dict:
             tokens, t0 = 0, time.perf_counter()
             for path in [s for s in mine if s in todo_all]:
                 if path.name not in cache:
-                    docs = read_shard(path, sp, excluded, counters, strict)
+                    c: Counter = Counter()
+                    docs = read_shard(path, sp, excluded, c, strict)
+                    if path.name not in counted:  # a shard is re-read for each checkpoint: count it once
+                        counted.add(path.name)
+                        counters.update(c)
                     cache = {path.name: (docs, pack(docs.ids, eod, pad, seq_len))}  # one shard in memory
                 docs, rows = cache[path.name]
                 losses = score_rows(model, rows, cfg, seq_len, dims.device)
@@ -281,7 +286,7 @@ def run(cfg: ScoreConfig, strict: bool = False) -> dict:
         dist.barrier()
         summary = {"out_dir": str(cfg.out_dir), "run_id": cs.run_id, "checkpoint_steps": cs.steps, "seq_len": seq_len,
                    "shards": len(shards), "checkpoints_scored": loaded, "tp": dims.tp, "pp": dims.pp, "dp": dims.dp, "throughput": per_ckpt,
-                   "shards_written": _sum(written, dims), "counters": dict(counters)}
+                   "shards_written": _sum(written, dims), "counters": _sum_counters(counters, dims)}
         if dims.rank == 0 and cfg.mlflow.active and per_ckpt:
             summary["mlflow"] = _log(cfg, cs, summary)
         return summary
@@ -303,6 +308,16 @@ def _throughput(tokens: int, seconds: float, dims, step: int) -> dict:
         print(f"glotta prune score: checkpoint step {step}: {rate['tokens']:,} tokens in {wall:.1f} s, "
               f"{rate['tokens_per_s_per_device']:,.0f} tokens/s per device ({dims.world_size} devices)", file=sys.stderr, flush=True)
     return rate
+
+
+def _sum_counters(counters: Counter, dims) -> dict:
+    """Reading counters of the whole job: one reader per data-parallel group (TP/PP ranks read the same)."""
+    parts: list = [None] * dims.world_size
+    dist.all_gather_object(parts, dict(counters) if dims.tp_rank == 0 and dims.pp_rank == 0 else {})
+    total: Counter = Counter()
+    for p in parts:
+        total.update(p)
+    return dict(total)
 
 
 def _sum(x: int, dims) -> int:

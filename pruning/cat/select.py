@@ -25,6 +25,7 @@ from pydantic import Field
 
 from glotta.config import StrictModel
 from glotta.data.manifest import Manifest, atomic_write_text, sha256_file
+from glotta.data.exclude import read_exclude
 from glotta.data.shards import ShardWriter, iter_samples, list_shards
 from glotta.errors import ConfigError, DataError
 from glotta.pruning.cat import report, statistics
@@ -86,19 +87,6 @@ def _check_inputs(cfg: SelectConfig):
     return meta, shards
 
 
-def read_excludes(paths: list[Path]) -> set[str]:
-    """Entries of earlier stages' exclude lists: `shard.tar/KEY` (one document) or `shard.tar` (a whole shard)."""
-    out: set[str] = set()
-    for p in paths:
-        if not p.is_file():
-            raise ConfigError(f"exclude: file not found: {p}")
-        for line in p.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                out.add(line)
-    return out
-
-
 def _read_shard_set(shards: list[Path], excluded: set[str], n_scored: int, cfg: SelectConfig, strict: bool,
                     counters: Counter):
     """Ids of every readable, not-excluded document, and token ids of a hash-chosen report sample."""
@@ -155,7 +143,7 @@ def run(cfg: SelectConfig, strict: bool = False) -> dict:
     t0 = time.perf_counter()
     counters: Counter = Counter()
     meta, shards = _check_inputs(cfg)
-    excluded = read_excludes(cfg.exclude)
+    excluded = read_exclude(cfg.exclude)  # the loader's reader: text or Parquet, documents or whole shards
     df, _ = read_scores(cfg.scores)
     if excluded:
         gone = ((df["shard"] + "/" + df["key"]).isin(excluded) | df["shard"].isin(excluded)).to_numpy()
