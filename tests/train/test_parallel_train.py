@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from trainrun import TINY, env, losses, metrics, torchrun_cmd, wait_for
+from trainrun import TINY, env, losses, metrics, run_train, torchrun_cmd, wait_for
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -144,3 +144,16 @@ def test_pp2_sigterm_saves_a_loadable_checkpoint(train_data, tmp_path):
     run = client.search_runs([client.get_experiment_by_name("glotta").experiment_id])[0]
     assert run.data.tags["glotta.stage"] == "stage2" and run.info.status == "KILLED"
     assert len(client.get_metric_history(run.info.run_id, "loss")) >= 12
+
+
+def test_interleaved_pipeline_trains_and_checkpoints(train_data, tmp_path):
+    """PP=2 with 2 virtual stages per rank (interleaved 1F1B, 4 layers): loss falls, the two model
+    chunks of each rank are saved in one checkpoint."""
+    run_dir = tmp_path / "run"
+    sets = [s for s in TINY if not s.startswith("model.num_layers")] + train_data.overrides() + [
+        f"run_dir={run_dir}", "model.num_layers=4", "train_iters=10", "checkpoint.interval=10",
+        "parallel.pipeline_parallel=2", "parallel.virtual_pipeline=2", "tracking.enabled=false",
+    ]
+    run_train(2, sets)
+    assert_loss_falls(run_dir)
+    assert int((run_dir / "checkpoints" / "latest").read_text()) == 10
