@@ -250,16 +250,16 @@ def run(cfg: ScoreConfig, strict: bool = False) -> dict:
         cache: dict[str, tuple[ShardDocs, Rows]] = {}
         for k, ck in enumerate(cs.checkpoints):
             # Skip a checkpoint nobody needs (all ranks see the same files, so they agree).
-            todo_all = [s for s in shards if not final_path(cfg.out_dir, s.name).is_file()
+            pending = [s for s in shards if not final_path(cfg.out_dir, s.name).is_file()
                         and not part_path(cfg.out_dir, s.name, k).is_file()]
-            if not todo_all:
+            if not pending:
                 continue
             if cfg.stop_after_checkpoints and len(loaded) >= cfg.stop_after_checkpoints:
                 break
             load_checkpoint(ck.path, model, None, None)
             loaded.append(ck.step)
             tokens, t0 = 0, time.perf_counter()
-            for path in [s for s in mine if s in todo_all]:
+            for path in [s for s in mine if s in pending]:
                 if path.name not in cache:
                     c: Counter = Counter()
                     docs = read_shard(path, sp, excluded, c, strict)
