@@ -64,7 +64,7 @@ class TrainStage(StrictModel):
 
 
 class CatStage(StrictModel):
-    method: str = "zscore"  # see docs/prune.md for the evaluation behind the default
+    method: str = "cat"  # the winner of bench/prune_eval.py; see docs/prune.md
     keep: float = Field(0.5, gt=0, le=1)
     score_set: list[str] = []
     select_set: list[str] = []
