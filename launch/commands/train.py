@@ -33,7 +33,8 @@ def train(
     if json_out:
         print_json(summary)
     else:
-        print_table("train", [{"counter": k, "value": v} for k, v in summary.items()], ["counter", "value"])
+        rows = [{"counter": k, "value": str(v).lower() if isinstance(v, bool) else v} for k, v in summary.items()]
+        print_table("train", rows, ["counter", "value"])
 
 @launch_app.command("train")
 @guarded
