@@ -94,23 +94,32 @@ def manifest_langs(path: Path) -> dict[str, dict[str, int]]:
     return Manifest.load(path).langs() if (path / "manifest.json").is_file() else {}
 
 
-def val_losses(run_dir: Path) -> dict[str, float]:
-    """The last validation losses a training stage logged (metrics.jsonl), per language."""
+def val_losses(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """(first, last) validation losses a training stage logged in metrics.jsonl, per language + 'all'."""
     path = run_dir / "metrics.jsonl"
-    last: dict[str, float] = {}
+    evals = []
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             rec = json.loads(line)
             if "val/loss" in rec:
-                last = {k.removeprefix("val/loss/"): v for k, v in rec.items() if k.startswith("val/loss/")}
-                last["all"] = rec["val/loss"]
-    return last
+                per = {k.removeprefix("val/loss/"): v for k, v in rec.items() if k.startswith("val/loss/")}
+                evals.append({**per, "all": rec["val/loss"], "_step": rec["step"]})
+    if not evals:
+        return {}, {}
+    return evals[0], evals[-1]
 
 
 def loss_table(run: Path, stages: list[str]) -> list[dict]:
-    per = {name: val_losses(run / name) for name in stages}
-    langs = sorted({k for v in per.values() for k in v if k != "all"}) + ["all"]
-    return [{"lang": lang, **{f"{n} val loss": per[n].get(lang) for n in stages}} for lang in langs if any(per.values())]
+    """Validation loss per language: before training (step 0, when logged) and after each stage."""
+    cols: dict[str, dict[str, float]] = {}
+    for name in stages:
+        first, last = val_losses(run / name)
+        if first.get("_step") == 0 and name == stages[0]:
+            cols["untrained"] = first
+        if last:
+            cols[name] = last
+    langs = sorted({k for v in cols.values() for k in v if not k.startswith("_") and k != "all"}) + ["all"]
+    return [{"lang": lang, **{f"{c} val loss": v.get(lang) for c, v in cols.items()}} for lang in langs] if cols else []
 
 
 def pipeline_summary(cfg, results: list[dict], seconds: float, tracking_uri: str) -> dict:

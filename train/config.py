@@ -26,6 +26,8 @@ class TrainConfig(StrictModel):
     log_interval: int = 10
     eval_interval: int = 50
     eval_iters: int = 2
+    # Also evaluate before the first step (the untrained model's validation loss).
+    eval_at_start: bool = False
     # Stop after this many steps of this process (for tests and preemption drills); 0 = no limit.
     exit_after_iters: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)

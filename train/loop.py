@@ -48,6 +48,8 @@ def _train(cfg: TrainConfig, dims) -> dict:
     peak, guard, stop = peak_flops(), SpikeGuard(cfg.optim), _StopSignal(dims.device)
     tracker = _start_tracker(cfg, dims, run_dir, chunks, data) if dims.is_logging_rank else None
     step, t_last, last = state["step"], time.perf_counter(), {}
+    if cfg.data.valid and cfg.eval_at_start and step == 0:  # the untrained model's loss, for comparison
+        _emit(dims, tracker, run_dir, 0, evaluate(cfg, dims, model, data))
     while step < cfg.train_iters:
         for m in model:
             m.zero_grad_buffer()

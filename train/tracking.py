@@ -161,8 +161,13 @@ class Tracker:
             except Exception:
                 run_id = None
         if not run_id:
-            run = client.create_run(exp_id, run_name=self.cfg.run_name, tags=self.tags)
-            run_id = run.info.run_id
+            # A pipeline (or the user) may hand us a run to log into, e.g. a stage's child run.
+            given = os.environ.get("MLFLOW_RUN_ID")
+            if given:
+                run_id = given
+                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
+            else:
+                run_id = client.create_run(exp_id, run_name=self.cfg.run_name, tags=self.tags).info.run_id
             params = [Param(k, v[:6000]) for k, v in sorted(self.params.items())]
             for i in range(0, len(params), 100):
                 client.log_batch(run_id, params=params[i : i + 100])
