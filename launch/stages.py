@@ -5,6 +5,7 @@ user would type; `set:` lists in each section pass `--set key=value` overrides t
 """
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Literal
 
@@ -112,7 +113,7 @@ class PipelineConfig(StrictModel):
         if self.stage2 is not None and self.stage1 is None:
             raise ConfigError("stage2 needs stage1 (CAT scores stage 1's checkpoints across time)")
         for i, item in enumerate(self.data.inputs):
-            if not any(Path().glob(item)) and not Path(item).exists():
+            if not glob.glob(item) and not Path(item).exists():
                 missing.append(f"data.inputs[{i}]: {item}")
         if missing:
             raise ConfigError("files referenced by the pipeline config do not exist:\n  " + "\n  ".join(missing))
