@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.glotta-installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean cli-docs
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -29,3 +29,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info core/_native*.so
+
+# docs/cli.md is generated from the CLI (tests/launch/test_cli_docs.py checks it is current).
+cli-docs: $(STAMP)
+	$(VENV)/bin/typer glotta.launch.cli utils docs --name glotta --output docs/cli.md
