@@ -254,6 +254,9 @@ class Runner:
         src = self.layout.stage_dir(stage.name)
         moved = []
         if src.exists() and any(src.iterdir()):
+            n = 2
+            while (dest / src.name).exists():  # two reruns within one second
+                dest, n = self.layout.previous / f"{self.stamp}-{n}", n + 1
             dest.mkdir(parents=True, exist_ok=True)
             src.rename(dest / src.name)
             moved.append(src.name)
