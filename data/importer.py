@@ -279,8 +279,10 @@ class Importer:
         if len(text) < c.min_chars:
             self._problem("too_short", f"{where}: {len(text)} characters, under min_chars={c.min_chars}")
             return None
-        for name in MAPPED:
-            if rec.get(getattr(c, f"{name}_field")) in (None, ""):
+        for name in MAPPED:  # url/lang/id always (consent, language id and keys depend on them), others when mapped
+            key = f"{name}_field"
+            counted = name in ("url", "lang", "id") or getattr(c, key) != ImportConfig.model_fields[key].default
+            if counted and rec.get(getattr(c, key)) in (None, ""):
                 self.counters[f"missing_{name}"] += 1
         meta: dict[str, Any] = {"source": str(rec.get(c.source_field) or f"file:{path.name}")}
         for name, key in ((c.url_field, "url"), (c.date_field, "crawl_date"), (c.license_field, "license"), (c.id_field, "id")):
