@@ -128,6 +128,25 @@ def test_messy_corpus_runs_and_every_loss_is_counted(first):
     assert all(math.isfinite(v) for r in val.values() for v in r.values() if isinstance(v, float))
 
 
+def test_one_mlflow_parent_with_every_stage_and_no_empty_experiment(first):
+    from mlflow.tracking import MlflowClient
+
+    _, summary, _ = first
+    client = MlflowClient(summary["mlflow"]["tracking_uri"])
+    exps = {e.name: e.experiment_id for e in client.search_experiments()}
+    assert set(exps) == {"Default", "glotta-pipeline-run"}  # the trainer logged into its child, made none
+    runs = client.search_runs([exps["glotta-pipeline-run"]])
+    [parent] = [r for r in runs if r.info.run_name == "pipeline"]
+    children = {r.data.tags["glotta.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == set(STAGES)
+    assert parent.data.params["cat.keep"] == "0.5"
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.json", "summary.txt", "figures", "stages", "recipe.json"} <= arts
+    cat = {a.path for a in client.list_artifacts(children["cat"].info.run_id, "cat/report")}
+    assert any(p.endswith(".png") for p in cat)  # CAT's histograms
+    assert len(client.get_metric_history(children["stage1"].info.run_id, "loss")) >= 3
+
+
 def test_changing_cat_keep_reruns_exactly_cat_and_stage2(first):
     base, before, _ = first
     after = json.loads(glotta("pipeline", "run", recipe(base, cat={"keep": 0.3}), "--json").stdout)
