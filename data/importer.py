@@ -36,7 +36,7 @@ from glotta.data import dedup
 from glotta.data.langid import DEFAULT_BACKEND, UND, Backend, identify, make_langid, normalize_lang
 from glotta.data.manifest import MANIFEST, PARTS_DIR, Manifest, ShardInfo, load_part, merge_parts, save_part, sha256_file
 from glotta.data.readers import Format, TextSplit, expand_inputs, iter_records
-from glotta.data.shards import Sample, ShardWriter
+from glotta.data.shards import Sample, ShardWriter, iter_samples
 from glotta.errors import ConfigError, DataError
 from glotta.progress import progress_bar
 
@@ -71,6 +71,10 @@ class ImportConfig(StrictModel):
     long_docs: Literal["split", "drop"] = "split"
     min_chars: int = Field(0, ge=0)  # shorter documents are dropped (counted as too_short)
     dedup: bool = True  # remove exact duplicates (same text up to whitespace), within and across ranks
+    # near duplicates: MinHash LSH (datasketch) over character 5-grams, within each rank's share
+    near_dedup: bool = False
+    near_dedup_threshold: float = Field(0.8, gt=0, lt=1)  # estimated Jaccard similarity
+    near_dedup_perms: int = Field(128, ge=16)
     max_skip_share: float = Field(0.05, ge=0, le=1)  # more skipped records than this share: error
     max_missing_share: float = Field(0.5, ge=0, le=1)  # an explicitly mapped field missing this often: error
 
@@ -174,6 +178,7 @@ class Importer:
         self._content: set[int] = set()  # 64-bit content hashes written by this rank
         self._keys: set[int] = set()  # 64-bit key hashes written by this rank
         self._rows: list[tuple[int, int]] = []  # (content, key) hashes of the open shard
+        self._lsh, self._lsh_n = None, 0  # MinHashLSH of this rank's documents (near_dedup)
 
     # ---- bookkeeping ------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -333,6 +338,9 @@ class Importer:
             for ch, kh in dedup.load_docs(self.out, s["name"]).tolist():
                 self._content.add(ch)
                 self._keys.add(kh)
+            if self.cfg.near_dedup and not (good == len(shards) and part.get("complete")):
+                for sample in iter_samples(self.out / s["name"]):  # rebuild the LSH index after a crash
+                    self._near_duplicate(sample.text)
         if good == len(shards) and part.get("complete"):
             self.counters = Counter(part["counters"])
             self.examples = part.get("examples", {})
@@ -417,7 +425,25 @@ class Importer:
             for i, t in enumerate(pieces, 1)
         ]
 
+    def _near_duplicate(self, text: str) -> bool:
+        """True when a document this rank already wrote is estimated >= threshold similar (MinHash LSH)."""
+        from datasketch import MinHash, MinHashLSH
+
+        if self._lsh is None:
+            self._lsh = MinHashLSH(threshold=self.cfg.near_dedup_threshold, num_perm=self.cfg.near_dedup_perms)
+        norm = dedup._SPACE.sub(" ", text.lower()).strip()
+        m = MinHash(num_perm=self.cfg.near_dedup_perms, seed=1)
+        m.update_batch([norm[i : i + 5].encode("utf-8") for i in range(max(len(norm) - 4, 1))])
+        if self._lsh.query(m):
+            return True
+        self._lsh_n += 1
+        self._lsh.insert(str(self._lsh_n), m)
+        return False
+
     def _write(self, writer: ShardWriter, sample: Sample) -> None:
+        if self.cfg.near_dedup and self._near_duplicate(sample.text):
+            self.counters["near_duplicate_docs"] += 1
+            return
         if self.cfg.dedup:
             ch = dedup.content_hash(sample.text)
             if ch in self._content:

@@ -105,3 +105,18 @@ def test_split_text_cuts_at_boundaries():
     assert pieces[0].startswith("para one.") and pieces[-1].endswith("last")
     assert "".join(pieces).replace(" ", "").replace("\n", "") == text.replace(" ", "").replace("\n", "")
     assert split_text("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]  # no boundary: exact cuts
+
+
+def test_near_duplicates_removed_with_minhash(tmp_path):
+    base = SENT * 6 + DE * 6
+    rows = [
+        {"id": "orig", "body": base, "language": "en"},
+        {"id": "edited", "body": base.replace("lazy", "sleepy", 1) + " Thanks.", "language": "en"},  # a light edit
+        {"id": "other", "body": DE * 3 + "Ganz anders: ein eigener Text über Katzen und Regen.", "language": "de"},
+    ]
+    src = write(tmp_path / "near.jsonl", rows)
+    run_import(cfg([src], tmp_path / "exact"), rank=0, world_size=1)
+    assert Manifest.load(tmp_path / "exact").samples == 3  # exact dedup alone keeps the edited copy
+    run_import(cfg([src], tmp_path / "near", near_dedup=True), rank=0, world_size=1)
+    assert {s.key for s in samples(tmp_path / "near")} == {"orig", "other"}
+    assert Manifest.load(tmp_path / "near").meta["counters"]["near_duplicate_docs"] == 1
