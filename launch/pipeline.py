@@ -33,7 +33,7 @@ from glotta.data.manifest import MANIFEST, Manifest, atomic_write_text, sha256_f
 from glotta.errors import ConfigError, GlottaError
 from glotta.launch.fingerprint import fingerprint, input_digests
 from glotta.launch.layout import RunLayout
-from glotta.launch.stream import NOISE, run_command
+from glotta.launch.stream import NOISE, OURS, run_command
 from glotta.progress import PROGRESS_ENV, console
 
 
@@ -276,5 +276,5 @@ def _tail(log_path: Path, n: int = 12) -> str:
         lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return ""
-    useful = [ln for ln in lines if ln.strip() and not NOISE.search(ln)][-n:]
+    useful = [ln for ln in lines if ln.strip() and (not NOISE.search(ln) or OURS.match(ln))][-n:]
     return "".join(f"  | {ln}\n" for ln in useful)

@@ -30,6 +30,7 @@ NOISE = re.compile(
     r"^\s+(return|self\.|super\(\)|import |from |def |\w+ = )|TORCH_|torch\.distributed)",
     re.IGNORECASE,
 )
+OURS = re.compile(r"^(glotta|error|config error|data error|step )", re.IGNORECASE)  # never noise
 PLAIN_EVERY_S = 10.0  # progress lines when the console is not a terminal (CI logs, `| tee`)
 
 
@@ -118,7 +119,10 @@ def run_command(cmd: list[str], env: dict, log_path: Path, stage: str, total_ste
             if name == "out" and (doc is not None or text in ("{", "[") or _one_line_json(text)):
                 doc = (doc or []) + [text]
                 if text in ("}", "]") or len(doc) == 1 and _one_line_json(text):
-                    result.documents.append(json.loads("\n".join(doc)))
+                    try:
+                        result.documents.append(json.loads("\n".join(doc)))
+                    except json.JSONDecodeError as e:  # ranks' outputs interleaved: keep the run going, say so
+                        result.documents.append({"error": f"unparseable JSON output ({e.msg}); see the log", "lines": len(doc)})
                     doc = None
                 continue
             m = STEP_LINE.match(text)
@@ -127,7 +131,7 @@ def run_command(cmd: list[str], env: dict, log_path: Path, stage: str, total_ste
                 continue
             if not text.strip() or text in shown:
                 continue
-            if not verbose and NOISE.search(text):
+            if not verbose and NOISE.search(text) and not OURS.match(text):
                 result.hidden += 1
                 continue
             shown.add(text)
