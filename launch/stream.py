@@ -30,7 +30,8 @@ NOISE = re.compile(
     r"^\s+(return|self\.|super\(\)|import |from |def |\w+ = )|TORCH_|torch\.distributed)",
     re.IGNORECASE,
 )
-OURS = re.compile(r"^(glotta|error|config error|data error|step )", re.IGNORECASE)  # never noise
+# never noise: glotta's own messages and log records (logging format "LEVEL glotta.module: ...")
+OURS = re.compile(r"^(glotta|error|config error|data error|step |(DEBUG|INFO|WARNING|ERROR|CRITICAL) glotta\.)", re.IGNORECASE)
 PLAIN_EVERY_S = 10.0  # progress lines when the console is not a terminal (CI logs, `| tee`)
 
 
