@@ -171,7 +171,11 @@ class Runner:
         try:
             for i, stage in enumerate(stages):
                 if not lo <= i < hi:
-                    self.results.append(self._outside(stage, upstream_changed))
+                    res = self._outside(stage, upstream_changed)
+                    if res.status == "stale" and i < lo:
+                        console.print(f"[yellow]{stage.name} is stale (its commands or inputs changed) and --from "
+                                      f"{start} does not rerun it; later stages read its old outputs[/]", soft_wrap=True)
+                    self.results.append(res)
                     continue
                 action, fp, digests = self.decide(stage, forced=start is not None)
                 if action == "skip" and self.dry_run and upstream_changed:
