@@ -93,3 +93,21 @@ def test_one_parent_mlflow_run_reused(tmp_path):
     assert sorted(c.info.run_name for c in children) == ["a", "a", "b", "b"]
     arts = [a.path for a in client.list_artifacts(children[0].info.run_id, children[0].info.run_name)]
     assert any(a.endswith(".json") for a in arts)
+
+
+def test_summary_leaves_out_stale_stages(tmp_path):
+    from types import SimpleNamespace
+
+    from glotta.launch.pipeline import StageResult
+    from glotta.launch.summary import pipeline_summary
+
+    for stage, loss in (("stage1", 6.0), ("stage2", 5.5)):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "metrics.jsonl").write_text(json.dumps({"step": 8, "val/loss": loss, "val/loss/en": loss}) + "\n")
+    cfg = SimpleNamespace(run_dir=tmp_path, consent=SimpleNamespace(enabled=True), stage1=object(), stage2=object())
+    current = [StageResult("stage1", "skipped"), StageResult("cat", "ran"), StageResult("stage2", "ran")]
+    cols = pipeline_summary(cfg, current, 1.0, "sqlite://")["validation"][0]
+    assert cols["stage1 val loss"] == 6.0 and cols["stage2 val loss"] == 5.5
+    stale = [StageResult("stage1", "skipped"), StageResult("cat", "ran"), StageResult("stage2", "stale")]
+    cols = pipeline_summary(cfg, stale, 1.0, "sqlite://")["validation"][0]
+    assert "stage2 val loss" not in cols and cols["stage1 val loss"] == 6.0
