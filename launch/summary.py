@@ -78,7 +78,7 @@ def premium_table(run: RunLayout, current: set[str]) -> tuple[list[dict], list[s
     for tok in res["tokenizers"].values():
         for lang, r in sorted(tok["langs"].items(), key=lambda kv: kv[1].get("premium") or 0):
             kind = r.get("premium_kind")
-            if kind != "parallel":
+            if kind != "parallel" and lang != "und":  # und: no language to find parallel text for
                 no_parallel.add(lang)
             rows.append({
                 "lang": lang, "premium": r.get("premium"), "kind": kind, "fertility": r.get("fertility"),
