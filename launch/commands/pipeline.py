@@ -39,13 +39,13 @@ def run_pipeline(path: Path, sets, start, until, dry_run, json_out) -> None:
     recipe = cfg.model_dump(mode="json")
     runner = Runner(cfg.run_dir, tracking_uri=cfg.tracking_uri, dry_run=dry_run, verbose=verbose, recipe=recipe)
     t0 = time.time()
-    try:
-        results = runner.run(stages, start=start, until=until)
-    finally:
-        if dry_run:
-            for r in runner.results:
+    results = runner.run(stages, start=start, until=until)
+    if dry_run:  # what would run, after every check passed
+        if json_out:
+            print_json({"dry_run": True, "stages": [r.to_json() for r in results]})
+        else:
+            for r in results:
                 print(f"{r.stage}: {r.status}")
-    if dry_run:
         return
     summary = pipeline_summary(cfg, results, time.time() - t0, runner.tracking_uri)
     if runner.mlflow is not None:
