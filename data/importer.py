@@ -7,6 +7,15 @@ rank reads them all and keeps every WORLD_SIZE-th record. Each rank writes its o
 the input stands (file, record, counters), so a rerun after a crash verifies the finished
 shards (size + sha256) and continues at the next record. The last rank to finish merges
 manifest.json.
+
+Hygiene (datatrove-like, each step with a counter in the manifest and the summary): exact
+duplicates (same text up to whitespace) are removed and repeated ids renamed `ID_2`, within a
+rank while importing and across ranks once all are complete (data/dedup.py); a document longer
+than `max_chars` is split at a paragraph/line/sentence boundary into `KEY`, `KEY-p2`, ...
+(`long_docs: split`, the default) or dropped (`drop`); one shorter than `min_chars` is dropped.
+The import fails (exit non-zero, no manifest) when more than `max_skip_share` of the records were
+skipped, or when an explicitly mapped field (--url-field, --lang-field, ...) is missing from more
+than `max_missing_share` of them: a wrong field mapping is a mistake, not data to count.
 """
 from __future__ import annotations
 
@@ -23,10 +32,11 @@ from typing import Any, Literal
 from pydantic import Field
 
 from glotta.config import StrictModel
+from glotta.data import dedup
 from glotta.data.langid import DEFAULT_BACKEND, UND, Backend, identify, make_langid, normalize_lang
 from glotta.data.manifest import MANIFEST, PARTS_DIR, Manifest, ShardInfo, load_part, merge_parts, save_part, sha256_file
 from glotta.data.readers import Format, TextSplit, expand_inputs, iter_records
-from glotta.data.shards import Sample, ShardWriter
+from glotta.data.shards import Sample, ShardWriter, iter_samples
 from glotta.errors import ConfigError, DataError
 from glotta.progress import progress_bar
 
@@ -57,6 +67,20 @@ class ImportConfig(StrictModel):
     lid_backend: Backend = DEFAULT_BACKEND
     lid_threshold: float = Field(0.5, ge=0.0, le=1.0)
     lid_chars: int = Field(1000, gt=0)
+    max_chars: int = Field(100_000, gt=0)  # longer documents are split (or dropped, see long_docs)
+    long_docs: Literal["split", "drop"] = "split"
+    min_chars: int = Field(0, ge=0)  # shorter documents are dropped (counted as too_short)
+    dedup: bool = True  # remove exact duplicates (same text up to whitespace), within and across ranks
+    # near duplicates: MinHash LSH (datasketch) over character 5-grams, within each rank's share
+    near_dedup: bool = False
+    near_dedup_threshold: float = Field(0.8, gt=0, lt=1)  # estimated Jaccard similarity
+    near_dedup_perms: int = Field(128, ge=16)
+    max_skip_share: float = Field(0.05, ge=0, le=1)  # more skipped records than this share: error
+    max_missing_share: float = Field(0.5, ge=0, le=1)  # an explicitly mapped field missing this often: error
+
+# Records lost to these counters are "skipped" for max_skip_share (duplicates and splits are not).
+SKIP_COUNTERS = ("bad_json", "missing_text", "bad_text", "empty_docs", "invalid_utf8_skipped", "too_short", "too_long_dropped")
+MAPPED = ("url", "lang", "id", "source", "date", "license")
 
 
 def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -151,6 +175,10 @@ class Importer:
             self.examples.setdefault("ignored_files", []).append(str(p))
         self._lid = None
         self._fmt: Format = "jsonl"
+        self._content: set[int] = set()  # 64-bit content hashes written by this rank
+        self._keys: set[int] = set()  # 64-bit key hashes written by this rank
+        self._rows: list[tuple[int, int]] = []  # (content, key) hashes of the open shard
+        self._lsh, self._lsh_n = None, 0  # MinHashLSH of this rank's documents (near_dedup)
 
     # ---- bookkeeping ------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -253,6 +281,14 @@ class Importer:
         if not text.strip():
             self._problem("empty_docs", f"{where}: empty document")
             return None
+        if len(text) < c.min_chars:
+            self._problem("too_short", f"{where}: {len(text)} characters, under min_chars={c.min_chars}")
+            return None
+        for name in MAPPED:  # url/lang/id always (consent, language id and keys depend on them), others when mapped
+            key = f"{name}_field"
+            counted = name in ("url", "lang", "id") or getattr(c, key) != ImportConfig.model_fields[key].default
+            if counted and rec.get(getattr(c, key)) in (None, ""):
+                self.counters[f"missing_{name}"] += 1
         meta: dict[str, Any] = {"source": str(rec.get(c.source_field) or f"file:{path.name}")}
         for name, key in ((c.url_field, "url"), (c.date_field, "crawl_date"), (c.license_field, "license"), (c.id_field, "id")):
             if rec.get(name) not in (None, ""):
@@ -298,6 +334,13 @@ class Importer:
                 log.warning("%s: missing or changed since it was written; redoing from there", p)
                 break
             good += 1
+        for s in shards[:good]:  # this rank's earlier documents, for duplicate and key checks
+            for ch, kh in dedup.load_docs(self.out, s["name"]).tolist():
+                self._content.add(ch)
+                self._keys.add(kh)
+            if self.cfg.near_dedup and not (good == len(shards) and part.get("complete")):
+                for sample in iter_samples(self.out / s["name"]):  # rebuild the LSH index after a crash
+                    self._near_duplicate(sample.text)
         if good == len(shards) and part.get("complete"):
             self.counters = Counter(part["counters"])
             self.examples = part.get("examples", {})
@@ -329,6 +372,8 @@ class Importer:
         state = {"cursor": cur}
 
         def on_shard(info: ShardInfo) -> None:
+            dedup.save_docs(self.out, info.name, self._rows)
+            self._rows = []
             shards.append(info.__dict__.copy())
             snap = dict(state["cursor"], counters=dict(self.counters), examples=json.loads(json.dumps(self.examples)))
             cursors.append(snap)
@@ -338,8 +383,6 @@ class Importer:
             self.out, self.cfg.prefix, self.rank, max_samples=self.cfg.shard_samples,
             max_bytes=int(self.cfg.shard_mb * (1 << 20)), start_index=len(shards), on_shard=on_shard,
         )  # fmt: skip
-        keys: set[str] = set()
-        keys_shard = writer.index
         g = cur["global"]
         with writer, progress_bar() as bar:
             task = bar.add_task(f"import rank {self.rank}", total=len(self.mine) - cur["file"])
@@ -356,23 +399,91 @@ class Importer:
                     sample = self._sample(rec, raw.where, path, gi) if rec is not None else None
                     if sample is None:
                         continue
-                    if writer.index != keys_shard:
-                        keys, keys_shard = set(), writer.index
-                    if sample.key in keys:
-                        self.counters["duplicate_ids"] += 1
-                        base, n = sample.key, 2
-                        while f"{base}_{n}" in keys:
-                            n += 1
-                        sample.key = f"{base}_{n}"
-                    keys.add(sample.key)
-                    self.counters["written"] += 1
-                    writer.write(sample)
+                    for part in self._parts(sample, raw.where):
+                        self._write(writer, part)
                     if self.counters["written"] % 1000 == 0:
                         bar.update(task, description=f"import rank {self.rank}: {self.counters['written']:,} docs")
                 state["cursor"] = {"file": fi + 1, "record": 0, "global": g}
                 bar.advance(task)
         self._save(shards, cursors, complete=True)
         return self._finish(shards, status)
+
+    # ---- hygiene: length limits, exact duplicates, unique keys ----------------------------
+    def _parts(self, sample: Sample, where: str) -> list[Sample]:
+        """The document, or its parts when longer than max_chars (split), or nothing (drop)."""
+        c = self.cfg
+        if len(sample.text) <= c.max_chars:
+            return [sample]
+        if c.long_docs == "drop":
+            self._problem("too_long_dropped", f"{where}: {len(sample.text):,} characters, over max_chars={c.max_chars:,}")
+            return []
+        pieces = split_text(sample.text, c.max_chars)
+        self.counters["split_docs"] += 1
+        self.counters["split_parts"] += len(pieces)
+        return [
+            Sample(key=sample.key if i == 1 else f"{sample.key}-p{i}", text=t, meta=dict(sample.meta, part=i, parts=len(pieces)))
+            for i, t in enumerate(pieces, 1)
+        ]
+
+    def _near_duplicate(self, text: str) -> bool:
+        """True when a document this rank already wrote is estimated >= threshold similar (MinHash LSH)."""
+        from datasketch import MinHash, MinHashLSH
+
+        if self._lsh is None:
+            self._lsh = MinHashLSH(threshold=self.cfg.near_dedup_threshold, num_perm=self.cfg.near_dedup_perms)
+        norm = dedup._SPACE.sub(" ", text.lower()).strip()
+        m = MinHash(num_perm=self.cfg.near_dedup_perms, seed=1)
+        m.update_batch([norm[i : i + 5].encode("utf-8") for i in range(max(len(norm) - 4, 1))])
+        if self._lsh.query(m):
+            return True
+        self._lsh_n += 1
+        self._lsh.insert(str(self._lsh_n), m)
+        return False
+
+    def _write(self, writer: ShardWriter, sample: Sample) -> None:
+        if self.cfg.near_dedup and self._near_duplicate(sample.text):
+            self.counters["near_duplicate_docs"] += 1
+            return
+        if self.cfg.dedup:
+            ch = dedup.content_hash(sample.text)
+            if ch in self._content:
+                self.counters["duplicate_docs"] += 1
+                return
+            self._content.add(ch)
+        else:
+            ch = 0
+        kh = dedup.key_hash(sample.key)
+        if kh in self._keys:  # unique over all of this rank's shards (across ranks: data/dedup.py)
+            self.counters["duplicate_ids"] += 1
+            base, n = sample.key, 2
+            while dedup.key_hash(f"{base}_{n}") in self._keys:
+                n += 1
+            sample.key = f"{base}_{n}"
+            kh = dedup.key_hash(sample.key)
+        self._keys.add(kh)
+        self._rows.append((ch, kh))
+        self.counters["written"] += 1
+        writer.write(sample)
+
+    def _check_losses(self, total: Counter) -> None:
+        """Fail loudly when the import lost too much, or a mapped field is absent from most records."""
+        c, records = self.cfg, max(total["records"], 1)
+        skipped = {k: total[k] for k in SKIP_COUNTERS if total[k]}
+        problems = []
+        if sum(skipped.values()) > c.max_skip_share * records:
+            what = ", ".join(f"{k}={v:,}" for k, v in sorted(skipped.items(), key=lambda kv: -kv[1]))
+            hint = f"; is --text-field {c.text_field!r} right?" if total["missing_text"] > records / 2 else ""
+            problems.append(f"{sum(skipped.values()):,} of {total['records']:,} records skipped ({what}), over "
+                            f"max_skip_share={c.max_skip_share}{hint}")
+        defaults = ImportConfig.model_fields
+        for name in MAPPED:
+            key = f"{name}_field"
+            mapped = getattr(c, key) != defaults[key].default
+            if mapped and total[f"missing_{name}"] > c.max_missing_share * records:
+                problems.append(f"--{name}-field {getattr(c, key)!r} is missing from {total[f'missing_{name}']:,} of "
+                                f"{total['records']:,} records (max_missing_share={c.max_missing_share})")
+        if problems:
+            raise DataError(f"import into {self.out} failed its checks (no manifest written):\n  " + "\n  ".join(problems))
 
     def _finish(self, shards: list[dict], status: str) -> ImportResult:
         written = False
@@ -381,6 +492,8 @@ class Importer:
             total: Counter = Counter()
             for p in parts:
                 total.update(p["counters"])
+            self._check_losses(total)
+            total.update(dedup.across_ranks(self.out, self.world) if self.cfg.dedup else {})
             meta = {
                 "command": "glotta data import", "world_size": self.world, "inputs": self.cfg.inputs,
                 "config": self.cfg.model_dump(exclude={"inputs", "out", "strict"}), "counters": dict(sorted(total.items())),
@@ -394,6 +507,27 @@ class Importer:
             counters=dict(self.counters), examples=self.examples,
             shards=[ShardInfo(**s) for s in shards], manifest_written=written,
         )  # fmt: skip
+
+
+def split_text(text: str, max_chars: int) -> list[str]:
+    """Pieces of at most max_chars, cut at the last paragraph, line, sentence or word boundary
+    in the second half of the window (else exactly at max_chars)."""
+    out = []
+    while len(text) > max_chars:
+        window = text[:max_chars]
+        cut = 0
+        for sep in ("\n\n", "\n", ". ", "。", " "):
+            at = window.rfind(sep)
+            if at >= max_chars // 2:
+                cut = at + len(sep)
+                break
+        cut = cut or max_chars
+        piece, text = text[:cut].strip(), text[cut:]
+        if piece:
+            out.append(piece)
+    if text.strip():
+        out.append(text.strip())
+    return out
 
 
 def run_import(cfg: ImportConfig, rank: int | None = None, world_size: int | None = None) -> ImportResult:

@@ -35,7 +35,12 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False,
 ) -> None:
+    from glotta.launch.quiet import quiet_libraries, verbose_requested
+
+    verbose = verbose_requested(verbose)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        quiet_libraries()
 
 
 # Command groups, in the order data flows through them.

@@ -2,27 +2,30 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-out = Console()
+# Redirected to a file or a pipe, rich would wrap at 80 columns and split machine-readable lines
+# (an `mlflow ui ...` command, a path); there, tables get room instead.
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
-def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, console=None) -> None:
     columns = list(columns or (rows[0].keys() if rows else []))
     table = Table(title=title, title_justify="left")
     for c in columns:
         table.add_column(c, justify="left" if c in ("lang", "name", "shard", "key", "stage", "counter") else "right")
     for r in rows:
         table.add_row(*(_fmt(r.get(c)) for c in columns))
-    out.print(table)
+    (console or out).print(table)
 
 
 def print_counters(title: str, counters: dict[str, int]) -> None:

@@ -1,23 +1,27 @@
-"""`glotta pipeline run`: every stage as its own process, skipped when its outputs verify.
+"""`glotta pipeline run`: every stage as its own process, content-addressed.
 
-A stage is a list of commands (the same `glotta ...` commands a user would type, under torchrun
-where the stage is distributed) plus the outputs it leaves. After a stage succeeds the runner
-writes `<run_dir>/.pipeline/<stage>.json` with a fingerprint of its commands and a record of its
-outputs (shard sets by manifest sha256, files by size and sha256, folders by file sizes). A rerun
-skips a stage whose fingerprint matches and whose outputs still verify, so a failed stage leaves
-the earlier outputs intact and the rerun resumes there.
+A stage is a list of commands (the `glotta ...` commands a user would type, under torchrun where
+the stage is distributed), the inputs it reads and the outputs it leaves. Its fingerprint is its
+commands plus the content digests of its inputs (launch/fingerprint.py), so any upstream change
+(an exclude list, the tokenizer, a checkpoint, a corpus file) reruns exactly the stages below it.
 
-MLflow: one parent run for the pipeline and one child run per stage; a stage process inherits
-MLFLOW_TRACKING_URI and MLFLOW_RUN_ID (its child run), so `mlflow.start_run()` inside the stage
-logs into that child, and the runner attaches the stage's report files (JSON, PNG) afterwards.
+`<run_dir>/.pipeline/<stage>.json` records, before the first command, {status: running,
+fingerprint}, and after the last {status: done, fingerprint, inputs, outputs}. On a rerun:
+- done, same fingerprint, outputs verify            -> skipped;
+- running (it crashed), same fingerprint            -> resumed in place (import and training
+  continue where they stopped);
+- otherwise, or when `--from` names it or an earlier stage -> its folder is moved to
+  `previous/<UTC time>/` and it runs into fresh outputs, so a training stage never resumes a
+  finished run and an import never meets shards of another configuration.
+Stages outside --from/--until whose recorded fingerprint no longer matches are reported `stale`,
+and the summary leaves their figures out.
 """
 from __future__ import annotations
 
-import hashlib
+import datetime as dt
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,9 +31,10 @@ from rich.markup import escape
 
 from glotta.data.manifest import MANIFEST, Manifest, atomic_write_text, sha256_file
 from glotta.errors import ConfigError, GlottaError
-from glotta.progress import console
-
-REPORT_SUFFIXES = (".json", ".png", ".md", ".txt", ".yaml")
+from glotta.launch.fingerprint import fingerprint, input_digests
+from glotta.launch.layout import RunLayout
+from glotta.launch.stream import NOISE, OURS, run_command
+from glotta.progress import PROGRESS_ENV, console
 
 
 @dataclass
@@ -37,8 +42,22 @@ class Stage:
     name: str
     commands: list[list[str]]
     outputs: list[Path]
-    reports: list[Path] = field(default_factory=list)  # files/folders whose reports go to MLflow
-    stdout: dict[int, Path] = field(default_factory=dict)  # command index -> file keeping its stdout (--json)
+    inputs: list[str | Path] = field(default_factory=list)  # files, folders or globs whose content it reads
+    reports: list[Path] = field(default_factory=list)  # files/folders attached to the stage's MLflow run
+    report_names: dict[int, str] = field(default_factory=dict)  # command index -> reports/<name>.json
+    total_steps: int | None = None  # training stages: steps, for the progress bar's ETA
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str  # ran | resumed | skipped | stale | not run | dry-run: would run ...
+    seconds: float = 0.0
+    fingerprint: str = ""
+    hidden_lines: int = 0
+
+    def to_json(self) -> dict:
+        return {"stage": self.stage, "status": self.status, "seconds": round(self.seconds, 1)}
 
 
 class StageFailed(GlottaError):
@@ -94,150 +113,172 @@ def outputs_verify(run_dir: Path, rec: dict[str, dict]) -> list[str]:
     return problems
 
 
-def fingerprint(stage: Stage, run_dir: Path) -> str:
-    """Hash of the stage's commands, independent of where the run directory and Python live."""
-    text = json.dumps(stage.commands).replace(str(run_dir), "$RUN").replace(sys.executable, "python")
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 # ---- running -------------------------------------------------------------------------------
 class Runner:
-    def __init__(self, run_dir: Path, tracking_uri: str | None = None, dry_run: bool = False):
-        self.run_dir = Path(run_dir)
-        self.state_dir = self.run_dir / ".pipeline"
-        self.logs = self.run_dir / "logs"
-        self.tracking_uri = tracking_uri or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}"
-        self.dry_run = dry_run
-        self.results: list[dict] = []
-        self._client = None  # MlflowClient, with the parent run and experiment below
-        self._parent_id = self._exp_id = ""
+    def __init__(self, run_dir: Path, tracking_uri: str | None = None, dry_run: bool = False, verbose: bool = False,
+                 recipe: dict | None = None):
+        self.layout = RunLayout(Path(run_dir))
+        self.run_dir = self.layout.root
+        self.tracking_uri = tracking_uri or f"sqlite:///{self.layout.mlflow_db.resolve()}"
+        self.dry_run, self.verbose = dry_run, verbose
+        self.results: list[StageResult] = []
+        self.stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.mlflow = None
+        self.recipe = recipe or {}
 
-    def is_done(self, stage: Stage) -> bool:
-        marker = self.state_dir / f"{stage.name}.json"
-        if not marker.is_file():
-            return False
-        rec = json.loads(marker.read_text())
-        if rec.get("fingerprint") != fingerprint(stage, self.run_dir):
-            console.print(f"[yellow]{stage.name}: commands changed since the last run; running it again[/]")
-            return False
+    def marker(self, stage: Stage) -> dict | None:
+        p = self.layout.marker(stage.name)
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def fingerprint(self, stage: Stage) -> tuple[str, dict[str, str]]:
+        digests = input_digests(stage.inputs, self.run_dir)
+        return fingerprint(stage.commands, digests, self.run_dir), digests
+
+    def decide(self, stage: Stage, forced: bool) -> tuple[str, str, dict]:
+        """(action, fingerprint, digests): action is skip | resume | fresh, with the reason printed."""
+        fp, digests = self.fingerprint(stage)
+        rec = self.marker(stage)
+        if forced:
+            return "fresh", fp, digests
+        if rec is None:
+            return "fresh", fp, digests
+        if rec.get("fingerprint") != fp:
+            changed = [k for k, v in digests.items() if rec.get("inputs", {}).get(k) != v]
+            why = f"inputs changed: {', '.join(changed[:4])}" if changed and rec.get("inputs") else "commands changed"
+            console.print(f"[yellow]{stage.name}: {escape(why)}; running it again into fresh outputs[/]", soft_wrap=True)
+            return "fresh", fp, digests
+        if rec.get("status") == "running":
+            return "resume", fp, digests
         problems = outputs_verify(self.run_dir, rec["outputs"])
         for p in problems:
-            console.print(f"[yellow]{stage.name}: {escape(p)}; running it again[/]")
-        return not problems
+            console.print(f"[yellow]{stage.name}: {escape(p)}; running it again into fresh outputs[/]", soft_wrap=True)
+        return ("fresh" if problems else "skip"), fp, digests
 
-    def run(self, stages: list[Stage], start: str | None = None, until: str | None = None) -> list[dict]:
+    def run(self, stages: list[Stage], start: str | None = None, until: str | None = None) -> list[StageResult]:
         names = [s.name for s in stages]
         for opt, value in (("--from", start), ("--until", until)):
             if value is not None and value not in names:
                 raise ConfigError(f"{opt} {value!r}: not a stage; stages are {', '.join(names)}")
         lo = names.index(start) if start else 0
         hi = names.index(until) + 1 if until else len(stages)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
         if not self.dry_run:
-            self._mlflow_parent()
-        for i, stage in enumerate(stages):
-            if not lo <= i < hi:
-                continue
-            forced = start is not None and i >= lo  # --from reruns the named stage and the ones after it
-            if not forced and self.is_done(stage):
-                console.print(f"[green]✓ {stage.name}[/] finished earlier, outputs verified: skipped")
-                self.results.append({"stage": stage.name, "status": "skipped", "seconds": 0.0})
-                continue
-            self.results.append(self._run_stage(stage))
-        if self._client is not None:
-            self._client.set_terminated(self._parent_id, "FINISHED")
+            for d in (self.layout.state, self.layout.logs, self.layout.reports):
+                d.mkdir(parents=True, exist_ok=True)
+            from glotta.launch.mlflow_runs import PipelineTracking
+
+            self.mlflow = PipelineTracking(self.tracking_uri, self.layout, self.recipe)
+        upstream_changed = False
+        try:
+            for i, stage in enumerate(stages):
+                if not lo <= i < hi:
+                    res = self._outside(stage, upstream_changed)
+                    if res.status == "stale" and i < lo:
+                        console.print(f"[yellow]{stage.name} is stale (its commands or inputs changed) and --from "
+                                      f"{start} does not rerun it; later stages read its old outputs[/]", soft_wrap=True)
+                    self.results.append(res)
+                    continue
+                action, fp, digests = self.decide(stage, forced=start is not None)
+                if action == "skip" and self.dry_run and upstream_changed:
+                    self.results.append(StageResult(stage.name, "dry-run: runs again if its inputs change"))
+                    continue
+                if action == "skip":
+                    console.print(f"[green]✓ {stage.name}[/] inputs unchanged, outputs verified: skipped")
+                    self.results.append(StageResult(stage.name, "skipped", fingerprint=fp))
+                    continue
+                upstream_changed = True
+                self.results.append(self._run_stage(stage, action, fp, digests))
+        finally:
+            if self.mlflow is not None:
+                self.mlflow.close(failed=any(r.status == "failed" for r in self.results))
         return self.results
 
-    def _run_stage(self, stage: Stage) -> dict:
+    def _outside(self, stage: Stage, upstream_changed: bool) -> StageResult:
+        """A stage before --from or after --until: current, stale (its inputs moved on) or not run."""
+        rec = self.marker(stage)
+        if rec is None or rec.get("status") != "done":
+            return StageResult(stage.name, "not run")
+        fp, _ = self.fingerprint(stage)
+        stale = rec.get("fingerprint") != fp or (upstream_changed and self.dry_run)
+        return StageResult(stage.name, "stale" if stale else "current", fingerprint=rec["fingerprint"])
+
+    def _run_stage(self, stage: Stage, action: str, fp: str, digests: dict) -> StageResult:
         console.rule(f"[bold]{stage.name}")
         if self.dry_run:
+            console.print(f"would {'resume' if action == 'resume' else 'run'} {stage.name}", highlight=False)
             for cmd in stage.commands:
                 console.print(" ".join(map(shlex.quote, cmd)), markup=False, highlight=False, soft_wrap=True)
-            return {"stage": stage.name, "status": "dry-run", "seconds": 0.0}
-        child_id = self._mlflow_child(stage)
+            return StageResult(stage.name, f"dry-run: would {'resume' if action == 'resume' else 'run'}")
+        if action == "fresh":
+            self._move_aside(stage)
+        atomic_write_text(self.layout.marker(stage.name), json.dumps({"status": "running", "fingerprint": fp}))
+        child = self.mlflow.child(stage) if self.mlflow else None
         env = dict(os.environ, MLFLOW_TRACKING_URI=self.tracking_uri, GLOTTA_PIPELINE_STAGE=stage.name)
-        if child_id:
-            env["MLFLOW_RUN_ID"] = child_id
-        (self.state_dir / f"{stage.name}.json").unlink(missing_ok=True)
-        t0 = time.time()
+        env[PROGRESS_ENV] = "lines"
+        env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default; setting it silences its banner
+        if self.verbose:
+            env["GLOTTA_VERBOSE"] = "1"
+        if child:
+            env["MLFLOW_RUN_ID"] = child
+        t0, hidden = time.time(), 0
         for n, cmd in enumerate(stage.commands):
-            log_path = self.logs / f"{stage.name}-{n}.log"
-            rc = _run_logged(cmd, env, log_path, stage.stdout.get(n))
-            if rc != 0:
-                if child_id:
-                    self._client.set_terminated(child_id, "FAILED")
-                    self._client.set_terminated(self._parent_id, "FAILED")
+            log_path = self.layout.log(stage.name, n)
+            res = run_command(cmd, env, log_path, stage.name, stage.total_steps, self.verbose)
+            hidden += res.hidden
+            if n in stage.report_names:
+                self._write_report(stage.report_names[n], res.documents)
+            if res.rc != 0:
+                if self.mlflow:
+                    self.mlflow.failed(child)
+                self.results.append(StageResult(stage.name, "failed", time.time() - t0, fp))
                 raise StageFailed(
-                    f"stage '{stage.name}' failed (exit {rc}) running: {' '.join(cmd)}\n"
-                    f"log: {log_path}\nearlier stages' outputs are intact; rerun the same command to resume here"
+                    f"stage '{stage.name}' failed (exit {res.rc}) running: {' '.join(cmd)}\n{_tail(log_path)}"
+                    f"full log: {log_path}\nearlier stages' outputs are intact; rerun the same command to resume here"
                 )
         seconds = time.time() - t0
-        rec = {"fingerprint": fingerprint(stage, self.run_dir), "outputs": record_outputs(self.run_dir, stage.outputs), "seconds": seconds}
-        atomic_write_text(self.state_dir / f"{stage.name}.json", json.dumps(rec, indent=1))
-        if child_id:
-            self._log_reports(child_id, stage, seconds)
-        console.print(f"[green]✓ {stage.name}[/] in {seconds:.0f} s")
-        return {"stage": stage.name, "status": "ran", "seconds": round(seconds, 1)}
+        rec = {"status": "done", "fingerprint": fp, "inputs": digests,
+               "outputs": record_outputs(self.run_dir, stage.outputs), "seconds": seconds,
+               "commands": [" ".join(map(shlex.quote, c)) for c in stage.commands]}  # fmt: skip
+        atomic_write_text(self.layout.marker(stage.name), json.dumps(rec, indent=1))
+        if self.mlflow:
+            self.mlflow.finish_child(child, stage, seconds)
+        note = f" ({hidden} library warning lines in the log; -v shows them)" if hidden else ""
+        console.print(f"[green]✓ {stage.name}[/] in {seconds:.0f} s{note}", highlight=False)
+        return StageResult(stage.name, "resumed" if action == "resume" else "ran", seconds, fp, hidden)
 
-    # ---- mlflow ----------------------------------------------------------------------------
-    def _mlflow_parent(self) -> None:
-        from mlflow.tracking import MlflowClient
+    def _write_report(self, name: str, documents: list) -> None:
+        """One valid JSON document per stage command: a rank-0-only result as is, several ranks as a list."""
+        if not documents:
+            return
+        doc = documents[0] if len(documents) == 1 else {"ranks": documents}
+        atomic_write_text(self.layout.report(name), json.dumps(doc, indent=1, ensure_ascii=False, default=str) + "\n")
 
-        self._client = client = MlflowClient(tracking_uri=self.tracking_uri)
-        name = f"glotta-pipeline-{self.run_dir.resolve().name}"
-        exp = client.get_experiment_by_name(name)
-        self._exp_id = exp.experiment_id if exp else client.create_experiment(
-            name, artifact_location=(self.run_dir / "mlartifacts").resolve().as_uri()
-        )
-        tags = {"glotta.run_dir": str(self.run_dir.resolve())}
-        self._parent_id = client.create_run(self._exp_id, run_name="pipeline", tags=tags).info.run_id
-
-    def _mlflow_child(self, stage: Stage) -> str | None:
-        if self._client is None:
-            return None
-        tags = {"mlflow.parentRunId": self._parent_id, "glotta.stage": stage.name}
-        run_id = self._client.create_run(self._exp_id, run_name=stage.name, tags=tags).info.run_id
-        for n, cmd in enumerate(stage.commands):
-            self._client.log_param(run_id, f"command_{n}", " ".join(cmd)[:6000])
-        return run_id
-
-    def _log_reports(self, run_id: str, stage: Stage, seconds: float) -> None:
-        client = self._client
-        client.log_metric(run_id, "stage_seconds", seconds)
-        for p in stage.reports:
-            files = [p] if p.is_file() else sorted(f for f in p.glob("*") if f.is_file()) if p.is_dir() else []
-            for f in files:
-                if f.suffix in REPORT_SUFFIXES:
-                    client.log_artifact(run_id, str(f), artifact_path=stage.name)
-        for n in range(len(stage.commands)):
-            log = self.logs / f"{stage.name}-{n}.log"
-            if log.is_file():
-                client.log_artifact(run_id, str(log), artifact_path=f"{stage.name}/logs")
-        client.set_terminated(run_id, "FINISHED")
+    def _move_aside(self, stage: Stage) -> None:
+        """The stage's previous outputs (folder, reports, marker) -> previous/<UTC time>/, kept for the user."""
+        dest = self.layout.previous / self.stamp
+        src = self.layout.stage_dir(stage.name)
+        moved = []
+        if src.exists() and any(src.iterdir()):
+            n = 2
+            while (dest / src.name).exists():  # two reruns within one second
+                dest, n = self.layout.previous / f"{self.stamp}-{n}", n + 1
+            dest.mkdir(parents=True, exist_ok=True)
+            src.rename(dest / src.name)
+            moved.append(src.name)
+        for n in stage.report_names.values():
+            rep = self.layout.report(n)
+            if rep.is_file():
+                (dest / "reports").mkdir(parents=True, exist_ok=True)
+                rep.rename(dest / "reports" / rep.name)
+        self.layout.marker(stage.name).unlink(missing_ok=True)
+        if moved:
+            console.print(f"{stage.name}: previous outputs moved to {dest / moved[0]}", highlight=False, soft_wrap=True)
 
 
-def _run_logged(cmd: list[str], env: dict, log_path: Path, stdout_path: Path | None = None) -> int:
-    """Run `cmd` with its stderr shown live (progress bars) and kept in `log_path`.
-
-    stdout goes to `stdout_path` when given (a command's --json result), else to the log too.
-    """
-    out = None
-    if stdout_path is not None:
-        stdout_path.parent.mkdir(parents=True, exist_ok=True)
-        out = open(stdout_path, "wb")
+def _tail(log_path: Path, n: int = 12) -> str:
+    """The last lines of a failed command's log that are not library noise (the error itself)."""
     try:
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                cmd, env=env, stdout=out or subprocess.PIPE, stderr=subprocess.PIPE if out else subprocess.STDOUT
-            )
-            stream = proc.stderr if out else proc.stdout
-            assert stream is not None
-            for line in stream:
-                log.write(line)
-                sys.stderr.buffer.write(line)
-                sys.stderr.flush()
-            return proc.wait()
-    finally:
-        if out is not None:
-            out.close()
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    useful = [ln for ln in lines if ln.strip() and (not NOISE.search(ln) or OURS.match(ln))][-n:]
+    return "".join(f"  | {ln}\n" for ln in useful)

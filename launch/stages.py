@@ -1,7 +1,9 @@
 """The pipeline recipe: PipelineConfig and the stage list it expands to.
 
-import -> consent -> tokenizer -> stage1 -> cat -> stage2. Every stage is the `glotta` command a
-user would type; `set:` lists in each section pass `--set key=value` overrides through.
+import -> consent -> holdout -> tokenizer -> stage1 -> cat -> stage2. Every stage is the `glotta`
+command a user would type; `set:` lists in each section pass `--set key=value` overrides through,
+validated here against the command's config model (so `--dry-run` catches a typo). Each stage
+names the inputs it reads, so its fingerprint follows their content (launch/pipeline.py).
 """
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from glotta.config import StrictModel
-from glotta.data.holdout import EXCLUDE as HOLDOUT_EXCLUDE
 from glotta.errors import ConfigError
+from glotta.launch.checks import Origins, check_sets
+from glotta.launch.layout import RunLayout
 from glotta.launch.pipeline import Stage, glotta_cmd, torchrun_cmd
+
+FIELDS = ("text", "url", "lang", "id", "source", "date", "license")
 
 
 class DemoCorpus(StrictModel):
@@ -26,12 +31,16 @@ class DemoCorpus(StrictModel):
 class DataStage(StrictModel):
     demo_corpus: DemoCorpus | None = None  # build shards from the gettext catalogs ...
     inputs: list[str] = []  # ... or import these files (JSONL/Parquet/text; see `glotta data import`)
+    fields: dict[str, str] = {}  # field mapping, e.g. {text: body, lang: language, id: doc_id}
     set: list[str] = []
 
     @model_validator(mode="after")
     def _one_source(self):
         if (self.demo_corpus is None) == (not self.inputs):
             raise ValueError("give exactly one of data.demo_corpus or data.inputs")
+        bad = sorted(set(self.fields) - set(FIELDS))
+        if bad:
+            raise ValueError(f"data.fields: unknown field(s) {bad}; map any of {list(FIELDS)}")
         return self
 
 
@@ -48,7 +57,10 @@ class TokenizerStage(StrictModel):
     vocab_size: int = Field(8000, gt=0)
     alpha: float = Field(0.3, gt=0)
     sample_bytes: int | None = Field(None, gt=0)
-    eval_langs: list[str] = []  # languages of the premium table (parallel gettext text); [] = all
+    eval_langs: list[str] = []  # languages of the premium table; [] = the corpus' languages
+    # your parallel text (FLORES-style JSONL {id, lang, text} or TSV with a language header);
+    # without it: the machine's gettext catalogs, for the corpus languages that have them
+    parallel: Path | None = None
     reference: str = "en"
     set: list[str] = []
 
@@ -92,6 +104,7 @@ class PipelineConfig(StrictModel):
 
         c = self.model_copy(deep=True)
         c.consent.robots, c.consent.store = fix(c.consent.robots), fix(c.consent.store)
+        c.tokenizer.parallel = fix(c.tokenizer.parallel)
         c.data.inputs = [str(fix(Path(i))) for i in c.data.inputs]
         for t in (c.stage1, c.stage2):
             if t is not None:
@@ -107,6 +120,8 @@ class PipelineConfig(StrictModel):
             for key, p in (("consent.robots", self.consent.robots), ("consent.store", self.consent.store)):
                 if p is not None and not Path(p).exists():
                     missing.append(f"{key}: {p}")
+        if self.tokenizer.parallel is not None and not Path(self.tokenizer.parallel).is_file():
+            missing.append(f"tokenizer.parallel: {self.tokenizer.parallel}")
         for key, t in (("stage1.config", self.stage1), ("stage2.config", self.stage2)):
             if t is not None and not Path(t.config).is_file():
                 missing.append(f"{key}: {t.config}")
@@ -119,21 +134,29 @@ class PipelineConfig(StrictModel):
             raise ConfigError("files referenced by the pipeline config do not exist:\n  " + "\n  ".join(missing))
 
 
-def build_stages(cfg: PipelineConfig) -> list[Stage]:
-    run = Path(cfg.run_dir)
-    stages = [data_stage(cfg, run)]
-    shards = run / "data"
+def build_stages(cfg: PipelineConfig, origins: Origins | None = None) -> list[Stage]:
+    """The stage list; every `set:` list is checked against its command's config model first."""
+    run = RunLayout(Path(cfg.run_dir))
+    origins = origins or Origins(Path("recipe"), None)
+    shards = run.training_shards(cfg.consent.enabled)
+    builders = [lambda: data_stage(cfg, run, origins)]
     if cfg.consent.enabled:
-        stages.append(consent_stage(cfg, run, shards))
-        shards = run / "consent" / "shards"
-    stages.append(holdout_stage(cfg, run, shards))
-    stages.append(tokenizer_stage(cfg, run, shards))
+        builders.append(lambda: consent_stage(cfg, run, origins))
+    builders.append(lambda: holdout_stage(cfg, run, shards))
+    builders.append(lambda: tokenizer_stage(cfg, run, shards, origins))
     if cfg.stage1 is not None:
-        stages.append(train_stage(cfg, run, shards, "stage1", [run / "holdout" / HOLDOUT_EXCLUDE]))
+        builders.append(lambda: train_stage(cfg, run, shards, "stage1", [run.holdout_exclude], origins))
     if cfg.stage2 is not None:
-        stages.append(cat_stage(cfg, run, shards))
-        excludes = [run / "holdout" / HOLDOUT_EXCLUDE, run / "cat" / "exclude.txt"]
-        stages.append(train_stage(cfg, run, shards, "stage2", excludes))
+        builders.append(lambda: cat_stage(cfg, run, shards, origins))
+        builders.append(lambda: train_stage(cfg, run, shards, "stage2", [run.holdout_exclude, run.cat_exclude], origins))
+    stages, errors = [], []
+    for build in builders:  # every stage's problems in one message, not the first one only
+        try:
+            stages.append(build())
+        except ConfigError as e:
+            errors.append(str(e))
+    if errors:
+        raise ConfigError("\n".join(errors))
     return stages
 
 
@@ -141,117 +164,140 @@ def _sets(items: list[str]) -> list[str]:
     return [a for s in items for a in ("--set", s)]
 
 
-def data_stage(cfg: PipelineConfig, run: Path) -> Stage:
-    out = run / "data"
-    d = cfg.data
+def data_stage(cfg: PipelineConfig, run: RunLayout, origins: Origins) -> Stage:
+    from glotta.data.importer import ImportConfig
+    from glotta.launch.commands.data import DemoCorpusConfig
+
+    out, d = run.data, cfg.data
     if d.demo_corpus is not None:
+        check_sets(DemoCorpusConfig, d.set, "data.set", origins, "glotta data demo-corpus")
         args = ["data", "demo-corpus", "--out", out, "--shard-samples", d.demo_corpus.shard_samples]
         if d.demo_corpus.langs:
             args += ["--langs", ",".join(d.demo_corpus.langs)]
         if d.demo_corpus.max_docs_per_lang:
             args += ["--max-docs-per-lang", d.demo_corpus.max_docs_per_lang]
-        cmd = glotta_cmd(*args, *_sets(d.set), "--json")
+        cmd, inputs = glotta_cmd(*args, *_sets(d.set), "--json"), []
     else:
-        cmd = torchrun_cmd(cfg.nproc, "data", "import", *d.inputs, "--out", out, *_sets(d.set), "--json")
+        sets = [f"{k}_field={v}" for k, v in sorted(d.fields.items())] + d.set
+        check_sets(ImportConfig, d.set, "data.set", origins, "glotta data import")
+        cmd, inputs = torchrun_cmd(cfg.nproc, "data", "import", *d.inputs, "--out", out, *_sets(sets), "--json"), list(d.inputs)
     inspect = glotta_cmd("data", "inspect", out, "--json")
-    rep = run / "reports"
-    return Stage(
-        "import",
-        [cmd, inspect],
-        outputs=[out],
-        reports=[out / "manifest.json"],
-        stdout={0: rep / "import.json", 1: rep / "import-inspect.json"},
-    )
+    return Stage("import", [cmd, inspect], outputs=[out], inputs=inputs, reports=[out / "manifest.json"],
+                 report_names={0: "import", 1: "import-inspect"})
 
 
-def consent_stage(cfg: PipelineConfig, run: Path, shards: Path) -> Stage:
-    c, out = cfg.consent, run / "consent"
-    cmds = []
+def consent_stage(cfg: PipelineConfig, run: RunLayout, origins: Origins) -> Stage:
+    from glotta.pruning.consent.filter import FilterConfig
+
+    c, out = cfg.consent, run.consent
+    check_sets(FilterConfig, c.set, "consent.set", origins, "glotta consent filter")
+    cmds, inputs = [], [run.data]
     store = c.store
     if c.robots is not None:
         store = out / "store"
         files = sorted(str(p) for p in Path(c.robots).glob("*/*.txt"))
-        cmds.append(glotta_cmd("consent", "import", *files, "--store", store))
+        cmds.append(glotta_cmd("consent", "import", *files, "--store", store, "--json"))
+        inputs += files
+    else:
+        inputs.append(store)
     cmds.append(
         torchrun_cmd(
-            cfg.nproc, "consent", "filter", shards, "--store", store, "--out", out, "--agents", c.agents,
+            cfg.nproc, "consent", "filter", run.data, "--store", store, "--out", out, "--agents", c.agents,
             "--as-of", c.as_of, "--rewrite", *_sets(c.set), "--json",
         )
     )  # fmt: skip
     cmds.append(glotta_cmd("consent", "report", out, "--store", store, "--png", out / "consent.png", "--json"))
-    return Stage(
-        "consent",
-        cmds,
-        outputs=[out / "shards", out / "exclude.txt"],
-        reports=[out / "summary.json", out / "consent.png", run / "reports" / "consent-report.json"],
-        stdout={len(cmds) - 2: run / "reports" / "consent-filter.json", len(cmds) - 1: run / "reports" / "consent-report.json"},
-    )
+    n = len(cmds)
+    return Stage("consent", cmds, outputs=[run.consent_shards, run.consent_exclude], inputs=inputs,
+                 reports=[out / "summary.json", out / "consent.png"],
+                 report_names={**({0: "consent-import"} if n == 3 else {}), n - 2: "consent-filter", n - 1: "consent-report"})
 
 
-def tokenizer_stage(cfg: PipelineConfig, run: Path, shards: Path) -> Stage:
-    t, out = cfg.tokenizer, run / "tokenizer"
-    parallel = out / "parallel.jsonl"  # gettext parallel text for the premium table, kept out of the sample
+def tokenizer_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, origins: Origins) -> Stage:
+    from glotta.tokenizer.build import BuildConfig
+
+    t, out = cfg.tokenizer, run.tokenizer
+    check_sets(BuildConfig, t.set, "tokenizer.set", origins, "glotta tokenizer build")
+    parallel = run.parallel  # the evaluation text, kept out of the tokenizer's sample
     build = ["tokenizer", "build", "--shards", shards, "--out", out, "--name", "glotta", "--vocab-size", t.vocab_size]
     build += ["--alpha", t.alpha] + (["--sample-bytes", t.sample_bytes] if t.sample_bytes else [])
     build += _sets([f"sample.holdout={parallel}", *t.set])
     langs = [a for lang in t.eval_langs for a in ("--lang", lang)]
+    # without eval_langs: the corpus' languages (from the shard set's manifest) that have parallel text
+    par = ["--set", f"langs_from={shards}"] if not t.eval_langs else langs
+    if t.parallel is not None:
+        par += ["--set", f"source={t.parallel}"]
     cmds = [
-        glotta_cmd("tokenizer", "parallel", "--out", parallel, *langs),
+        glotta_cmd("tokenizer", "parallel", "--out", parallel, *par, "--json"),
         glotta_cmd(*build, "--json"),
         glotta_cmd(
-            "tokenizer", "eval", out / "glotta.model", "--parallel", parallel, "--reference", t.reference,
-            "--chart", out / "premiums.png", *langs, "--json",
+            "tokenizer", "eval", run.tokenizer_model, "--parallel", parallel, "--shards", shards,
+            "--reference", t.reference, "--chart", out / "premiums.png", *langs, "--json",
         ),
     ]  # fmt: skip
-    rep = run / "reports"
-    return Stage(
-        "tokenizer",
-        cmds,
-        outputs=[out / "glotta.model"],
-        reports=[out, rep / "tokenizer-eval.json"],
-        stdout={1: rep / "tokenizer-build.json", 2: rep / "tokenizer-eval.json"},
-    )
+    inputs = [shards] + ([t.parallel] if t.parallel is not None else [])
+    return Stage("tokenizer", cmds, outputs=[run.tokenizer_model], inputs=inputs, reports=[out],
+                 report_names={0: "tokenizer-parallel", 1: "tokenizer-build", 2: "tokenizer-eval"})
 
 
-def holdout_stage(cfg: PipelineConfig, run: Path, shards: Path) -> Stage:
-    h, out = cfg.holdout, run / "holdout"
+def holdout_stage(cfg: PipelineConfig, run: RunLayout, shards: Path) -> Stage:
+    h, out = cfg.holdout, run.holdout
     cmd = glotta_cmd(
         "data", "holdout", shards, "--out", out, "--fraction", h.fraction, "--max-docs-per-lang", h.max_docs_per_lang, "--json"
     )
-    return Stage("holdout", [cmd], outputs=[out / "valid", out / HOLDOUT_EXCLUDE], stdout={0: run / "reports" / "holdout.json"})
+    return Stage("holdout", [cmd], outputs=[run.holdout_valid, run.holdout_exclude], inputs=[shards],
+                 report_names={0: "holdout"})
 
 
-def train_stage(cfg: PipelineConfig, run: Path, shards: Path, name: str, excludes: list[Path]) -> Stage:
+def train_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, name: str, excludes: list[Path],
+                origins: Origins) -> Stage:
+    from glotta.train import load_train_config
+    from glotta.train.config import TrainConfig
+
     t: TrainStage = getattr(cfg, name)
-    out = run / name
+    out = run.root / name
     sets = [
-        f"data.train=[{shards}]", f"data.valid=[{run / 'holdout' / 'valid'}]",
-        f"data.tokenizer={run / 'tokenizer' / 'glotta.model'}", f"data.exclude=[{', '.join(map(str, excludes))}]",
+        f"data.train=[{_yaml_str(shards)}]", f"data.valid=[{_yaml_str(run.holdout_valid)}]",
+        f"data.tokenizer={_yaml_str(run.tokenizer_model)}", f"data.exclude=[{', '.join(map(_yaml_str, excludes))}]",
         f"stage={name}", f"tracking.run_name={name}",
     ]  # fmt: skip
+    inputs: list = [shards, run.holdout_valid, run.tokenizer_model, t.config, *excludes]
     if t.init == "stage1":
-        sets.append(f"checkpoint.init_from={run / 'stage1' / 'checkpoints'}")
+        sets.append(f"checkpoint.init_from={_yaml_str(run.checkpoints('stage1'))}")
+        inputs.append(run.checkpoints("stage1"))
+    check_sets(TrainConfig, t.set, f"{name}.set", origins, "glotta train")
+    try:
+        tcfg = load_train_config(t.config, sets + t.set)
+    except ConfigError as e:
+        where = ", ".join(sorted({origins.of(f"{name}.set[{i}]") for i in range(len(t.set))})) or origins.of(name)
+        raise ConfigError(f"{name} (training recipe {t.config}, set: from {where}):\n{e}") from None
     cmd = torchrun_cmd(cfg.nproc, "train", "-c", t.config, "--run-dir", out, *_sets(sets + t.set), "--json")
-    return Stage(
-        name, [cmd], outputs=[out / "checkpoints" / "latest", out / "metrics.jsonl"],
-        reports=[out / "config.json"], stdout={0: run / "reports" / f"{name}.json"},
-    )  # fmt: skip
+    return Stage(name, [cmd], outputs=[run.checkpoints(name) / "latest", run.metrics(name)], inputs=inputs,
+                 reports=[out / "config.json"], report_names={0: name}, total_steps=tcfg.train_iters)
 
 
-def cat_stage(cfg: PipelineConfig, run: Path, shards: Path) -> Stage:
-    c, out = cfg.cat, run / "cat"
-    holdout = run / "holdout" / HOLDOUT_EXCLUDE
-    tok = run / "tokenizer" / "glotta.model"
+def cat_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, origins: Origins) -> Stage:
+    from glotta.pruning.cat.score import ScoreConfig
+    from glotta.pruning.cat.select import SelectConfig
+
+    c, out = cfg.cat, run.cat
+    check_sets(ScoreConfig, c.score_set, "cat.score_set", origins, "glotta prune score")
+    check_sets(SelectConfig, c.select_set, "cat.select_set", origins, "glotta prune select")
+    holdout, tok = run.holdout_exclude, run.tokenizer_model
     score = torchrun_cmd(
-        cfg.nproc, "prune", "score", "--checkpoints", run / "stage1" / "checkpoints", "--shards", shards,
-        "--exclude", holdout, "--tokenizer", tok, "--out", out / "scores", *_sets(c.score_set), "--json",
+        cfg.nproc, "prune", "score", "--checkpoints", run.checkpoints("stage1"), "--shards", shards,
+        "--exclude", holdout, "--tokenizer", tok, "--out", run.cat_scores, *_sets(c.score_set), "--json",
     )  # fmt: skip
     select = glotta_cmd(
-        "prune", "select", "--scores", out / "scores", "--shards", shards, "--exclude", holdout, "--tokenizer", tok,
+        "prune", "select", "--scores", run.cat_scores, "--shards", shards, "--exclude", holdout, "--tokenizer", tok,
         "--method", c.method, "--keep", c.keep, "--out", out, *_sets(c.select_set), "--json",
     )  # fmt: skip
-    rep = run / "reports"
-    return Stage(
-        "cat", [score, select], outputs=[out / "scores", out / "exclude.txt"], reports=[out],
-        stdout={0: rep / "cat-score.json", 1: rep / "cat-select.json"},
-    )  # fmt: skip
+    return Stage("cat", [score, select], outputs=[run.cat_scores, run.cat_exclude, run.cat_report], reports=[out],
+                 inputs=[run.checkpoints("stage1"), shards, holdout, tok], report_names={0: "cat-score", 1: "cat-select"})
+
+
+def _yaml_str(p) -> str:
+    """A path as a YAML string inside a flow list (a path with ', ' or ':' stays one item)."""
+    import json
+
+    return json.dumps(str(p))

@@ -1,105 +1,97 @@
-"""The end-of-pipeline summary, read back from what each stage left in the run directory."""
+"""The end-of-pipeline summary, read from the stages' manifests and reports (nothing re-tokenized).
+
+Only stages whose recorded fingerprint matches their current inputs contribute figures (status
+ran / resumed / skipped / current); a stale stage (its inputs moved on after --until) shows "-",
+so the summary never pairs, say, a new CAT selection with the losses of the old stage 2.
+"""
 from __future__ import annotations
 
 import json
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
-import sentencepiece as spm
+from glotta.data.manifest import MANIFEST, Manifest
+from glotta.launch.layout import RunLayout
 
-from glotta.data.manifest import Manifest
-from glotta.data.shards import iter_samples, list_shards
+CURRENT = {"ran", "resumed", "skipped", "current"}
 
 
 def _read_json(path: Path) -> Any:
     if not path.is_file() or path.stat().st_size == 0:
         return None
-    text = path.read_text(encoding="utf-8").strip()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:  # several ranks printed one object each: take the last
-        return json.loads(text[text.rfind("\n{") + 1 :])
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _exclude_set(paths: list[Path]) -> set[str]:
-    out: set[str] = set()
-    for p in paths:
-        if p.is_file():
-            out.update(line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip())
-    return out
+def _manifest(path: Path) -> Manifest | None:
+    return Manifest.load(path) if (path / MANIFEST).is_file() else None
 
 
-def kept_per_language(shards: Path, sp: spm.SentencePieceProcessor | None, exclude: set[str]) -> dict[str, dict]:
-    """Documents, bytes and (with a tokenizer) tokens per language of a shard set minus an exclude list."""
-    out: dict[str, dict] = {}
-    batch: dict[str, list[str]] = {}
-
-    def flush(lang: str) -> None:
-        if sp is not None and batch.get(lang):
-            out[lang]["tokens"] += sum(len(ids) for ids in sp.encode(batch[lang]))
-        batch[lang] = []
-
-    for path in list_shards(shards):
-        for s in iter_samples(path):
-            if s.id in exclude:
-                continue
-            e = out.setdefault(s.lang, {"docs": 0, "bytes": 0, "tokens": 0 if sp is not None else None})
-            e["docs"] += 1
-            e["bytes"] += len(s.text.encode("utf-8"))
-            batch.setdefault(s.lang, []).append(s.text)
-            if len(batch[s.lang]) >= 256:
-                flush(s.lang)
-    for lang in list(batch):
-        flush(lang)
-    return dict(sorted(out.items()))
-
-
-def corpus_table(run: Path, stage_sets: list[tuple[str, Path, list[Path]]]) -> list[dict]:
-    """One row per language: docs and tokens kept after each stage."""
-    model = run / "tokenizer" / "glotta.model"
-    sp = spm.SentencePieceProcessor(model_file=str(model)) if model.is_file() else None
-    per_stage = {}
-    for name, shards, excludes in stage_sets:
-        if (shards / "manifest.json").is_file():
-            per_stage[name] = kept_per_language(shards, sp, _exclude_set(excludes))
-    langs = sorted({lang for v in per_stage.values() for lang in v})
+def corpus_table(run: RunLayout, current: set[str], consent: bool) -> list[dict]:
+    """Per language: documents (and bytes or tokens) after import, consent, hold-out and CAT."""
+    cols: dict[str, dict[str, dict]] = {}
+    for stage, path in (("import", run.data), ("consent", run.consent_shards if consent else None)):
+        m = _manifest(path) if path is not None and stage in current else None
+        if m is not None:
+            cols[stage] = {lang: {"docs": e["samples"], "bytes": e["bytes"]} for lang, e in m.langs().items()}
+    held = (_read_json(run.report("holdout")) or {}).get("held_out", {}) if "holdout" in current else {}
+    cat = _read_json(run.cat_report) if "cat" in current else None
+    if cat:  # CAT counted the training set's documents and tokens (after hold-out) and what it kept
+        cols["train"] = {r["lang"]: {"docs": r["docs"], "tokens": r["tokens"]} for r in cat["langs"]}
+        cols["cat"] = {r["lang"]: {"docs": r["kept_docs"], "tokens": r["kept_tokens"],
+                                   "kept_frac_tokens": r["kept_frac_tokens"]} for r in cat["langs"]}  # fmt: skip
+    elif held and (last := cols.get("consent") or cols.get("import")):
+        cols["train"] = {lang: {"docs": e["docs"] - held.get(lang, 0)} for lang, e in last.items()}
+    langs = sorted({lang for v in cols.values() for lang in v})
     rows = []
     for lang in langs:
         row: dict[str, Any] = {"lang": lang}
-        for name, v in per_stage.items():
-            e = v.get(lang, {"docs": 0, "tokens": 0})
-            row[f"{name} docs"] = e["docs"]
-            if sp is not None:
-                row[f"{name} tokens"] = e["tokens"]
+        for stage, v in cols.items():
+            for k, x in v.get(lang, {"docs": 0}).items():
+                row[f"{stage} {k}"] = x
         rows.append(row)
     return rows
 
 
-def premium_table(run: Path) -> list[dict]:
-    """Token premium per language (Petrov et al.) from `glotta tokenizer eval --json`."""
-    res = _read_json(run / "reports" / "tokenizer-eval.json")
-    if not res:
-        return []
+def counter_table(run: RunLayout, current: set[str]) -> list[dict]:
+    """Every named counter of documents dropped, split, renamed or changed, by stage."""
     rows = []
-    for name, tok in res["tokenizers"].items():
+    m = _manifest(run.data) if "import" in current else None
+    if m is not None:
+        rows += [{"stage": "import", "counter": k, "value": v} for k, v in sorted(m.meta.get("counters", {}).items())]
+    c = _read_json(run.consent / "summary.json") if "consent" in current else None
+    if c:
+        rows += [{"stage": "consent", "counter": k, "value": v} for k, v in sorted(c.get("counters", {}).items())]
+    cat = _read_json(run.cat_report) if "cat" in current else None
+    if cat:
+        rows += [{"stage": "cat", "counter": k, "value": v} for k, v in sorted(cat.get("counters", {}).items())]
+    totals = {"records", "written", "samples", "docs", "kept", "total", "lid_docs"}  # sizes, not losses
+    return [r for r in rows if r["value"] and r["counter"] not in totals]
+
+
+def premium_table(run: RunLayout, current: set[str]) -> tuple[list[dict], list[str]]:
+    """Token premium per language from `glotta tokenizer eval --json`, and the languages without parallel text."""
+    res = _read_json(run.report("tokenizer-eval")) if "tokenizer" in current else None
+    if not res:
+        return [], []
+    rows, no_parallel = [], set()
+    for tok in res["tokenizers"].values():
         for lang, r in sorted(tok["langs"].items(), key=lambda kv: kv[1].get("premium") or 0):
+            kind = r.get("premium_kind")
+            if kind != "parallel" and lang != "und":  # und: no language to find parallel text for
+                no_parallel.add(lang)
             rows.append({
-                "lang": lang, "premium": r.get("premium"), "fertility": r.get("fertility"),
+                "lang": lang, "premium": r.get("premium"), "kind": kind, "fertility": r.get("fertility"),
                 "unit": r.get("fertility_unit"), "bytes/token": r.get("bytes_per_token"),
             })  # fmt: skip
-    return rows
+    return rows, sorted(no_parallel)
 
 
-def manifest_langs(path: Path) -> dict[str, dict[str, int]]:
-    return Manifest.load(path).langs() if (path / "manifest.json").is_file() else {}
-
-
-def val_losses(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
+def val_losses(metrics: Path) -> tuple[dict[str, float], dict[str, float]]:
     """(first, last) validation losses a training stage logged in metrics.jsonl, per language + 'all'."""
-    path = run_dir / "metrics.jsonl"
     evals = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+    if metrics.is_file():
+        for line in metrics.read_text(encoding="utf-8").splitlines():
             rec = json.loads(line)
             if "val/loss" in rec:
                 per = {k.removeprefix("val/loss/"): v for k, v in rec.items() if k.startswith("val/loss/")}
@@ -109,12 +101,12 @@ def val_losses(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
     return evals[0], evals[-1]
 
 
-def loss_table(run: Path, stages: list[str]) -> list[dict]:
+def loss_table(run: RunLayout, stages: list[str]) -> list[dict]:
     """Validation loss per language: before training (step 0, when logged) and after each stage."""
     cols: dict[str, dict[str, float]] = {}
     for name in stages:
-        first, last = val_losses(run / name)
-        if first.get("_step") == 0 and name == stages[0]:
+        first, last = val_losses(run.metrics(name))
+        if first.get("_step") == 0 and name == "stage1":
             cols["untrained"] = first
         if last:
             cols[name] = last
@@ -122,40 +114,57 @@ def loss_table(run: Path, stages: list[str]) -> list[dict]:
     return [{"lang": lang, **{f"{c} val loss": v.get(lang) for c, v in cols.items()}} for lang in langs] if cols else []
 
 
-def pipeline_summary(cfg, results: list[dict], seconds: float, tracking_uri: str) -> dict:
-    run = Path(cfg.run_dir)
-    shards = run / "consent" / "shards" if cfg.consent.enabled else run / "data"
-    holdout = run / "holdout" / "train.exclude.txt"
-    sets = [("import", run / "data", [])]
-    if cfg.consent.enabled:
-        sets.append(("consent", shards, []))
-    sets.append(("train", shards, [holdout]))
-    if cfg.stage2 is not None and (run / "cat" / "exclude.txt").is_file():
-        sets.append(("cat", shards, [holdout, run / "cat" / "exclude.txt"]))
-    trained = [n for n in ("stage1", "stage2") if getattr(cfg, n) is not None]
+def pipeline_summary(cfg, results: list, seconds: float, tracking_uri: str) -> dict:
+    run = RunLayout(Path(cfg.run_dir))
+    current = {r.stage for r in results if r.status in CURRENT}
+    trained = [n for n in ("stage1", "stage2") if getattr(cfg, n) is not None and n in current]
+    premiums, no_parallel = premium_table(run, current)
     return {
-        "run_dir": str(run),
+        "run_dir": str(run.root),
         "seconds": round(seconds, 1),
-        "stages": results,
-        "corpus": corpus_table(run, sets),
-        "premiums": premium_table(run),
-        "validation": loss_table(run, trained) if trained else [],
+        "stages": [r.to_json() for r in results],
+        "corpus": corpus_table(run, current, cfg.consent.enabled),
+        "counters": counter_table(run, current),
+        "premiums": premiums,
+        "no_parallel_text": no_parallel,
+        "validation": loss_table(run, trained),
         "mlflow": {"tracking_uri": tracking_uri, "ui": f"mlflow ui --backend-store-uri {tracking_uri}"},
     }
 
 
-def print_summary(summary: dict) -> None:
+def summary_figures(cfg) -> list[Path]:
+    run = RunLayout(Path(cfg.run_dir))
+    return [run.consent / "consent.png", run.tokenizer / "premiums.png", *sorted((run.cat / "report").glob("*.png"))]
+
+
+def print_summary(summary: dict, console=None) -> None:
     from glotta.launch.console import out, print_table
 
-    print_table("Stages", summary["stages"], ["stage", "status", "seconds"])
+    c = console or out
+    print_table("Stages", summary["stages"], ["stage", "status", "seconds"], console=c)
     if summary["corpus"]:
-        print_table("Documents · tokens kept per language after each stage", _compact(summary["corpus"]))
+        print_table("Documents per language after each stage (· bytes or tokens)", _compact(summary["corpus"]), console=c)
+    if summary["counters"]:
+        print_table("Documents dropped, split or changed (named counters)", summary["counters"],
+                    ["stage", "counter", "value"], console=c)
     if summary["premiums"]:
-        print_table("Tokenizer: token premium vs the reference language (parallel gettext text)", summary["premiums"])
+        print_table("Tokenizer: token premium vs the reference language", summary["premiums"], console=c)
+    if summary["no_parallel_text"]:
+        c.print(f"No parallel text for: {', '.join(summary['no_parallel_text'])} (premium from bytes per token; "
+                "give tokenizer.parallel: FILE)", soft_wrap=True, highlight=False)
     if summary["validation"]:
-        print_table("Validation loss per language (nats/token, held-out documents)", summary["validation"])
-    out.print(f"\nRun directory: {summary['run_dir']}  ({summary['seconds']:.0f} s)")
-    out.print(f"MLflow runs:   {summary['mlflow']['ui']}")
+        print_table("Validation loss per language (nats/token, held-out documents)", summary["validation"], console=c)
+    c.print(f"\nRun directory: {summary['run_dir']}  ({summary['seconds']:.0f} s)", soft_wrap=True, highlight=False)
+    c.print(f"MLflow runs:   {summary['mlflow']['ui']}", soft_wrap=True, highlight=False)
+
+
+def summary_text(summary: dict) -> str:
+    """The printed summary as plain text (for MLflow), at a width that never wraps."""
+    from rich.console import Console
+
+    buf = StringIO()
+    print_summary(summary, Console(file=buf, width=200, no_color=True))
+    return buf.getvalue()
 
 
 def _human(n: int | None) -> str:
@@ -165,14 +174,15 @@ def _human(n: int | None) -> str:
 
 
 def _compact(rows: list[dict]) -> list[dict]:
-    """{lang, 'X docs', 'X tokens', ...} -> {lang, X: 'docs · tokens'} so the table fits a terminal."""
+    """{lang, 'X docs', 'X tokens'|'X bytes'} -> {lang, X: 'docs · NNk tok'} so the table fits a terminal."""
     out = []
     for r in rows:
         c = {"lang": r["lang"]}
         for k, v in r.items():
             if k.endswith(" docs"):
                 stage = k.removesuffix(" docs")
-                tok = r.get(f"{stage} tokens")
-                c[stage] = f"{v:,}" + (f" · {_human(tok)}" if tok is not None else "")
+                tok, nbytes = r.get(f"{stage} tokens"), r.get(f"{stage} bytes")
+                extra = f" · {_human(tok)} tok" if tok is not None else f" · {_human(nbytes)} B" if nbytes is not None else ""
+                c[stage] = f"{v:,}{extra}"
         out.append(c)
     return out

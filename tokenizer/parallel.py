@@ -28,15 +28,24 @@ DEFAULT_LANGS = ["en", "de", "fr", "es", "ru", "el", "ja", "zh", "hi", "ar"]
 class ParallelConfig(StrictModel):
     out: Path = Path("parallel.jsonl")
     langs: list[str] = DEFAULT_LANGS
+    langs_from: Path | None = None  # a shard set: its manifest's languages replace `langs`
+    source: Path | None = None  # your parallel text (JSONL or TSV, see read_parallel) instead of gettext
     max_ids: int = Field(2000, gt=0)
     min_chars: int = Field(20, ge=0)  # shorter messages ("OK", "File") say little about a tokenizer
 
 
 def read_parallel(path: str | Path, langs: list[str] | None = None) -> dict[str, dict[str, str]]:
-    """lang -> {id: text}. A malformed line is an error naming the file and line number."""
+    """lang -> {id: text}. A malformed line is an error naming the file and line number.
+
+    JSONL: one `{"id", "lang", "text"}` per line (FLORES-200 converted, or `tokenizer parallel`).
+    TSV (.tsv/.tab): a header of language codes (an optional first column `id`), one sentence
+    per row in every language, FLORES-style; the row number is the id when there is no id column.
+    """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"parallel text not found: {p}")
+    if p.suffix.lower() in (".tsv", ".tab"):
+        return _read_tsv(p, langs)
     out: dict[str, dict[str, str]] = defaultdict(dict)
     with open(p, encoding="utf-8") as f:
         for n, raw in enumerate(f, 1):
@@ -52,6 +61,59 @@ def read_parallel(path: str | Path, langs: list[str] | None = None) -> dict[str,
     if not out:
         raise DataError(f"{p}: no lines" + (f" for languages {langs}" if langs else ""))
     return dict(out)
+
+
+def _read_tsv(p: Path, langs: list[str] | None) -> dict[str, dict[str, str]]:
+    import csv
+
+    from glotta.data.langid import normalize_lang
+
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    with open(p, encoding="utf-8", newline="") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(rows, None)
+        if not header:
+            raise DataError(f"{p}: empty TSV (expected a header of language codes)")
+        has_id = header[0].strip().lower() == "id"
+        cols = [normalize_lang(h.strip()) for h in header[1 if has_id else 0 :]]
+        for n, row in enumerate(rows, 2):
+            if not any(c.strip() for c in row):
+                continue
+            key, cells = (row[0], row[1:]) if has_id else (str(n - 1), row)
+            if len(cells) != len(cols):
+                raise DataError(f"{p}:{n}: {len(cells)} columns, the header names {len(cols)} languages")
+            for lang, text in zip(cols, cells):
+                if text.strip() and (langs is None or lang in langs):
+                    out[lang][key] = text.strip()
+    if not out:
+        raise DataError(f"{p}: no lines" + (f" for languages {langs}" if langs else ""))
+    return dict(out)
+
+
+def write_parallel(cfg: ParallelConfig) -> dict[str, int]:
+    """The parallel JSONL for `tokenizer eval`: from `source` or from gettext, for `langs` (or the
+    languages of the `langs_from` shard set); languages without parallel text are logged and left
+    out (the evaluation then measures them on their shards, by bytes per token)."""
+    langs = list(cfg.langs)
+    if cfg.langs_from is not None:
+        from glotta.data.manifest import Manifest
+
+        langs = [x for x in Manifest.load(cfg.langs_from).langs() if x != "und"]
+    if cfg.source is not None:
+        found = read_parallel(cfg.source, langs)
+        missing = sorted(set(langs) - set(found))
+        lines = [json.dumps({"id": k, "lang": lang, "text": t}, ensure_ascii=False)
+                 for lang in sorted(found) for k, t in sorted(found[lang].items())]  # fmt: skip
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg.out, "\n".join(lines) + "\n")
+        counts = {lang: len(v) for lang, v in sorted(found.items())}
+    else:
+        have = {c.lang for c in find_catalogs(LOCALE_DIRS)} | {"en"}  # English is every msgid
+        missing = sorted(set(langs) - have)
+        counts = gettext_parallel(cfg.out, [x for x in langs if x in have], cfg.max_ids, cfg.min_chars)
+    if missing:
+        log.warning("no parallel text for %s: their premium is measured on their shards (bytes per token)", ", ".join(missing))
+    return counts
 
 
 def parallel_texts(path: str | Path) -> set[str]:

@@ -145,14 +145,6 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=self.uri)
-        exp = client.get_experiment_by_name(self.cfg.experiment)
-        if exp is None:
-            location = None
-            if self.uri.startswith("sqlite:"):
-                location = (self.run_dir / "mlartifacts").resolve().as_uri()
-            exp_id = client.create_experiment(self.cfg.experiment, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
         id_file = self.run_dir / RUN_ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else None
         if run_id:  # a resumed job continues its MLflow run
@@ -166,8 +158,8 @@ class Tracker:
             if given:
                 run_id = given
                 client.log_batch(run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
-            else:
-                run_id = client.create_run(exp_id, run_name=self.cfg.run_name, tags=self.tags).info.run_id
+            else:  # the experiment only when a run of our own is created (no empty experiments)
+                run_id = client.create_run(self._experiment(client), run_name=self.cfg.run_name, tags=self.tags).info.run_id
             params = [Param(k, v[:6000]) for k, v in sorted(self.params.items())]
             for i in range(0, len(params), 100):
                 client.log_batch(run_id, params=params[i : i + 100])
@@ -175,6 +167,15 @@ class Tracker:
         else:
             client.log_batch(run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
         self._client, self.run_id = client, run_id
+
+    def _experiment(self, client) -> str:
+        exp = client.get_experiment_by_name(self.cfg.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):
+            location = (self.run_dir / "mlartifacts").resolve().as_uri()
+        return client.create_experiment(self.cfg.experiment, artifact_location=location)
 
 
 def finish(tracker: Tracker | None, status: str = "FINISHED") -> None:

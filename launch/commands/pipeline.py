@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from glotta.config import load_config
 from glotta.errors import ConfigError
 from glotta.launch.console import print_json
 from glotta.launch.errors import guarded
@@ -19,26 +18,38 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the repository's na
 
 
 def load_pipeline(path: Path, sets: list[str] | None):
-    from glotta.launch.stages import PipelineConfig
+    """The recipe, checked whole before any stage runs: keys, files, and every stage's set: list."""
+    from glotta.launch.checks import load_recipe
+    from glotta.launch.stages import PipelineConfig, build_stages
 
-    cfg = load_config(PipelineConfig, path, sets).resolve_paths(Path(path).resolve().parent)
+    cfg, origins = load_recipe(PipelineConfig, Path(path), sets)
+    cfg = cfg.resolve_paths(Path(path).resolve().parent)
     cfg.check_files()
-    return cfg
+    return cfg, build_stages(cfg, origins)
 
 
 def run_pipeline(path: Path, sets, start, until, dry_run, json_out) -> None:
-    from glotta.launch.pipeline import Runner
-    from glotta.launch.stages import build_stages
-    from glotta.launch.summary import pipeline_summary, print_summary
+    import logging
 
-    cfg = load_pipeline(path, sets)
-    stages = build_stages(cfg)
-    runner = Runner(cfg.run_dir, tracking_uri=cfg.tracking_uri, dry_run=dry_run)
+    from glotta.launch.pipeline import Runner
+    from glotta.launch.summary import pipeline_summary, print_summary, summary_figures, summary_text
+
+    cfg, stages = load_pipeline(path, sets)
+    verbose = logging.getLogger().level == logging.DEBUG
+    recipe = cfg.model_dump(mode="json")
+    runner = Runner(cfg.run_dir, tracking_uri=cfg.tracking_uri, dry_run=dry_run, verbose=verbose, recipe=recipe)
     t0 = time.time()
     results = runner.run(stages, start=start, until=until)
-    if dry_run:
+    if dry_run:  # what would run, after every check passed
+        if json_out:
+            print_json({"dry_run": True, "stages": [r.to_json() for r in results]})
+        else:
+            for r in results:
+                print(f"{r.stage}: {r.status}")
         return
     summary = pipeline_summary(cfg, results, time.time() - t0, runner.tracking_uri)
+    if runner.mlflow is not None:
+        runner.mlflow.summary(summary, summary_text(summary), summary_figures(cfg))
     if json_out:
         print_json(summary)
     else:

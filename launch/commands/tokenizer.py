@@ -101,11 +101,11 @@ def parallel(
     json_out: JsonOpt = False,
 ) -> None:
     """Write parallel text {id, lang, text} from this machine's gettext catalogs (for `eval`)."""
-    from glotta.tokenizer.parallel import ParallelConfig, gettext_parallel
+    from glotta.tokenizer.parallel import ParallelConfig, write_parallel
 
     overrides = cli_overrides(sets, out=out, langs=langs, max_ids=max_ids)
     cfg = load_config(ParallelConfig, config, overrides, section="tokenizer_parallel")
-    counts = gettext_parallel(cfg.out, cfg.langs, max_ids=cfg.max_ids, min_chars=cfg.min_chars)
+    counts = write_parallel(cfg)
     if json_out:
         print_json({"out": str(cfg.out), "lines": counts})
     else:

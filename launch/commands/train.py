@@ -27,6 +27,7 @@ def train(
     from glotta.train import train as run
 
     cfg = load_train_config(config, cli_overrides(sets, run_dir=str(run_dir) if run_dir else None, train_iters=train_iters))
+    _check_tokenizer(cfg.data.tokenizer)
     summary = run(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -35,6 +36,19 @@ def train(
     else:
         rows = [{"counter": k, "value": str(v).lower() if isinstance(v, bool) else v} for k, v in summary.items()]
         print_table("train", rows, ["counter", "value"])
+
+def _check_tokenizer(path: str | None) -> None:
+    """One clear error for a missing or non-SentencePiece tokenizer, before torch.distributed starts."""
+    from glotta.data.tokenize import open_tokenizer
+    from glotta.errors import ConfigError, DataError
+
+    if not path:
+        raise ConfigError("data.tokenizer: no SentencePiece model given (glotta tokenizer build writes one)")
+    try:
+        open_tokenizer(path)
+    except DataError as e:
+        raise ConfigError(f"data.tokenizer: {e}") from None
+
 
 @launch_app.command("train")
 @guarded

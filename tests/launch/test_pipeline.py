@@ -1,12 +1,15 @@
-"""`glotta pipeline run`: stages as processes, verified skips, --from/--until, failures, MLflow runs.
+"""`glotta pipeline run` on a messy user corpus with 2 processes: what reruns when, and a summary
+that never mixes states.
 
-One pipeline run (module fixture) is shared; tests that change a run work on a copy of it.
+The corpus (JSONL, two files so each rank imports one): ids repeated across files, the same text
+in both files, one huge line of a repeated sentence, records without a url or a language, language
+tags spelled EN / de-DE / ja_JP, text under the field `body`. One pipeline run (module fixture);
+the tests after it change the recipe and rerun in the same run directory, in order.
 """
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,34 +19,59 @@ import yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 REPO = Path(__file__).resolve().parents[2]
-TRAIN = ["train_iters=12", "eval_interval=12", "eval_iters=4", "checkpoint.interval=1000", "log_interval=4"]
+TRAIN = ["train_iters=8", "optim.warmup_iters=2", "eval_interval=8", "eval_iters=2", "checkpoint.interval=1000", "log_interval=2"]
 STAGES = ["import", "consent", "holdout", "tokenizer", "stage1", "cat", "stage2"]
+TAGS = {"en": ["en", "EN", "en-US"], "de": ["de", "de-DE"], "ja": ["ja", "ja_JP"]}
+
+
+def messy_corpus(base: Path) -> Path:
+    """Real gettext text in en/de/ja, written the way user corpora come."""
+    from glotta.data.demo_corpus import build_demo_corpus
+    from glotta.data.shards import iter_samples, list_shards
+
+    build_demo_corpus(base / "gettext", langs=["en", "de", "ja"], max_docs_per_lang=36, shard_samples=500)
+    docs = [s for p in list_shards(base / "gettext") for s in iter_samples(p)]
+    rows = []
+    for i, s in enumerate(docs):
+        r = {"doc_id": f"d{i % 40}", "body": s.text, "language": TAGS[s.lang][i % len(TAGS[s.lang])], "url": s.meta["url"]}
+        if i % 9 == 0:
+            del r["url"]  # no url: consent drops these (counted)
+        if i % 11 == 0:
+            del r["language"]  # no language: language id decides
+        rows.append(r)
+    rows.append({"doc_id": "huge", "body": "The same sentence again. " * 4000, "language": "en", "url": "https://spam.example/x"})
+    rows += [dict(r) for r in rows[:5]]  # exact duplicates, in the other file
+    d = base / "corpus"
+    d.mkdir()
+    half = len(rows) // 2
+    for name, part in (("a.jsonl", rows[:half]), ("b.jsonl", rows[half:])):
+        (d / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part))
+    return d
 
 
 def robots(base: Path) -> Path:
-    """Captures for hosts of the small demo set: one full opt-out, one path-level opt-out."""
     d = base / "robots"
-    (d / "appstream.l10n.example").mkdir(parents=True)
-    (d / "appstream.l10n.example/2020-01-01.txt").write_text("User-agent: GPTBot\nDisallow: /\n")
-    (d / "bash.l10n.example").mkdir()
+    (d / "bash.l10n.example").mkdir(parents=True)
     (d / "bash.l10n.example/2020-01-01.txt").write_text("User-agent: CCBot\nDisallow: /ja/\n")
     return d
 
 
-def recipe(base: Path, run_dir: Path, **over) -> Path:
+def recipe(base: Path, **over) -> Path:
     cfg = {
-        "run_dir": str(run_dir),
-        "nproc": 1,
-        "data": {"demo_corpus": {"langs": ["en", "de", "ja"], "max_docs_per_lang": 40, "shard_samples": 50}},
+        "run_dir": str(base / "run"),
+        "nproc": 2,
+        "data": {"inputs": [str(base / "corpus/*.jsonl")], "fields": {"text": "body", "lang": "language", "id": "doc_id"},
+                 "set": ["max_chars=6000", "shard_samples=40", "max_skip_share=0.2"]},
         "consent": {"robots": str(base / "robots"), "agents": "training", "as_of": "strictest"},
-        "tokenizer": {"vocab_size": 1200, "alpha": 0.3, "sample_bytes": 200_000, "eval_langs": ["en", "de", "ja"]},
-        "holdout": {"fraction": 0.2, "max_docs_per_lang": 8},
-        "stage1": {"config": str(REPO / "configs/gpt-tiny.yaml"), "set": TRAIN + ["eval_at_start=true", "checkpoint.keep_steps=[4, 8, 12]"]},
+        "tokenizer": {"vocab_size": 1200, "alpha": 0.3, "sample_bytes": 150_000},
+        "holdout": {"fraction": 0.2, "max_docs_per_lang": 6},
+        "stage1": {"config": str(REPO / "configs/gpt-tiny.yaml"), "set": TRAIN + ["eval_at_start=true", "checkpoint.keep_steps=[2, 4, 8]"]},
         "cat": {"method": "cat", "keep": 0.5},
         "stage2": {"config": str(REPO / "configs/gpt-tiny.yaml"), "set": TRAIN},
     }
-    cfg.update(over)
-    path = run_dir.parent / f"{run_dir.name}.yaml"
+    for k, v in over.items():
+        cfg[k] = {**cfg[k], **v}
+    path = base / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -51,89 +79,105 @@ def recipe(base: Path, run_dir: Path, **over) -> Path:
 def glotta(*args, check=True):
     r = subprocess.run([sys.executable, "-m", "glotta.launch.cli", *map(str, args)], capture_output=True, text=True)
     if check and r.returncode != 0:
-        raise AssertionError(f"glotta {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        raise AssertionError(f"glotta {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-4000:]}")
     return r
 
 
-def stage_status(summary: dict) -> dict[str, str]:
+def status(summary: dict) -> dict[str, str]:
     return {s["stage"]: s["status"] for s in summary["stages"]}
 
 
+def reports_parse(run: Path) -> list[str]:
+    names = []
+    for p in sorted((run / "reports").glob("*.json")):
+        json.loads(p.read_text())  # every report is one valid JSON document
+        names.append(p.stem)
+    return names
+
+
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
+def first(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
+    messy_corpus(base)
     robots(base)
-    path = recipe(base, base / "run")
-    return base, path, json.loads(glotta("pipeline", "run", path, "--json").stdout)
+    r = glotta("pipeline", "run", recipe(base), "--json")
+    return base, json.loads(r.stdout), r.stderr
 
 
-def copy_run(first_run, tmp_path, **over) -> Path:
-    base, _, _ = first_run
-    shutil.copytree(base / "run", tmp_path / "run")
-    return recipe(base, tmp_path / "run", **over)
-
-
-def test_summary_numbers_are_sane(first_run):
-    _, _, summary = first_run
-    assert stage_status(summary) == {name: "ran" for name in STAGES}
+def test_messy_corpus_runs_and_every_loss_is_counted(first):
+    base, summary, stderr = first
+    assert status(summary) == {name: "ran" for name in STAGES}
+    counters = {(r["stage"], r["counter"]): r["value"] for r in summary["counters"]}
+    assert counters[("import", "split_docs")] == 1  # the huge line, split at sentence boundaries ...
+    assert counters[("import", "duplicate_docs")] >= 10  # ... into identical parts, removed
+    assert counters[("import", "duplicate_docs_across_ranks")] >= 5  # the 5 copies in the other file
+    assert counters[("import", "duplicate_ids")] + counters[("import", "duplicate_ids_across_ranks")] >= 60
+    assert counters[("import", "missing_url")] >= 12 and counters[("import", "missing_lang")] >= 9
+    assert any(stage == "consent" and "url" in name and v >= 12 for (stage, name), v in counters.items())
     rows = {r["lang"]: r for r in summary["corpus"]}
-    assert set(rows) == {"en", "de", "ja"}
-    for r in rows.values():
-        assert 0 < r["consent docs"] <= r["import docs"] and 0 < r["consent tokens"] <= r["import tokens"]
-        assert 0 < r["train docs"] < r["consent docs"]  # the held-out documents are not trained on
-        assert 0.3 < r["cat tokens"] / r["train tokens"] < 0.7  # CAT keeps ~50% of each language's tokens
-    assert sum(r["consent docs"] for r in rows.values()) < sum(r["import docs"] for r in rows.values())
-    prem = {r["lang"]: r["premium"] for r in summary["premiums"]}
-    assert prem["en"] == pytest.approx(1.0) and all(0.2 < p < 5 for p in prem.values())
+    assert {"en", "de", "ja"} <= set(rows)  # EN, en-US, de-DE, ja_JP normalized
+    for r in (rows["en"], rows["de"], rows["ja"]):
+        assert 0 < r["cat docs"] < r["train docs"] <= r["consent docs"] <= r["import docs"]
+    assert {r["lang"] for r in summary["premiums"]} >= {"en", "de", "ja"}
+    assert set(reports_parse(base / "run")) == {
+        "import", "import-inspect", "consent-import", "consent-filter", "consent-report", "holdout", "tokenizer-parallel",
+        "tokenizer-build", "tokenizer-eval", "stage1", "cat-score", "cat-select", "stage2",
+    }  # fmt: skip
+    assert "step · loss" in stderr and "OMP_NUM_THREADS" not in stderr  # progress shown, banner not
     val = {r["lang"]: r for r in summary["validation"]}
-    for stage in ("untrained", "stage1", "stage2"):
-        assert all(math.isfinite(v) for v in (r[f"{stage} val loss"] for r in val.values()) if v is not None)
-    assert val["all"]["stage1 val loss"] < val["all"]["untrained val loss"]
-    assert val["all"]["stage2 val loss"] < val["all"]["untrained val loss"]
+    assert all(math.isfinite(v) for r in val.values() for v in r.values() if isinstance(v, float))
 
 
-def test_mlflow_parent_and_child_runs(first_run):
+def test_one_mlflow_parent_with_every_stage_and_no_empty_experiment(first):
     from mlflow.tracking import MlflowClient
 
-    _, _, summary = first_run
+    _, summary, _ = first
     client = MlflowClient(summary["mlflow"]["tracking_uri"])
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    parents = [r for r in runs if r.info.run_name == "pipeline"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert {c.data.tags["glotta.stage"] for c in children} == set(STAGES)
-    assert all(c.info.status == "FINISHED" for c in children)
-    tok = next(c for c in children if c.data.tags["glotta.stage"] == "tokenizer")
-    arts = [a.path for a in client.list_artifacts(tok.info.run_id, "tokenizer")]
-    assert "tokenizer/premiums.png" in arts and "tokenizer/glotta.card.json" in arts
-    stage1 = next(c for c in children if c.data.tags["glotta.stage"] == "stage1")
-    history = client.get_metric_history(stage1.info.run_id, "loss")
-    assert len(history) >= 3 and stage1.data.params["model.num_layers"] == "2"  # the trainer logged into its child
+    exps = {e.name: e.experiment_id for e in client.search_experiments()}
+    assert set(exps) == {"Default", "glotta-pipeline-run"}  # the trainer logged into its child, made none
+    runs = client.search_runs([exps["glotta-pipeline-run"]])
+    [parent] = [r for r in runs if r.info.run_name == "pipeline"]
+    children = {r.data.tags["glotta.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == set(STAGES)
+    assert parent.data.params["cat.keep"] == "0.5"
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.json", "summary.txt", "figures", "stages", "recipe.json"} <= arts
+    cat = {a.path for a in client.list_artifacts(children["cat"].info.run_id, "cat/report")}
+    assert any(p.endswith(".png") for p in cat)  # CAT's histograms
+    assert len(client.get_metric_history(children["stage1"].info.run_id, "loss")) >= 3
 
 
-def test_rerun_skips_everything(first_run):
-    _, path, _ = first_run
-    again = json.loads(glotta("pipeline", "run", path, "--json").stdout)
-    assert set(stage_status(again).values()) == {"skipped"}
+def test_changing_cat_keep_reruns_exactly_cat_and_stage2(first):
+    base, before, _ = first
+    after = json.loads(glotta("pipeline", "run", recipe(base, cat={"keep": 0.3}), "--json").stdout)
+    assert status(after) == {**{n: "skipped" for n in STAGES[:5]}, "cat": "ran", "stage2": "ran"}
+    old = {r["lang"]: r for r in before["corpus"]}
+    new = {r["lang"]: r for r in after["corpus"]}
+    for lang in ("en", "de", "ja"):
+        assert new[lang]["train tokens"] == old[lang]["train tokens"]
+        assert new[lang]["cat tokens"] < old[lang]["cat tokens"]
+    assert len(list((base / "run/previous").glob("*/stage2/checkpoints"))) == 1  # old stage 2 kept aside
+    assert after["validation"][0]["stage2 val loss"] != before["validation"][0]["stage2 val loss"]
+    assert reports_parse(base / "run")
 
 
-def test_from_cat_reruns_only_the_last_stages(first_run, tmp_path):
-    path = copy_run(first_run, tmp_path)
-    partial = json.loads(glotta("pipeline", "run", path, "--from", "cat", "--json").stdout)
-    assert stage_status(partial) == {"cat": "ran", "stage2": "ran"}
+def test_from_stage2_retrains_from_scratch(first):
+    base, _, _ = first
+    r = glotta("pipeline", "run", recipe(base, cat={"keep": 0.3}), "--from", "stage2", "--json")
+    assert status(json.loads(r.stdout)) == {**{n: "current" for n in STAGES[:6]}, "stage2": "ran"}
+    steps = [json.loads(x)["step"] for x in (base / "run/stage2/metrics.jsonl").read_text().splitlines()]
+    assert steps[0] == 2 and steps[-1] == 8  # trained again from step 0, not resumed at the end
+    assert "resumed from" not in r.stderr
 
 
-def test_failed_stage_keeps_earlier_outputs_and_rerun_resumes(first_run, tmp_path):
-    path = copy_run(first_run, tmp_path)
-    bad = glotta("pipeline", "run", path, "--set", "stage2.set=[no_such_key=1]", check=False)
-    assert bad.returncode == 2 and "stage 'stage2' failed" in bad.stderr
-    assert (tmp_path / "run/cat/exclude.txt").is_file() and (tmp_path / "run/stage1/checkpoints/latest").is_file()
-    good = json.loads(glotta("pipeline", "run", path, "--json").stdout)
-    assert stage_status(good) == {**{name: "skipped" for name in STAGES[:-1]}, "stage2": "ran"}
-
-
-def test_missing_file_fails_before_any_stage(tmp_path):
-    path = recipe(tmp_path, tmp_path / "run", consent={"robots": str(tmp_path / "nope")})
-    r = glotta("pipeline", "run", path, check=False)
-    assert r.returncode == 2
-    assert "consent.robots" in r.stderr and "nope" in r.stderr
-    assert not (tmp_path / "run").exists()
+def test_bad_set_fails_before_any_stage_naming_its_origin(tmp_path):
+    base = tmp_path
+    (base / "corpus").mkdir()
+    (base / "corpus/a.jsonl").write_text('{"text": "x"}\n')
+    robots(base)
+    path = recipe(base, stage2={"set": ["no_such_key=1"]})
+    r = glotta("pipeline", "run", path, "--dry-run", check=False)
+    assert r.returncode == 2 and "no_such_key" in r.stderr and f"{path}:" in r.stderr
+    r = glotta("pipeline", "run", path, "--set", "cat.select_set=[selection.fraction=abc]", check=False)
+    assert r.returncode == 2 and "--set cat.select_set=[selection.fraction=abc]" in r.stderr
+    assert not (base / "run").exists()

@@ -1,0 +1,50 @@
+"""Checks before work: `glotta train` refuses a non-SentencePiece tokenizer with one clear error;
+the tokenizer stage reads the user's own parallel text (JSONL or FLORES-style TSV) and names the
+languages without any."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from glotta.tokenizer.parallel import ParallelConfig, read_parallel, write_parallel
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_train_rejects_a_tokenizer_that_is_not_sentencepiece(tmp_path):
+    bogus = tmp_path / "tokenizer.json"
+    bogus.write_text('{"model": {"type": "BPE"}}')
+    r = subprocess.run(
+        [sys.executable, "-m", "glotta.launch.cli", "train", "-c", str(REPO / "configs/gpt-tiny.yaml"),
+         "--set", f"data.train=[{tmp_path}]", "--set", f"data.tokenizer={bogus}", "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "data.tokenizer" in r.stderr and "not a SentencePiece model" in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 3 and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_user_parallel_tsv_for_the_corpus_languages(tmp_path, caplog):
+    tsv = tmp_path / "flores.tsv"
+    tsv.write_text(
+        "id\ten\tde\tko\tsw\n"
+        "1\tThe cat sleeps.\tDie Katze schläft.\t고양이가 잔다.\tPaka analala.\n"
+        "2\tIt rains today.\tEs regnet heute.\t오늘 비가 온다.\tLeo kunanyesha.\n"
+    )
+    out = tmp_path / "parallel.jsonl"
+    counts = write_parallel(ParallelConfig(out=out, langs=["en", "de", "ko", "ja"], source=tsv))
+    assert counts == {"de": 2, "en": 2, "ko": 2}  # sw is not a corpus language; ja has no line
+    assert "no parallel text for ja" in caplog.text
+    assert read_parallel(out)["ko"]["2"] == "오늘 비가 온다."
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert {x["lang"] for x in lines} == {"en", "de", "ko"}
+
+
+def test_gettext_parallel_leaves_out_languages_without_catalogs(tmp_path, caplog):
+    out = tmp_path / "parallel.jsonl"
+    counts = write_parallel(ParallelConfig(out=out, langs=["en", "de", "qaa"], max_ids=50))
+    assert set(counts) == {"en", "de"} and counts["de"] > 0
+    assert "no parallel text for qaa" in caplog.text
