@@ -156,12 +156,18 @@ def list_shards(directory: str | Path, verify: bool = False) -> list[Path]:
                 raise DataError("shard set does not match its manifest:\n  " + "\n  ".join(problems))
         return [d / s.name for s in manifest.shards]
     shards = sorted(p for p in d.glob("*.tar") if not p.name.startswith("."))
+    packed = sorted(p.name for pat in COMPRESSED for p in d.glob(pat) if not p.name.startswith("."))
+    if packed and not shards:
+        raise DataError(f"{d}: unsupported: compressed shards ({', '.join(packed[:3])}); glotta reads plain .tar shards")
+    if packed:
+        log.warning("%s: %d compressed shard(s) ignored (unsupported: compressed shard): %s", d, len(packed), packed[:3])
     if not shards:
         raise DataError(f"{d}: no *.tar shards and no {MANIFEST}")
     return shards
 
 
 Utf8Policy = Literal["replace", "skip"]
+COMPRESSED = ("*.tar.gz", "*.tgz", "*.tar.zst", "*.tar.bz2", "*.tar.xz", "*.tar.lz4")
 
 
 def iter_samples(
@@ -171,51 +177,86 @@ def iter_samples(
     utf8: Utf8Policy = "replace",
     offset: int = 0,
     batch: int = 256,
+    expected: ShardInfo | None = None,
 ) -> Iterator[Sample]:
     """Samples of one shard. Problems are counted in `counters` (or raised when strict).
 
-    A corrupt or truncated shard ends early: the samples before the damage are yielded and
-    `corrupt_shard` is counted. With strict=True every skip raises DataError.
+    Damage never ends a shard silently: the reader skips to the next valid header and counts
+    what it skipped (see csrc/tar.cpp); a half sample is counted (`missing_text`, skipped, or
+    `missing_json`, kept as language `und`). With `expected` (the shard's manifest entry) a
+    shard that holds fewer samples than the manifest says counts the difference as
+    `lost_documents`. A compressed shard is an error ("unsupported: compressed shard").
+    With strict=True every counted problem raises DataError.
     """
     counters = counters if counters is not None else Counter()
     path = Path(path)
     name = path.name
 
-    def skip(reason: str, msg: str) -> None:
+    def skip(reason: str, msg: str, n: int = 1) -> None:
         if strict:
             raise DataError(msg)
-        counters[reason] += 1
+        counters[reason] += n
         log.warning(msg)
 
     try:
-        reader = TarReader(str(path))
+        reader = open_reader(path)
     except (OSError, RuntimeError) as e:
         skip("unreadable_shard", f"{path}: {e}")
         return
+    seen = 0
     try:
         if offset:
             reader.seek(offset)
         while True:
-            try:
-                raw = reader.read(batch)
-            except TarError as e:
-                skip("corrupt_shard", f"{path}: {e}")
-                return
-            if strict and any(reader.counters().values()):
-                raise DataError(f"{path}: " + "; ".join(reader.warnings() or [str(reader.counters())]))
+            raw = reader.read(batch)
+            if strict and any(v for k, v in reader.counters().items() if k in PROBLEMS):
+                raise DataError("; ".join(reader.warnings() or [f"{path}: {reader.counters()}"]))
             if not raw:
                 break
+            seen += len(raw)
             for key, fields in raw:
                 sample = _decode(name, key, fields, counters, skip, utf8)
                 if sample is not None:
                     counters["samples"] += 1
                     yield sample
+        if expected is not None and not offset:
+            check_expected(path, expected, reader.size, seen, skip)
     finally:
-        for k, v in reader.counters().items():
-            counters[k] += v
+        add_reader_counters(counters, reader)
         for w in reader.warnings():
-            log.warning("%s: %s", path, w)
+            log.warning("%s", w)
         reader.close()
+
+
+# Reader counters that mean data was damaged or dropped (the rest are skips by design).
+PROBLEMS = frozenset(
+    {"skipped_unsafe_name", "skipped_no_extension", "bad_name", "bad_pax", "misplaced_member",
+     "duplicate_member", "damaged", "truncated"}
+)  # fmt: skip
+
+
+def open_reader(path: str | Path, sequential: bool = True) -> TarReader:
+    """A TarReader; a compressed shard is a DataError naming it, never a 'corrupt' skip."""
+    try:
+        return TarReader(str(path), sequential)
+    except TarError as e:  # the only TarError the constructor raises: a compressed stream
+        raise DataError(str(e)) from None
+
+
+def add_reader_counters(counters: Counter, reader: TarReader) -> None:
+    for k, v in reader.counters().items():
+        if v:
+            counters[k] += v
+
+
+def check_expected(path: Path, expected: ShardInfo, file_bytes: int, seen: int, skip) -> None:
+    """Compare what the shard held with its manifest entry: a cut at a block boundary leaves a
+    valid-looking archive, only the manifest's sample and byte counts reveal it."""
+    if expected.file_bytes and file_bytes != expected.file_bytes:
+        skip("size_mismatch", f"{path}: {file_bytes} bytes, {MANIFEST} says {expected.file_bytes} (truncated or replaced?)")
+    if seen < expected.samples:
+        lost = expected.samples - seen
+        skip("lost_documents", f"{path}: {seen} samples read, {MANIFEST} lists {expected.samples}: {lost} lost", lost)
 
 
 def _decode(shard: str, key: str, fields: dict[str, bytes], counters: Counter, skip, utf8: Utf8Policy):
@@ -223,6 +264,8 @@ def _decode(shard: str, key: str, fields: dict[str, bytes], counters: Counter, s
     if "txt" not in fields:
         skip("missing_text", f"{where}: sample has no .txt member (has: {sorted(fields)})")
         return None
+    if "json" not in fields:  # a half sample: kept (the text is intact) as language 'und', counted
+        skip("missing_json", f"{where}: sample has no .json member (language unknown)")
     raw = fields["txt"]
     try:
         text = raw.decode("utf-8")
