@@ -39,8 +39,10 @@ from glotta.data.loader_state import STATE_VERSION, check_fingerprint, merge_sta
 from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
 from glotta.data.native import assemble, permutation
 from glotta.data.packing import BestFitLane, ConcatLane, Doc, RowStats
-from glotta.data.shards import list_shards
-from glotta.data.tokenize import UTF8_REPLACED, DocIndex, Encoder, cached_index, open_tokenizer, worker_encode, worker_init
+from glotta.data.corpus_index import CorpusIndex, cached_corpus_index
+from glotta.data.manifest import ShardInfo
+from glotta.data.shards import shard_entries
+from glotta.data.tokenize import UTF8_REPLACED, Encoder, open_tokenizer, worker_encode, worker_init
 from glotta.errors import ConfigError, DataError
 from glotta.seeding import stable_seed
 
@@ -76,17 +78,18 @@ class LoaderConfig(StrictModel):
         return self
 
 
-def _shards(sources: list[str]) -> list[Path]:
-    out: list[Path] = []
+def _shards(sources: list[str]) -> list[tuple[Path, ShardInfo | None]]:
+    """(shard, its manifest entry or None) for every source, in order."""
+    out: list[tuple[Path, ShardInfo | None]] = []
     for s in sources:
         p = Path(s)
         if p.is_dir():
-            out.extend(list_shards(p))
+            out.extend(shard_entries(p))
         elif p.is_file():
-            out.append(p)
+            out.append((p, None))
         else:
             raise DataError(f"loader source not found: {p}")
-    names = [p.name for p in out]
+    names = [p.name for p, _ in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise DataError(f"shard names must be unique across sources (exclude lists use them): {dup[:5]}")
@@ -152,7 +155,7 @@ class TokenLoader:
         self.vocab_size, self.eod_id, self.pad_id = tok.vocab_size, tok.eod_id, tok.pad_id
         shards = _shards(cfg.sources)
         exclude = read_exclude(cfg.exclude)
-        self.index: DocIndex = cached_index(shards, exclude, cfg.strict)
+        self.index: CorpusIndex = cached_corpus_index(shards, exclude, cfg.strict)
         self._setup_mix(exclude)
 
         L, D = self.global_batch, dp_size
@@ -179,8 +182,8 @@ class TokenLoader:
             "seed": cfg.seed,
             "mix": cfg.mix.model_dump(),
             "langs": list(self.langs),
-            "documents": int(len(self.index.key)),
-            "shards": [Path(s).name for s in self.index.shards],
+            "documents": self.index.documents,
+            "shards": self.index.shard_list_hash(),  # a hash, not the names: 16 characters at any size
             "exclude": hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest()[:16],
             "tokenizer": _sha(cfg.tokenizer),
         }
@@ -188,22 +191,19 @@ class TokenLoader:
     # ---- setup ----------------------------------------------------------------------------
     def _setup_mix(self, exclude: set[str]) -> None:
         cfg, idx = self.cfg, self.index
-        by_lang: dict[str, list[int]] = {}
-        for i, lang in enumerate(idx.lang):
-            by_lang.setdefault(lang, []).append(i)
+        tables = dict(idx.tables)
         if cfg.mix.langs is not None:
-            empty = sorted(set(cfg.mix.langs) - set(by_lang))
+            empty = sorted(set(cfg.mix.langs) - set(tables))
             if empty:
                 raise DataError(f"mix.langs: no documents for {empty} in {cfg.sources} (empty or excluded)")
-            by_lang = {lang: by_lang[lang] for lang in cfg.mix.langs}
-        if not by_lang:
+            tables = {lang: tables[lang] for lang in cfg.mix.langs}
+        if not tables:
             raise DataError(f"no documents to load from {cfg.sources} ({dict(idx.counters)})")
-        sizes = {lang: float(idx.nbytes[d].sum()) for lang, d in by_lang.items()}
+        sizes = {lang: float(t.nbytes) for lang, t in tables.items()}
         weights = mix_weights(cfg.mix, sizes)
         self.langs: list[str] = list(weights)
         self.weights = weights
-        self._lang_docs = [np.asarray(by_lang[lang], np.int64) for lang in self.langs]
-        n_docs = [len(d) for d in self._lang_docs]
+        n_docs = [tables[lang].docs for lang in self.langs]
         # Document rate = byte share / mean document size, so byte shares follow the weights.
         rates = [weights[lang] * n / max(sizes[lang], 1.0) for lang, n in zip(self.langs, n_docs)]
         caps = doc_caps(cfg.mix, n_docs)
@@ -234,16 +234,16 @@ class TokenLoader:
                 slots.append(p * L + int(deal[lane]))
         lang, doc, _ = self.schedule.lookup(np.asarray(slots, np.int64))
         gidx = np.full(len(slots), -1, np.int64)
-        ok = lang >= 0
-        for i in np.flatnonzero(ok):
-            gidx[i] = self._lang_docs[lang[i]][doc[i]]
+        for li in np.unique(lang[lang >= 0]).tolist():
+            sel = np.flatnonzero(lang == li)
+            gidx[sel] = self.index.locate(self.langs[li], doc[sel])
         return where, lang, gidx
 
     def _submit(self, job: int) -> None:
         where, lang, gidx = self._job_docs(job)
         ok = gidx >= 0
         sel = gidx[ok]
-        args = (self.index.shard[sel], self.index.offset[sel], [self.index.key[i] for i in sel])
+        args = self.index.fetch(sel)
         if self._pool is not None:
             fut = self._pool.submit(worker_encode, *args)
         else:

@@ -1,18 +1,18 @@
 """Text shards: webdataset tars where one sample is `KEY.txt` (UTF-8) + `KEY.json` (metadata).
 
-Writing goes through Python's tarfile (pax format, fixed mtime/owner so reruns are byte
-identical) into a temporary name that is renamed when the shard is complete. Reading goes
+Writing builds the tar members directly (ustar headers, pax for long names, fixed mtime/owner
+so reruns are byte identical) into a temporary name that is renamed when the shard is
+complete, with its per-shard index next to it. Reading goes
 through the C++ reader in glotta._native; this module turns its raw members into `Sample`s
 and applies the error policy (count and skip, or raise with --strict).
 """
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import logging
 import os
 import re
-import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,9 +49,62 @@ def shard_name(prefix: str, rank: int, index: int) -> str:
     return f"{prefix}-{rank:05d}-{index:06d}.tar"
 
 
+def _ustar(name: bytes, size: int, typeflag: bytes = b"0") -> bytes:
+    """One ustar header (mode 0444, owner 0, mtime 0: reruns are byte-identical)."""
+    h = bytearray(_TEMPLATE)
+    h[0 : len(name)] = name
+    h[124:136] = b"%011o\0" % size
+    h[156:157] = typeflag
+    h[148:155] = b"%06o\0" % sum(h)  # the template holds spaces in the checksum field
+    return bytes(h)
+
+
+def _template() -> bytes:
+    h = bytearray(512)
+    h[100:108] = b"0000444\0"
+    h[108:116] = h[116:124] = b"0000000\0"
+    h[136:148] = b"00000000000\0"
+    h[148:156] = b" " * 8
+    h[257:265] = b"ustar\x0000"
+    h[329:337] = h[337:345] = b"0000000\0"
+    return bytes(h)
+
+
+_TEMPLATE = _template()
+_ZEROS = bytes(1024)
+
+
+def _pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n".encode()
+    n = len(body) + 1
+    while len(str(n)) + len(body) != n:
+        n += 1
+    return str(n).encode() + body
+
+
+def tar_member(name: str, payload: bytes) -> bytes:
+    """Header(s) + payload + padding of one regular member, as Python's tarfile (pax format)
+    would read it: names over 100 bytes and sizes of 8 GiB or more go into a pax header."""
+    raw = name.encode("utf-8")
+    out = b""
+    records = b""
+    if len(raw) > 100:
+        records += _pax_record("path", name)
+    if len(payload) >= 8 << 30:
+        records += _pax_record("size", str(len(payload)))
+    if records:
+        out = _ustar(b"././@PaxHeader", len(records), b"x") + records + bytes(-len(records) % 512)
+    return out + _ustar(raw[:100], len(payload) if len(payload) < 8 << 30 else 0) + payload + bytes(-len(payload) % 512)
+
+
 class ShardWriter:
     """Rolls over to a new shard after `max_samples` samples or `max_bytes` text bytes.
 
+    Members are written directly (ustar headers built here, pax only for long names), not
+    through Python's tarfile, which spent most of the import's time building headers; the
+    output is a standard tar that tarfile and webdataset read unchanged. Each shard gets its
+    index (`NAME.tar.idx`, data/shard_index.py) from the offsets recorded while writing, and
+    both are written under temporary names and renamed when complete.
     `on_shard(info)` is called after each shard is renamed into place (resume bookkeeping).
     """
 
@@ -72,54 +125,65 @@ class ShardWriter:
         self.index = start_index
         self.on_shard = on_shard
         self.written: list[ShardInfo] = []
-        self._tar: tarfile.TarFile | None = None
+        self._f = None
         self._info: ShardInfo | None = None
         self._keys: set[str] = set()
 
     def _open(self) -> None:
+        from glotta.data.shard_index import IndexBuilder
+
         name = shard_name(self.prefix, self.rank, self.index)
         self._tmp = self.out_dir / f".{name}.tmp-{os.getpid()}"
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)
+        self._f = open(self._tmp, "wb", buffering=1 << 20)
+        self._pos = 0
         self._info = ShardInfo(name=name)
         self._keys = set()
-
-    def _add(self, name: str, payload: bytes) -> None:
-        ti = tarfile.TarInfo(name)
-        ti.size, ti.mtime, ti.mode = len(payload), 0, 0o444
-        ti.uname = ti.gname = ""
-        self._tar.addfile(ti, io.BytesIO(payload))
+        self._idx = IndexBuilder()
 
     def write(self, sample: Sample) -> None:
         if not KEY_RE.match(sample.key):
             raise DataError(f"invalid key {sample.key!r}: use letters, digits, '_', '-' and '/' (no dots)")
-        if self._tar is None:
+        if self._f is None:
             self._open()
         if sample.key in self._keys:
             raise DataError(f"duplicate key {sample.key!r} in shard {self._info.name}")
         self._keys.add(sample.key)
         text = sample.text.encode("utf-8")
         meta = json.dumps(sample.meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
-        self._add(f"{sample.key}.txt", text)
-        self._add(f"{sample.key}.json", meta)
-        self._info.add(sample.meta.get("lang") or "und", len(text))
+        lang = sample.meta.get("lang") or "und"
+        data = tar_member(f"{sample.key}.txt", text) + tar_member(f"{sample.key}.json", meta)
+        self._idx.add(sample.key, self._pos, len(text), str(lang))
+        self._idx.samples += 1
+        self._f.write(data)
+        self._pos += len(data)
+        self._info.add(lang, len(text))
         if self._info.samples >= self.max_samples or self._info.bytes >= self.max_bytes:
             self.flush()
 
     def flush(self) -> None:
-        """Finish the current shard (if any): close, hash, rename into place."""
-        if self._tar is None:
+        """Finish the current shard (if any): end blocks, fsync, hash, index, rename into place."""
+        if self._f is None:
             return
-        self._tar.close()
+        from glotta.data.manifest import atomic_write_bytes
+        from glotta.data.shard_index import index_path
+
+        end = _ZEROS + bytes(-(self._pos + 1024) % 10240)  # tarfile's end: 2 zero blocks, 10 KiB records
+        self._f.write(end)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        self._f = None
         final = self.out_dir / self._info.name
-        with open(self._tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        self._info.file_bytes = self._tmp.stat().st_size
+        self._info.file_bytes = self._pos + len(end)
         self._info.sha256 = sha256_file(self._tmp)
+        blob = self._idx.to_bytes(self._info.name, self._info.file_bytes)
+        self._info.index_sha256 = hashlib.sha256(blob).hexdigest()
+        atomic_write_bytes(index_path(final), blob)  # before the shard: a shard in place always has its index
         os.replace(self._tmp, final)
         self.written.append(self._info)
         if self.on_shard is not None:
             self.on_shard(self._info)
-        self._tar, self._info = None, None
+        self._info = None
         self.index += 1
 
     def close(self) -> list[ShardInfo]:
@@ -128,10 +192,10 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the unfinished shard (after an error) so no partial file is left behind."""
-        if self._tar is not None:
-            self._tar.close()
+        if self._f is not None:
+            self._f.close()
             self._tmp.unlink(missing_ok=True)
-            self._tar = None
+            self._f = None
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -164,6 +228,15 @@ def list_shards(directory: str | Path, verify: bool = False) -> list[Path]:
     if not shards:
         raise DataError(f"{d}: no *.tar shards and no {MANIFEST}")
     return shards
+
+
+def shard_entries(directory: str | Path) -> list[tuple[Path, ShardInfo | None]]:
+    """list_shards with each shard's manifest entry (None without manifest.json)."""
+    d = Path(directory)
+    paths = list_shards(d)
+    if (d / MANIFEST).is_file():
+        return list(zip(paths, Manifest.load(d).shards))
+    return [(p, None) for p in paths]
 
 
 Utf8Policy = Literal["replace", "skip"]

@@ -1,9 +1,8 @@
-"""SentencePiece on the fly: the document index, and reading + encoding documents in workers.
+"""SentencePiece on the fly: reading + encoding documents in workers.
 
-The index is one pass over the shards with the C++ tar reader: where each document starts
-(shard, byte offset), its language and size. Exclude lists are applied here, so excluded
-documents never enter the schedule. Workers then read documents by offset (TarReader.seek) and
-encode them in batches (`sp.encode(list_of_texts)`), appending EOD. Workers are stateless: the
+Where each document starts comes from the per-shard index (shard_index.py, corpus_index.py).
+Workers read documents by offset (TarReader.seek) and encode them in batches
+(`sp.encode(list_of_texts)`), appending EOD. Workers are stateless: the
 result of a task depends only on the task, which is what makes resume exact with any number
 of workers.
 
@@ -11,19 +10,16 @@ This module must not import torch: spawned workers import it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 
-from glotta.data.exclude import is_excluded
 from glotta.data.native import TarError, TarReader, token_dtype
+from glotta.data.shards import open_reader
 from glotta.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -58,123 +54,31 @@ def open_tokenizer(path: str | Path) -> tuple[spm.SentencePieceProcessor, Tokeni
     return sp, TokenizerInfo(str(p), sp.get_piece_size(), eod, pad)
 
 
-# ---- document index -------------------------------------------------------------------------
-@dataclass
-class DocIndex:
-    shards: list[str]  # shard paths
-    shard: np.ndarray  # int32 per document
-    offset: np.ndarray  # int64: TarReader offset of the document's first member
-    nbytes: np.ndarray  # int64: UTF-8 bytes of the text
-    lang: list[str]
-    key: list[str]
-    counters: Counter = field(default_factory=Counter)
-
-    def __post_init__(self) -> None:
-        self.names = [Path(s).name for s in self.shards]
-
-    def doc_id(self, i: int) -> str:
-        return f"{self.names[self.shard[i]]}/{self.key[i]}"
-
-
-def build_index(shards: list[Path], exclude: set[str], strict: bool = False) -> DocIndex:
-    """One pass over the shards: offset, language and size of every document not excluded."""
-    counters: Counter = Counter()
-    sh, off, nb, langs, keys = [], [], [], [], []
-
-    def skip(reason: str, msg: str) -> None:
-        if strict:
-            raise DataError(msg)
-        counters[reason] += 1
-        log.warning(msg)
-
-    for si, path in enumerate(shards):
-        name = Path(path).name
-        if name in exclude:
-            counters["excluded_shards"] += 1
-            continue
-        try:
-            reader = TarReader(str(path))
-        except (OSError, RuntimeError) as e:
-            skip("unreadable_shard", f"{path}: {e}")
-            continue
-        try:
-            while True:
-                at = reader.offset
-                try:
-                    raw = reader.read(1)
-                except TarError as e:
-                    skip("corrupt_shard", f"{path}: {e} (documents before the damage are kept)")
-                    break
-                if not raw:
-                    break
-                key, fields = raw[0]
-                if is_excluded(exclude, name, key):
-                    counters["excluded"] += 1
-                    continue
-                if "txt" not in fields:
-                    skip("missing_text", f"{name}/{key}: sample has no .txt member (has: {sorted(fields)})")
-                    continue
-                lang = "und"
-                if "json" in fields:
-                    try:
-                        meta = json.loads(fields["json"])
-                        lang = (meta.get("lang") if isinstance(meta, dict) else None) or "und"
-                    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                        skip("bad_json", f"{name}/{key}: .json is not valid JSON: {e}")
-                        continue
-                sh.append(si)
-                off.append(at)
-                nb.append(len(fields["txt"]))
-                langs.append(str(lang))
-                keys.append(key)
-        finally:
-            for k, v in reader.counters().items():
-                counters[k] += v
-            reader.close()
-    counters["indexed"] = len(keys)
-    return DocIndex(
-        shards=[str(p) for p in shards],
-        shard=np.asarray(sh, np.int32),
-        offset=np.asarray(off, np.int64),
-        nbytes=np.asarray(nb, np.int64),
-        lang=langs,
-        key=keys,
-        counters=counters,
-    )
-
-
-_INDEX_CACHE: dict[tuple, DocIndex] = {}
-
-
-def cached_index(shards: list[Path], exclude: set[str], strict: bool = False) -> DocIndex:
-    """build_index, remembered per process while the shard files are unchanged (size, mtime):
-    a trainer that builds a fresh validation loader for every evaluation indexes once."""
-    key = (
-        tuple((str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else (str(p),) for p in shards),
-        hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest(),
-        strict,
-    )
-    if key not in _INDEX_CACHE:
-        if len(_INDEX_CACHE) >= 8:
-            _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
-        _INDEX_CACHE[key] = build_index(shards, exclude, strict)
-    return _INDEX_CACHE[key]
-
-
 # ---- reading + encoding (runs in workers, or in-process with num_workers=0) -----------------
 class Encoder:
+    # Open readers per process. A reader holds no file descriptor (csrc/tar.cpp closes it after
+    # mmap), so this bounds mappings and address space, not fds: 10,000 shards stay mappable.
+    MAX_OPEN = 64
+
     def __init__(self, shards: list[str], tokenizer: str, strict: bool = False):
         self.shards, self.strict = shards, strict
         self.names = [Path(s).name for s in shards]
         self.sp, self.info = open_tokenizer(tokenizer)
         self.dtype = token_dtype(self.info.vocab_size)
-        self._readers: dict[int, TarReader] = {}
+        self._readers: OrderedDict[int, TarReader] = OrderedDict()
         self._numpy = True
 
-    def _text(self, shard: int, offset: int, key: str) -> tuple[str, int]:
-        reader = self._readers.get(shard)
+    def _reader(self, shard: int) -> TarReader:
+        reader = self._readers.pop(shard, None)
         if reader is None:
-            reader = self._readers[shard] = TarReader(self.shards[shard])
+            reader = open_reader(self.shards[shard], sequential=False)  # one document at a time
+            while len(self._readers) >= self.MAX_OPEN:
+                self._readers.popitem(last=False)[1].close()
+        self._readers[shard] = reader
+        return reader
+
+    def _text(self, shard: int, offset: int, key: str) -> tuple[str, int]:
+        reader = self._reader(shard)
         name = self.names[shard]
         try:
             reader.seek(int(offset))
