@@ -320,3 +320,73 @@ def _checked(idx: ShardIndex, shard: Path, expected: ShardInfo | None, strict: b
     if extra:
         idx.header["counters"] = dict(Counter(idx.header["counters"]) + extra)
     return idx
+
+
+# ---- `glotta data index` ----------------------------------------------------------------
+@dataclass
+class IndexReport:
+    path: str
+    shards: int = 0
+    built: int = 0  # indexes written by this run (missing, stale or --force)
+    reused: int = 0  # indexes that already matched their shard
+    docs: int = 0
+    manifest: str = ""  # "updated" (index hashes added), "written" (none existed), "unchanged"
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def index_shard_set(directory: str | Path, force: bool = False, strict: bool = False) -> IndexReport:
+    """Write (or refresh) NAME.tar.idx for every shard of a set and record the index hashes in
+    manifest.json. A set without manifest.json (shards from elsewhere) gets one from the scan,
+    so the loader can later check truncations against it."""
+    from glotta.data.manifest import MANIFEST, Manifest, sha256_file
+    from glotta.data.shards import shard_entries
+    from glotta.progress import track
+
+    d = Path(directory)
+    entries = shard_entries(d)
+    had_manifest = (d / MANIFEST).is_file()
+    rep = IndexReport(str(d), shards=len(entries))
+    counters: Counter = Counter()
+    infos: list[ShardInfo] = []
+    for shard, expected in track(entries, f"index {d.name}"):
+        path = index_path(shard)
+        fresh = False
+        if not force and path.is_file():
+            try:
+                h = ShardIndex.read_header(path).header
+                fresh = h["shard_bytes"] == shard.stat().st_size and h["shard"] == shard.name
+            except DataError:
+                fresh = False
+        if fresh:
+            rep.reused += 1
+        else:
+            write_index(shard, scan_shard(shard, strict))
+            rep.built += 1
+        idx = _checked(ShardIndex.read_header(path), shard, expected, strict)
+        counters.update(idx.counters)
+        rep.docs += idx.docs
+        info = expected or ShardInfo(name=shard.name)
+        if expected is None:  # from the scan: what the manifest of an import would say
+            info.samples = int(idx.header["samples"])
+            info.file_bytes = shard.stat().st_size
+            info.sha256 = sha256_file(shard)
+            info.langs = {lang: {"samples": int(n), "bytes": int(b)}
+                          for lang, n, b in zip(idx.langs, idx.header["lang_docs"], idx.header["lang_bytes"])}  # fmt: skip
+            info.bytes = sum(e["bytes"] for e in info.langs.values())
+        info.index_sha256 = sha256_file(path)
+        infos.append(info)
+    if had_manifest:
+        manifest = Manifest.load(d)
+        before = [s.index_sha256 for s in manifest.shards]
+        manifest.shards = infos
+        rep.manifest = "unchanged" if before == [s.index_sha256 for s in infos] else "updated"
+    else:
+        manifest = Manifest(shards=infos, meta={"command": "glotta data index", "counters": dict(counters)})
+        rep.manifest = "written"
+    if rep.manifest != "unchanged":
+        manifest.save(d)
+    rep.counters = {k: int(v) for k, v in sorted(counters.items()) if v}
+    return rep
