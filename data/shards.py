@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from glotta.data.manifest import MANIFEST, Manifest, ShardInfo, sha256_file
-from glotta.data.native import TarError, TarReader
+from glotta.data.native import TarError, TarReader, tar_sample
 from glotta.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -49,58 +49,13 @@ def shard_name(prefix: str, rank: int, index: int) -> str:
     return f"{prefix}-{rank:05d}-{index:06d}.tar"
 
 
-def _ustar(name: bytes, size: int, typeflag: bytes = b"0") -> bytes:
-    """One ustar header (mode 0444, owner 0, mtime 0: reruns are byte-identical)."""
-    h = bytearray(_TEMPLATE)
-    h[0 : len(name)] = name
-    h[124:136] = b"%011o\0" % size
-    h[156:157] = typeflag
-    h[148:155] = b"%06o\0" % sum(h)  # the template holds spaces in the checksum field
-    return bytes(h)
-
-
-def _template() -> bytes:
-    h = bytearray(512)
-    h[100:108] = b"0000444\0"
-    h[108:116] = h[116:124] = b"0000000\0"
-    h[136:148] = b"00000000000\0"
-    h[148:156] = b" " * 8
-    h[257:265] = b"ustar\x0000"
-    h[329:337] = h[337:345] = b"0000000\0"
-    return bytes(h)
-
-
-_TEMPLATE = _template()
 _ZEROS = bytes(1024)
-
-
-def _pax_record(key: str, value: str) -> bytes:
-    body = f" {key}={value}\n".encode()
-    n = len(body) + 1
-    while len(str(n)) + len(body) != n:
-        n += 1
-    return str(n).encode() + body
-
-
-def tar_member(name: str, payload: bytes) -> bytes:
-    """Header(s) + payload + padding of one regular member, as Python's tarfile (pax format)
-    would read it: names over 100 bytes and sizes of 8 GiB or more go into a pax header."""
-    raw = name.encode("utf-8")
-    out = b""
-    records = b""
-    if len(raw) > 100:
-        records += _pax_record("path", name)
-    if len(payload) >= 8 << 30:
-        records += _pax_record("size", str(len(payload)))
-    if records:
-        out = _ustar(b"././@PaxHeader", len(records), b"x") + records + bytes(-len(records) % 512)
-    return out + _ustar(raw[:100], len(payload) if len(payload) < 8 << 30 else 0) + payload + bytes(-len(payload) % 512)
 
 
 class ShardWriter:
     """Rolls over to a new shard after `max_samples` samples or `max_bytes` text bytes.
 
-    Members are written directly (ustar headers built here, pax only for long names), not
+    Members are built in C++ (csrc/tar_write.cpp: ustar headers, pax only for long names), not
     through Python's tarfile, which spent most of the import's time building headers; the
     output is a standard tar that tarfile and webdataset read unchanged. Each shard gets its
     index (`NAME.tar.idx`, data/shard_index.py) from the offsets recorded while writing, and
@@ -151,7 +106,7 @@ class ShardWriter:
         text = sample.text.encode("utf-8")
         meta = json.dumps(sample.meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
         lang = sample.meta.get("lang") or "und"
-        data = tar_member(f"{sample.key}.txt", text) + tar_member(f"{sample.key}.json", meta)
+        data = tar_sample(sample.key, [("txt", text), ("json", meta)])  # C++: headers, padding, checksums
         self._idx.add(sample.key, self._pos, len(text), str(lang))
         self._idx.samples += 1
         self._f.write(data)
