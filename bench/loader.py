@@ -28,7 +28,7 @@ import webdataset as wds
 from glotta.data import iter_samples, list_shards
 from glotta.data.demo_corpus import build_demo_corpus
 from glotta.data.loader import TokenLoader
-from glotta.data.tokenize import _INDEX_CACHE
+from glotta.data.corpus_index import _CACHE as _INDEX_CACHE
 
 LANGS = "en de fr es pt it nl pl ru uk el tr ar he fa hi bn ta ja zh ko vi th id".split()
 

@@ -245,7 +245,7 @@ class TarReader {
     pending_ = RawSample{};
     seen_.clear();
     if (data_ && off < size_) {  // the sample is about to be read: ask for it now
-      uint64_t n = std::min<uint64_t>(size_ - off, 64 * 1024);
+      uint64_t n = std::min<uint64_t>(size_ - off, 16 * 1024);  // header + a typical document
       uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
       uint64_t start = off / page * page;
       madvise(const_cast<unsigned char*>(data_) + start, n + (off - start), MADV_WILLNEED);

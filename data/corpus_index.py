@@ -136,6 +136,7 @@ def build_corpus_index(
             continue
         indexes.append(idx)
         counters.update(idx.counters)
+        idx.header.pop("warnings", None)  # reported when read; not kept for 10,000 shards
         docs, nbytes = list(idx.header["lang_docs"]), list(idx.header["lang_bytes"])
         drop = by_shard.get(name)
         if drop:

@@ -123,6 +123,7 @@ class ShardIndex:
         self.path, self.header = path, header
         self._blob = blob  # an index built in memory (shard folder not writable)
         self._cols: dict[str, np.ndarray] | None = None
+        self._starts: np.ndarray | None = None
 
     # ---- header -------------------------------------------------------------------------
     @property
@@ -189,7 +190,9 @@ class ShardIndex:
 
     def lang_start(self, local_lang: int) -> int:
         """Where the language's documents start in `by_lang` (grouped by language, shard order)."""
-        return int(sum(self.header["lang_docs"][:local_lang]))
+        if self._starts is None:
+            self._starts = np.concatenate([[0], np.cumsum(self.header["lang_docs"], dtype=np.int64)])
+        return int(self._starts[local_lang])
 
 
 class _MapCache:

@@ -11,6 +11,7 @@ This module must not import torch: spawned workers import it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,13 +132,24 @@ class Encoder:
 
 
 _WORKER: Encoder | None = None
+_THREAD = threading.local()
 
 
 def worker_init(shards: list[str], tokenizer: str, strict: bool) -> None:
+    """Pool initializer: one Encoder per process (process pool) or per thread (thread pool)."""
     global _WORKER
-    _WORKER = Encoder(shards, tokenizer, strict)
+    enc = Encoder(shards, tokenizer, strict)
+    if threading.current_thread() is threading.main_thread():
+        _WORKER = enc
+    else:
+        _THREAD.encoder = enc
 
 
 def worker_encode(shard: np.ndarray, offset: np.ndarray, keys: list[str]):
     assert _WORKER is not None, "worker_init did not run"
     return _WORKER.encode(shard, offset, keys)
+
+
+def thread_encode(shard: np.ndarray, offset: np.ndarray, keys: list[str]):
+    """The same in a thread pool: SentencePiece and the tar reader release the GIL."""
+    return _THREAD.encoder.encode(shard, offset, keys)

@@ -149,7 +149,7 @@ def index(
     stdout.print(f"{rep.path}: {rep.shards} shard(s), {rep.docs:,} docs; indexes built {rep.built}, "
                  f"reused {rep.reused}; manifest.json {rep.manifest}", highlight=False)
     if rep.counters:
-        print_counters("read problems (counted, see docs/loader.md)", rep.counters)
+        print_counters("read problems (counted)", rep.counters)
 
 
 @app.command("show")
