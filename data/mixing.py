@@ -172,6 +172,7 @@ class Schedule:
         self._lang = np.empty(0, np.int32)
         self._occ = np.empty(0, np.int64)
         self.length: int | None = None  # known once the schedule ran dry
+        self._seeds: dict[tuple[int, int], int] = {}
 
     def forget(self, before: int) -> None:
         """Slots below `before` will not be looked up again."""
@@ -210,6 +211,15 @@ class Schedule:
                 self.length = self._base + len(self._lang)
             self._trim()
 
+    def _perm_seed(self, lang: int, epoch: int) -> int:
+        key = (lang, epoch)
+        seed = self._seeds.get(key)
+        if seed is None:
+            if len(self._seeds) > 4096:
+                self._seeds.clear()
+            seed = self._seeds[key] = stable_seed(self.seed, "perm", lang, epoch) & _MASK64
+        return seed
+
     def lookup(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lang, doc within language, epoch) per slot; lang = -1 past the end of the schedule."""
         slots = np.asarray(slots, dtype=np.int64)
@@ -229,9 +239,7 @@ class Schedule:
         if self.shuffle and len(pos):
             # One seeded bijection per (language, epoch), evaluated per document: no per-language
             # array, so a rank's memory does not grow with the corpus (csrc/mix.cpp: feistel).
-            seeds = np.fromiter(
-                (stable_seed(self.seed, "perm", int(lg), int(e)) & _MASK64 for lg, e in zip(lang[ok], ep)), np.uint64, len(pos)
-            )
+            seeds = np.fromiter((self._perm_seed(int(lg), int(e)) for lg, e in zip(lang[ok], ep)), np.uint64, len(pos))
             d = permute(pos, nd, seeds)
         doc[ok] = d
         return lang, doc, epoch

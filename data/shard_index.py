@@ -162,11 +162,10 @@ class ShardIndex:
 
     # ---- arrays -------------------------------------------------------------------------
     def cols(self) -> dict[str, np.ndarray]:
-        """Views into the mapping. Not kept for mapped files (views are cheap to make), so the
-        LRU of mappings can unmap a file once the caller drops them."""
+        """Views into the mapping, kept until the LRU of mappings unmaps the file."""
         if self._cols is not None:
             return self._cols
-        buf = self._blob if self._blob is not None else _MAPS.get(self.path)
+        buf = self._blob if self._blob is not None else _MAPS.get(self.path, self)
         n, at = self.docs, self.header["arrays"]
         try:
             cols = {name: np.frombuffer(buf, dt, n, at[name]) for name, dt in _ARRAYS}
@@ -174,8 +173,7 @@ class ShardIndex:
             cols["keys"] = np.frombuffer(buf, np.uint8, end, at["keys"])
         except (ValueError, KeyError) as e:
             raise DataError(f"{self.path}: shard index arrays do not fit the file (damaged): {e}") from None
-        if self._blob is not None:
-            self._cols = cols
+        self._cols = cols  # dropped by the LRU when it unmaps the file
         return cols
 
     def key(self, j: int, cols: dict[str, np.ndarray] | None = None) -> str:
@@ -201,21 +199,25 @@ class _MapCache:
 
     def __init__(self, size: int = 128):
         self.size = size
-        self._maps: OrderedDict[Path, mmap.mmap] = OrderedDict()
+        self._maps: OrderedDict[Path, tuple[mmap.mmap, ShardIndex]] = OrderedDict()
 
-    def get(self, path: Path) -> mmap.mmap:
-        m = self._maps.pop(path, None)
-        if m is None:
+    def get(self, path: Path, owner: ShardIndex) -> mmap.mmap:
+        entry = self._maps.pop(path, None)
+        if entry is None:
             with open(path, "rb") as f:
-                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                entry = (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), owner)
             while len(self._maps) >= self.size:
-                _, old = self._maps.popitem(last=False)
+                _, (old, old_owner) = self._maps.popitem(last=False)
+                old_owner._cols = None
                 try:
                     old.close()
-                except BufferError:  # numpy views still alive: the mapping goes with them
+                except BufferError:  # a caller still holds a view: the mapping goes with it
                     pass
-        self._maps[path] = m
-        return m
+        elif entry[1] is not owner:
+            entry[1]._cols = None
+            entry = (entry[0], owner)
+        self._maps[path] = entry
+        return entry[0]
 
 
 _MAPS = _MapCache()
