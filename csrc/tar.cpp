@@ -28,6 +28,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -107,7 +108,7 @@ bool is_zero_block(const unsigned char* h) {
   return true;
 }
 
-bool valid_utf8(const std::string& s) {
+bool valid_utf8(std::string_view s) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   size_t i = 0, n = s.size();
   while (i < n) {
@@ -235,6 +236,7 @@ class TarReader {
 
   uint64_t offset() const { return next_sample_start_; }
   uint64_t size() const { return size_; }
+  const unsigned char* data() const { return data_; }
   bool done() const { return done_; }
   const std::string& path() const { return path_; }
 
@@ -529,6 +531,45 @@ void register_tar(py::module_& m) {
           },
           py::arg("max_samples") = 256, py::arg("want") = "json",
           "Index pass: [(key, start offset, {ext: size}, bytes of the `want` member or None)], no text copied.")
+      .def(
+          "texts",
+          [](TarReader& r, const std::vector<uint64_t>& offsets, const std::vector<std::string>& keys) {
+            // The loader's hot path: one call per shard and task instead of seek + read per document.
+            if (offsets.size() != keys.size()) throw std::invalid_argument("offsets and keys differ in length");
+            std::vector<int8_t> status(offsets.size(), 0);
+            std::vector<std::pair<uint64_t, uint64_t>> where(offsets.size(), {0, 0});
+            std::vector<std::string> found(offsets.size());
+            {
+              py::gil_scoped_release release;
+              for (size_t i = 0; i < offsets.size(); ++i) {
+                if (offsets[i] % kBlock || offsets[i] >= r.size()) {
+                  status[i] = 3;  // not a sample start: the shard changed
+                  continue;
+                }
+                r.seek(offsets[i]);
+                std::vector<RawSample> got = r.parse(1);
+                if (got.empty() || got[0].key != keys[i]) {
+                  status[i] = 3;
+                  if (!got.empty()) found[i] = got[0].key;
+                  continue;
+                }
+                status[i] = 2;  // no .txt
+                for (const auto& f : got[0].fields)
+                  if (f.ext == "txt") {
+                    where[i] = {f.offset, f.size};
+                    std::string_view v(reinterpret_cast<const char*>(r.data()) + f.offset, f.size);
+                    status[i] = valid_utf8(v) ? 0 : 1;
+                  }
+              }
+            }
+            py::list texts(offsets.size());
+            for (size_t i = 0; i < offsets.size(); ++i)
+              texts[i] = status[i] <= 1 ? py::object(r.bytes_at(where[i].first, where[i].second)) : py::object(py::str(found[i]));
+            return py::make_tuple(texts, status);
+          },
+          py::arg("offsets"), py::arg("keys"),
+          "Text bytes of the samples starting at `offsets`, with a status each: 0 ok, 1 invalid UTF-8, "
+          "2 no .txt, 3 another key there (the item is then the key found, or '').")
       .def("seek", &TarReader::seek, py::arg("offset"), "Restart at a sample boundary returned by `offset`.")
       .def_property_readonly("offset", &TarReader::offset, "Byte offset of the first sample not yet returned.")
       .def_property_readonly("size", &TarReader::size)

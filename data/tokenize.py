@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from glotta.data.native import TarError, TarReader, token_dtype
+from glotta.data.native import TarReader, token_dtype
 from glotta.data.shards import open_reader
 from glotta.errors import DataError
 
@@ -78,33 +78,44 @@ class Encoder:
         self._readers[shard] = reader
         return reader
 
-    def _text(self, shard: int, offset: int, key: str) -> tuple[str, int]:
-        reader = self._reader(shard)
+    def _texts(self, shard: int, offsets: list[int], keys: list[str]) -> tuple[list[bytes], list[int]]:
+        """Text bytes (valid UTF-8) and status of documents of one shard, read in one C++ call."""
         name = self.names[shard]
-        try:
-            reader.seek(int(offset))
-            raw = reader.read(1)
-        except (TarError, ValueError) as e:
-            raise DataError(f"{name}/{key}: cannot re-read the document at offset {offset}: {e}") from None
-        if not raw or raw[0][0] != key:
-            raise DataError(f"{name}: expected document {key!r} at offset {offset}; the shard changed after indexing")
-        data = raw[0][1]["txt"]
-        try:
-            return data.decode("utf-8"), OK
-        except UnicodeDecodeError as e:
-            if self.strict:
-                raise DataError(f"{name}/{key}: invalid UTF-8 at byte {e.start}") from None
-            return data.decode("utf-8", errors="replace"), UTF8_REPLACED
+        texts, codes = self._reader(shard).texts(offsets, keys)
+        out, status = [], []
+        for t, c, o, k in zip(texts, codes.tolist() if hasattr(codes, "tolist") else codes, offsets, keys):
+            if c >= 2:
+                found = f"found {t!r}" if t else "no sample starts there"
+                raise DataError(f"{name}: expected document {k!r} at offset {o} ({found}); the shard changed after indexing")
+            if c == 1:
+                try:
+                    t.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    if self.strict:
+                        raise DataError(f"{name}/{k}: invalid UTF-8 at byte {e.start}") from None
+                t = t.decode("utf-8", errors="replace").encode("utf-8")
+                c = UTF8_REPLACED
+            # Empty: ASCII whitespace checked on the bytes; short texts also for Unicode spaces.
+            if not t.strip() or (len(t) < 64 and t.decode("utf-8").isspace()):
+                t, c = b"", EMPTY
+            out.append(t)
+            status.append(c)
+        return out, status
 
     def encode(self, shard: np.ndarray, offset: np.ndarray, keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(flat tokens, length per document, status per document); EOD ends every document."""
-        texts, status = [], np.zeros(len(keys), np.int8)
-        for i, (s, o, k) in enumerate(zip(shard, offset, keys)):
-            text, status[i] = self._text(int(s), int(o), k)
-            if not text or text.isspace():
-                status[i] = EMPTY
-                text = ""
-            texts.append(text)
+        """(flat tokens, length per document, status per document); EOD ends every document.
+        Texts go to SentencePiece as UTF-8 bytes: no decode to str and re-encode."""
+        n = len(keys)
+        texts: list[bytes] = [b""] * n
+        status = np.zeros(n, np.int8)
+        by_shard: dict[int, list[int]] = {}
+        for i, s in enumerate(np.asarray(shard).tolist()):
+            by_shard.setdefault(s, []).append(i)
+        offs = np.asarray(offset).tolist()
+        for s, idx in by_shard.items():
+            got, st = self._texts(s, [offs[i] for i in idx], [keys[i] for i in idx])
+            for i, t, c in zip(idx, got, st):
+                texts[i], status[i] = t, c
         arrays = self._encode(texts)
         eod = np.array([self.info.eod_id], np.int32)
         lengths = np.zeros(len(arrays), np.int64)
@@ -116,7 +127,7 @@ class Encoder:
         flat = np.concatenate(parts).astype(self.dtype, copy=False) if parts else np.zeros(0, self.dtype)
         return flat, lengths, status
 
-    def _encode(self, texts: list[str]) -> list[np.ndarray]:
+    def _encode(self, texts: list[bytes]) -> list[np.ndarray]:
         """Ids per text as numpy arrays (sentencepiece >= 0.2.1 returns them without Python ints)."""
         if self._numpy:
             try:
