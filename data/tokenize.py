@@ -39,10 +39,27 @@ class TokenizerInfo:
     pad_id: int
 
 
+_OPEN: dict[tuple, tuple[spm.SentencePieceProcessor, "TokenizerInfo"]] = {}
+_OPEN_LOCK = threading.Lock()
+
+
 def open_tokenizer(path: str | Path) -> tuple[spm.SentencePieceProcessor, TokenizerInfo]:
+    """The model, loaded once per process while the file is unchanged: the loader and its
+    tokenizer threads share it (SentencePiece's encode is const and thread-safe)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"tokenizer file not found: {p}")
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    with _OPEN_LOCK:
+        if key not in _OPEN:
+            if len(_OPEN) >= 4:
+                _OPEN.pop(next(iter(_OPEN)))
+            _OPEN[key] = _load(p)
+        return _OPEN[key]
+
+
+def _load(p: Path) -> tuple[spm.SentencePieceProcessor, TokenizerInfo]:
     sp = spm.SentencePieceProcessor()
     try:
         sp.Load(str(p))
