@@ -101,6 +101,21 @@ class CorpusIndex:
             keys.append(self.indexes[s].key(j, c))
         return shard, offset, keys
 
+    def doc_ids(self):
+        """Every loadable document's `shard.tar/KEY` (reads every index: for tools and tests, not start-up)."""
+        for t in self.tables.values():
+            for s, ll in zip(t.shards.tolist(), t.local.tolist()):
+                idx = self.indexes[s]
+                kept = self.kept.get(s)
+                if kept is not None:
+                    local = kept[ll].tolist()
+                else:
+                    start = idx.lang_start(ll)
+                    local = idx.cols()["by_lang"][start : start + idx.header["lang_docs"][ll]].tolist()
+                keys = idx.keys()
+                for j in local:
+                    yield f"{self.names[s]}/{keys[j]}"
+
     def doc_id(self, g: int) -> str:
         s, j = g >> 32, g & 0xFFFFFFFF
         return f"{self.names[s]}/{self.indexes[s].key(j)}"
