@@ -4,7 +4,7 @@
              (1 thread, and as many threads as the loader has workers)
   baseline   webdataset (decode) + sp.encode per document + Python concat-and-chunk + torch.tensor
   ours       TokenLoader(num_workers=W, packing=concat, natural mix, one epoch), end to end
-             including the index pass and worker start-up
+             including start-up (index headers, tokenizer threads)
 
 All three count the same tokens (every document's ids plus EOD). Shards default to a demo corpus
 of real gettext text; the SentencePiece model is trained on it (unigram) unless --model is given.
