@@ -74,16 +74,15 @@ class CorpusIndex:
         before = np.where(pos > 0, t.ends[np.maximum(pos - 1, 0)], 0)
         rank = k - before
         out = np.empty(len(k), np.int64)
-        for p in np.unique(pos).tolist():  # one gather per shard, not a Python step per document
-            sel = pos == p
+        for i, (p, r) in enumerate(zip(pos.tolist(), rank.tolist())):
             s, ll = int(t.shards[p]), int(t.local[p])
             kept = self.kept.get(s)
             if kept is not None:
-                j = kept[ll][rank[sel]].astype(np.int64)
+                j = int(kept[ll][r])
             else:
                 idx = self.indexes[s]
-                j = idx.cols()["by_lang"][idx.lang_start(ll) + rank[sel]].astype(np.int64)
-            out[sel] = (s << 32) | j
+                j = int(idx.cols()["by_lang"][idx.lang_start(ll) + r])
+            out[i] = (s << 32) | j
         return out
 
     def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -92,14 +91,14 @@ class CorpusIndex:
         shard = (ids >> 32).astype(np.int32)
         local = (ids & 0xFFFFFFFF).astype(np.int64)
         offset = np.empty(len(ids), np.int64)
-        keys: list[str] = [""] * len(ids)
-        for s in np.unique(shard).tolist():
-            where = np.flatnonzero(shard == s)
-            idx = self.indexes[s]
-            c = idx.cols()
-            offset[where] = c["offset"][local[where]]
-            for i, j in zip(where.tolist(), local[where].tolist()):
-                keys[i] = idx.key(j, c)
+        keys: list[str] = []
+        cols: dict[int, dict] = {}
+        for i, (s, j) in enumerate(zip(shard.tolist(), local.tolist())):
+            c = cols.get(s)
+            if c is None:
+                c = cols[s] = self.indexes[s].cols()
+            offset[i] = int(c["offset"][j])
+            keys.append(self.indexes[s].key(j, c))
         return shard, offset, keys
 
     def doc_ids(self):
