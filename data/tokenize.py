@@ -11,6 +11,7 @@ This module must not import torch: spawned workers import it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -98,7 +99,12 @@ class Encoder:
     def _texts(self, shard: int, offsets: list[int], keys: list[str]) -> tuple[list[bytes], list[int]]:
         """Text bytes (valid UTF-8) and status of documents of one shard, read in one C++ call."""
         name = self.names[shard]
-        texts, codes = self._reader(shard).texts(offsets, keys)
+        reader = self._reader(shard)
+        # A mapped file that shrank would fault (SIGBUS) on access, killing the whole trainer when
+        # workers are threads: one stat per shard and task turns it into an error instead.
+        if os.stat(self.shards[shard]).st_size < reader.size:
+            raise DataError(f"{name}: the shard shrank while the loader was reading it (changed after indexing)")
+        texts, codes = reader.texts(offsets, keys)
         out, status = [], []
         for t, c, o, k in zip(texts, codes.tolist() if hasattr(codes, "tolist") else codes, offsets, keys):
             if c >= 2:
