@@ -4,7 +4,7 @@
              (1 thread, and as many threads as the loader has workers)
   baseline   webdataset (decode) + sp.encode per document + Python concat-and-chunk + torch.tensor
   ours       TokenLoader(num_workers=W, packing=concat, natural mix, one epoch), end to end
-             including the index pass and worker start-up
+             including start-up (index headers, tokenizer threads)
 
 All three count the same tokens (every document's ids plus EOD). Shards default to a demo corpus
 of real gettext text; the SentencePiece model is trained on it (unigram) unless --model is given.
@@ -28,7 +28,7 @@ import webdataset as wds
 from glotta.data import iter_samples, list_shards
 from glotta.data.demo_corpus import build_demo_corpus
 from glotta.data.loader import TokenLoader
-from glotta.data.tokenize import _INDEX_CACHE
+from glotta.data.corpus_index import _CACHE as _INDEX_CACHE
 
 LANGS = "en de fr es pt it nl pl ru uk el tr ar he fa hi bn ta ja zh ko vi th id".split()
 

@@ -56,6 +56,36 @@ void shuffle_into(int64_t* out, int64_t n, uint64_t seed) {
   }
 }
 
+inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+// A seeded bijection of [0, n) evaluated one index at a time, so shuffling a language of a
+// billion documents needs no billion-entry array: a 4-round balanced Feistel network on the
+// smallest even number of bits covering n, with cycle-walking back into [0, n) (the domain is
+// under 4n, so fewer than 4 walks are expected).
+uint64_t feistel(uint64_t x, uint64_t n, uint64_t seed) {
+  if (n <= 1) return 0;
+  const int bits = 64 - __builtin_clzll(n - 1);
+  const int h = (bits + 1) / 2;
+  const uint64_t mask = h >= 64 ? ~0ULL : ((1ULL << h) - 1);
+  uint64_t keys[4];
+  for (int i = 0; i < 4; ++i) keys[i] = mix64(seed + 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(i + 1));
+  do {
+    uint64_t l = (x >> h) & mask, r = x & mask;
+    for (int i = 0; i < 4; ++i) {
+      uint64_t f = mix64(r ^ keys[i]) & mask;
+      uint64_t nl = r;
+      r = l ^ f;
+      l = nl;
+    }
+    x = (l << h) | r;
+  } while (x >= n);
+  return x;
+}
+
 class BlendSchedule {
  public:
   BlendSchedule(std::vector<double> weights, std::vector<int64_t> caps) : w_(std::move(weights)), caps_(std::move(caps)) {
@@ -196,6 +226,29 @@ void register_mix(py::module_& m) {
         return out;
       },
       py::arg("n"), py::arg("seed"), "A seeded permutation of range(n), identical on every platform.");
+
+  m.def(
+      "permute",
+      [](py::array_t<int64_t, py::array::c_style | py::array::forcecast> idx,
+         py::array_t<int64_t, py::array::c_style | py::array::forcecast> n,
+         py::array_t<uint64_t, py::array::c_style | py::array::forcecast> seed) {
+        const auto k = idx.size();
+        if (n.size() != k || seed.size() != k) throw std::invalid_argument("idx, n and seed differ in length");
+        py::array_t<int64_t> out(k);
+        const int64_t *pi = idx.data(), *pn = n.data();
+        const uint64_t* ps = seed.data();
+        int64_t* po = out.mutable_data();
+        for (py::ssize_t i = 0; i < k; ++i)
+          if (pn[i] < 1 || pi[i] < 0 || pi[i] >= pn[i]) throw std::invalid_argument("permute: index outside [0, n)");
+        {
+          py::gil_scoped_release release;
+          for (py::ssize_t i = 0; i < k; ++i)
+            po[i] = static_cast<int64_t>(feistel(static_cast<uint64_t>(pi[i]), static_cast<uint64_t>(pn[i]), ps[i]));
+        }
+        return out;
+      },
+      py::arg("idx"), py::arg("n"), py::arg("seed"),
+      "Element i of a seeded permutation of range(n[i]) at position idx[i], without building it.");
 }
 
 }  // namespace glotta

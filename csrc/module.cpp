@@ -4,6 +4,7 @@
 PYBIND11_MODULE(_native, m) {
   m.doc() = "glotta's C++ hot paths (tar reading, packing, mixing). No torch: numpy buffers only.";
   glotta::register_tar(m);
+  glotta::register_tar_write(m);
   glotta::register_pack(m);
   glotta::register_mix(m);
 }

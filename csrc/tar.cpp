@@ -1,20 +1,34 @@
-// Streaming reader for webdataset tar shards.
+// Streaming reader for webdataset tar shards that cannot hang and never loses data silently.
 //
-// Formats: ustar (with the 155-byte prefix), GNU long names ('L'), pax extended headers ('x',
-// `path` and `size` records; global 'g' headers are ignored). Key rules follow webdataset:
-// key = member path up to the first '.' of the basename, extension = the rest, lower-cased;
-// consecutive members with the same key form one sample; `__*__` top-level members and
-// non-regular members are skipped. Unlike webdataset we fail on a key that reappears after
-// another key (webdataset silently yields two partial samples) and on a duplicate extension.
+// Formats: ustar (with the 155-byte prefix), GNU long names ('L'), GNU base-256 sizes, pax
+// extended headers ('x', `path` and `size` records; global 'g' headers are ignored). Key rules
+// follow webdataset: key = member path up to the first '.' of the basename, extension = the
+// rest, lower-cased; consecutive members with the same key form one sample; `__*__` top-level
+// members and non-regular members are skipped.
+//
+// Damage never ends a shard silently and never loops:
+//   * every size is checked against the bytes left in the file before any addition, so no sum
+//     can overflow, and the read position strictly increases (asserted on every move);
+//   * a header that fails its checksum or holds an unparsable number is skipped by scanning
+//     forward block by block to the next valid header (`damaged` +1, `skipped_bytes` +n);
+//   * a file that ends without the two zero blocks, or inside a member, counts `truncated`;
+//   * a member whose key reappears after other keys (`misplaced_member`), a duplicate
+//     extension (`duplicate_member`), a non-UTF-8 name (`bad_name`) or a bad pax record
+//     (`bad_pax`) is skipped and counted; the following samples are still read.
+// Every counted problem also leaves a warning naming the shard and the byte offset. What a
+// damaged region swallowed whole is found by comparing with the manifest (data/shard_index.py).
 #include <fcntl.h>
 #include <pybind11/stl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -26,7 +40,8 @@ namespace py = pybind11;
 namespace glotta {
 namespace {
 
-constexpr size_t kBlock = 512;
+constexpr uint64_t kBlock = 512;
+constexpr size_t kMaxWarnings = 100;
 
 struct Field {
   std::string ext;
@@ -45,35 +60,38 @@ class TarError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-uint64_t parse_octal(const char* p, size_t n, bool* ok) {
+// Octal with the usual space/NUL padding; false when a byte is not octal or it overflows.
+bool parse_octal(const unsigned char* p, size_t n, uint64_t* out) {
   uint64_t v = 0;
   size_t i = 0;
   while (i < n && (p[i] == ' ' || p[i] == '\0')) ++i;
-  bool any = false;
   for (; i < n && p[i] >= '0' && p[i] <= '7'; ++i) {
+    if (v > (UINT64_MAX >> 3)) return false;
     v = (v << 3) | static_cast<uint64_t>(p[i] - '0');
-    any = true;
   }
   for (; i < n; ++i)
-    if (p[i] != ' ' && p[i] != '\0') *ok = false;
-  if (!any) v = 0;
-  return v;
+    if (p[i] != ' ' && p[i] != '\0') return false;
+  *out = v;
+  return true;
 }
 
-uint64_t parse_number(const char* p, size_t n, bool* ok) {
-  const auto* u = reinterpret_cast<const unsigned char*>(p);
-  if (u[0] & 0x80) {  // GNU base-256 for sizes >= 8 GiB
-    uint64_t v = u[0] & 0x7f;
-    for (size_t i = 1; i < n; ++i) v = (v << 8) | u[i];
-    return v;
-  }
-  return parse_octal(p, n, ok);
+// A size field: octal, or GNU base-256 (high bit set). Negative or > 2^64-1 is an error.
+bool parse_size(const unsigned char* p, size_t n, uint64_t* out) {
+  if (!(p[0] & 0x80)) return parse_octal(p, n, out);
+  if (p[0] & 0x40) return false;  // negative (two's complement, 0xff...)
+  // The value is 8*n-1 bits; more than 64 significant bits cannot be a real size.
+  if ((p[0] & 0x7f) != 0) return false;
+  for (size_t i = 1; i + 8 < n; ++i)
+    if (p[i]) return false;
+  uint64_t v = 0;
+  for (size_t i = n - 8; i < n; ++i) v = (v << 8) | p[i];
+  *out = v;
+  return true;
 }
 
 bool checksum_ok(const unsigned char* h) {
-  bool ok = true;
-  uint64_t stored = parse_octal(reinterpret_cast<const char*>(h) + 148, 8, &ok);
-  if (!ok) return false;
+  uint64_t stored = 0;
+  if (!parse_octal(h + 148, 8, &stored)) return false;
   uint64_t usum = 0;
   int64_t ssum = 0;
   for (size_t i = 0; i < kBlock; ++i) {
@@ -84,12 +102,34 @@ bool checksum_ok(const unsigned char* h) {
   return stored == usum || static_cast<int64_t>(stored) == ssum;
 }
 
-std::string cstr(const char* p, size_t n) { return std::string(p, strnlen(p, n)); }
-
 bool is_zero_block(const unsigned char* h) {
   for (size_t i = 0; i < kBlock; ++i)
     if (h[i]) return false;
   return true;
+}
+
+bool valid_utf8(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  size_t i = 0, n = s.size();
+  while (i < n) {
+    unsigned char c = p[i];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (len == 0 || i + len > n) return false;
+    uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
+    for (size_t k = 1; k < len; ++k) {
+      if ((p[i + k] & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (p[i + k] & 0x3f);
+    }
+    static const uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += len;
+  }
+  return true;
+}
+
+std::string cstr(const unsigned char* p, size_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  return std::string(c, strnlen(c, n));
 }
 
 // Unsafe: absolute paths and any ".." component (a consumer that extracts would escape).
@@ -99,58 +139,92 @@ bool unsafe_name(const std::string& name) {
   while (start <= name.size()) {
     size_t end = name.find('/', start);
     if (end == std::string::npos) end = name.size();
-    if (name.compare(start, end - start, "..") == 0 && end - start == 2) return true;
+    if (end - start == 2 && name.compare(start, 2, "..") == 0) return true;
     start = end + 1;
   }
   return false;
 }
 
-// pax records: "%d %s=%s\n"
-void parse_pax(const char* p, size_t n, std::string* path, uint64_t* size, bool* has_size) {
-  size_t i = 0;
+// pax records "%d %s=%s\n". Returns an error message, or "" when every record parsed.
+std::string parse_pax(const unsigned char* p, uint64_t n, std::string* path, uint64_t* size, bool* has_size) {
+  uint64_t i = 0;
   while (i < n) {
-    size_t sp = i;
-    while (sp < n && p[sp] != ' ') ++sp;
-    if (sp >= n) return;
-    uint64_t len = 0;
-    for (size_t j = i; j < sp; ++j) {
-      if (p[j] < '0' || p[j] > '9') throw TarError("bad pax record length");
-      len = len * 10 + static_cast<uint64_t>(p[j] - '0');
+    if (p[i] == '\0') break;  // NUL padding after the last record
+    uint64_t sp = i, len = 0;
+    while (sp < n && p[sp] >= '0' && p[sp] <= '9') {
+      if (len > (UINT64_MAX - 9) / 10) return "pax record length overflows";
+      len = len * 10 + static_cast<uint64_t>(p[sp] - '0');
+      ++sp;
     }
-    if (len == 0 || i + len > n) throw TarError("bad pax record length");
-    std::string rec(p + sp + 1, p + i + len - 1);  // without trailing newline
+    if (sp == i || sp >= n || p[sp] != ' ') return "pax record without a length";
+    if (len <= sp - i + 1 || len > n - i) return "pax record length out of range";
+    if (p[i + len - 1] != '\n') return "pax record not ended by a newline";
+    std::string rec(reinterpret_cast<const char*>(p) + sp + 1, len - (sp - i) - 2);
     size_t eq = rec.find('=');
-    if (eq != std::string::npos) {
-      std::string k = rec.substr(0, eq), v = rec.substr(eq + 1);
-      if (k == "path") *path = v;
-      if (k == "size") {
-        *size = std::stoull(v);
-        *has_size = true;
+    if (eq == std::string::npos) return "pax record without '='";
+    std::string k = rec.substr(0, eq), v = rec.substr(eq + 1);
+    if (k == "path") {
+      if (!valid_utf8(v)) return "pax path is not UTF-8";
+      *path = v;
+    } else if (k == "size") {
+      uint64_t s = 0;
+      if (v.empty()) return "pax size is empty";
+      for (char c : v) {
+        if (c < '0' || c > '9') return "pax size '" + v.substr(0, 32) + "' is not a number";
+        if (s > (UINT64_MAX - 9) / 10) return "pax size overflows";
+        s = s * 10 + static_cast<uint64_t>(c - '0');
       }
+      *size = s;
+      *has_size = true;
     }
     i += len;
   }
+  return "";
 }
+
+// Magic numbers of compressed streams: a `.tar.gz` renamed to `.tar` is not a corrupt tar.
+const char* compression(const unsigned char* d, uint64_t n) {
+  if (n >= 2 && d[0] == 0x1f && d[1] == 0x8b) return "gzip";
+  if (n >= 4 && d[0] == 0x28 && d[1] == 0xb5 && d[2] == 0x2f && d[3] == 0xfd) return "zstd";
+  if (n >= 3 && d[0] == 'B' && d[1] == 'Z' && d[2] == 'h') return "bzip2";
+  if (n >= 6 && d[0] == 0xfd && d[1] == '7' && d[2] == 'z' && d[3] == 'X' && d[4] == 'Z' && d[5] == 0) return "xz";
+  if (n >= 4 && d[0] == 0x04 && d[1] == 0x22 && d[2] == 0x4d && d[3] == 0x18) return "lz4";
+  return nullptr;
+}
+
+struct Counters {
+  uint64_t unsafe = 0, nonregular = 0, noext = 0, meta = 0;
+  uint64_t bad_name = 0, bad_pax = 0, misplaced = 0, duplicate = 0;
+  uint64_t damaged = 0, skipped_bytes = 0, truncated = 0;
+};
 
 class TarReader {
  public:
-  explicit TarReader(const std::string& path) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY);
-    if (fd_ < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
+  TarReader(const std::string& path, bool sequential) : path_(path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
     struct stat st{};
-    if (fstat(fd_, &st) != 0) {
-      ::close(fd_);
+    if (fstat(fd, &st) != 0) {
+      ::close(fd);
       throw std::runtime_error(path + ": cannot stat");
     }
     size_ = static_cast<uint64_t>(st.st_size);
     if (size_ > 0) {
-      void* m = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
+      void* m = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
       if (m == MAP_FAILED) {
-        ::close(fd_);
-        throw std::runtime_error(path + ": mmap failed");
+        ::close(fd);
+        throw std::runtime_error(path + ": mmap failed: " + std::strerror(errno));
       }
-      madvise(m, size_, MADV_SEQUENTIAL);
+      // A full scan reads ahead; document-by-document access must not drag whole shards in.
+      madvise(m, size_, sequential ? MADV_SEQUENTIAL : MADV_RANDOM);
       data_ = static_cast<const unsigned char*>(m);
+    }
+    ::close(fd);  // the mapping stays valid: a reader holds no file descriptor
+    if (const char* kind = compression(data_, size_)) {
+      close();
+      throw TarError(path + ": unsupported: compressed shard (" + kind +
+                     "); glotta reads plain .tar shards (decompress it, e.g. `" +
+                     (std::string(kind) == "gzip" ? "gunzip" : kind) + " -d`)");
     }
   }
   ~TarReader() { close(); }
@@ -158,11 +232,11 @@ class TarReader {
   void close() {
     if (data_) munmap(const_cast<unsigned char*>(data_), size_);
     data_ = nullptr;
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
   }
 
   uint64_t offset() const { return next_sample_start_; }
+  uint64_t size() const { return size_; }
+  const unsigned char* data() const { return data_; }
   bool done() const { return done_; }
   const std::string& path() const { return path_; }
 
@@ -172,39 +246,24 @@ class TarReader {
     done_ = false;
     pending_ = RawSample{};
     seen_.clear();
-    error_.clear();
+    if (data_ && off < size_) {  // the sample is about to be read: ask for it now
+      uint64_t n = std::min<uint64_t>(size_ - off, 16 * 1024);  // header + a typical document
+      uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+      uint64_t start = off / page * page;
+      madvise(const_cast<unsigned char*>(data_) + start, n + (off - start), MADV_WILLNEED);
+    }
   }
 
-  // Parse up to `max_samples` complete samples (GIL released). Errors raise TarError.
-  // Samples completed before a damaged member are returned first; the error is raised on the
-  // next call, so callers keep every intact sample.
+  // Up to `max_samples` samples (GIL released by the caller). Damage is counted, never thrown.
   std::vector<RawSample> parse(size_t max_samples) {
-    if (!error_.empty()) {
-      done_ = true;
-      throw TarError(error_);
-    }
     std::vector<RawSample> out;
     if (!data_) {
       done_ = true;
       return out;
     }
-    try {
-      parse_into(&out, max_samples);
-    } catch (const TarError& e) {
-      if (out.empty()) {
-        done_ = true;
-        throw;
-      }
-      error_ = e.what();
-    }
-    return out;
-  }
-
-  void parse_into(std::vector<RawSample>* out_ptr, size_t max_samples) {
-    auto& out = *out_ptr;
     while (!done_ && out.size() < max_samples) {
       Member m;
-      if (!next_member(&m)) {  // end of archive
+      if (!next_member(&m)) {  // end of archive (or of the file)
         if (!pending_.fields.empty()) out.push_back(std::move(pending_));
         pending_ = RawSample{};
         done_ = true;
@@ -213,21 +272,34 @@ class TarReader {
       }
       if (m.skip) continue;
       if (!pending_.fields.empty() && m.key != pending_.key) {
+        if (seen_.count(m.key)) {
+          problem(&counters_.misplaced, m.header_at,
+                  "member '" + m.key + "." + m.ext + "' skipped: its key appeared before other keys (samples must be consecutive members)");
+          continue;
+        }
         next_sample_start_ = m.header_at;
         out.push_back(std::move(pending_));
         pending_ = RawSample{};
       }
       if (pending_.fields.empty()) {
-        if (seen_.count(m.key))
-          throw TarError("key '" + m.key + "' appears again after other keys (samples must be consecutive members)");
+        if (seen_.count(m.key)) {
+          problem(&counters_.misplaced, m.header_at,
+                  "member '" + m.key + "." + m.ext + "' skipped: its key appeared before other keys (samples must be consecutive members)");
+          continue;
+        }
         seen_.insert(m.key);
         pending_.key = m.key;
         pending_.start = m.header_at;
       }
-      for (const auto& f : pending_.fields)
-        if (f.ext == m.ext) throw TarError("duplicate member '" + m.key + "." + m.ext + "' in one sample");
+      bool dup = false;
+      for (const auto& f : pending_.fields) dup = dup || f.ext == m.ext;
+      if (dup) {
+        problem(&counters_.duplicate, m.header_at, "duplicate member '" + m.key + "." + m.ext + "' in one sample skipped");
+        continue;
+      }
       pending_.fields.push_back(Field{m.ext, m.data_offset, m.size});
     }
+    return out;
   }
 
   py::bytes bytes_at(uint64_t off, uint64_t n) const {
@@ -236,10 +308,17 @@ class TarReader {
 
   py::dict counters() const {
     py::dict d;
-    d["skipped_unsafe_name"] = skipped_unsafe_;
-    d["skipped_non_regular"] = skipped_nonregular_;
-    d["skipped_no_extension"] = skipped_noext_;
-    d["skipped_meta"] = skipped_meta_;
+    d["skipped_unsafe_name"] = counters_.unsafe;
+    d["skipped_non_regular"] = counters_.nonregular;
+    d["skipped_no_extension"] = counters_.noext;
+    d["skipped_meta"] = counters_.meta;
+    d["bad_name"] = counters_.bad_name;
+    d["bad_pax"] = counters_.bad_pax;
+    d["misplaced_member"] = counters_.misplaced;
+    d["duplicate_member"] = counters_.duplicate;
+    d["damaged"] = counters_.damaged;
+    d["skipped_bytes"] = counters_.skipped_bytes;
+    d["truncated"] = counters_.truncated;
     return d;
   }
 
@@ -252,67 +331,133 @@ class TarReader {
     bool skip = false;
   };
 
+  void problem(uint64_t* counter, uint64_t at, const std::string& msg) {
+    ++*counter;
+    if (warnings_.size() < kMaxWarnings) warnings_.push_back(path_ + " at byte " + std::to_string(at) + ": " + msg);
+  }
+
+  void move_to(uint64_t to) {
+    if (to <= pos_ || to > size_) throw std::logic_error(path_ + ": reader position did not advance (bug)");
+    pos_ = to;
+  }
+
+  // Damage at `at`: skip block by block to the next header that passes its checksum.
+  void resync(uint64_t at, const std::string& why) {
+    problem(&counters_.damaged, at, why + "; skipping to the next valid header");
+    uint64_t p = at + kBlock;
+    while (p + kBlock <= size_) {
+      const unsigned char* h = data_ + p;
+      if (!is_zero_block(h) && std::memcmp(h + 257, "ustar", 5) == 0 && checksum_ok(h)) break;
+      p += kBlock;
+    }
+    if (p + kBlock > size_) p = size_;
+    counters_.skipped_bytes += p - at;
+    move_to(p);
+  }
+
   // Reads the next regular member (following L/x/g headers). Returns false at end of archive.
   bool next_member(Member* m) {
     std::string long_name;
     uint64_t pax_size = 0;
-    bool has_pax_size = false;
+    bool has_pax_size = false, bad_pax = false;
     uint64_t first_header = pos_;
     for (;;) {
-      if (pos_ == size_) return false;  // tolerate archives without the two zero blocks
-      if (pos_ + kBlock > size_) throw TarError("truncated header at offset " + std::to_string(pos_));
+      if (pos_ == size_) {  // no end-of-archive blocks: the file was cut (possibly at a block boundary)
+        if (!ended_) problem(&counters_.truncated, pos_, "archive ends without its end-of-archive blocks (truncated?)");
+        ended_ = true;
+        return false;
+      }
+      if (size_ - pos_ < kBlock) {
+        problem(&counters_.truncated, pos_, "truncated header");
+        ended_ = true;
+        pos_ = size_;
+        return false;
+      }
       const unsigned char* h = data_ + pos_;
-      if (is_zero_block(h)) return false;
-      if (!checksum_ok(h)) throw TarError("bad header checksum at offset " + std::to_string(pos_));
-      bool ok = true;
-      uint64_t size = parse_number(reinterpret_cast<const char*>(h) + 124, 12, &ok);
-      if (!ok) throw TarError("bad size field at offset " + std::to_string(pos_));
-      char type = static_cast<char>(h[156]);
-      uint64_t data_at = pos_ + kBlock;
+      if (is_zero_block(h)) {
+        ended_ = true;
+        return false;
+      }
+      if (!checksum_ok(h)) {
+        resync(pos_, "bad header checksum");
+        long_name.clear(), has_pax_size = bad_pax = false;
+        first_header = pos_;
+        continue;
+      }
+      uint64_t size = 0;
+      if (!parse_size(h + 124, 12, &size)) {
+        resync(pos_, "bad size field");
+        long_name.clear(), has_pax_size = bad_pax = false;
+        first_header = pos_;
+        continue;
+      }
+      const char type = static_cast<char>(h[156]);
+      const uint64_t header_at = pos_, data_at = pos_ + kBlock;
+      const uint64_t left = size_ - data_at;
       if (type == 'x' || type == 'g' || type == 'L' || type == 'K') {
-        if (data_at + size > size_) throw TarError("truncated extended header at offset " + std::to_string(pos_));
-        const char* p = reinterpret_cast<const char*>(data_ + data_at);
+        if (size > left) {
+          problem(&counters_.truncated, header_at, "extended header cut short (truncated?)");
+          pos_ = size_;
+          ended_ = true;
+          return false;
+        }
+        const unsigned char* p = data_ + data_at;
         if (type == 'L') long_name = cstr(p, size);
-        if (type == 'x') parse_pax(p, size, &long_name, &pax_size, &has_pax_size);
-        pos_ = data_at + round_up(size);
+        if (type == 'x') {
+          std::string err = parse_pax(p, size, &long_name, &pax_size, &has_pax_size);
+          if (!err.empty()) {
+            problem(&counters_.bad_pax, header_at, err + "; the member it describes is skipped");
+            bad_pax = true;
+          }
+        }
+        move_to(data_at + round_up(size, left));
         continue;
       }
       if (has_pax_size) size = pax_size;
-      if (data_at + size > size_)
-        throw TarError("truncated member data at offset " + std::to_string(pos_) + " (archive cut short?)");
+      if (size > left) {
+        problem(&counters_.truncated, header_at, "member data cut short (truncated?)");
+        pos_ = size_;
+        ended_ = true;
+        return false;
+      }
       std::string name = long_name;
       if (name.empty()) {
-        name = cstr(reinterpret_cast<const char*>(h), 100);
+        name = cstr(h, 100);
         if (std::memcmp(h + 257, "ustar", 5) == 0) {
-          std::string prefix = cstr(reinterpret_cast<const char*>(h) + 345, 155);
+          std::string prefix = cstr(h + 345, 155);
           if (!prefix.empty()) name = prefix + "/" + name;
         }
       }
-      pos_ = data_at + round_up(size);
+      move_to(data_at + round_up(size, left));
       m->header_at = first_header;
       m->data_offset = data_at;
       m->size = size;
       m->skip = true;
+      if (bad_pax) return true;  // counted above
       if (type != '0' && type != '\0' && type != '7') {
-        ++skipped_nonregular_;
+        ++counters_.nonregular;
+        return true;
+      }
+      if (!valid_utf8(name)) {
+        std::string shown;
+        for (unsigned char c : name.substr(0, 80)) shown += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
+        problem(&counters_.bad_name, header_at, "member name is not UTF-8 ('" + shown + "'); skipped");
         return true;
       }
       if (unsafe_name(name)) {
-        ++skipped_unsafe_;
-        if (warnings_.size() < 100) warnings_.push_back("unsafe member name skipped: '" + name + "'");
+        problem(&counters_.unsafe, header_at, "unsafe member name skipped: '" + name + "'");
         return true;
       }
       size_t slash = name.rfind('/');
       std::string base = slash == std::string::npos ? name : name.substr(slash + 1);
       if (slash == std::string::npos && base.size() >= 4 && base.compare(0, 2, "__") == 0 &&
           base.compare(base.size() - 2, 2, "__") == 0) {
-        ++skipped_meta_;
+        ++counters_.meta;
         return true;
       }
       size_t dot = base.find('.');
       if (dot == std::string::npos || dot == 0 || dot + 1 == base.size()) {
-        ++skipped_noext_;
-        if (warnings_.size() < 100) warnings_.push_back("member without key.extension skipped: '" + name + "'");
+        problem(&counters_.noext, header_at, "member without key.extension skipped: '" + name + "'");
         return true;
       }
       size_t cut = (slash == std::string::npos ? 0 : slash + 1) + dot;
@@ -324,26 +469,29 @@ class TarReader {
     }
   }
 
-  static uint64_t round_up(uint64_t n) { return (n + kBlock - 1) / kBlock * kBlock; }
+  // Padding to the next block; `left` bounds it (a final member may lack its padding).
+  static uint64_t round_up(uint64_t n, uint64_t left) {
+    uint64_t padded = n + (kBlock - n % kBlock) % kBlock;  // n <= left < 2^64 - 512: cannot overflow
+    return padded > left ? left : padded;
+  }
 
   std::string path_;
-  int fd_ = -1;
   const unsigned char* data_ = nullptr;
   uint64_t size_ = 0, pos_ = 0, next_sample_start_ = 0;
-  bool done_ = false;
+  bool done_ = false, ended_ = false;
   RawSample pending_;
   std::unordered_set<std::string> seen_;
   std::vector<std::string> warnings_;
-  std::string error_;
-  uint64_t skipped_unsafe_ = 0, skipped_nonregular_ = 0, skipped_noext_ = 0, skipped_meta_ = 0;
+  Counters counters_;
 };
 
 }  // namespace
 
 void register_tar(py::module_& m) {
   py::register_exception<TarError>(m, "TarError", PyExc_ValueError);
-  py::class_<TarReader>(m, "TarReader", "Sequential mmap reader of one webdataset tar shard.")
-      .def(py::init<const std::string&>(), py::arg("path"))
+  py::class_<TarReader>(m, "TarReader", "mmap reader of one webdataset tar shard; damage is counted, never thrown.")
+      .def(py::init<const std::string&, bool>(), py::arg("path"), py::arg("sequential") = true,
+           "sequential=False for document-by-document access (random read-ahead advice).")
       .def(
           "read",
           [](TarReader& r, size_t max_samples) {
@@ -360,10 +508,71 @@ void register_tar(py::module_& m) {
             }
             return out;
           },
-          py::arg("max_samples") = 256,
-          "Next complete samples as [(key, {ext: bytes})]; [] at the end. Raises TarError on corruption.")
+          py::arg("max_samples") = 256, "Next samples as [(key, {ext: bytes})]; [] at the end.")
+      .def(
+          "scan",
+          [](TarReader& r, size_t max_samples, const std::string& want) {
+            std::vector<RawSample> raw;
+            {
+              py::gil_scoped_release release;
+              raw = r.parse(max_samples);
+            }
+            py::list out(raw.size());
+            for (size_t i = 0; i < raw.size(); ++i) {
+              py::dict sizes;
+              py::object payload = py::none();
+              for (const auto& f : raw[i].fields) {
+                sizes[py::str(f.ext)] = f.size;
+                if (f.ext == want) payload = r.bytes_at(f.offset, f.size);
+              }
+              out[i] = py::make_tuple(py::str(raw[i].key), raw[i].start, sizes, payload);
+            }
+            return out;
+          },
+          py::arg("max_samples") = 256, py::arg("want") = "json",
+          "Index pass: [(key, start offset, {ext: size}, bytes of the `want` member or None)], no text copied.")
+      .def(
+          "texts",
+          [](TarReader& r, const std::vector<uint64_t>& offsets, const std::vector<std::string>& keys) {
+            // The loader's hot path: one call per shard and task instead of seek + read per document.
+            if (offsets.size() != keys.size()) throw std::invalid_argument("offsets and keys differ in length");
+            std::vector<int8_t> status(offsets.size(), 0);
+            std::vector<std::pair<uint64_t, uint64_t>> where(offsets.size(), {0, 0});
+            std::vector<std::string> found(offsets.size());
+            {
+              py::gil_scoped_release release;
+              for (size_t i = 0; i < offsets.size(); ++i) {
+                if (offsets[i] % kBlock || offsets[i] >= r.size()) {
+                  status[i] = 3;  // not a sample start: the shard changed
+                  continue;
+                }
+                r.seek(offsets[i]);
+                std::vector<RawSample> got = r.parse(1);
+                if (got.empty() || got[0].key != keys[i]) {
+                  status[i] = 3;
+                  if (!got.empty()) found[i] = got[0].key;
+                  continue;
+                }
+                status[i] = 2;  // no .txt
+                for (const auto& f : got[0].fields)
+                  if (f.ext == "txt") {
+                    where[i] = {f.offset, f.size};
+                    std::string_view v(reinterpret_cast<const char*>(r.data()) + f.offset, f.size);
+                    status[i] = valid_utf8(v) ? 0 : 1;
+                  }
+              }
+            }
+            py::list texts(offsets.size());
+            for (size_t i = 0; i < offsets.size(); ++i)
+              texts[i] = status[i] <= 1 ? py::object(r.bytes_at(where[i].first, where[i].second)) : py::object(py::str(found[i]));
+            return py::make_tuple(texts, status);
+          },
+          py::arg("offsets"), py::arg("keys"),
+          "Text bytes of the samples starting at `offsets`, with a status each: 0 ok, 1 invalid UTF-8, "
+          "2 no .txt, 3 another key there (the item is then the key found, or '').")
       .def("seek", &TarReader::seek, py::arg("offset"), "Restart at a sample boundary returned by `offset`.")
       .def_property_readonly("offset", &TarReader::offset, "Byte offset of the first sample not yet returned.")
+      .def_property_readonly("size", &TarReader::size)
       .def_property_readonly("done", &TarReader::done)
       .def_property_readonly("path", &TarReader::path)
       .def("counters", &TarReader::counters)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
@@ -39,8 +39,10 @@ from glotta.data.loader_state import STATE_VERSION, check_fingerprint, merge_sta
 from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
 from glotta.data.native import assemble, permutation
 from glotta.data.packing import BestFitLane, ConcatLane, Doc, RowStats
-from glotta.data.shards import list_shards
-from glotta.data.tokenize import UTF8_REPLACED, DocIndex, Encoder, cached_index, open_tokenizer, worker_encode, worker_init
+from glotta.data.corpus_index import CorpusIndex, cached_corpus_index
+from glotta.data.manifest import ShardInfo
+from glotta.data.shards import shard_entries
+from glotta.data.tokenize import UTF8_REPLACED, Encoder, open_tokenizer, thread_encode, worker_encode, worker_init
 from glotta.errors import ConfigError, DataError
 from glotta.seeding import stable_seed
 
@@ -54,7 +56,10 @@ class LoaderConfig(StrictModel):
     global_batch_size: int | None = Field(None, ge=1, description="rows per step over all ranks (default mbs*dp)")
     mix: MixConfig = Field(default_factory=MixConfig)
     seed: int = 1234
-    num_workers: int = Field(0, ge=0, description="tokenizer processes (0 = in the loader's process)")
+    num_workers: int = Field(0, ge=0, description="tokenizer threads or processes (0 = in the loader's thread)")
+    worker_type: Literal["thread", "process"] = Field(
+        "thread", description="thread: SentencePiece releases the GIL, no fork, no pickling; process: a pool like torch's DataLoader"
+    )
     packing: Literal["concat", "best_fit"] = "best_fit"
     best_fit_buffer: int = Field(64, ge=1, description="documents per lane buffer for best_fit")
     reset_position_ids: bool = True
@@ -76,17 +81,18 @@ class LoaderConfig(StrictModel):
         return self
 
 
-def _shards(sources: list[str]) -> list[Path]:
-    out: list[Path] = []
+def _shards(sources: list[str]) -> list[tuple[Path, ShardInfo | None]]:
+    """(shard, its manifest entry or None) for every source, in order."""
+    out: list[tuple[Path, ShardInfo | None]] = []
     for s in sources:
         p = Path(s)
         if p.is_dir():
-            out.extend(list_shards(p))
+            out.extend(shard_entries(p))
         elif p.is_file():
-            out.append(p)
+            out.append((p, None))
         else:
             raise DataError(f"loader source not found: {p}")
-    names = [p.name for p in out]
+    names = [p.name for p, _ in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise DataError(f"shard names must be unique across sources (exclude lists use them): {dup[:5]}")
@@ -152,7 +158,7 @@ class TokenLoader:
         self.vocab_size, self.eod_id, self.pad_id = tok.vocab_size, tok.eod_id, tok.pad_id
         shards = _shards(cfg.sources)
         exclude = read_exclude(cfg.exclude)
-        self.index: DocIndex = cached_index(shards, exclude, cfg.strict)
+        self.index: CorpusIndex = cached_corpus_index(shards, exclude, cfg.strict)
         self._setup_mix(exclude)
 
         L, D = self.global_batch, dp_size
@@ -169,7 +175,9 @@ class TokenLoader:
         self._low_block = 0  # the lowest block any lane still needs
         self.tokenized_docs = 0  # by this process since start (depends on prefetch; not in the state)
         self._blocks_per_job = max(1, round(cfg.docs_per_task / len(self.lane_ids)))
-        self._pool: ProcessPoolExecutor | None = None
+        # Jobs ramp up 1, 2, 4, ... blocks to the full size, so the first batch waits for a small task.
+        self._ramp = max(0, (self._blocks_per_job - 1).bit_length())
+        self._pool: Executor | None = None
         self._encoder: Encoder | None = None
         self._fingerprint = {
             "seq_len": cfg.seq_len,
@@ -179,8 +187,8 @@ class TokenLoader:
             "seed": cfg.seed,
             "mix": cfg.mix.model_dump(),
             "langs": list(self.langs),
-            "documents": int(len(self.index.key)),
-            "shards": [Path(s).name for s in self.index.shards],
+            "documents": self.index.documents,
+            "shards": self.index.shard_list_hash(),  # a hash, not the names: 16 characters at any size
             "exclude": hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest()[:16],
             "tokenizer": _sha(cfg.tokenizer),
         }
@@ -188,22 +196,19 @@ class TokenLoader:
     # ---- setup ----------------------------------------------------------------------------
     def _setup_mix(self, exclude: set[str]) -> None:
         cfg, idx = self.cfg, self.index
-        by_lang: dict[str, list[int]] = {}
-        for i, lang in enumerate(idx.lang):
-            by_lang.setdefault(lang, []).append(i)
+        tables = dict(idx.tables)
         if cfg.mix.langs is not None:
-            empty = sorted(set(cfg.mix.langs) - set(by_lang))
+            empty = sorted(set(cfg.mix.langs) - set(tables))
             if empty:
                 raise DataError(f"mix.langs: no documents for {empty} in {cfg.sources} (empty or excluded)")
-            by_lang = {lang: by_lang[lang] for lang in cfg.mix.langs}
-        if not by_lang:
+            tables = {lang: tables[lang] for lang in cfg.mix.langs}
+        if not tables:
             raise DataError(f"no documents to load from {cfg.sources} ({dict(idx.counters)})")
-        sizes = {lang: float(idx.nbytes[d].sum()) for lang, d in by_lang.items()}
+        sizes = {lang: float(t.nbytes) for lang, t in tables.items()}
         weights = mix_weights(cfg.mix, sizes)
         self.langs: list[str] = list(weights)
         self.weights = weights
-        self._lang_docs = [np.asarray(by_lang[lang], np.int64) for lang in self.langs]
-        n_docs = [len(d) for d in self._lang_docs]
+        n_docs = [tables[lang].docs for lang in self.langs]
         # Document rate = byte share / mean document size, so byte shares follow the weights.
         rates = [weights[lang] * n / max(sizes[lang], 1.0) for lang, n in zip(self.langs, n_docs)]
         caps = doc_caps(cfg.mix, n_docs)
@@ -225,27 +230,39 @@ class TokenLoader:
     def _job_docs(self, job: int) -> tuple[list[tuple[int, int, int]], np.ndarray, np.ndarray]:
         """(block, lane, global doc index or -1) for every owned lane of the job's blocks."""
         L = self.global_batch
-        b0 = job * self._blocks_per_job
+        b0, b1 = self._job_start(job), self._job_start(job + 1)
         where, slots = [], []
-        for p in range(max(b0, self._low_block), b0 + self._blocks_per_job):  # blocks below: no lane needs them
+        for p in range(max(b0, self._low_block), b1):  # blocks below: no lane needs them
             deal = permutation(L, stable_seed(self.cfg.seed, "deal", p))
             for lane in self.lane_ids:
                 where.append((p, lane))
                 slots.append(p * L + int(deal[lane]))
         lang, doc, _ = self.schedule.lookup(np.asarray(slots, np.int64))
         gidx = np.full(len(slots), -1, np.int64)
-        ok = lang >= 0
-        for i in np.flatnonzero(ok):
-            gidx[i] = self._lang_docs[lang[i]][doc[i]]
+        for li in np.unique(lang[lang >= 0]).tolist():
+            sel = np.flatnonzero(lang == li)
+            gidx[sel] = self.index.locate(self.langs[li], doc[sel])
         return where, lang, gidx
+
+    def _job_start(self, job: int) -> int:
+        """First block of a job: jobs 0..ramp-1 hold 1, 2, 4, ... blocks, then _blocks_per_job each."""
+        if job <= self._ramp:
+            return (1 << job) - 1
+        return (1 << self._ramp) - 1 + (job - self._ramp) * self._blocks_per_job
+
+    def _job_of(self, block: int) -> int:
+        head = (1 << self._ramp) - 1
+        if block < head:
+            return (block + 1).bit_length() - 1
+        return self._ramp + (block - head) // self._blocks_per_job
 
     def _submit(self, job: int) -> None:
         where, lang, gidx = self._job_docs(job)
         ok = gidx >= 0
         sel = gidx[ok]
-        args = (self.index.shard[sel], self.index.offset[sel], [self.index.key[i] for i in sel])
+        args = self.index.fetch(sel)
         if self._pool is not None:
-            fut = self._pool.submit(worker_encode, *args)
+            fut = self._pool.submit(thread_encode if self.cfg.worker_type == "thread" else worker_encode, *args)
         else:
             fut = None
         self._jobs[job] = (where, lang, gidx, fut, args)
@@ -276,7 +293,7 @@ class TokenLoader:
     def _get(self, lane: int, p: int) -> Doc | None:
         blk = self._blocks.get(p)
         if blk is None:
-            job = p // self._blocks_per_job
+            job = self._job_of(p)
             ahead = 2 * self.cfg.num_workers if self._pool is not None else 0
             for j in range(job, job + ahead + 1):  # keep the workers busy with the next jobs
                 if j not in self._jobs and j not in self._collected:
@@ -291,7 +308,7 @@ class TokenLoader:
             del self._blocks[p]
         self._low_block = low
         self.schedule.forget(low * self.global_batch)
-        low_job = low // self._blocks_per_job
+        low_job = self._job_of(low)
         self._collected = {j for j in self._collected if j >= low_job}
         for j in [j for j in self._jobs if j < low_job]:
             _, _, _, fut, _ = self._jobs.pop(j)
@@ -300,13 +317,16 @@ class TokenLoader:
 
     # ---- iteration ------------------------------------------------------------------------
     def _start(self) -> None:
-        if self.cfg.num_workers > 0 and self._pool is None:
+        if self.cfg.num_workers == 0 or self._pool is not None:
+            return
+        init = (self.index.shards, self.cfg.tokenizer, self.cfg.strict)
+        if self.cfg.worker_type == "thread":
+            self._pool = ThreadPoolExecutor(self.cfg.num_workers, thread_name_prefix="glotta-tok", initializer=worker_init, initargs=init)
+        else:
             self._pool = ProcessPoolExecutor(
-                self.cfg.num_workers,
-                mp_context=get_context(self.cfg.start_method),
-                initializer=worker_init,
-                initargs=(self.index.shards, self.cfg.tokenizer, self.cfg.strict),
+                self.cfg.num_workers, mp_context=get_context(self.cfg.start_method), initializer=worker_init, initargs=init
             )
+        self._submit(0)  # the first (small) task starts while the caller is still setting up
 
     def __iter__(self):
         self._start()

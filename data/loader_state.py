@@ -13,7 +13,7 @@ import numpy as np
 
 from glotta.errors import DataError
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the fingerprint holds a hash of the shard list instead of the names
 
 
 def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:

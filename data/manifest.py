@@ -28,6 +28,7 @@ class ShardInfo:
     bytes: int = 0  # UTF-8 text bytes (not tar bytes)
     file_bytes: int = 0
     sha256: str = ""
+    index_sha256: str = ""  # NAME.tar.idx, the per-shard index (data/shard_index.py)
     langs: dict[str, dict[str, int]] = field(default_factory=dict)  # lang -> {samples, bytes}
 
     def add(self, lang: str, nbytes: int) -> None:
@@ -52,6 +53,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """atomic_write_text for bytes."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -126,6 +138,9 @@ class Manifest:
                 problems.append(f"{p}: size {p.stat().st_size} != {s.file_bytes} in {MANIFEST}")
             elif check_hash and sha256_file(p) != s.sha256:
                 problems.append(f"{p}: sha256 does not match {MANIFEST}")
+            idx = p.with_name(p.name + ".idx")
+            if check_hash and s.index_sha256 and idx.is_file() and sha256_file(idx) != s.index_sha256:
+                problems.append(f"{idx}: index sha256 does not match {MANIFEST} (rebuild: glotta data index)")
         return problems
 
 

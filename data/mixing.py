@@ -28,9 +28,11 @@ import numpy as np
 from pydantic import Field
 
 from glotta.config import StrictModel
-from glotta.data.native import BlendSchedule, permutation
+from glotta.data.native import BlendSchedule, permute
 from glotta.errors import ConfigError, DataError
 from glotta.seeding import stable_seed
+
+_MASK64 = (1 << 64) - 1
 
 
 class MixConfig(StrictModel):
@@ -169,8 +171,8 @@ class Schedule:
         self._base, self._keep = 0, 0
         self._lang = np.empty(0, np.int32)
         self._occ = np.empty(0, np.int64)
-        self._perms: dict[tuple[int, int], np.ndarray] = {}
         self.length: int | None = None  # known once the schedule ran dry
+        self._seeds: dict[tuple[int, int], int] = {}
 
     def forget(self, before: int) -> None:
         """Slots below `before` will not be looked up again."""
@@ -183,8 +185,6 @@ class Schedule:
             self._lang, self._occ = self._lang[drop:].copy(), self._occ[drop:].copy()
             self._base += drop
             self._shadow.next(drop)  # replays the dropped slots so its state is the state at _base
-        if len(self._perms) > 4 * len(self.n_docs):  # old epochs' permutations; recomputed if ever needed
-            self._perms.clear()
 
     def snapshot(self) -> dict:
         """Generator state at the start of the window (plain types, for the loader state)."""
@@ -211,11 +211,14 @@ class Schedule:
                 self.length = self._base + len(self._lang)
             self._trim()
 
-    def _perm(self, lang: int, epoch: int) -> np.ndarray:
+    def _perm_seed(self, lang: int, epoch: int) -> int:
         key = (lang, epoch)
-        if key not in self._perms:
-            self._perms[key] = permutation(self.n_docs[lang], stable_seed(self.seed, "perm", lang, epoch))
-        return self._perms[key]
+        seed = self._seeds.get(key)
+        if seed is None:
+            if len(self._seeds) > 4096:
+                self._seeds.clear()
+            seed = self._seeds[key] = stable_seed(self.seed, "perm", lang, epoch) & _MASK64
+        return seed
 
     def lookup(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lang, doc within language, epoch) per slot; lang = -1 past the end of the schedule."""
@@ -233,9 +236,11 @@ class Schedule:
         ep, pos = occ // nd, occ % nd
         epoch[ok] = ep
         d = pos.copy()
-        if self.shuffle:
-            for i, (lg, e, p) in enumerate(zip(lang[ok], ep, pos)):
-                d[i] = self._perm(int(lg), int(e))[p]
+        if self.shuffle and len(pos):
+            # One seeded bijection per (language, epoch), evaluated per document: no per-language
+            # array, so a rank's memory does not grow with the corpus (csrc/mix.cpp: feistel).
+            seeds = np.fromiter((self._perm_seed(int(lg), int(e)) for lg, e in zip(lang[ok], ep)), np.uint64, len(pos))
+            d = permute(pos, nd, seeds)
         doc[ok] = d
         return lang, doc, epoch
 

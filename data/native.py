@@ -8,18 +8,19 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from glotta._native import BlendSchedule, TarError, TarReader
+    from glotta._native import BlendSchedule, TarError, TarReader, tar_sample
     from glotta._native import assemble_i32 as _assemble_i32
     from glotta._native import assemble_u16 as _assemble_u16
     from glotta._native import best_fit_pack as _best_fit_pack
     from glotta._native import permutation as _permutation
+    from glotta._native import permute as _permute
 except ImportError as e:  # pragma: no cover - only when the package was not installed/built
     raise ImportError(
         "glotta._native is not built: install the package with `pip install -e .` "
         "(needs a C++17 compiler and the Python headers)"
     ) from e
 
-__all__ = ["BlendSchedule", "TarError", "TarReader", "assemble", "best_fit_pack", "permutation", "token_dtype"]
+__all__ = ["BlendSchedule", "TarError", "TarReader", "assemble", "best_fit_pack", "permutation", "permute", "tar_sample", "token_dtype"]
 
 _MASK63 = (1 << 63) - 1
 
@@ -36,6 +37,14 @@ def permutation(n: int, seed: int) -> np.ndarray:
     if n < 0:
         raise ValueError(f"permutation size must be >= 0, got {n}")
     return _permutation(int(n), int(seed) & _MASK63)
+
+
+def permute(idx: np.ndarray, n: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Element idx[i] of the seeded permutation of range(n[i]), computed without building it."""
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    n = np.ascontiguousarray(np.broadcast_to(n, idx.shape), dtype=np.int64)
+    seed = np.ascontiguousarray(np.broadcast_to(seed, idx.shape), dtype=np.uint64)
+    return _permute(idx, n, seed)
 
 
 def best_fit_pack(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:

@@ -1,18 +1,18 @@
 """Text shards: webdataset tars where one sample is `KEY.txt` (UTF-8) + `KEY.json` (metadata).
 
-Writing goes through Python's tarfile (pax format, fixed mtime/owner so reruns are byte
-identical) into a temporary name that is renamed when the shard is complete. Reading goes
+Writing builds the tar members directly (ustar headers, pax for long names, fixed mtime/owner
+so reruns are byte identical) into a temporary name that is renamed when the shard is
+complete, with its per-shard index next to it. Reading goes
 through the C++ reader in glotta._native; this module turns its raw members into `Sample`s
 and applies the error policy (count and skip, or raise with --strict).
 """
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import logging
 import os
 import re
-import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from glotta.data.manifest import MANIFEST, Manifest, ShardInfo, sha256_file
-from glotta.data.native import TarError, TarReader
+from glotta.data.native import TarError, TarReader, tar_sample
 from glotta.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,17 @@ def shard_name(prefix: str, rank: int, index: int) -> str:
     return f"{prefix}-{rank:05d}-{index:06d}.tar"
 
 
+_ZEROS = bytes(1024)
+
+
 class ShardWriter:
     """Rolls over to a new shard after `max_samples` samples or `max_bytes` text bytes.
 
+    Members are built in C++ (csrc/tar_write.cpp: ustar headers, pax only for long names), not
+    through Python's tarfile, which spent most of the import's time building headers; the
+    output is a standard tar that tarfile and webdataset read unchanged. Each shard gets its
+    index (`NAME.tar.idx`, data/shard_index.py) from the offsets recorded while writing, and
+    both are written under temporary names and renamed when complete.
     `on_shard(info)` is called after each shard is renamed into place (resume bookkeeping).
     """
 
@@ -72,54 +80,65 @@ class ShardWriter:
         self.index = start_index
         self.on_shard = on_shard
         self.written: list[ShardInfo] = []
-        self._tar: tarfile.TarFile | None = None
+        self._f = None
         self._info: ShardInfo | None = None
         self._keys: set[str] = set()
 
     def _open(self) -> None:
+        from glotta.data.shard_index import IndexBuilder
+
         name = shard_name(self.prefix, self.rank, self.index)
         self._tmp = self.out_dir / f".{name}.tmp-{os.getpid()}"
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)
+        self._f = open(self._tmp, "wb", buffering=1 << 20)
+        self._pos = 0
         self._info = ShardInfo(name=name)
         self._keys = set()
-
-    def _add(self, name: str, payload: bytes) -> None:
-        ti = tarfile.TarInfo(name)
-        ti.size, ti.mtime, ti.mode = len(payload), 0, 0o444
-        ti.uname = ti.gname = ""
-        self._tar.addfile(ti, io.BytesIO(payload))
+        self._idx = IndexBuilder()
 
     def write(self, sample: Sample) -> None:
         if not KEY_RE.match(sample.key):
             raise DataError(f"invalid key {sample.key!r}: use letters, digits, '_', '-' and '/' (no dots)")
-        if self._tar is None:
+        if self._f is None:
             self._open()
         if sample.key in self._keys:
             raise DataError(f"duplicate key {sample.key!r} in shard {self._info.name}")
         self._keys.add(sample.key)
         text = sample.text.encode("utf-8")
         meta = json.dumps(sample.meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
-        self._add(f"{sample.key}.txt", text)
-        self._add(f"{sample.key}.json", meta)
-        self._info.add(sample.meta.get("lang") or "und", len(text))
+        lang = sample.meta.get("lang") or "und"
+        data = tar_sample(sample.key, [("txt", text), ("json", meta)])  # C++: headers, padding, checksums
+        self._idx.add(sample.key, self._pos, len(text), str(lang))
+        self._idx.samples += 1
+        self._f.write(data)
+        self._pos += len(data)
+        self._info.add(lang, len(text))
         if self._info.samples >= self.max_samples or self._info.bytes >= self.max_bytes:
             self.flush()
 
     def flush(self) -> None:
-        """Finish the current shard (if any): close, hash, rename into place."""
-        if self._tar is None:
+        """Finish the current shard (if any): end blocks, fsync, hash, index, rename into place."""
+        if self._f is None:
             return
-        self._tar.close()
+        from glotta.data.manifest import atomic_write_bytes
+        from glotta.data.shard_index import index_path
+
+        end = _ZEROS + bytes(-(self._pos + 1024) % 10240)  # tarfile's end: 2 zero blocks, 10 KiB records
+        self._f.write(end)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        self._f = None
         final = self.out_dir / self._info.name
-        with open(self._tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        self._info.file_bytes = self._tmp.stat().st_size
+        self._info.file_bytes = self._pos + len(end)
         self._info.sha256 = sha256_file(self._tmp)
+        blob = self._idx.to_bytes(self._info.name, self._info.file_bytes)
+        self._info.index_sha256 = hashlib.sha256(blob).hexdigest()
+        atomic_write_bytes(index_path(final), blob)  # before the shard: a shard in place always has its index
         os.replace(self._tmp, final)
         self.written.append(self._info)
         if self.on_shard is not None:
             self.on_shard(self._info)
-        self._tar, self._info = None, None
+        self._info = None
         self.index += 1
 
     def close(self) -> list[ShardInfo]:
@@ -128,10 +147,10 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the unfinished shard (after an error) so no partial file is left behind."""
-        if self._tar is not None:
-            self._tar.close()
+        if self._f is not None:
+            self._f.close()
             self._tmp.unlink(missing_ok=True)
-            self._tar = None
+            self._f = None
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -156,12 +175,27 @@ def list_shards(directory: str | Path, verify: bool = False) -> list[Path]:
                 raise DataError("shard set does not match its manifest:\n  " + "\n  ".join(problems))
         return [d / s.name for s in manifest.shards]
     shards = sorted(p for p in d.glob("*.tar") if not p.name.startswith("."))
+    packed = sorted(p.name for pat in COMPRESSED for p in d.glob(pat) if not p.name.startswith("."))
+    if packed and not shards:
+        raise DataError(f"{d}: unsupported: compressed shards ({', '.join(packed[:3])}); glotta reads plain .tar shards")
+    if packed:
+        log.warning("%s: %d compressed shard(s) ignored (unsupported: compressed shard): %s", d, len(packed), packed[:3])
     if not shards:
         raise DataError(f"{d}: no *.tar shards and no {MANIFEST}")
     return shards
 
 
+def shard_entries(directory: str | Path) -> list[tuple[Path, ShardInfo | None]]:
+    """list_shards with each shard's manifest entry (None without manifest.json)."""
+    d = Path(directory)
+    paths = list_shards(d)
+    if (d / MANIFEST).is_file():
+        return list(zip(paths, Manifest.load(d).shards))
+    return [(p, None) for p in paths]
+
+
 Utf8Policy = Literal["replace", "skip"]
+COMPRESSED = ("*.tar.gz", "*.tgz", "*.tar.zst", "*.tar.bz2", "*.tar.xz", "*.tar.lz4")
 
 
 def iter_samples(
@@ -171,51 +205,86 @@ def iter_samples(
     utf8: Utf8Policy = "replace",
     offset: int = 0,
     batch: int = 256,
+    expected: ShardInfo | None = None,
 ) -> Iterator[Sample]:
     """Samples of one shard. Problems are counted in `counters` (or raised when strict).
 
-    A corrupt or truncated shard ends early: the samples before the damage are yielded and
-    `corrupt_shard` is counted. With strict=True every skip raises DataError.
+    Damage never ends a shard silently: the reader skips to the next valid header and counts
+    what it skipped (see csrc/tar.cpp); a half sample is counted (`missing_text`, skipped, or
+    `missing_json`, kept as language `und`). With `expected` (the shard's manifest entry) a
+    shard that holds fewer samples than the manifest says counts the difference as
+    `lost_documents`. A compressed shard is an error ("unsupported: compressed shard").
+    With strict=True every counted problem raises DataError.
     """
     counters = counters if counters is not None else Counter()
     path = Path(path)
     name = path.name
 
-    def skip(reason: str, msg: str) -> None:
+    def skip(reason: str, msg: str, n: int = 1) -> None:
         if strict:
             raise DataError(msg)
-        counters[reason] += 1
+        counters[reason] += n
         log.warning(msg)
 
     try:
-        reader = TarReader(str(path))
+        reader = open_reader(path)
     except (OSError, RuntimeError) as e:
         skip("unreadable_shard", f"{path}: {e}")
         return
+    seen = 0
     try:
         if offset:
             reader.seek(offset)
         while True:
-            try:
-                raw = reader.read(batch)
-            except TarError as e:
-                skip("corrupt_shard", f"{path}: {e}")
-                return
-            if strict and any(reader.counters().values()):
-                raise DataError(f"{path}: " + "; ".join(reader.warnings() or [str(reader.counters())]))
+            raw = reader.read(batch)
+            if strict and any(v for k, v in reader.counters().items() if k in PROBLEMS):
+                raise DataError("; ".join(reader.warnings() or [f"{path}: {reader.counters()}"]))
             if not raw:
                 break
+            seen += len(raw)
             for key, fields in raw:
                 sample = _decode(name, key, fields, counters, skip, utf8)
                 if sample is not None:
                     counters["samples"] += 1
                     yield sample
+        if expected is not None and not offset:
+            check_expected(path, expected, reader.size, seen, skip)
     finally:
-        for k, v in reader.counters().items():
-            counters[k] += v
+        add_reader_counters(counters, reader)
         for w in reader.warnings():
-            log.warning("%s: %s", path, w)
+            log.warning("%s", w)
         reader.close()
+
+
+# Reader counters that mean data was damaged or dropped (the rest are skips by design).
+PROBLEMS = frozenset(
+    {"skipped_unsafe_name", "skipped_no_extension", "bad_name", "bad_pax", "misplaced_member",
+     "duplicate_member", "damaged", "truncated"}
+)  # fmt: skip
+
+
+def open_reader(path: str | Path, sequential: bool = True) -> TarReader:
+    """A TarReader; a compressed shard is a DataError naming it, never a 'corrupt' skip."""
+    try:
+        return TarReader(str(path), sequential)
+    except TarError as e:  # the only TarError the constructor raises: a compressed stream
+        raise DataError(str(e)) from None
+
+
+def add_reader_counters(counters: Counter, reader: TarReader) -> None:
+    for k, v in reader.counters().items():
+        if v:
+            counters[k] += v
+
+
+def check_expected(path: Path, expected: ShardInfo, file_bytes: int, seen: int, skip) -> None:
+    """Compare what the shard held with its manifest entry: a cut at a block boundary leaves a
+    valid-looking archive, only the manifest's sample and byte counts reveal it."""
+    if expected.file_bytes and file_bytes != expected.file_bytes:
+        skip("size_mismatch", f"{path}: {file_bytes} bytes, {MANIFEST} says {expected.file_bytes} (truncated or replaced?)")
+    if seen < expected.samples:
+        lost = expected.samples - seen
+        skip("lost_documents", f"{path}: {seen} samples read, {MANIFEST} lists {expected.samples}: {lost} lost", lost)
 
 
 def _decode(shard: str, key: str, fields: dict[str, bytes], counters: Counter, skip, utf8: Utf8Policy):
@@ -223,6 +292,8 @@ def _decode(shard: str, key: str, fields: dict[str, bytes], counters: Counter, s
     if "txt" not in fields:
         skip("missing_text", f"{where}: sample has no .txt member (has: {sorted(fields)})")
         return None
+    if "json" not in fields:  # a half sample: kept (the text is intact) as language 'und', counted
+        skip("missing_json", f"{where}: sample has no .json member (language unknown)")
     raw = fields["txt"]
     try:
         text = raw.decode("utf-8")

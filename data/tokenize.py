@@ -1,9 +1,8 @@
-"""SentencePiece on the fly: the document index, and reading + encoding documents in workers.
+"""SentencePiece on the fly: reading + encoding documents in workers.
 
-The index is one pass over the shards with the C++ tar reader: where each document starts
-(shard, byte offset), its language and size. Exclude lists are applied here, so excluded
-documents never enter the schedule. Workers then read documents by offset (TarReader.seek) and
-encode them in batches (`sp.encode(list_of_texts)`), appending EOD. Workers are stateless: the
+Where each document starts comes from the per-shard index (shard_index.py, corpus_index.py).
+Workers read documents by offset (TarReader.seek) and encode them in batches
+(`sp.encode(list_of_texts)`), appending EOD. Workers are stateless: the
 result of a task depends only on the task, which is what makes resume exact with any number
 of workers.
 
@@ -11,19 +10,18 @@ This module must not import torch: spawned workers import it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-from collections import Counter
-from dataclasses import dataclass, field
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 
-from glotta.data.exclude import is_excluded
-from glotta.data.native import TarError, TarReader, token_dtype
+from glotta.data.native import TarReader, token_dtype
+from glotta.data.shards import open_reader
 from glotta.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -42,10 +40,27 @@ class TokenizerInfo:
     pad_id: int
 
 
+_OPEN: dict[tuple, tuple[spm.SentencePieceProcessor, "TokenizerInfo"]] = {}
+_OPEN_LOCK = threading.Lock()
+
+
 def open_tokenizer(path: str | Path) -> tuple[spm.SentencePieceProcessor, TokenizerInfo]:
+    """The model, loaded once per process while the file is unchanged: the loader and its
+    tokenizer threads share it (SentencePiece's encode is const and thread-safe)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"tokenizer file not found: {p}")
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    with _OPEN_LOCK:
+        if key not in _OPEN:
+            if len(_OPEN) >= 4:
+                _OPEN.pop(next(iter(_OPEN)))
+            _OPEN[key] = _load(p)
+        return _OPEN[key]
+
+
+def _load(p: Path) -> tuple[spm.SentencePieceProcessor, TokenizerInfo]:
     sp = spm.SentencePieceProcessor()
     try:
         sp.Load(str(p))
@@ -58,148 +73,72 @@ def open_tokenizer(path: str | Path) -> tuple[spm.SentencePieceProcessor, Tokeni
     return sp, TokenizerInfo(str(p), sp.get_piece_size(), eod, pad)
 
 
-# ---- document index -------------------------------------------------------------------------
-@dataclass
-class DocIndex:
-    shards: list[str]  # shard paths
-    shard: np.ndarray  # int32 per document
-    offset: np.ndarray  # int64: TarReader offset of the document's first member
-    nbytes: np.ndarray  # int64: UTF-8 bytes of the text
-    lang: list[str]
-    key: list[str]
-    counters: Counter = field(default_factory=Counter)
-
-    def __post_init__(self) -> None:
-        self.names = [Path(s).name for s in self.shards]
-
-    def doc_id(self, i: int) -> str:
-        return f"{self.names[self.shard[i]]}/{self.key[i]}"
-
-
-def build_index(shards: list[Path], exclude: set[str], strict: bool = False) -> DocIndex:
-    """One pass over the shards: offset, language and size of every document not excluded."""
-    counters: Counter = Counter()
-    sh, off, nb, langs, keys = [], [], [], [], []
-
-    def skip(reason: str, msg: str) -> None:
-        if strict:
-            raise DataError(msg)
-        counters[reason] += 1
-        log.warning(msg)
-
-    for si, path in enumerate(shards):
-        name = Path(path).name
-        if name in exclude:
-            counters["excluded_shards"] += 1
-            continue
-        try:
-            reader = TarReader(str(path))
-        except (OSError, RuntimeError) as e:
-            skip("unreadable_shard", f"{path}: {e}")
-            continue
-        try:
-            while True:
-                at = reader.offset
-                try:
-                    raw = reader.read(1)
-                except TarError as e:
-                    skip("corrupt_shard", f"{path}: {e} (documents before the damage are kept)")
-                    break
-                if not raw:
-                    break
-                key, fields = raw[0]
-                if is_excluded(exclude, name, key):
-                    counters["excluded"] += 1
-                    continue
-                if "txt" not in fields:
-                    skip("missing_text", f"{name}/{key}: sample has no .txt member (has: {sorted(fields)})")
-                    continue
-                lang = "und"
-                if "json" in fields:
-                    try:
-                        meta = json.loads(fields["json"])
-                        lang = (meta.get("lang") if isinstance(meta, dict) else None) or "und"
-                    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                        skip("bad_json", f"{name}/{key}: .json is not valid JSON: {e}")
-                        continue
-                sh.append(si)
-                off.append(at)
-                nb.append(len(fields["txt"]))
-                langs.append(str(lang))
-                keys.append(key)
-        finally:
-            for k, v in reader.counters().items():
-                counters[k] += v
-            reader.close()
-    counters["indexed"] = len(keys)
-    return DocIndex(
-        shards=[str(p) for p in shards],
-        shard=np.asarray(sh, np.int32),
-        offset=np.asarray(off, np.int64),
-        nbytes=np.asarray(nb, np.int64),
-        lang=langs,
-        key=keys,
-        counters=counters,
-    )
-
-
-_INDEX_CACHE: dict[tuple, DocIndex] = {}
-
-
-def cached_index(shards: list[Path], exclude: set[str], strict: bool = False) -> DocIndex:
-    """build_index, remembered per process while the shard files are unchanged (size, mtime):
-    a trainer that builds a fresh validation loader for every evaluation indexes once."""
-    key = (
-        tuple((str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else (str(p),) for p in shards),
-        hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest(),
-        strict,
-    )
-    if key not in _INDEX_CACHE:
-        if len(_INDEX_CACHE) >= 8:
-            _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
-        _INDEX_CACHE[key] = build_index(shards, exclude, strict)
-    return _INDEX_CACHE[key]
-
-
 # ---- reading + encoding (runs in workers, or in-process with num_workers=0) -----------------
 class Encoder:
+    # Open readers per process. A reader holds no file descriptor (csrc/tar.cpp closes it after
+    # mmap), so this bounds mappings and address space, not fds: 10,000 shards stay mappable.
+    MAX_OPEN = 64
+
     def __init__(self, shards: list[str], tokenizer: str, strict: bool = False):
         self.shards, self.strict = shards, strict
         self.names = [Path(s).name for s in shards]
         self.sp, self.info = open_tokenizer(tokenizer)
         self.dtype = token_dtype(self.info.vocab_size)
-        self._readers: dict[int, TarReader] = {}
+        self._readers: OrderedDict[int, TarReader] = OrderedDict()
         self._numpy = True
 
-    def _text(self, shard: int, offset: int, key: str) -> tuple[str, int]:
-        reader = self._readers.get(shard)
+    def _reader(self, shard: int) -> TarReader:
+        reader = self._readers.pop(shard, None)
         if reader is None:
-            reader = self._readers[shard] = TarReader(self.shards[shard])
+            reader = open_reader(self.shards[shard], sequential=False)  # one document at a time
+            while len(self._readers) >= self.MAX_OPEN:
+                self._readers.popitem(last=False)[1].close()
+        self._readers[shard] = reader
+        return reader
+
+    def _texts(self, shard: int, offsets: list[int], keys: list[str]) -> tuple[list[bytes], list[int]]:
+        """Text bytes (valid UTF-8) and status of documents of one shard, read in one C++ call."""
         name = self.names[shard]
-        try:
-            reader.seek(int(offset))
-            raw = reader.read(1)
-        except (TarError, ValueError) as e:
-            raise DataError(f"{name}/{key}: cannot re-read the document at offset {offset}: {e}") from None
-        if not raw or raw[0][0] != key:
-            raise DataError(f"{name}: expected document {key!r} at offset {offset}; the shard changed after indexing")
-        data = raw[0][1]["txt"]
-        try:
-            return data.decode("utf-8"), OK
-        except UnicodeDecodeError as e:
-            if self.strict:
-                raise DataError(f"{name}/{key}: invalid UTF-8 at byte {e.start}") from None
-            return data.decode("utf-8", errors="replace"), UTF8_REPLACED
+        reader = self._reader(shard)
+        # A mapped file that shrank would fault (SIGBUS) on access, killing the whole trainer when
+        # workers are threads: one stat per shard and task turns it into an error instead.
+        if os.stat(self.shards[shard]).st_size < reader.size:
+            raise DataError(f"{name}: the shard shrank while the loader was reading it (changed after indexing)")
+        texts, codes = reader.texts(offsets, keys)
+        out, status = [], []
+        for t, c, o, k in zip(texts, codes.tolist() if hasattr(codes, "tolist") else codes, offsets, keys):
+            if c >= 2:
+                found = f"found {t!r}" if t else "no sample starts there"
+                raise DataError(f"{name}: expected document {k!r} at offset {o} ({found}); the shard changed after indexing")
+            if c == 1:
+                try:
+                    t.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    if self.strict:
+                        raise DataError(f"{name}/{k}: invalid UTF-8 at byte {e.start}") from None
+                t = t.decode("utf-8", errors="replace").encode("utf-8")
+                c = UTF8_REPLACED
+            # Empty: ASCII whitespace checked on the bytes; short texts also for Unicode spaces.
+            if not t.strip() or (len(t) < 64 and t.decode("utf-8").isspace()):
+                t, c = b"", EMPTY
+            out.append(t)
+            status.append(c)
+        return out, status
 
     def encode(self, shard: np.ndarray, offset: np.ndarray, keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(flat tokens, length per document, status per document); EOD ends every document."""
-        texts, status = [], np.zeros(len(keys), np.int8)
-        for i, (s, o, k) in enumerate(zip(shard, offset, keys)):
-            text, status[i] = self._text(int(s), int(o), k)
-            if not text or text.isspace():
-                status[i] = EMPTY
-                text = ""
-            texts.append(text)
+        """(flat tokens, length per document, status per document); EOD ends every document.
+        Texts go to SentencePiece as UTF-8 bytes: no decode to str and re-encode."""
+        n = len(keys)
+        texts: list[bytes] = [b""] * n
+        status = np.zeros(n, np.int8)
+        by_shard: dict[int, list[int]] = {}
+        for i, s in enumerate(np.asarray(shard).tolist()):
+            by_shard.setdefault(s, []).append(i)
+        offs = np.asarray(offset).tolist()
+        for s, idx in by_shard.items():
+            got, st = self._texts(s, [offs[i] for i in idx], [keys[i] for i in idx])
+            for i, t, c in zip(idx, got, st):
+                texts[i], status[i] = t, c
         arrays = self._encode(texts)
         eod = np.array([self.info.eod_id], np.int32)
         lengths = np.zeros(len(arrays), np.int64)
@@ -211,7 +150,7 @@ class Encoder:
         flat = np.concatenate(parts).astype(self.dtype, copy=False) if parts else np.zeros(0, self.dtype)
         return flat, lengths, status
 
-    def _encode(self, texts: list[str]) -> list[np.ndarray]:
+    def _encode(self, texts: list[bytes]) -> list[np.ndarray]:
         """Ids per text as numpy arrays (sentencepiece >= 0.2.1 returns them without Python ints)."""
         if self._numpy:
             try:
@@ -227,13 +166,24 @@ class Encoder:
 
 
 _WORKER: Encoder | None = None
+_THREAD = threading.local()
 
 
 def worker_init(shards: list[str], tokenizer: str, strict: bool) -> None:
+    """Pool initializer: one Encoder per process (process pool) or per thread (thread pool)."""
     global _WORKER
-    _WORKER = Encoder(shards, tokenizer, strict)
+    enc = Encoder(shards, tokenizer, strict)
+    if threading.current_thread() is threading.main_thread():
+        _WORKER = enc
+    else:
+        _THREAD.encoder = enc
 
 
 def worker_encode(shard: np.ndarray, offset: np.ndarray, keys: list[str]):
     assert _WORKER is not None, "worker_init did not run"
     return _WORKER.encode(shard, offset, keys)
+
+
+def thread_encode(shard: np.ndarray, offset: np.ndarray, keys: list[str]):
+    """The same in a thread pool: SentencePiece and the tar reader release the GIL."""
+    return _THREAD.encoder.encode(shard, offset, keys)

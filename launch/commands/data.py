@@ -117,6 +117,72 @@ def inspect(
         err_console.print(f"verified: all {report.shards} shard(s) match manifest.json (size and sha256)")
 
 
+class IndexConfig(StrictModel):
+    path: str
+    force: bool = False
+    strict: bool = False
+
+
+@app.command("index")
+@guarded
+def index(
+    path: Annotated[Optional[Path], typer.Argument(help="Shard directory.", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild every index, also those that match their shard.")] = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: JsonOpt = False,
+    strict: StrictOpt = False,
+) -> None:
+    """Write the per-shard index (NAME.tar.idx) the loader memory-maps, and its hashes in manifest.json.
+
+    The import writes indexes itself; use this for shard sets made elsewhere (a manifest.json is written when there is none).
+    """
+    from glotta.data.shard_index import index_shard_set
+
+    overrides = cli_overrides(sets, path=str(path) if path else None, force=force or None, strict=strict or None)
+    cfg = load_config(IndexConfig, config, overrides)
+    set_quiet(json_out)
+    rep = index_shard_set(cfg.path, force=cfg.force, strict=cfg.strict)
+    if json_out:
+        print_json(rep.to_json())
+        return
+    stdout.print(f"{rep.path}: {rep.shards} shard(s), {rep.docs:,} docs; indexes built {rep.built}, "
+                 f"reused {rep.reused}; manifest.json {rep.manifest}", highlight=False)
+    if rep.counters:
+        print_counters("read problems (counted)", rep.counters)
+
+
+@app.command("show")
+@guarded
+def show(
+    path: Annotated[Optional[Path], typer.Argument(help="Shard directory.", show_default=False)] = None,
+    lang: Annotated[Str, _opt("--lang", help="Only samples of this language.")] = None,
+    n: Annotated[Optional[int], _opt("-n", help="Number of samples (default: 5).")] = None,
+    lines: Annotated[Optional[int], _opt("--lines", help="First lines of text per sample (default: 3).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    json_out: JsonOpt = False,
+    strict: StrictOpt = False,
+) -> None:
+    """Print a few samples (id, language, URL, first lines) so you can look at your data."""
+    from glotta.data.show import ShowConfig, show_samples
+
+    overrides = cli_overrides(sets, path=str(path) if path else None, lang=lang, n=n, lines=lines, strict=strict or None)
+    cfg = load_config(ShowConfig, config, overrides)
+    set_quiet(json_out)
+    shown, counters = show_samples(cfg)
+    if json_out:
+        print_json({"samples": [s.to_json() for s in shown], "counters": counters})
+        return
+    for s in shown:
+        stdout.print(f"[bold]{s.id}[/bold]  lang={s.lang}  url={s.url or '-'}  chars={s.chars:,}")
+        for line in s.head:
+            stdout.print("    " + (line if len(line) <= 160 else line[:157] + "..."), highlight=False, markup=False)
+    problems = {k: v for k, v in counters.items() if k != "samples"}
+    if problems:
+        print_counters("read problems", problems)
+
+
 class DemoCorpusConfig(StrictModel):
     out: str
     langs: Optional[list[str]] = None

@@ -69,7 +69,7 @@ def test_corrupt_shard_mid_stream_is_counted_or_strict(demo_shards, sp_model, tm
     with TokenLoader(str(shards), str(sp_model), 512, 2, mix=DROP) as ld:
         n = sum(1 for _ in ld)
         st = ld.stats()
-    assert n > 0 and st["skipped"]["corrupt_shard"] == 1
+    assert n > 0 and st["skipped"]["truncated"] == 1
     assert 600 < st["documents"] < 800
     with pytest.raises(DataError, match=victim.name):
         TokenLoader(str(shards), str(sp_model), 512, 2, mix=DROP, strict=True)

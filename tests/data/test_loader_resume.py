@@ -49,6 +49,14 @@ def test_resume_is_bitwise_identical(demo_shards, sp_model, packing, workers):
         assert all(_same(x, y) for x, y in zip(tail, full[cut:])), f"resume after {cut} batches differs"
 
 
+def test_thread_and_process_workers_give_identical_batches(demo_shards, sp_model):
+    with _loader(demo_shards, sp_model, num_workers=2, worker_type="thread", global_batch_size=4) as a:
+        threads = _take(iter(a), 20)
+    with _loader(demo_shards, sp_model, num_workers=2, worker_type="process", global_batch_size=4) as b:
+        procs = _take(iter(b), 20)
+    assert all(_same(x, y) for x, y in zip(threads, procs))
+
+
 ELASTIC = dict(seq_len=256, packing="concat", mix={"method": "natural", "exhausted": "drop", "langs": ["en", "de", "ja"]})
 
 

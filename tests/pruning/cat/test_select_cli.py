@@ -62,7 +62,7 @@ def test_exclude_list_is_honoured_by_the_loader(scores_dir, demo_shards, spm_mod
     kept = set((sel["shard"] + "/" + sel["key"])[sel["kept"]])
     loader = loader_mod.TokenLoader([str(demo_shards)], str(spm_model), seq_len=64, micro_batch_size=4,
                                     exclude=[str(out / "exclude.txt")])
-    assert {loader.index.doc_id(i) for i in range(len(loader.index.key))} == kept
+    assert set(loader.index.doc_ids()) == kept
     seen = set()
     for i, batch in enumerate(loader):
         seen |= {d for d in batch["doc_ids"] if d}

@@ -1,0 +1,397 @@
+"""The per-shard index: `NAME.tar.idx` next to each shard, so the loader never scans documents.
+
+Written by the shard writer at import (it knows every offset as it writes), by `glotta data
+index` for shard sets from elsewhere, and by the loader for a shard without a valid one. Its
+sha256 is recorded in the manifest (`ShardInfo.index_sha256`). Layout (little-endian):
+
+    b"GLTIDX\\0\\1"     8 bytes magic + version
+    u64               length H of the header
+    H bytes           JSON header: shard name and size, docs, samples read, langs, docs and
+                      text bytes per language, the reader's counters, array offsets
+    arrays            each 8-byte aligned, one entry per indexed document (has a .txt):
+                      offset  u64   byte offset of the sample's first header
+                      key_end u64   end of the key in the key blob
+                      nbytes  u32   UTF-8 bytes of the text
+                      by_lang u32   local document ids grouped by language (stable order)
+                      lang    u16   index into the header's langs
+                      keys    bytes every key, concatenated (UTF-8)
+
+The header alone (a few hundred bytes) gives the loader the per-language counts it needs at
+start-up, so start-up reads O(shards) metadata; the arrays are memory-mapped and only the pages
+of documents a rank actually reads are touched. On disk: 30 bytes + the key per document.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import mmap
+import os
+import struct
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glotta.data.manifest import ShardInfo, atomic_write_bytes
+from glotta.data.shards import PROBLEMS, add_reader_counters, check_expected, open_reader
+from glotta.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"GLTIDX\x00\x01"
+VERSION = 1
+SUFFIX = ".idx"
+_ARRAYS = (("offset", "<u8"), ("key_end", "<u8"), ("nbytes", "<u4"), ("by_lang", "<u4"), ("lang", "<u2"))
+_MAX_TEXT = (1 << 32) - 1
+
+
+def index_path(shard: str | Path) -> Path:
+    return Path(f"{shard}{SUFFIX}")
+
+
+@dataclass
+class IndexBuilder:
+    """Collects one shard's documents (the writer feeds it as it writes, a scan as it reads)."""
+
+    offset: list[int] = field(default_factory=list)
+    nbytes: list[int] = field(default_factory=list)
+    lang: list[str] = field(default_factory=list)
+    key: list[str] = field(default_factory=list)
+    samples: int = 0  # every sample read, also those not indexed (no .txt, bad .json)
+    counters: Counter = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)  # the first messages, naming shard and byte
+
+    def add(self, key: str, offset: int, nbytes: int, lang: str) -> None:
+        self.offset.append(offset)
+        self.nbytes.append(nbytes)
+        self.lang.append(lang)
+        self.key.append(key)
+
+    def to_bytes(self, shard_name: str, shard_bytes: int) -> bytes:
+        n = len(self.key)
+        langs = sorted(set(self.lang))
+        code = {lang: i for i, lang in enumerate(langs)}
+        lang = np.fromiter((code[x] for x in self.lang), np.uint16, n)
+        by_lang = np.argsort(lang, kind="stable").astype(np.uint32)
+        keys = [k.encode("utf-8") for k in self.key]
+        nb = np.asarray(self.nbytes, np.uint64)
+        cols = {
+            "offset": np.asarray(self.offset, np.uint64),
+            "key_end": np.cumsum(np.fromiter((len(k) for k in keys), np.uint64, n), dtype=np.uint64),
+            "nbytes": nb.astype(np.uint32),
+            "by_lang": by_lang,
+            "lang": lang,
+        }
+        lang_docs = np.bincount(lang, minlength=len(langs))
+        lang_bytes = np.bincount(lang, weights=nb.astype(np.float64), minlength=len(langs))
+        blobs = [cols[k].astype(dt, copy=False).tobytes() for k, dt in _ARRAYS] + [b"".join(keys)]
+        header: dict[str, Any] = {
+            "version": VERSION, "shard": shard_name, "shard_bytes": int(shard_bytes), "docs": n,
+            "samples": int(self.samples), "langs": langs, "lang_docs": [int(x) for x in lang_docs],
+            "lang_bytes": [int(x) for x in lang_bytes], "counters": dict(sorted(self.counters.items())),
+            "warnings": self.warnings[:5],
+        }  # fmt: skip
+        # Array offsets depend on the header length: grow the header until it is stable.
+        header["arrays"] = {}
+        while True:
+            raw = json.dumps(header, sort_keys=True).encode()
+            pos = _align(16 + len(raw))
+            arrays = {}
+            for (name, _), blob in zip(_ARRAYS + (("keys", "u1"),), blobs):
+                arrays[name] = pos
+                pos = _align(pos + len(blob))
+            if arrays == header["arrays"]:
+                break
+            header["arrays"] = arrays
+        out = bytearray(MAGIC + struct.pack("<Q", len(raw)) + raw)
+        for (name, _), blob in zip(_ARRAYS + (("keys", "u1"),), blobs):
+            out += b"\0" * (header["arrays"][name] - len(out)) + blob
+        return bytes(out)
+
+
+def _align(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+class ShardIndex:
+    """One shard's index: the header at once, the arrays memory-mapped on first use."""
+
+    def __init__(self, path: Path | None, header: dict[str, Any], blob: bytes | None = None):
+        self.path, self.header = path, header
+        self._blob = blob  # an index built in memory (shard folder not writable)
+        self._cols: dict[str, np.ndarray] | None = None
+        self._starts: np.ndarray | None = None
+
+    # ---- header -------------------------------------------------------------------------
+    @property
+    def docs(self) -> int:
+        return int(self.header["docs"])
+
+    @property
+    def langs(self) -> list[str]:
+        return list(self.header["langs"])
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return dict(self.header["counters"])
+
+    @classmethod
+    def read_header(cls, path: Path) -> "ShardIndex":
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+                if len(head) < 16 or head[:8] != MAGIC:
+                    raise DataError(f"{path}: not a glotta shard index (bad magic)")
+                (n,) = struct.unpack("<Q", head[8:])
+                if n > 1 << 26:
+                    raise DataError(f"{path}: index header of {n} bytes (damaged)")
+                header = json.loads(f.read(n))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: unreadable shard index: {e}") from None
+        if header.get("version") != VERSION:
+            raise DataError(f"{path}: shard index version {header.get('version')!r}, expected {VERSION}")
+        return cls(path, header)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, path: Path | None = None) -> "ShardIndex":
+        (n,) = struct.unpack("<Q", blob[8:16])
+        return cls(path, json.loads(blob[16 : 16 + n]), blob)
+
+    # ---- arrays -------------------------------------------------------------------------
+    def cols(self) -> dict[str, np.ndarray]:
+        """Views into the mapping, kept until the LRU of mappings unmaps the file."""
+        if self._cols is not None:
+            return self._cols
+        buf = self._blob if self._blob is not None else _MAPS.get(self.path, self)
+        n, at = self.docs, self.header["arrays"]
+        try:
+            cols = {name: np.frombuffer(buf, dt, n, at[name]) for name, dt in _ARRAYS}
+            end = int(cols["key_end"][-1]) if n else 0
+            cols["keys"] = np.frombuffer(buf, np.uint8, end, at["keys"])
+        except (ValueError, KeyError) as e:
+            raise DataError(f"{self.path}: shard index arrays do not fit the file (damaged): {e}") from None
+        self._cols = cols  # dropped by the LRU when it unmaps the file
+        return cols
+
+    def key(self, j: int, cols: dict[str, np.ndarray] | None = None) -> str:
+        c = cols or self.cols()
+        start = int(c["key_end"][j - 1]) if j else 0
+        return c["keys"][start : int(c["key_end"][j])].tobytes().decode("utf-8")
+
+    def keys(self) -> list[str]:
+        c = self.cols()
+        blob, ends = c["keys"].tobytes(), c["key_end"].tolist()
+        return [blob[a:b].decode("utf-8") for a, b in zip([0] + ends[:-1], ends)]
+
+    def lang_start(self, local_lang: int) -> int:
+        """Where the language's documents start in `by_lang` (grouped by language, shard order)."""
+        if self._starts is None:
+            self._starts = np.concatenate([[0], np.cumsum(self.header["lang_docs"], dtype=np.int64)])
+        return int(self._starts[local_lang])
+
+
+class _MapCache:
+    """An LRU of memory-mapped index files: Python's mmap keeps a file descriptor per mapping,
+    so at 10,000 shards the number held open must be bounded."""
+
+    def __init__(self, size: int = 128):
+        self.size = size
+        self._maps: OrderedDict[Path, tuple[mmap.mmap, ShardIndex]] = OrderedDict()
+
+    def get(self, path: Path, owner: ShardIndex) -> mmap.mmap:
+        entry = self._maps.pop(path, None)
+        if entry is None:
+            with open(path, "rb") as f:
+                entry = (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), owner)
+            while len(self._maps) >= self.size:
+                _, (old, old_owner) = self._maps.popitem(last=False)
+                old_owner._cols = None
+                try:
+                    old.close()
+                except BufferError:  # a caller still holds a view: the mapping goes with it
+                    pass
+        elif entry[1] is not owner:
+            entry[1]._cols = None
+            entry = (entry[0], owner)
+        self._maps[path] = entry
+        return entry[0]
+
+
+_MAPS = _MapCache()
+
+
+# ---- building ---------------------------------------------------------------------------
+def scan_shard(path: Path, strict: bool = False) -> IndexBuilder:
+    """Read a shard once (no text copied) and collect its index entries and counters."""
+    b = IndexBuilder()
+    name = path.name
+
+    def skip(reason: str, msg: str) -> None:
+        if strict:
+            raise DataError(msg)
+        b.counters[reason] += 1
+        if len(b.warnings) < 5:
+            b.warnings.append(msg)
+        log.warning(msg)
+
+    reader = open_reader(path)
+    try:
+        while chunk := reader.scan(4096, "json"):
+            if strict and any(v for k, v in reader.counters().items() if k in PROBLEMS):
+                raise DataError("; ".join(reader.warnings()))
+            b.samples += len(chunk)
+            for key, start, sizes, meta in chunk:
+                if "txt" not in sizes:
+                    skip("missing_text", f"{name}/{key}: sample has no .txt member (has: {sorted(sizes)})")
+                    continue
+                if sizes["txt"] > _MAX_TEXT:
+                    skip("too_large", f"{name}/{key}: text of {sizes['txt']} bytes (> 4 GiB) skipped")
+                    continue
+                lang = "und"
+                if meta is None:
+                    skip("missing_json", f"{name}/{key}: sample has no .json member (language unknown)")
+                else:
+                    try:
+                        obj = json.loads(meta)
+                        lang = (obj.get("lang") if isinstance(obj, dict) else None) or "und"
+                    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                        skip("bad_json", f"{name}/{key}: .json is not valid JSON: {e}")
+                        continue
+                b.add(key, start, sizes["txt"], str(lang))
+        if strict and any(v for k, v in reader.counters().items() if k in PROBLEMS):
+            raise DataError("; ".join(reader.warnings()))
+        for w in reader.warnings()[:3]:
+            log.warning("%s", w)
+        b.warnings = (reader.warnings() + b.warnings)[:5]
+        add_reader_counters(b.counters, reader)
+        b.counters.pop("skipped_bytes", None)  # a size, not a count: kept out of document counters
+    finally:
+        reader.close()
+    return b
+
+
+def write_index(shard: Path, builder: IndexBuilder) -> tuple[Path, str]:
+    """Write NAME.tar.idx atomically; returns its path and sha256 (for the manifest)."""
+    blob = builder.to_bytes(shard.name, shard.stat().st_size)
+    path = index_path(shard)
+    atomic_write_bytes(path, blob)
+    return path, hashlib.sha256(blob).hexdigest()
+
+
+def load_index(shard: Path, expected: ShardInfo | None = None, strict: bool = False, write: bool = True) -> ShardIndex:
+    """The shard's index: its side file when it matches the shard, else built by one scan (and
+    written next to the shard when the folder is writable, else kept in memory)."""
+    path = index_path(shard)
+    size = shard.stat().st_size
+    if path.is_file():
+        try:
+            idx = ShardIndex.read_header(path)
+            if idx.header["shard_bytes"] == size and idx.header["shard"] == shard.name:
+                return _checked(idx, shard, expected, strict)
+            log.warning("%s: stale (the shard changed since it was indexed); rebuilding", path)
+        except DataError as e:
+            log.warning("%s; rebuilding", e)
+    builder = scan_shard(shard, strict)
+    if write and os.access(shard.parent, os.W_OK):
+        path, _ = write_index(shard, builder)
+        return _checked(ShardIndex.read_header(path), shard, expected, strict)
+    return _checked(ShardIndex.from_bytes(builder.to_bytes(shard.name, size)), shard, expected, strict)
+
+
+# Index counters that mean a document was lost or damaged (strict turns them into errors).
+STRICT = PROBLEMS | {"missing_text", "missing_json", "bad_json", "too_large"}
+
+
+def _checked(idx: ShardIndex, shard: Path, expected: ShardInfo | None, strict: bool) -> ShardIndex:
+    """Compare with the manifest entry: a clean cut at a block boundary is only visible there.
+    With strict, a reused index that recorded problems fails like a fresh scan would."""
+    if strict and any(v for k, v in idx.counters.items() if k in STRICT):
+        shown = "; ".join(idx.header.get("warnings") or [str(idx.counters)])
+        raise DataError(f"{shard}: {shown}")
+    if expected is None:
+        return idx
+    extra: Counter = Counter()
+
+    def skip(reason: str, msg: str, n: int = 1) -> None:
+        if strict:
+            raise DataError(msg)
+        extra[reason] += n
+        log.warning(msg)
+
+    check_expected(shard, expected, int(idx.header["shard_bytes"]), int(idx.header["samples"]), skip)
+    if extra:
+        idx.header["counters"] = dict(Counter(idx.header["counters"]) + extra)
+    return idx
+
+
+# ---- `glotta data index` ----------------------------------------------------------------
+@dataclass
+class IndexReport:
+    path: str
+    shards: int = 0
+    built: int = 0  # indexes written by this run (missing, stale or --force)
+    reused: int = 0  # indexes that already matched their shard
+    docs: int = 0
+    manifest: str = ""  # "updated" (index hashes added), "written" (none existed), "unchanged"
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def index_shard_set(directory: str | Path, force: bool = False, strict: bool = False) -> IndexReport:
+    """Write (or refresh) NAME.tar.idx for every shard of a set and record the index hashes in
+    manifest.json. A set without manifest.json (shards from elsewhere) gets one from the scan,
+    so the loader can later check truncations against it."""
+    from glotta.data.manifest import MANIFEST, Manifest, sha256_file
+    from glotta.data.shards import shard_entries
+    from glotta.progress import track
+
+    d = Path(directory)
+    entries = shard_entries(d)
+    had_manifest = (d / MANIFEST).is_file()
+    rep = IndexReport(str(d), shards=len(entries))
+    counters: Counter = Counter()
+    infos: list[ShardInfo] = []
+    for shard, expected in track(entries, f"index {d.name}"):
+        path = index_path(shard)
+        fresh = False
+        if not force and path.is_file():
+            try:
+                h = ShardIndex.read_header(path).header
+                fresh = h["shard_bytes"] == shard.stat().st_size and h["shard"] == shard.name
+            except DataError:
+                fresh = False
+        if fresh:
+            rep.reused += 1
+        else:
+            write_index(shard, scan_shard(shard, strict))
+            rep.built += 1
+        idx = _checked(ShardIndex.read_header(path), shard, expected, strict)
+        counters.update(idx.counters)
+        rep.docs += idx.docs
+        info = expected or ShardInfo(name=shard.name)
+        if expected is None:  # from the scan: what the manifest of an import would say
+            info.samples = int(idx.header["samples"])
+            info.file_bytes = shard.stat().st_size
+            info.sha256 = sha256_file(shard)
+            info.langs = {lang: {"samples": int(n), "bytes": int(b)}
+                          for lang, n, b in zip(idx.langs, idx.header["lang_docs"], idx.header["lang_bytes"])}  # fmt: skip
+            info.bytes = sum(e["bytes"] for e in info.langs.values())
+        info.index_sha256 = sha256_file(path)
+        infos.append(info)
+    if had_manifest:
+        manifest = Manifest.load(d)
+        before = [s.index_sha256 for s in manifest.shards]
+        manifest.shards = infos
+        rep.manifest = "unchanged" if before == [s.index_sha256 for s in infos] else "updated"
+    else:
+        manifest = Manifest(shards=infos, meta={"command": "glotta data index", "counters": dict(counters)})
+        rep.manifest = "written"
+    if rep.manifest != "unchanged":
+        manifest.save(d)
+    rep.counters = {k: int(v) for k, v in sorted(counters.items()) if v}
+    return rep

@@ -1,0 +1,86 @@
+"""The per-shard index: written at import, equal to a scan, hashed in the manifest; `glotta data
+index` for shard sets from elsewhere; `glotta data show`."""
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+
+import webdataset as wds
+from typer.testing import CliRunner
+
+from glotta.data import Manifest, iter_samples, list_shards
+from glotta.data.manifest import sha256_file
+from glotta.data.shard_index import ShardIndex, index_path, scan_shard
+from glotta.launch.cli import app
+
+runner = CliRunner()
+
+
+def test_index_written_at_import_equals_a_scan_and_is_hashed_in_the_manifest(demo_shards):
+    manifest = Manifest.load(demo_shards)
+    for info, shard in zip(manifest.shards, list_shards(demo_shards)):
+        blob = index_path(shard).read_bytes()
+        assert sha256_file(index_path(shard)) == info.index_sha256
+        # Offsets recorded while writing == offsets found by reading the tar back.
+        assert scan_shard(shard).to_bytes(shard.name, shard.stat().st_size) == blob
+        idx = ShardIndex.read_header(index_path(shard))
+        assert idx.docs == info.samples and idx.header["shard_bytes"] == info.file_bytes
+        assert dict(zip(idx.langs, idx.header["lang_docs"])) == {k: v["samples"] for k, v in info.langs.items()}
+        samples = list(iter_samples(shard))
+        assert idx.keys() == [s.key for s in samples]
+        assert idx.cols()["nbytes"].tolist() == [len(s.text.encode()) for s in samples]
+
+
+def test_direct_writer_output_reads_with_tarfile_and_webdataset(demo_shards):
+    shard = list_shards(demo_shards)[0]
+    ours = {s.key: s.text for s in iter_samples(shard)}
+    with tarfile.open(shard) as tf:
+        names = tf.getnames()
+        assert all(m.isreg() and m.mtime == 0 for m in tf.getmembers())
+        first = tf.extractfile(names[0]).read().decode()
+    assert len(names) == 2 * len(ours) and first == next(iter(ours.values()))
+    theirs = {s["__key__"]: s["txt"] for s in wds.WebDataset(str(shard), shardshuffle=False).decode()}
+    assert theirs == ours
+
+
+def test_data_index_for_shards_from_elsewhere_then_truncation_is_found(demo_shards, tmp_path):
+    d = tmp_path / "elsewhere"
+    d.mkdir()
+    for p in list_shards(demo_shards):
+        shutil.copy(p, d / p.name)  # tars only: no index, no manifest
+    res = runner.invoke(app, ["data", "index", str(d), "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    n = len(list_shards(d))
+    assert rep["built"] == n and rep["reused"] == 0 and rep["manifest"] == "written"
+    assert rep["docs"] == Manifest.load(demo_shards).samples
+    for info, p in zip(Manifest.load(d).shards, list_shards(d)):
+        assert info.index_sha256 == sha256_file(index_path(p))  # same bytes as written at import
+        assert index_path(p).read_bytes() == index_path(demo_shards / p.name).read_bytes()
+    again = json.loads(runner.invoke(app, ["data", "index", str(d), "--json"]).stdout)
+    assert again["built"] == 0 and again["reused"] == n and again["manifest"] == "unchanged"
+    # A clean cut between two samples: a valid-looking archive, found against the manifest.
+    victim = list_shards(d)[1]
+    data = victim.read_bytes()
+    headers = [i for i in range(0, len(data), 512) if data[i + 257 : i + 262] == b"ustar"]
+    victim.write_bytes(data[: headers[len(headers) // 2]])
+    rep = json.loads(runner.invoke(app, ["data", "index", str(d), "--json"]).stdout)
+    lost = Manifest.load(d).shards[1].samples - len(headers) // 4
+    assert rep["built"] == 1 and rep["counters"]["lost_documents"] == lost and rep["counters"]["truncated"] == 1
+    res = runner.invoke(app, ["data", "index", str(d), "--strict"])
+    assert res.exit_code == 2 and victim.name in res.output
+
+
+def test_show_prints_samples_of_a_language(demo_shards):
+    res = runner.invoke(app, ["data", "show", str(demo_shards), "--lang", "ja", "-n", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.stdout)["samples"]
+    texts = {s.id: s for p in list_shards(demo_shards) for s in iter_samples(p)}
+    assert len(shown) == 3 and all(s["lang"] == "ja" for s in shown)
+    for s in shown:
+        assert s["url"] == texts[s["id"]].meta["url"] and texts[s["id"]].text.startswith(s["head"][0])
+    res = runner.invoke(app, ["data", "show", str(demo_shards), "-n", "2", "--lines", "1"])
+    assert res.exit_code == 0 and res.output.count("lang=") == 2
+    res = runner.invoke(app, ["data", "show", str(demo_shards), "--lang", "tlh"])
+    assert res.exit_code == 2 and "no sample with language 'tlh'" in res.output
