@@ -18,10 +18,22 @@ def demo_texts(shards, max_docs: int = 1000) -> dict[str, list[str]]:
 
 
 def float32_tie(sp, a: list[int], b: list[int]) -> bool:
-    """Both segmentations are optimal up to float32 rounding (SentencePiece sums scores in float32,
-    tokenizers in float64, so the two Viterbi searches may pick different paths of equal score)."""
-    score = lambda ids: sum(sp.get_score(i) for i in ids)  # noqa: E731
-    return sp.decode(a) == sp.decode(b) and abs(score(a) - score(b)) < 1e-4
+    """Both segmentations are optimal up to float32 rounding: SentencePiece's Viterbi keeps a float32
+    running sum of piece scores over the whole line, tokenizers a float64 one, so on long lines two
+    paths whose totals differ by less than the float32 rounding bound of that sum may swap."""
+    import itertools
+
+    def partial_sums(ids):
+        return list(itertools.accumulate(sp.get_score(i) for i in ids))
+
+    bound = 2.0**-24 * sum(abs(x) for x in partial_sums(a) + partial_sums(b))
+    total = lambda ids: sum(sp.get_score(i) for i in ids)  # noqa: E731
+    return sp.decode(a) == sp.decode(b) and abs(total(a) - total(b)) <= bound
+
+
+def first_difference(sp, got: list[int], want: list[int]) -> tuple:
+    i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    return i, [sp.id_to_piece(x) for x in got[i - 2:i + 4]], [sp.id_to_piece(x) for x in want[i - 2:i + 4]]
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +70,15 @@ def test_exported_tokenizer_encodes_like_sentencepiece(name, tokenizers, demo_sh
     for lang, docs in texts.items():
         lines = [x for d in docs for x in d.split("\n")] + docs  # single lines and whole documents
         got = hf(lines, add_special_tokens=False)["input_ids"]
-        differ = [(x, g, sp.encode(x)) for x, g in zip(lines, got) if g != sp.encode(x)]
-        if name == "unigram_identity":  # float32 score ties on long whitespace runs only
-            assert all(float32_tie(sp, g, w) for _, g, w in differ), (lang, differ[:2])
+        want = sp.encode(lines)
+        differ = [(x, g, w) for x, g, w in zip(lines, got, want) if g != w]
+        if name.startswith("unigram"):  # near-ties (float32 vs float64 sums of piece scores) only
+            assert all(float32_tie(sp, g, w) for _, g, w in differ), (lang, [
+                (first_difference(sp, g, w), sum(map(sp.get_score, g)) - sum(map(sp.get_score, w)), sp.decode(g) == sp.decode(w))
+                for _, g, w in differ[:3]])
             assert len(differ) <= 0.02 * len(lines), (lang, len(differ), len(lines))
         else:
-            assert not differ, (lang, differ[:2])
+            assert not differ, (lang, len(differ), [first_difference(sp, g, w) for _, g, w in differ[:3]])
         assert hf.decode(got[0]) == sp.decode(got[0])
     eos = sp.eos_id()
     assert hf.eos_token_id == eos and hf("Hallo")["input_ids"] == sp.encode("Hallo")  # no BOS/EOS added
