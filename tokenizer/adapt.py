@@ -12,8 +12,13 @@ Checks, all reported in `adapt.json` next to the checkpoint:
   exactly the old pieces (an `extend` result), else an error naming both;
 - logits invariance: on text the old tokenizer encodes (old ids only) the adapted model's logits
   for old ids equal the old model's (max |diff| <= tolerance, else an error);
-- bits per byte on target text right after initialisation, for every init method, next to the old
-  model with the old tokenizer on the same text.
+- bits per byte on target text right after initialisation, for every init method and target
+  language, next to the old model with the old tokenizer on the same text;
+- the check that can fail: old-id logits are unchanged by construction, but the new rows still take
+  softmax mass, so the loss on base-language text under the old tokenizer (the languages of `text`
+  that are not targets; held-out half of its windows) is reported per method and language before
+  and after adaptation. `mean-below` calibrates the new output rows on the other half so that this
+  rise stays within `keep_tolerance`.
 """
 from __future__ import annotations
 
@@ -46,17 +51,25 @@ class AdaptConfig(StrictModel):
     tp: int | None = Field(None, ge=1)  # TP of the run that continues (padding); default: the checkpoint's
     text: Path | None = None  # target text: parallel JSONL or a shard set (align, bits per byte, check)
     langs: list[str] | None = None  # target languages within `text` (default: all)
+    # base languages within `text` (what the old model knew): loss under the old tokenizer before and
+    # after adaptation. Default: the languages of `text` that are not target languages.
+    base_langs: list[str] | None = None
+    # mean-below: largest rise of the base-language loss (nats/token) the new rows may cause
+    keep_tolerance: float = Field(1e-3, gt=0)
     max_lines: int = Field(200, gt=0)  # per language
     compare: bool = True  # bits per byte for every init method, not only `init`
     tolerance: float = 1e-5
     seed: int = 0
 
 
-def read_texts(path: Path, langs: list[str] | None, max_lines: int) -> list[str]:
+def texts_by_lang(path: Path, langs: list[str] | None, max_lines: int) -> dict[str, list[str]]:
     if path.is_dir():
-        by_lang = shard_texts(path, langs, max_lines)
-    else:
-        by_lang = {lang: list(v.values())[:max_lines] for lang, v in read_parallel(path, langs).items()}
+        return shard_texts(path, langs, max_lines)
+    return {lang: list(v.values())[:max_lines] for lang, v in read_parallel(path, langs).items()}
+
+
+def read_texts(path: Path, langs: list[str] | None, max_lines: int) -> list[str]:
+    by_lang = texts_by_lang(path, langs, max_lines)
     lines = [line for lang in sorted(by_lang) for line in by_lang[lang]]
     if not lines:
         raise DataError(f"{path}: no text" + (f" for {langs}" if langs else ""))
@@ -112,6 +125,49 @@ def bits_per_byte(model, win: torch.Tensor, vocab: int, nbytes: torch.Tensor) ->
     return float(nats) / math.log(2) / float(nbytes[labels].sum())
 
 
+def mean_loss(model, win: torch.Tensor, vocab: int) -> float:
+    """nats/token over the real vocabulary (the softmax a user of the exported model sees)."""
+    lg = logits(model, win)[..., :vocab]
+    return float(torch.nn.functional.cross_entropy(lg.reshape(-1, vocab).double(), win[:, 1:].reshape(-1)))
+
+
+@torch.no_grad()
+def final_hidden(model, win: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states entering the output layer [N, H], logsumexp of the real-vocabulary logits [N])."""
+    seen = []
+    handle = model.output_layer.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    try:
+        lg = logits(model, win)[..., :vocab]
+    finally:
+        handle.remove()
+    hidden = torch.cat([h.transpose(0, 1) for h in seen]).reshape(-1, seen[0].shape[-1]).double()
+    return hidden, torch.logsumexp(lg.double(), -1).reshape(-1)
+
+
+def below_rows(rows: torch.Tensor, hidden: torch.Tensor, lse_old: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, float]:
+    """New output rows moved by -beta * u, u the unit mean base-language hidden state, with the
+    smallest beta at which the new rows raise the base-language loss by <= tolerance nats/token
+    (the rise is log(1 + sum_r exp(z_r - lse_old)) per position, computed in closed form)."""
+    u = hidden.mean(0)
+    u = u / u.norm().clamp_min(1e-12)
+    z0, hu = hidden @ rows.double().T, hidden @ u  # [N, R], [N]
+
+    def rise(beta: float) -> float:
+        return float(torch.logsumexp(torch.cat([torch.zeros(len(hidden), 1, dtype=torch.float64),
+                                               z0 - beta * hu[:, None] - lse_old[:, None]], 1), 1).mean())
+
+    lo, hi = 0.0, 1.0
+    if rise(lo) > tolerance:
+        while rise(hi) > tolerance and hi < 1e6:
+            lo, hi = hi, hi * 2
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if rise(mid) <= tolerance else (mid, hi)
+    else:
+        hi = 0.0
+    return (rows.double() - hi * u).to(rows.dtype), hi
+
+
 def adapt(cfg: AdaptConfig) -> dict:
     from glotta.train import checkpoint as ckpt
     from glotta.train.data import byte_lengths
@@ -137,7 +193,16 @@ def adapt(cfg: AdaptConfig) -> dict:
     rows_old = checkpoint_vocab_rows(src)
     tp = cfg.tp or meta["world"]["tp"]
     rows_new = padded_vocab_size(n_new, model_cfg.make_vocab_size_divisible_by, tp)
-    texts = read_texts(cfg.text, cfg.langs, cfg.max_lines)
+    every = texts_by_lang(cfg.text, None, cfg.max_lines)
+    target = {k: v for k, v in every.items() if (cfg.langs is None or k in cfg.langs) and v}
+    texts = [line for lang in sorted(target) for line in target[lang]]
+    if not texts:
+        raise DataError(f"{cfg.text}: no text" + (f" for {cfg.langs}" if cfg.langs else ""))
+    base_names = cfg.base_langs if cfg.base_langs is not None else [k for k in every if k not in target]
+    missing = [k for k in base_names if not every.get(k)]
+    if missing:
+        raise DataError(f"base_langs: {cfg.text} has no text for {', '.join(missing)}")
+    base = {k: every[k] for k in sorted(base_names)}
 
     dims = init_parallel(ParallelConfig(), seed=cfg.seed)
     try:
@@ -160,16 +225,39 @@ def adapt(cfg: AdaptConfig) -> dict:
             "tokens_old_tokenizer": int(old_win[:, 1:].numel()), "tokens_new_tokenizer": int(new_win[:, 1:].numel()),
             "methods": {},
         }
+        # per language: base text under the old tokenizer (calibration half for mean-below, the other
+        # half reported), target text under the new one
+        base_win = {k: windows(sum(old_sp.encode(v), []), seq) for k, v in base.items()}
+        calib = {k: w[0::2] if len(w) > 1 else w for k, w in base_win.items()}
+        held = {k: w[1::2] if len(w) > 1 else w for k, w in base_win.items()}
+        target_win = {k: windows(sum(new_sp.encode(v), []), seq) for k, v in target.items()}
+        base_before = {k: mean_loss(old_model, w, n_old) for k, w in held.items()}
+        report["base_langs"], report["target_langs"] = sorted(base), sorted(target)
+        report["base_loss_old_model"] = base_before
+        report["target_bpb_old_model"] = {k: bits_per_byte(old_model, windows(sum(old_sp.encode(v), []), seq), n_old,
+                                                           nbytes_old) for k, v in target.items()}
+        if calib:
+            hidden, lse_old = map(torch.cat, zip(*(final_hidden(old_model, w, n_old) for w in calib.values())))
         chosen_sd = None
         for method in (METHODS if cfg.compare else (cfg.init,)):
             sd = dict(base_sd)
+            shift = None
             for key in (EMBEDDING,) + (() if tied else (OUTPUT,)):
                 rows = new_rows(method, base_sd[key], old_sp, new_sp, texts, cfg.seed)
+                if method == "mean-below" and calib and (key == OUTPUT or tied):
+                    rows, shift = below_rows(rows, hidden, lse_old, cfg.keep_tolerance)
                 sd[key] = resized(base_sd[key], rows, n_old, rows_new)
             new_model.load_state_dict(sd)
             diff = float((logits(new_model, old_win)[..., :n_old] - old_logits).abs().max())
-            report["methods"][method] = {"bpb": bits_per_byte(new_model, new_win, n_new, nbytes_new),
-                                         "old_logits_max_abs_diff": diff}
+            after = {k: mean_loss(new_model, w, n_new) for k, w in held.items()}
+            r = {"bpb": bits_per_byte(new_model, new_win, n_new, nbytes_new), "old_logits_max_abs_diff": diff,
+                 "target_bpb": {k: bits_per_byte(new_model, w, n_new, nbytes_new) for k, w in target_win.items()},
+                 "base_loss": after, "base_loss_rise": {k: after[k] - base_before[k] for k in after}}
+            if after:
+                r["base_loss_rise_mean"] = sum(r["base_loss_rise"].values()) / len(after)
+            if shift is not None:
+                r["below_shift"] = shift
+            report["methods"][method] = r
             if diff > cfg.tolerance:
                 raise DataError(f"logits for old ids changed by {diff:.3g} (> tolerance {cfg.tolerance}) with init "
                                 f"{method}: the adapted model would not reproduce the old one")

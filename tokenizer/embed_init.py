@@ -8,6 +8,9 @@
             word position (Downey et al. 2023); too few such pieces -> same script -> all rows
   mean-all  the mean of all old rows (what transformers' resize_token_embeddings approximates)
   random    a draw from N(mu, sigma^2), per-dimension statistics of all old rows
+  mean-below  `mean`, then (in glotta.tokenizer.adapt, which has the model) the new output rows
+            moved against the mean base-language hidden state until the new tokens take almost
+            no probability on base-language text: the old model's base-language loss is kept
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ import sentencepiece as spm
 import torch
 from sentencepiece import sentencepiece_model_pb2 as pb
 
-InitMethod = Literal["mean", "align", "script", "mean-all", "random"]
-METHODS: tuple[str, ...] = ("mean", "align", "script", "mean-all", "random")
+InitMethod = Literal["mean", "align", "script", "mean-all", "random", "mean-below"]
+METHODS: tuple[str, ...] = ("mean", "align", "script", "mean-all", "random", "mean-below")
 
 
 def no_prefix_processor(sp: spm.SentencePieceProcessor) -> spm.SentencePieceProcessor:
@@ -104,7 +107,7 @@ def new_rows(
         rows = mu.expand(len(pieces), -1).clone()
     elif method == "random":
         rows = mu + sigma * torch.randn(len(pieces), E.shape[1], generator=gen, dtype=torch.float64)
-    elif method in ("mean", "align"):
+    elif method in ("mean", "align", "mean-below"):
         segs = old_segmentations(old, pieces)
         rows = torch.stack([E[s].mean(0) for s in segs])
         if method == "align":
