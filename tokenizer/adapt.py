@@ -144,28 +144,44 @@ def final_hidden(model, win: torch.Tensor, vocab: int) -> tuple[torch.Tensor, to
     return hidden, torch.logsumexp(lg.double(), -1).reshape(-1)
 
 
-def below_rows(rows: torch.Tensor, hidden: torch.Tensor, lse_old: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, float]:
-    """New output rows moved by -beta * u, u the unit mean base-language hidden state, with the
-    smallest beta at which the new rows raise the base-language loss by <= tolerance nats/token
-    (the rise is log(1 + sum_r exp(z_r - lse_old)) per position, computed in closed form)."""
-    u = hidden.mean(0)
-    u = u / u.norm().clamp_min(1e-12)
+def below_rows(rows: torch.Tensor, out_old: torch.Tensor, hidden: torch.Tensor, lse_old: torch.Tensor,
+               tolerance: float) -> tuple[torch.Tensor, float, float]:
+    """New output rows moved by -beta * u so that they take almost no probability on base-language text.
+
+    u = sum_j pbar_j w_j - mean_j w_j, pbar the model's mean next-token distribution on this text:
+    the direction in which likely base-language tokens stand out. A position's logits put more
+    than the average weight on likely tokens exactly when its hidden state points along u (for the
+    position's own distribution this holds always: E_p[logit] >= mean logit), so moving new rows
+    against u lowers their logits where the base-language model puts its mass. The rise of the loss is log(1 + sum_r exp(z_r -
+    lse_old)) per position, in closed form from the hidden states; beta is the smallest value on a
+    doubling grid (refined by bisection) that keeps the mean rise within `tolerance`, else the grid
+    value with the smallest rise. Returns (rows, beta, calibration rise)."""
+    W = out_old.double()
+    pbar = torch.zeros(W.shape[0], dtype=torch.float64)
+    for b in range(0, len(hidden), 512):
+        pbar += torch.exp(hidden[b:b + 512] @ W.T - lse_old[b:b + 512, None]).sum(0)
+    u = (pbar / len(hidden)) @ W - W.mean(0)
     z0, hu = hidden @ rows.double().T, hidden @ u  # [N, R], [N]
 
     def rise(beta: float) -> float:
-        return float(torch.logsumexp(torch.cat([torch.zeros(len(hidden), 1, dtype=torch.float64),
-                                               z0 - beta * hu[:, None] - lse_old[:, None]], 1), 1).mean())
+        z = z0 - beta * hu[:, None] - lse_old[:, None]
+        return float(torch.logsumexp(torch.cat([torch.zeros(len(hidden), 1, dtype=torch.float64), z], 1), 1).mean())
 
-    lo, hi = 0.0, 1.0
-    if rise(lo) > tolerance:
-        while rise(hi) > tolerance and hi < 1e6:
-            lo, hi = hi, hi * 2
-        for _ in range(40):
+    grid = [0.0] + [2.0**e for e in range(-6, 21)]
+    rises = [rise(b) for b in grid]
+    ok = [i for i, r in enumerate(rises) if r <= tolerance]
+    if not ok:
+        i = min(range(len(grid)), key=rises.__getitem__)
+        beta = grid[i]
+    elif ok[0] == 0:
+        beta = 0.0
+    else:
+        lo, hi = grid[ok[0] - 1], grid[ok[0]]
+        for _ in range(30):
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if rise(mid) <= tolerance else (mid, hi)
-    else:
-        hi = 0.0
-    return (rows.double() - hi * u).to(rows.dtype), hi
+        beta = hi
+    return (rows.double() - beta * u).to(rows.dtype), beta, rise(beta)
 
 
 def adapt(cfg: AdaptConfig) -> dict:
@@ -245,7 +261,7 @@ def adapt(cfg: AdaptConfig) -> dict:
             for key in (EMBEDDING,) + (() if tied else (OUTPUT,)):
                 rows = new_rows(method, base_sd[key], old_sp, new_sp, texts, cfg.seed)
                 if method == "mean-below" and calib and (key == OUTPUT or tied):
-                    rows, shift = below_rows(rows, hidden, lse_old, cfg.keep_tolerance)
+                    rows, shift, calib_rise = below_rows(rows, base_sd[key][:n_old], hidden, lse_old, cfg.keep_tolerance)
                 sd[key] = resized(base_sd[key], rows, n_old, rows_new)
             new_model.load_state_dict(sd)
             diff = float((logits(new_model, old_win)[..., :n_old] - old_logits).abs().max())
@@ -256,7 +272,8 @@ def adapt(cfg: AdaptConfig) -> dict:
             if after:
                 r["base_loss_rise_mean"] = sum(r["base_loss_rise"].values()) / len(after)
             if shift is not None:
-                r["below_shift"] = shift
+                r.update(below_shift=shift, below_calibration_rise=calib_rise,
+                         below_reached=calib_rise <= cfg.keep_tolerance)
             report["methods"][method] = r
             if diff > cfg.tolerance:
                 raise DataError(f"logits for old ids changed by {diff:.3g} (> tolerance {cfg.tolerance}) with init "

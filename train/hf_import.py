@@ -12,6 +12,9 @@ vocabulary to a multiple of make_vocab_size_divisible_by x TP, and the trainer b
 embedding that size). Padding rows are the mean of the real rows (transformers'
 resize_token_embeddings does the same), so they start as likely as an average token.
 
+`<out>/train.yaml` holds the model, parallel, data.tokenizer and checkpoint.init_from keys to
+continue from (`glotta train -c <out>/train.yaml --set data.train=[...]`).
+
 Memory: the whole model in the chosen precision (4 bytes/parameter in fp32) plus one HF tensor.
 """
 from __future__ import annotations
@@ -247,4 +250,17 @@ def import_hf(cfg: ImportConfig) -> ImportResult:
         tokenizer=str(tok), tensors_read=read, tensors_unused=unused, seconds=round(time.perf_counter() - t0, 2),
     )
     (out / "import.json").write_text(json.dumps(result.as_dict(), indent=1) + "\n")
+    _write_train_yaml(out, src.model, cfg, tok)
     return result
+
+
+def _write_train_yaml(out: Path, model: ModelConfig, cfg: ImportConfig, tok: Path) -> None:
+    """A config to continue from: `glotta train -c <out>/train.yaml --set data.train=[...]` (the trainer
+    builds its model from the config, which must be the imported one)."""
+    import yaml
+
+    conf = {"model": model.model_dump(mode="json"),
+            "parallel": {"tensor_parallel": cfg.tp, "pipeline_parallel": cfg.pp},
+            "data": {"tokenizer": str(tok.resolve())},
+            "checkpoint": {"init_from": str(out.resolve())}}
+    (out / "train.yaml").write_text("# written by glotta model import-hf\n" + yaml.safe_dump(conf, sort_keys=False))
