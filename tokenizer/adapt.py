@@ -155,7 +155,8 @@ def below_rows(rows: torch.Tensor, out_old: torch.Tensor, hidden: torch.Tensor, 
     against u lowers their logits where the base-language model puts its mass. The rise of the loss is log(1 + sum_r exp(z_r -
     lse_old)) per position, in closed form from the hidden states; beta is the smallest value on a
     doubling grid (refined by bisection) that keeps the mean rise within `tolerance`, else the grid
-    value with the smallest rise. Returns (rows, beta, calibration rise)."""
+    value with the smallest rise refined by minimising the (convex) rise over any shift d.
+    Returns (rows, size of the shift, calibration rise)."""
     W = out_old.double()
     pbar = torch.zeros(W.shape[0], dtype=torch.float64)
     for b in range(0, len(hidden), 512):
@@ -170,18 +171,34 @@ def below_rows(rows: torch.Tensor, out_old: torch.Tensor, hidden: torch.Tensor, 
     grid = [0.0] + [2.0**e for e in range(-6, 21)]
     rises = [rise(b) for b in grid]
     ok = [i for i, r in enumerate(rises) if r <= tolerance]
-    if not ok:
-        i = min(range(len(grid)), key=rises.__getitem__)
-        beta = grid[i]
-    elif ok[0] == 0:
-        beta = 0.0
-    else:
+    if ok and ok[0] == 0:
+        return rows, 0.0, rises[0]
+    if ok:
         lo, hi = grid[ok[0] - 1], grid[ok[0]]
         for _ in range(30):
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if rise(mid) <= tolerance else (mid, hi)
-        beta = hi
-    return (rows.double() - beta * u).to(rows.dtype), beta, rise(beta)
+        return (rows.double() - hi * u).to(rows.dtype), hi, rise(hi)
+    # No multiple of u is enough: the rise is convex in the shift d, so minimise it over all of
+    # R^H (L-BFGS from the best multiple of u, a tiny ridge keeps d finite)
+    beta = grid[min(range(len(grid)), key=rises.__getitem__)]
+    d = (beta * u).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([d], max_iter=200, line_search_fn="strong_wolfe")
+    ridge = 1e-8 / max(float(u.norm()) ** 2, 1e-12)
+
+    def closure():
+        opt.zero_grad()
+        z = z0 - (hidden @ d)[:, None] - lse_old[:, None]
+        loss = torch.logsumexp(torch.cat([torch.zeros(len(hidden), 1, dtype=torch.float64), z], 1), 1).mean()
+        loss = loss + ridge * d.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    d = d.detach()
+    z = z0 - (hidden @ d)[:, None] - lse_old[:, None]
+    got = float(torch.logsumexp(torch.cat([torch.zeros(len(hidden), 1, dtype=torch.float64), z], 1), 1).mean())
+    return (rows.double() - d).to(rows.dtype), float(d.norm()), got
 
 
 def adapt(cfg: AdaptConfig) -> dict:

@@ -74,11 +74,12 @@ def test_adapted_checkpoint_keeps_old_logits_and_reports_bpb(adapted):
     print(json.dumps(report, indent=1))
     assert report["old_vocab"] == 2000 and report["new_vocab"] == 2200 and not report["tied_embeddings"]
     assert report["tp"] == 2 and report["new_rows"] == 2304  # 2200 padded to a multiple of 64 x TP=2
-    assert set(report["methods"]) == {"mean", "align", "script", "mean-all", "random", "mean-below"}
+    assert set(report["methods"]) == {"mean", "align", "script", "mean-all", "random", "focus", "mean-below"}
     for method, r in report["methods"].items():
         assert r["old_logits_max_abs_diff"] <= 1e-5, method
     bpb = {m: r["bpb"] for m, r in report["methods"].items()}
     assert bpb["mean"] < bpb["random"] and bpb["align"] < bpb["random"]  # heuristic init beats random
+    assert bpb["focus"] < bpb["random"]
 
 
 def test_base_language_loss_per_method_and_an_init_that_keeps_it(adapted):
@@ -91,6 +92,7 @@ def test_base_language_loss_per_method_and_an_init_that_keeps_it(adapted):
     for lang in report["base_langs"]:
         assert mean["base_loss_rise"][lang] > 0, lang
     assert below["below_shift"] > 0
+    print({m: (r["base_loss_rise_mean"], r.get("below_calibration_rise")) for m, r in report["methods"].items()})
     assert below["base_loss_rise_mean"] <= 3e-3 < mean["base_loss_rise_mean"], (below["base_loss_rise_mean"],
                                                                                  mean["base_loss_rise_mean"])
     for method, r in report["methods"].items():
