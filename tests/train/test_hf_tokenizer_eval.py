@@ -65,7 +65,7 @@ def test_exported_tokenizer_encodes_like_sentencepiece(name, tokenizers, demo_sh
     assert report["fast_tokenizer"], report
     hf = AutoTokenizer.from_pretrained(tmp_path)
     sp = spm.SentencePieceProcessor(model_file=str(path))
-    texts = demo_texts(demo_shards)
+    texts = demo_texts(demo_shards, 40)
     assert len(texts) == 10
     for lang, docs in texts.items():
         lines = [x for d in docs for x in d.split("\n")] + docs  # single lines and whole documents
@@ -93,7 +93,7 @@ def test_heldout_loss_and_bpb_equal_through_hf(train_data, tmp_path):
     ck = write_checkpoint(tmp_path / "ck", model_cfg(num_query_groups=2, tie_embeddings=False, seq_length=64),
                           train_data.tokenizer, 1500, seed=5)
     export_hf(ExportConfig(checkpoint=ck, out=tmp_path / "hf"))
-    rows = compare_heldout(ck, tmp_path / "hf", demo_texts(train_data.valid, 20), max_windows=4)
+    rows = compare_heldout(ck, tmp_path / "hf", demo_texts(train_data.valid, 10), max_windows=2)
     assert len(rows) == 10
     for r in rows:
         assert r.max_abs_diff <= 1e-4 and abs(r.glotta_bpb - r.hf_bpb) <= 1e-4, r
