@@ -158,8 +158,12 @@ def export_hf(cfg: ExportConfig) -> ExportResult:
     special = special_ids(tok_path)
     fields = hm.llama_config(meta.model, meta.vocab_size, dtype, special)
     _write_configs(tmp, fields, special)
+    from glotta.progress import track
+
     writer, params = _ShardWriter(tmp, cfg.max_shard_bytes), 0
-    for name, t in hf_tensors(meta, dtype):
+    per_layer = sum({hm.QKV: 3, hm.QKV_BIAS: 3, hm.FC1: 2, hm.FC1_BIAS: 2}.get(n, 1) for n in hm.layer_names(meta.model))
+    n_tensors = 2 + per_layer * meta.model.num_layers + (0 if meta.model.tie_embeddings else 1)
+    for name, t in track(hf_tensors(meta, dtype), "export-hf tensors", total=n_tensors):
         writer.add(name, t)
         params += t.numel()
     files = writer.close()
