@@ -21,7 +21,9 @@ def run(*args: str) -> dict:
     p = subprocess.run([sys.executable, "-m", "glotta.launch.cli", *args, "--json"], env=env, capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    return json.loads(p.stdout[p.stdout.index("{") if p.stdout.lstrip().startswith("{") else p.stdout.index("["):])
+    lines = p.stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line in ("{", "["))  # the --json summary comes last
+    return json.loads("\n".join(lines[start:]))
 
 
 def test_adaptation_recipe(train_data, tmp_path):
