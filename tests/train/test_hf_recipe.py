@@ -57,10 +57,15 @@ def test_adaptation_recipe(train_data, tmp_path):
     assert out["vocab_size"] == vocab + ext["added"] and out["tokenizer"]["fast_tokenizer"]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
-    text = "तेज़ भूरी लोमड़ी आलसी कुत्ते के ऊपर कूदती है"
-    ids = tok(text)["input_ids"]
-    assert ids == spm.SentencePieceProcessor(model_file=ext["model"]).encode(text)
-    assert max(ids) >= vocab  # the new Hindi pieces are used
+    from glotta.data import iter_samples, list_shards
+
+    lines = [x for sh in list_shards(train_data.valid) for smp in iter_samples(sh) if smp.lang in ("hi", "el")
+             for x in smp.text.split("\n") if x.strip()][:40]
+    new_sp = spm.SentencePieceProcessor(model_file=ext["model"])
+    got = tok(lines, add_special_tokens=False)["input_ids"]
+    assert got == new_sp.encode(lines)
+    assert max(max(ids) for ids in got) >= vocab  # the new hi/el pieces are used
+    ids = got[0]
     assert model.get_input_embeddings().weight.shape[0] == vocab + ext["added"]
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([ids])).logits).all()

@@ -85,16 +85,23 @@ def test_exported_tokenizer_encodes_like_sentencepiece(name, tokenizers, demo_sh
 
 
 def test_heldout_loss_and_bpb_equal_through_hf(train_data, tmp_path):
-    from test_hf_export import model_cfg, write_checkpoint
+    """`glotta model eval-hf`: per-language held-out loss and bpb, glotta vs the exported model."""
+    import json
 
-    from glotta.train.hf_eval import compare_heldout
+    from test_hf_export import model_cfg, write_checkpoint
+    from typer.testing import CliRunner
+
+    from glotta.launch.cli import app
     from glotta.train.hf_export import ExportConfig, export_hf
 
     ck = write_checkpoint(tmp_path / "ck", model_cfg(num_query_groups=2, tie_embeddings=False, seq_length=64),
                           train_data.tokenizer, 1500, seed=5)
     export_hf(ExportConfig(checkpoint=ck, out=tmp_path / "hf"))
-    rows = compare_heldout(ck, tmp_path / "hf", demo_texts(train_data.valid, 10), max_windows=2)
+    r = CliRunner().invoke(app, ["model", "eval-hf", str(ck), "--hf", str(tmp_path / "hf"), "--shards",
+                                 str(train_data.valid), "--max-docs", "10", "--max-windows", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout[r.stdout.index("["):])
     assert len(rows) == 10
-    for r in rows:
-        assert r.max_abs_diff <= 1e-4 and abs(r.glotta_bpb - r.hf_bpb) <= 1e-4, r
-        assert r.glotta_loss_padded > r.glotta_loss  # padding rows take mass in the trainer's softmax
+    for row in rows:
+        assert row["max_abs_diff"] <= 1e-4 and abs(row["glotta_bpb"] - row["hf_bpb"]) <= 1e-4, row
+        assert row["glotta_loss_padded"] > row["glotta_loss"]  # padding rows take mass in the trainer's softmax
