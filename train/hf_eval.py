@@ -17,6 +17,33 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from pydantic import Field
+
+from glotta.config import StrictModel
+
+
+class EvalHFConfig(StrictModel):
+    checkpoint: Path | None = None
+    hf: Path | None = None  # its export-hf directory
+    shards: Path | None = None  # held-out shard set
+    max_docs: int = Field(50, gt=0)  # per language
+    max_windows: int = Field(8, gt=0)  # windows of seq_length+1 tokens per language
+
+
+def run(cfg: EvalHFConfig) -> list[LangEval]:
+    """compare_heldout on the first max_docs documents per language of a shard set."""
+    from glotta.data import iter_samples, list_shards
+    from glotta.errors import ConfigError
+
+    for key in ("checkpoint", "hf", "shards"):
+        if getattr(cfg, key) is None:
+            raise ConfigError(f"{key}: required")
+    texts: dict[str, list[str]] = {}
+    for p in list_shards(cfg.shards):
+        for s in iter_samples(p):
+            if len(texts.setdefault(s.lang, [])) < cfg.max_docs:
+                texts[s.lang].append(s.text)
+    return compare_heldout(cfg.checkpoint, cfg.hf, texts, max_windows=cfg.max_windows)
 
 
 @dataclass

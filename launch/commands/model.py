@@ -122,23 +122,19 @@ def eval_hf(
     checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint directory, or a root with `latest`.")] = None,
     hf: Annotated[Optional[Path], typer.Option("--hf", help="Its export-hf directory.")] = None,
     shards: Annotated[Optional[Path], typer.Option(help="Held-out shard set.")] = None,
-    max_docs: Annotated[int, typer.Option(help="Documents per language at most.")] = 50,
-    max_windows: Annotated[int, typer.Option(help="Windows of seq_length+1 tokens per language at most.")] = 8,
+    max_docs: Annotated[Optional[int], typer.Option(help="Documents per language at most.")] = None,
+    max_windows: Annotated[Optional[int], typer.Option(help="Windows of seq_length+1 tokens per language at most.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Held-out loss and bits per byte per language through glotta's model and through its HF export."""
-    from glotta.data import iter_samples, list_shards
-    from glotta.errors import ConfigError
-    from glotta.train.hf_eval import compare_heldout
+    from glotta.train.hf_eval import EvalHFConfig, run
 
-    if checkpoint is None or hf is None or shards is None:
-        raise ConfigError("eval-hf needs CHECKPOINT, --hf DIR and --shards DIR")
-    texts: dict[str, list[str]] = {}
-    for p in list_shards(shards):
-        for s in iter_samples(p):
-            if len(texts.setdefault(s.lang, [])) < max_docs:
-                texts[s.lang].append(s.text)
-    rows = [r.as_dict() for r in compare_heldout(checkpoint, hf, texts, max_windows=max_windows)]
+    overrides = cli_overrides(sets, checkpoint=checkpoint, hf=hf, shards=shards, max_docs=max_docs,
+                              max_windows=max_windows)
+    cfg = load_config(EvalHFConfig, config, overrides, section="eval_hf")
+    rows = [r.as_dict() for r in run(cfg)]
     if json_out:
         print_json(rows)
         return
