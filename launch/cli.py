@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from glotta import __version__
-from glotta.launch.commands import consent, data, pipeline, prune, tokenizer
+from glotta.launch.commands import consent, data, model, pipeline, prune, tokenizer
 from glotta.launch.commands import train as train_cmd
 
 app = typer.Typer(
@@ -49,6 +49,8 @@ app.add_typer(consent.app, name="consent", help="Consent filtering: robots.txt, 
 app.add_typer(tokenizer.app, name="tokenizer", help="Build, evaluate and extend SentencePiece tokenizers; adapt checkpoints to them.")
 app.command("train")(train_cmd.train)
 app.add_typer(prune.app, name="prune", help="CAT pruning: score documents across checkpoints, select per language.")
+app.add_typer(model.app, name="model", help="Export checkpoints to Hugging Face (Llama) and import HF models.")
+app.command("generate")(model.generate)
 app.add_typer(pipeline.app, name="pipeline", help="Run the whole pipeline, stage by stage, resumable.")
 app.add_typer(train_cmd.launch_app, name="launch", help="Print or run the torchrun command for N nodes x G GPUs.")
 app.command("demo")(pipeline.demo)

@@ -8,6 +8,14 @@
             word position (Downey et al. 2023); too few such pieces -> same script -> all rows
   mean-all  the mean of all old rows (what transformers' resize_token_embeddings approximates)
   random    a draw from N(mu, sigma^2), per-dimension statistics of all old rows
+  focus     FOCUS-style (Dobler & de Melo 2023): in a small auxiliary embedding space learned from the
+            target text (PPMI of token co-occurrence in a +-2 window under the new tokenizer,
+            reduced by truncated SVD; fastText in the paper), each new piece's row is the
+            sparsemax-weighted sum of the rows of the old pieces most similar to it; pieces the
+            text never shows fall back to mean
+  mean-below  `mean`, then (in glotta.tokenizer.adapt, which has the model) the new output rows
+            moved against the mean base-language hidden state until the new tokens take almost
+            no probability on base-language text: the old model's base-language loss is kept
 """
 from __future__ import annotations
 
@@ -19,8 +27,8 @@ import sentencepiece as spm
 import torch
 from sentencepiece import sentencepiece_model_pb2 as pb
 
-InitMethod = Literal["mean", "align", "script", "mean-all", "random"]
-METHODS: tuple[str, ...] = ("mean", "align", "script", "mean-all", "random")
+InitMethod = Literal["mean", "align", "script", "mean-all", "random", "focus", "mean-below"]
+METHODS: tuple[str, ...] = ("mean", "align", "script", "mean-all", "random", "focus", "mean-below")
 
 
 def no_prefix_processor(sp: spm.SentencePieceProcessor) -> spm.SentencePieceProcessor:
@@ -86,6 +94,59 @@ def alignment(old: spm.SentencePieceProcessor, new: spm.SentencePieceProcessor, 
     return out
 
 
+def sparsemax(z: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of z onto the probability simplex (Martins & Astudillo 2016): sparse weights."""
+    zs, _ = torch.sort(z, descending=True)
+    k = torch.arange(1, len(z) + 1, dtype=z.dtype)
+    cum = torch.cumsum(zs, 0)
+    support = 1 + k * zs > cum
+    kz = int(support.nonzero().max()) + 1
+    tau = (cum[kz - 1] - 1) / kz
+    return torch.clamp(z - tau, min=0)
+
+
+def aux_embeddings(new: spm.SentencePieceProcessor, texts: list[str], dim: int = 64, window: int = 2):
+    """(ids seen in `texts`, [n, dim] unit vectors): PPMI of co-occurrence within +-window tokens under
+    the new tokenizer, truncated SVD (U * sqrt(S)). Sparse, so the cost follows the text, not V^2."""
+    pairs: dict[tuple[int, int], float] = defaultdict(float)
+    for ids in new.encode(texts):
+        for i, a in enumerate(ids):
+            for b in ids[max(0, i - window):i]:
+                pairs[(a, b)] += 1.0
+                pairs[(b, a)] += 1.0
+    if not pairs:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dim, dtype=torch.float64)
+    seen = torch.tensor(sorted({a for a, _ in pairs}))
+    index = {int(t): i for i, t in enumerate(seen)}
+    rows = torch.tensor([index[a] for a, _ in pairs])
+    cols = torch.tensor([index[b] for _, b in pairs])
+    vals = torch.tensor(list(pairs.values()), dtype=torch.float64)
+    n = len(seen)
+    row_sum = torch.zeros(n, dtype=torch.float64).index_add_(0, rows, vals)
+    total = vals.sum()
+    ppmi = torch.clamp(torch.log(vals * total / (row_sum[rows] * row_sum[cols])), min=0)
+    m = torch.sparse_coo_tensor(torch.stack([rows, cols]), ppmi, (n, n)).coalesce()
+    q = min(dim, n - 1) if n > 1 else 1
+    u, sv, _ = torch.svd_lowrank(m, q=q, niter=4)
+    vec = u * sv.sqrt()
+    return seen, vec / vec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def focus_weights(new: spm.SentencePieceProcessor, texts: list[str], first_new: int) -> dict[int, dict[int, float]]:
+    """new id -> {old id: weight}: sparsemax over cosine similarities to the old pieces in the aux space."""
+    seen, vec = aux_embeddings(new, texts)
+    old_mask = seen < first_new
+    if not bool(old_mask.any()):
+        return {}
+    old_ids, old_vec = seen[old_mask], vec[old_mask]
+    out = {}
+    for j in (~old_mask).nonzero().flatten().tolist():
+        w = sparsemax(old_vec @ vec[j])
+        keep = w > 0
+        out[int(seen[j])] = {int(o): float(x) for o, x in zip(old_ids[keep], w[keep])}
+    return out
+
+
 def new_rows(
     method: str,
     matrix: torch.Tensor,
@@ -104,9 +165,14 @@ def new_rows(
         rows = mu.expand(len(pieces), -1).clone()
     elif method == "random":
         rows = mu + sigma * torch.randn(len(pieces), E.shape[1], generator=gen, dtype=torch.float64)
-    elif method in ("mean", "align"):
+    elif method in ("mean", "align", "mean-below", "focus"):
         segs = old_segmentations(old, pieces)
         rows = torch.stack([E[s].mean(0) for s in segs])
+        if method == "focus":
+            for nid, weights in focus_weights(new, texts or [], n_old).items():
+                ids = torch.tensor(list(weights))
+                w = torch.tensor(list(weights.values()), dtype=torch.float64)
+                rows[nid - n_old] = (w[:, None] * E[ids]).sum(0)
         if method == "align":
             for nid, weights in alignment(old, new, texts or [], n_old).items():
                 ids = torch.tensor(list(weights))

@@ -161,10 +161,11 @@ def adapt_checkpoint(
     new_tokenizer: Annotated[Optional[Path], typer.Option(help="Extended .model (from `tokenizer extend`).")] = None,
     old_tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer the checkpoint was trained with.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Root of the adapted checkpoint.")] = None,
-    init: Annotated[Optional[str], typer.Option(help="mean, align, script, mean-all or random.")] = None,
+    init: Annotated[Optional[str], typer.Option(help="mean, align, script, mean-all, random or mean-below.")] = None,
     tp: Annotated[Optional[int], typer.Option(help="Tensor-parallel size of the run that continues.")] = None,
     text: Annotated[Optional[Path], typer.Option(help="Target text: parallel JSONL or shard set.")] = None,
     langs: LangsOpt = None,
+    base_langs: Annotated[Optional[list[str]], typer.Option("--base-lang", help="Base language of --text (repeatable; default: the non-target ones).")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     json_out: JsonOpt = False,
@@ -173,15 +174,21 @@ def adapt_checkpoint(
     from glotta.tokenizer.adapt import AdaptConfig, adapt
 
     overrides = cli_overrides(sets, checkpoint=checkpoint, new_tokenizer=new_tokenizer, old_tokenizer=old_tokenizer,
-                              out=out, init=init, tp=tp, text=text, langs=langs)
+                              out=out, init=init, tp=tp, text=text, langs=langs, base_langs=base_langs)
     cfg = load_config(AdaptConfig, config, overrides, section="tokenizer_adapt")
     report = adapt(cfg)
     if json_out:
         print_json(report)
         return
-    rows = [{"name": m, "bpb": r["bpb"], "old_logits_max_abs_diff": r["old_logits_max_abs_diff"]}
-            for m, r in report["methods"].items()]
+    rows = [{"name": m, "bpb": r["bpb"], "old_logits_max_abs_diff": r["old_logits_max_abs_diff"],
+             "base_loss_rise": r.get("base_loss_rise_mean")} for m, r in report["methods"].items()]
     rows.append({"name": "old model + old tokenizer", "bpb": report["bpb_old_model_old_tokenizer"]})
-    print_table("bits per byte on target text right after initialisation", rows)
+    print_table("target bits per byte and base-language loss rise (nats/token, old tokenizer) after initialisation", rows)
+    per_lang = [{"lang": k, "old_model": v, **{m: r["base_loss"][k] for m, r in report["methods"].items()}}
+                for k, v in report.get("base_loss_old_model", {}).items()]
+    per_lang += [{"lang": f"{k} (bpb)", "old_model": v, **{m: r["target_bpb"][k] for m, r in report["methods"].items()}}
+                 for k, v in report.get("target_bpb_old_model", {}).items()]
+    if per_lang:
+        print_table("per language: base-language loss (nats/token) and target bits per byte", per_lang)
     print(f"wrote {report['out']} (vocab {report['old_vocab']} -> {report['new_vocab']}, rows {report['new_rows']} "
           f"for TP={report['tp']}, init {report['init']})")
