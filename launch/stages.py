@@ -74,6 +74,8 @@ class TrainStage(StrictModel):
     config: Path  # training recipe, e.g. gpt-tiny.yaml (relative to the pipeline recipe)
     init: Literal["scratch", "stage1"] = "scratch"  # stage 2: from scratch or continue from stage 1's last checkpoint
     set: list[str] = []
+    # stage 2: greedy continuation of one held-out line per language, shown in the summary (0 = none)
+    generate_tokens: int = Field(24, ge=0)
 
 
 class CatStage(StrictModel):
@@ -271,9 +273,13 @@ def train_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, name: str, ex
     except ConfigError as e:
         where = ", ".join(sorted({origins.of(f"{name}.set[{i}]") for i in range(len(t.set))})) or origins.of(name)
         raise ConfigError(f"{name} (training recipe {t.config}, set: from {where}):\n{e}") from None
-    cmd = torchrun_cmd(cfg.nproc, "train", "-c", t.config, "--run-dir", out, *_sets(sets + t.set), "--json")
-    return Stage(name, [cmd], outputs=[run.checkpoints(name) / "latest", run.metrics(name)], inputs=inputs,
-                 reports=[out / "config.json"], report_names={0: name}, total_steps=tcfg.train_iters)
+    cmds = [torchrun_cmd(cfg.nproc, "train", "-c", t.config, "--run-dir", out, *_sets(sets + t.set), "--json")]
+    if name == "stage2" and t.generate_tokens:
+        cmds.append(glotta_cmd("generate", run.checkpoints(name), "--prompts-shards", run.holdout_valid,
+                               "--max-tokens", t.generate_tokens, "--json"))
+    return Stage(name, cmds, outputs=[run.checkpoints(name) / "latest", run.metrics(name)], inputs=inputs,
+                 reports=[out / "config.json"], report_names={0: name, 1: f"{name}-generate"},
+                 total_steps=tcfg.train_iters)
 
 
 def cat_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, origins: Origins) -> Stage:

@@ -114,6 +114,14 @@ def loss_table(run: RunLayout, stages: list[str]) -> list[dict]:
     return [{"lang": lang, **{f"{c} val loss": v.get(lang) for c, v in cols.items()}} for lang in langs] if cols else []
 
 
+def generation_table(run: RunLayout, current: set[str]) -> list[dict]:
+    """Stage 2's greedy continuation of one held-out line per language (reports/stage2-generate.json)."""
+    rows = _read_json(run.report("stage2-generate")) if "stage2" in current else None
+    if not isinstance(rows, list):
+        return []
+    return [{"lang": r.get("lang", ""), "prompt": r.get("prompt", ""), "continuation": r.get("text", "")} for r in rows]
+
+
 def pipeline_summary(cfg, results: list, seconds: float, tracking_uri: str) -> dict:
     run = RunLayout(Path(cfg.run_dir))
     current = {r.stage for r in results if r.status in CURRENT}
@@ -128,6 +136,7 @@ def pipeline_summary(cfg, results: list, seconds: float, tracking_uri: str) -> d
         "premiums": premiums,
         "no_parallel_text": no_parallel,
         "validation": loss_table(run, trained),
+        "generations": generation_table(run, current),
         "mlflow": {"tracking_uri": tracking_uri, "ui": f"mlflow ui --backend-store-uri {tracking_uri}"},
     }
 
@@ -154,6 +163,9 @@ def print_summary(summary: dict, console=None) -> None:
                 "give tokenizer.parallel: FILE)", soft_wrap=True, highlight=False)
     if summary["validation"]:
         print_table("Validation loss per language (nats/token, held-out documents)", summary["validation"], console=c)
+    if summary.get("generations"):
+        print_table("Stage 2 model continues a held-out line per language (greedy)", summary["generations"],
+                    ["lang", "prompt", "continuation"], console=c)
     c.print(f"\nRun directory: {summary['run_dir']}  ({summary['seconds']:.0f} s)", soft_wrap=True, highlight=False)
     c.print(f"MLflow runs:   {summary['mlflow']['ui']}", soft_wrap=True, highlight=False)
 

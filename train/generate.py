@@ -109,6 +109,31 @@ def generate(checkpoint: str | Path, prompts: list[str], cfg: GenerateConfig | N
         destroy_parallel()
 
 
+def prompts_from_shards(path: str | Path, chars: int = 48) -> list[tuple[str, str]]:
+    """(language, prompt) per language of a shard set: the start of its first non-blank line, cut at a
+    word boundary within `chars` characters (the demo summary continues one held-out line per language)."""
+    from collections import Counter
+
+    from glotta.data.shards import iter_samples, shard_entries
+
+    seen: dict[str, str] = {}
+    counters: Counter = Counter()
+    for shard, info in shard_entries(path):
+        for s in iter_samples(shard, counters, expected=info):
+            if s.lang in seen or s.lang == "und":
+                continue
+            line = next((x.strip() for x in s.text.splitlines() if x.strip()), "")
+            if not line:
+                continue
+            cut = line[:chars]
+            if len(line) > chars and " " in cut[chars // 2 :]:  # scripts without spaces keep the hard cut
+                cut = cut[: cut.rindex(" ")]
+            seen[s.lang] = cut
+    if not seen:
+        raise ConfigError(f"prompts_shards: {path} has no document with a language and a non-blank line")
+    return sorted(seen.items())
+
+
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line (blank lines skipped); a JSONL line {"prompt": ...} also works."""
     import json

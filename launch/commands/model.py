@@ -85,6 +85,7 @@ def generate(
     checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint directory, or a root with `latest`.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option(help="Prompts, one per line (or JSONL with \"prompt\").")] = None,
+    prompts_shards: Annotated[Optional[Path], typer.Option(help="Shard set: one prompt per language (start of its first document).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="New tokens per prompt at most.")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="0 = greedy.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass.")] = None,
@@ -95,13 +96,18 @@ def generate(
     json_out: JsonOpt = False,
 ) -> None:
     """Continue prompts with a checkpoint (CPU, or torchrun for tensor parallelism); stops at end-of-document."""
-    from glotta.train.generate import GenerateConfig, read_prompts
+    from glotta.train.generate import GenerateConfig, prompts_from_shards, read_prompts
     from glotta.train.generate import generate as run
 
     overrides = cli_overrides(sets, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                               tokenizer=tokenizer)
     cfg = load_config(GenerateConfig, config, overrides, section="generate")
     prompts = list(prompt or []) + (read_prompts(prompts_file) if prompts_file else [])
+    langs = [""] * len(prompts)
+    if prompts_shards:
+        by_lang = prompts_from_shards(prompts_shards)
+        langs += [lang for lang, _ in by_lang]
+        prompts += [p for _, p in by_lang]
     from glotta.errors import ConfigError
 
     if checkpoint is None:
@@ -110,10 +116,11 @@ def generate(
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if json_out:
-        print_json([g.as_dict() for g in outs])
+        print_json([{**({"lang": lang} if lang else {}), **g.as_dict()} for lang, g in zip(langs, outs)])
         return
-    print_table("generate", [{"prompt": g.prompt, "continuation": g.text, "tokens": len(g.tokens), "stopped": g.stopped}
-                             for g in outs], ["prompt", "continuation", "tokens", "stopped"])
+    cols = (["lang"] if any(langs) else []) + ["prompt", "continuation", "tokens", "stopped"]
+    print_table("generate", [{"lang": lang, "prompt": g.prompt, "continuation": g.text, "tokens": len(g.tokens),
+                              "stopped": g.stopped} for lang, g in zip(langs, outs)], cols)
 
 
 @app.command("eval-hf")
