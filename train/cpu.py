@@ -14,7 +14,8 @@ megatron-core assumes a GPU in a handful of places that have nothing to do with 
   transformer/dot_product_attention.py     softmax offset on torch.cuda.current_device()
   models/common/embeddings/rotary_pos_embedding.py  RoPE inv_freq moved to torch.cuda.current_device()
   dist_checkpointing/strategies/filesystem_async.py  torch.cuda.synchronize() before writing a checkpoint
-  dist_checkpointing/strategies/state_dict_saver.py  save-failure / metadata-reuse flags with device='cuda' 
+  dist_checkpointing/strategies/state_dict_saver.py  save-failure / metadata-reuse flags with device='cuda'
+  dist_checkpointing/strategies/async_utils.py  async-save completion flags on torch.cuda.current_device()
 
 Instead of patching functions, each of those modules gets its own `torch` name pointing at a thin
 proxy of the real torch module: factory functions (`zeros`, `empty`, `tensor`, ...) map a CUDA
@@ -60,6 +61,7 @@ PATCHED_MODULES = (
     "megatron.core.models.common.embeddings.rotary_pos_embedding",
     "megatron.core.dist_checkpointing.strategies.filesystem_async",
     "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+    "megatron.core.dist_checkpointing.strategies.async_utils",
 )
 
 _FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange", "randn", "rand", "zeros_like", "empty_like")

@@ -58,12 +58,12 @@ ATTENTION = r"""
 import torch
 from glotta.train.parallel import init_parallel, destroy_parallel
 from glotta.train.model import ModelConfig, transformer_config
-from glotta.train.attention import SDPACoreAttention, document_mask
+from glotta.train.attention import attention_class, document_mask
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 dims = init_parallel(seed=0)
 tc = transformer_config(ModelConfig(hidden_size=64, num_attention_heads=4, num_query_groups=2, seq_length=12), dims)
-ours = SDPACoreAttention(tc, 1, AttnMaskType.causal, "self")
+ours = attention_class("sdpa")(tc, 1, AttnMaskType.causal, "self")
 ref = DotProductAttention(tc, 1, AttnMaskType.causal, "self")
 # megatron's reference forks its CUDA RNG tracker for dropout (p=0 here): no CUDA RNG on CPU
 import contextlib
@@ -73,7 +73,7 @@ s, b = 12, 2
 q = torch.randn(s, b, 4, 16); k = torch.randn(s, b, 2, 16); v = torch.randn(s, b, 2, 16)
 seg = torch.tensor([[0] * 5 + [1] * 7, [2] * 12])
 mask = document_mask(seg)
-a, r = ours(q, k, v, mask), ref(q, k, v, mask)
+a, r = ours(q, k, v, seg), ref(q, k, v, mask)
 assert a.shape == r.shape == (s, b, 64), (a.shape, r.shape)
 err = (a - r).abs().max().item()
 assert err < 1e-5, err
@@ -84,8 +84,9 @@ destroy_parallel()
 """
 
 
-def test_sdpa_attention_matches_megatron_dot_product_attention():
-    """Same outputs as megatron's DotProductAttention (GQA, document + causal mask) to 1e-5."""
+def test_document_attention_matches_megatron_dot_product_attention():
+    """DocumentAttention given segment ids = megatron's DotProductAttention given the dense document
+    mask (GQA) to 1e-5."""
     p = subprocess.run([sys.executable, "-c", ATTENTION], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-3000:]
 
