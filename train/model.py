@@ -160,6 +160,13 @@ def layer_spec(cfg: ModelConfig, dims: ParallelDims):
         return specs.get_gpt_layer_with_transformer_engine_spec()
     from glotta.train.attention import attention_class, kernel_for
 
+    if dims.sequence_parallel:
+        from glotta.errors import ConfigError
+
+        # megatron's local spec norms are torch norms, which refuse sequence parallelism
+        # ("sequence parallel not supported by torch LayerNorm"); TE (or apex) norms are needed.
+        raise ConfigError("parallel.sequence_parallel needs Transformer Engine (model.attention_backend=auto/te on CUDA "
+                          "with TE installed); set parallel.sequence_parallel=false")
     if cfg.attention_backend == "flex" and dims.device.type != "cuda":
         from glotta.errors import ConfigError
 
