@@ -44,6 +44,8 @@ LATEST = "latest"
 
 
 class CheckpointConfig(StrictModel):
+    # false = never write checkpoints (benchmarks, throwaway runs); SIGTERM then just stops.
+    enabled: bool = True
     # Where checkpoints go; None = <run_dir>/checkpoints.
     dir: str | None = None
     interval: int = 100
@@ -97,6 +99,8 @@ def keep_steps(cfg: CheckpointConfig, train_iters: int) -> set[int]:
 
 
 def should_save(cfg: CheckpointConfig, step: int, train_iters: int) -> bool:
+    if not cfg.enabled:
+        return False
     return step % cfg.interval == 0 or step == train_iters or step in keep_steps(cfg, train_iters)
 
 

@@ -121,7 +121,7 @@ def _train(cfg: TrainConfig, dims) -> dict:
         if cfg.data.valid and cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.train_iters):
             _emit(dims, tracker, run_dir, step, {**evaluate(cfg, dims, model, data), "eval_time_s": time.perf_counter() - t0})
         stopping = stop.agreed() or (cfg.exit_after_iters and step - state["start_step"] >= cfg.exit_after_iters)
-        if ckpt.should_save(cfg.checkpoint, step, cfg.train_iters) or stopping:
+        if ckpt.should_save(cfg.checkpoint, step, cfg.train_iters) or (stopping and cfg.checkpoint.enabled):
             t1 = time.perf_counter()
             _save(cfg, dims, saver, step, model, opt, sched, data, state, guard)
             _emit(dims, tracker, run_dir, step, {"checkpoint_time_s": time.perf_counter() - t1})
