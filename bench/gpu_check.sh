@@ -27,13 +27,16 @@ else
 fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} CUDA_DEVICE_MAX_CONNECTIONS=1
 export MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-29611}
+if [ -n "$SMOKE" ]; then
+  DATA=${DATA:-$OUT/smoke_data}  # small corpus and vocabulary: the smoke run checks that the parts run
+  [ -f "$DATA/sp.model" ] || "$PY" bench/gpu_check.py prepare "$DATA" --vocab 2000 --docs-per-lang 40 || exit 1
+fi
 DATA=${DATA:-gpu_bundle/data}
-if [ -n "$SMOKE" ] && [ ! -f "$DATA/sp.model" ]; then "$PY" bench/gpu_check.py prepare "$DATA" || exit 1; fi
 status=0
 # Each part in its own process with a time limit, so one slow part cannot eat the others' time.
-timeout 100 "$PY" bench/gpu_check.py attention --out "$OUT" $SMOKE 2>&1 | tee "$OUT/attention.log" || status=1
+timeout 120 "$PY" bench/gpu_check.py attention --out "$OUT" $SMOKE 2>&1 | tee "$OUT/attention.log" || status=1
 timeout 150 "$PY" bench/gpu_check.py converge --data "$DATA" --out "$OUT" $SMOKE 2>&1 | tee "$OUT/converge.log" || status=1
-timeout 200 "$PY" bench/gpu_check.py throughput --data "$DATA" --out "$OUT" $SMOKE 2>&1 | tee "$OUT/throughput.log" || status=1
+timeout 180 "$PY" bench/gpu_check.py throughput --data "$DATA" --out "$OUT" $SMOKE 2>&1 | tee "$OUT/throughput.log" || status=1
 # Short summary last (the device tool returns the end of the output).
 "$PY" - "$OUT" <<'PYEOF'
 import json, sys

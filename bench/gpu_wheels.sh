@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 ver() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 # glotta's import path for `glotta train` beyond what the GPU image has (torch, numpy, pyyaml, typer,
 # rich, packaging, pybind11, setuptools are there): megatron-core, pydantic with its compiled core,
-# sentencepiece (brought along in case the image lacks it), webdataset.
+# sentencepiece (brought along in case the image lacks it), webdataset, pybind11 (build only).
 PKGS=(
   "megatron-core==$(ver megatron-core)"
   "pydantic==$(ver pydantic)"
@@ -25,6 +25,7 @@ PKGS=(
   "sentencepiece==$(ver sentencepiece)"
   "webdataset==$(ver webdataset)"
   "braceexpand==$(ver braceexpand)"
+  "pybind11>=2.12"  # builds glotta's C++ loader there (pure Python; the image's own may be older)
 )
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \

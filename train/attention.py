@@ -167,7 +167,8 @@ def attention_class(kernel: str) -> type:
 # --- the startup check ----------------------------------------------------------------------------
 
 
-def leaks_across_documents(core_attention, heads: int, groups: int, head_dim: int, device, dtype, thd: bool) -> float:
+def leaks_across_documents(core_attention, heads: int, groups: int, head_dim: int, device, dtype, thd: bool,
+                           attn_mask_type=None) -> float:
     """Run `core_attention` (the model's own module) on one row holding two documents, then again
     with the first document's keys/values changed. Returns the largest change seen by the second
     document's outputs (0 when documents are isolated)."""
@@ -184,13 +185,14 @@ def leaks_across_documents(core_attention, heads: int, groups: int, head_dim: in
     k2, v2 = k.clone(), v.clone()
     k2[:100], v2[:100] = rand(groups)[:100], rand(groups)[:100]
     mask, packed = attention_inputs(seg, thd)
+    kw = {"attn_mask_type": attn_mask_type, "packed_seq_params": packed}  # as megatron's Attention calls it
     with torch.no_grad():
         if thd:  # TE THD layout: [t, heads, dim]
-            a = core_attention(q[:, 0], k[:, 0], v[:, 0], None, packed_seq_params=packed)
-            b = core_attention(q[:, 0], k2[:, 0], v2[:, 0], None, packed_seq_params=packed)
+            a = core_attention(q[:, 0], k[:, 0], v[:, 0], None, **kw)
+            b = core_attention(q[:, 0], k2[:, 0], v2[:, 0], None, **kw)
         else:
-            a = core_attention(q, k, v, mask, packed_seq_params=None)
-            b = core_attention(q, k2, v2, mask, packed_seq_params=None)
+            a = core_attention(q, k, v, mask, **kw)
+            b = core_attention(q, k2, v2, mask, **kw)
     return (a.reshape(s, -1)[100:].float() - b.reshape(s, -1)[100:].float()).abs().max().item()
 
 
@@ -205,7 +207,7 @@ def check_document_masking(chunks, document_masking: bool, thd: bool) -> float |
     cfg = attn.config
     tp = cfg.tensor_model_parallel_size
     leak = leaks_across_documents(attn.core_attention, cfg.num_attention_heads // tp, cfg.num_query_groups // tp,
-                                  cfg.kv_channels, param.device, param.dtype, thd)
+                                  cfg.kv_channels, param.device, param.dtype, thd, getattr(attn, "attn_mask_type", None))
     if document_masking and leak > 0:
         raise ConfigError(
             f"attention lets packed documents see each other ({type(attn.core_attention).__name__}, output change "

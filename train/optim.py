@@ -90,8 +90,8 @@ def build_optimizer(chunks, cfg: OptimConfig, dims: ParallelDims, train_iters: i
     if ddp_cfg.overlap_grad_reduce:
         tcfg.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
         tcfg.grad_sync_func = [m.start_grad_sync for m in model] if len(model) > 1 else model[0].start_grad_sync
-    if ddp_cfg.overlap_param_gather and len(model) > 1:  # interleaved pipeline: one param sync per chunk
-        tcfg.param_sync_func = [m.start_param_sync for m in model]
+    # overlap_param_gather without align_param_gather (megatron's default): each module's forward
+    # pre-hook waits for its bucket and dispatches the next one; no param_sync_func in the schedule.
     decay_iters = {"cosine": train_iters, "wsd": train_iters, "constant": train_iters}[cfg.schedule]
     sched = OptimizerParamScheduler(
         opt,

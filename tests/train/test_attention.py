@@ -19,7 +19,7 @@ def reference(q, k, v, seg, scale):
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     s = q.shape[2]
-    allowed = torch.ones(s, s, dtype=torch.bool).tril()
+    allowed = torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
     if seg is not None:
         allowed = allowed & (seg[:, :, None] == seg[:, None, :])[:, None]
     scores = (q @ k.transpose(-1, -2)) * scale
@@ -109,7 +109,7 @@ class _Core(torch.nn.Module):
         super().__init__()
         self.documents = documents
 
-    def forward(self, query, key, value, attention_mask, packed_seq_params=None):
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, packed_seq_params=None):
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         if self.documents:
             out = attend(q, k, v, attention_mask, 0.3, "sdpa")
