@@ -177,14 +177,14 @@ def _layout(cfg, dims) -> dict:
 def _reduce(reports, dims, num_langs: int, width: int = 3, poison: bool = False):
     """Sum the loss reports of this rank's micro-batches and share the totals with every rank
     (they exist on the last stage; its TP rank 0 contributes so nothing is counted twice)."""
-    vec = torch.zeros(2 + width * num_langs, dtype=torch.float64)
+    # Summed on the device: one transfer per step, not one per micro-batch.
+    vec = torch.zeros(2 + width * num_langs, dtype=torch.float64, device=dims.device)
     if dims.is_last_stage and dims.tp_rank == 0:
         for r in reports:
-            vec[:2] += r["lm loss"].double().cpu()
-            vec[2:] += r["lang"].double().cpu()
+            vec[:2] += r["lm loss"].double()
+            vec[2:] += r["lang"].double()
     if poison:  # fault injection (faults.INJECT_ENV)
         vec[0] = float("nan")
-    vec = vec.to(dims.device)
     dist.all_reduce(vec)
     vec = vec.cpu()
     return vec[0].item(), vec[1].item(), vec[2:].tolist()
