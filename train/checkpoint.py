@@ -197,7 +197,7 @@ class Checkpointer:
     """Saves checkpoints synchronously or in the background; `latest` moves only on completion.
 
     Collective: every rank calls `save`, `poll` (once per step) and `wait`. `on_saved(path, step)`
-    runs on rank 0 after a checkpoint is complete (e.g. the MLflow pointer)."""
+    runs, on the ranks given one, once a checkpoint is complete (e.g. the MLflow pointer)."""
 
     def __init__(self, root, cfg: CheckpointConfig, train_iters: int, dims, async_save: bool | None = None, on_saved=None):
         self.root, self.cfg, self.train_iters, self.dims = Path(root), cfg, train_iters, dims
@@ -256,9 +256,9 @@ class Checkpointer:
             os.replace(latest_tmp, self.root / LATEST)
             if self.keep_policy:
                 prune(self.root, self.cfg, self.train_iters)
-            if self.on_saved is not None:
-                self.on_saved(final, step)
         dist.barrier()
+        if self.on_saved is not None:  # the rank that has it (the MLflow pointer: the logging rank)
+            self.on_saved(final, step)
 
     def poll(self) -> None:
         """Publish a background save that has finished on every rank (non-blocking, collective)."""
