@@ -9,8 +9,12 @@ is what the loop measures. "bare" is megatron's minimal loop (zero_grad_buffer -
 -> optimizer.step) over the same batches pre-loaded in memory, with a plain masked-mean loss.
 Ratio = ours / bare step time (1.00 = no overhead).
 
-GPU (CUDA only): gpt-125m and gpt-1b shapes through `glotta.train.train`, printing tokens/s,
-TFLOP/s per GPU and MFU against 989 TFLOP/s (H100/H200 dense BF16); formula in train/flops.py.
+GPU (CUDA only): gpt-125m and gpt-1b at seq 2048 through `glotta.train.train` (bench/gpu_check.py
+`throughput`): a ~32k SentencePiece vocabulary padded to 32,768, tokenization in 8 loader worker
+processes (data loading included, off the step's critical path), micro-batches that fill the GPU
+and several per step; tokens/s, TFLOP/s per GPU and MFU against 989 TFLOP/s (H100/H200 dense BF16,
+formula in train/flops.py). `--gpu-data DIR` reuses `bench/gpu_check.py prepare DIR` output;
+`--gpu-only` skips the CPU comparison.
 """
 from __future__ import annotations
 
@@ -109,26 +113,17 @@ def steady(times: list[float]) -> float:
     return statistics.median(times[len(times) // 3:])  # skip warm-up steps
 
 
-def gpu(args, tmp: Path, shards: Path, tok: Path) -> None:
+def gpu(args, tmp: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_check import prepare, throughput
+
     from glotta.train.flops import H100_BF16_PEAK
 
     print(f"GPU: {torch.cuda.get_device_name()}  (peak assumed {H100_BF16_PEAK / 1e12:.0f} TFLOP/s dense BF16)")
-    import yaml
-
-    for name in ("gpt-125m", "gpt-1b"):
-        raw = yaml.safe_load(Path(__file__).resolve().parent.parent.joinpath("configs", f"{name}.yaml").read_text())
-        m = raw["model"]
-        args2 = argparse.Namespace(**{**vars(args), "layers": m["num_layers"], "hidden": m["hidden_size"], "seq": m["seq_length"],
-                                      "mbs": raw["micro_batch_size"]})
-        cfg = config(args2, tmp / name, shards, tok, num_attention_heads=m["num_attention_heads"],
-                     num_query_groups=m.get("num_query_groups"), tie_embeddings=m["tie_embeddings"])
-        ours(cfg)
-        rows = [json.loads(x) for x in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()]
-        rows = [r for r in rows if "tokens_per_s" in r][len(rows) // 3:]
-        tps = statistics.median(r["tokens_per_s"] for r in rows)
-        tfl = statistics.median(r["tflops_per_gpu"] for r in rows)
-        mfu = statistics.median(r.get("mfu", float("nan")) for r in rows)
-        print(f"{name}: {tps:,.0f} tokens/s  {tfl:.1f} TFLOP/s/GPU  MFU {100 * mfu:.1f}%")
+    data = args.gpu_data or tmp / "gpu_data"
+    if not (data / "sp.model").is_file():
+        prepare(data)
+    throughput(data, tmp / "gpu_out", smoke=False)
 
 
 def main() -> None:
@@ -140,6 +135,8 @@ def main() -> None:
     ap.add_argument("--mbs", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--mlflow", action="store_true", help="also log to MLflow (embedded store) in our run")
+    ap.add_argument("--gpu-only", action="store_true", help="skip the CPU overhead comparison")
+    ap.add_argument("--gpu-data", type=Path, help="data prepared by `bench/gpu_check.py prepare DIR`")
     args = ap.parse_args()
     import logging
     import warnings
@@ -148,6 +145,11 @@ def main() -> None:
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        if args.gpu_only:
+            if not torch.cuda.is_available():
+                sys.exit("--gpu-only: no CUDA device")
+            gpu(args, tmp)
+            return
         shards, tok = corpus(tmp)
         # Alternate the two loops (other load on the machine shifts over time); keep each one's best round.
         t_bare, t_ours = [], []
@@ -164,7 +166,7 @@ def main() -> None:
         print(f"glotta train            : {1000 * t_ours:8.1f} ms/step  {toks / t_ours:9,.0f} tokens/s")
         print(f"overhead ratio (ours / bare): {t_ours / t_bare:.3f}")
         if torch.cuda.is_available():
-            gpu(args, tmp, shards, tok)
+            gpu(args, tmp)
         else:
             print("GPU: no CUDA device on this machine; tokens/s, TFLOP/s/GPU and MFU for gpt-125m / gpt-1b not measured")
     sys.stdout.flush()

@@ -9,7 +9,10 @@ Layout of one checkpoint (`<dir>/iter_0000100/`):
 
 It is written under `iter_0000100.tmp`, renamed when every rank has finished, and `latest`
 (a text file with the step) is replaced last, so a crash never leaves a half checkpoint that
-looks complete. Nothing is unpickled on load: torch.load runs with weights_only=True (torch's
+looks complete. With `checkpoint.async_save` the sharded tensors are written by a forked process
+(megatron's async torch_dist strategy, `AsyncCallsQueue`) while training goes on; each step polls
+it (one all-reduce) and the rename + `latest` happen only once every rank's writer has finished.
+At most one save is in flight: the next save, the end of training and a SIGTERM stop wait for it. Nothing is unpickled on load: torch.load runs with weights_only=True (torch's
 default since 2.6, which dist_checkpointing's common-state load relies on) and the rest is JSON.
 """
 from __future__ import annotations
@@ -41,6 +44,8 @@ LATEST = "latest"
 
 
 class CheckpointConfig(StrictModel):
+    # false = never write checkpoints (benchmarks, throwaway runs); SIGTERM then just stops.
+    enabled: bool = True
     # Where checkpoints go; None = <run_dir>/checkpoints.
     dir: str | None = None
     interval: int = 100
@@ -54,6 +59,10 @@ class CheckpointConfig(StrictModel):
     init_from: str | None = None
     # With init_from: load model weights only (new optimizer, scheduler and data order).
     init_weights_only: bool = True
+    # Write in the background (megatron's async dist_checkpointing); `latest` moves when the write is complete.
+    async_save: bool = False
+    # MLflow: log a pointer (JSON naming the finished checkpoint's path, step, host) as an artifact.
+    mlflow_pointer: bool = True
 
 
 class CheckpointError(GlottaError):
@@ -90,6 +99,8 @@ def keep_steps(cfg: CheckpointConfig, train_iters: int) -> set[int]:
 
 
 def should_save(cfg: CheckpointConfig, step: int, train_iters: int) -> bool:
+    if not cfg.enabled:
+        return False
     return step % cfg.interval == 0 or step == train_iters or step in keep_steps(cfg, train_iters)
 
 
@@ -162,33 +173,107 @@ def save_checkpoint(
     keep: CheckpointConfig | None = None,
     train_iters: int | None = None,
 ) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory."""
-    from megatron.core import dist_checkpointing
+    """Collective: every rank calls it. Synchronous. Returns the final checkpoint directory."""
+    saver = Checkpointer(root, keep or CheckpointConfig(keep_last=0), train_iters or step, dims, async_save=False)
+    saver.keep_policy = keep is not None
+    return saver.save(step, chunks, optimizer, meta, loader_state)
 
-    root = Path(root)
-    final, tmp = step_dir(root, step), root / f"iter_{step:07d}.tmp"
-    if dims.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    dist_checkpointing.save(sharded_state_dict(chunks, optimizer), str(tmp))
-    torch.save(_rng_state(), _mkdirs(tmp / RNG_DIR) / f"rank_{dims.rank:05d}.pt")
-    if dims.tp_rank == 0 and dims.pp_rank == 0 and loader_state is not None:
-        _write_json(tmp / LOADER_DIR / f"dp_{dims.dp_rank:05d}.json", loader_state)
-    if dims.rank == 0:
-        _write_json(tmp / META, {"version": VERSION, "step": step, "world": _world(dims), **meta})
-    dist.barrier()
-    if dims.rank == 0:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        latest_tmp = root / (LATEST + ".tmp")
-        latest_tmp.write_text(f"{step}\n")
-        os.replace(latest_tmp, root / LATEST)
-        if keep is not None:
-            prune(root, keep, train_iters or step)
-    dist.barrier()
-    return final
+
+# Fault injection for drills and tests: seconds the background writer sleeps before writing.
+WRITE_DELAY_ENV = "GLOTTA_FAULT_CKPT_WRITE_DELAY_S"
+
+
+def _delayed(fn, seconds: float):
+    def run(*args, **kwargs):
+        import time
+
+        time.sleep(seconds)
+        return fn(*args, **kwargs)
+
+    return run
+
+
+class Checkpointer:
+    """Saves checkpoints synchronously or in the background; `latest` moves only on completion.
+
+    Collective: every rank calls `save`, `poll` (once per step) and `wait`. `on_saved(path, step)`
+    runs, on the ranks given one, once a checkpoint is complete (e.g. the MLflow pointer)."""
+
+    def __init__(self, root, cfg: CheckpointConfig, train_iters: int, dims, async_save: bool | None = None, on_saved=None):
+        self.root, self.cfg, self.train_iters, self.dims = Path(root), cfg, train_iters, dims
+        self.async_save = cfg.async_save if async_save is None else async_save
+        self.on_saved, self.keep_policy = on_saved, True
+        self.queue = None
+        if self.async_save:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self.queue = AsyncCallsQueue(persistent=False)
+        if dims.rank == 0:  # writes a crashed attempt left behind (never named by `latest`)
+            for stale in self.root.glob("iter_*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
+
+    @property
+    def in_flight(self) -> bool:
+        return self.queue is not None and self.queue.get_num_unfinalized_calls() > 0
+
+    def save(self, step: int, chunks, optimizer, meta: dict, loader_state: dict | None) -> Path:
+        from megatron.core import dist_checkpointing
+
+        self.wait()  # one save in flight at most
+        dims = self.dims
+        final, tmp = step_dir(self.root, step), self.root / f"iter_{step:07d}.tmp"
+        if dims.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        request = dist_checkpointing.save(sharded_state_dict(chunks, optimizer), str(tmp),
+                                          async_sharded_save=self.async_save)
+        # Small side files: written now (their values are this step's), published by the rename.
+        torch.save(_rng_state(), _mkdirs(tmp / RNG_DIR) / f"rank_{dims.rank:05d}.pt")
+        if dims.tp_rank == 0 and dims.pp_rank == 0 and loader_state is not None:
+            _write_json(tmp / LOADER_DIR / f"dp_{dims.dp_rank:05d}.json", loader_state)
+        if dims.rank == 0:
+            _write_json(tmp / META, {"version": VERSION, "step": step, "world": _world(dims), **meta})
+        if request is None:
+            self._publish(step, tmp, final)
+            return final
+        delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
+        if delay > 0:
+            request = request._replace(async_fn=_delayed(request.async_fn, delay))
+        request.add_finalize_fn(lambda: self._publish(step, tmp, final))
+        self.queue.schedule_async_request(request)
+        return final
+
+    def _publish(self, step: int, tmp: Path, final: Path) -> None:
+        """Every rank's shards are on disk: rename, then move `latest` (rank 0)."""
+        dist.barrier()
+        if self.dims.rank == 0:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            latest_tmp = self.root / (LATEST + ".tmp")
+            latest_tmp.write_text(f"{step}\n")
+            os.replace(latest_tmp, self.root / LATEST)
+            if self.keep_policy:
+                prune(self.root, self.cfg, self.train_iters)
+        dist.barrier()
+        if self.on_saved is not None:  # the rank that has it (the MLflow pointer: the logging rank)
+            self.on_saved(final, step)
+
+    def poll(self) -> None:
+        """Publish a background save that has finished on every rank (non-blocking, collective)."""
+        if self.queue is not None and self.queue.get_num_unfinalized_calls():
+            self.queue.maybe_finalize_async_calls(blocking=False)
+
+    def wait(self) -> None:
+        """Block until the in-flight save (if any) is written and published."""
+        if self.queue is not None and self.queue.get_num_unfinalized_calls():
+            self.queue.maybe_finalize_async_calls(blocking=True)
+
+    def close(self) -> None:
+        self.wait()
+        if self.queue is not None:
+            self.queue.close()
 
 
 def _mkdirs(p: Path) -> Path:

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 from glotta.config import StrictModel, load_config
 from glotta.train.checkpoint import CheckpointConfig
 from glotta.train.data import DataConfig
+from glotta.train.faults import FaultConfig
 from glotta.train.model import ModelConfig
 from glotta.train.optim import OptimConfig
 from glotta.train.parallel import ParallelConfig
@@ -36,6 +37,7 @@ class TrainConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    faults: FaultConfig = Field(default_factory=FaultConfig)
 
     @model_validator(mode="after")
     def _check(self):

@@ -14,7 +14,8 @@ megatron-core assumes a GPU in a handful of places that have nothing to do with 
   transformer/dot_product_attention.py     softmax offset on torch.cuda.current_device()
   models/common/embeddings/rotary_pos_embedding.py  RoPE inv_freq moved to torch.cuda.current_device()
   dist_checkpointing/strategies/filesystem_async.py  torch.cuda.synchronize() before writing a checkpoint
-  dist_checkpointing/strategies/state_dict_saver.py  save-failure / metadata-reuse flags with device='cuda' 
+  dist_checkpointing/strategies/state_dict_saver.py  save-failure / metadata-reuse flags with device='cuda'
+  dist_checkpointing/strategies/async_utils.py  async-save completion flags on torch.cuda.current_device()
 
 Instead of patching functions, each of those modules gets its own `torch` name pointing at a thin
 proxy of the real torch module: factory functions (`zeros`, `empty`, `tensor`, ...) map a CUDA
@@ -32,6 +33,11 @@ Grad clipping: `clip_grad_by_total_norm_fp32` asserts `grad.type() == 'torch.cud
 megatron's optimizer module gets `clip_grad_by_total_norm_fp32_cpu` below (same scaling, fp32 check
 on the dtype instead of the CUDA type string). The norm itself is computed by megatron's own
 `get_grad_norm_fp32`, whose CUDA tensors the proxy redirects.
+
+Activation recomputation (`model.recompute`) saves and restores the CUDA RNG state around each
+recomputed block (tensor_parallel/random.py `_get_cuda_rng_state` / `_set_cuda_rng_state`); on CPU
+there is no CUDA generator (dropout draws from the CPU generator, which megatron saves as well), so
+those two become no-ops.
 
 On a machine with CUDA, `enable()` is never called.
 """
@@ -60,6 +66,7 @@ PATCHED_MODULES = (
     "megatron.core.models.common.embeddings.rotary_pos_embedding",
     "megatron.core.dist_checkpointing.strategies.filesystem_async",
     "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+    "megatron.core.dist_checkpointing.strategies.async_utils",
 )
 
 _FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange", "randn", "rand", "zeros_like", "empty_like")
@@ -149,7 +156,22 @@ def enable() -> None:
     if not hasattr(optimizer, "clip_grad_by_total_norm_fp32"):
         raise RuntimeError("glotta.train.cpu: megatron.core.optimizer.optimizer.clip_grad_by_total_norm_fp32 is gone")
     optimizer.clip_grad_by_total_norm_fp32 = clip_grad_by_total_norm_fp32_cpu
+    random = importlib.import_module("megatron.core.tensor_parallel.random")
+    for name in ("_get_cuda_rng_state", "_set_cuda_rng_state"):
+        if not hasattr(random, name):
+            raise RuntimeError(f"glotta.train.cpu: megatron.core.tensor_parallel.random.{name} is gone")
+    random._get_cuda_rng_state = _no_cuda_rng_state
+    random._set_cuda_rng_state = _set_no_cuda_rng_state
     _enabled = True
+
+
+def _no_cuda_rng_state(*args, **kwargs) -> torch.Tensor:
+    """No CUDA generator on CPU: an empty state that `_set_no_cuda_rng_state` accepts."""
+    return torch.empty(0, dtype=torch.uint8)
+
+
+def _set_no_cuda_rng_state(*args, **kwargs) -> None:
+    """Nothing to restore on CPU (the CPU generator is restored by megatron itself)."""
 
 
 def clip_grad_by_total_norm_fp32_cpu(parameters, max_norm, total_norm, use_decoupled_grad=False):

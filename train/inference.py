@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from glotta.train import checkpoint as ckpt
-from glotta.train.attention import document_mask
-from glotta.train.model import ModelConfig, build_model
+from glotta.train.model import ModelConfig, build_model, uses_thd
+from glotta.train.step import attention_inputs
 from glotta.train.parallel import ParallelConfig, ParallelDims, init_parallel
 
 EMBEDDING = "embedding.word_embeddings.weight"
@@ -151,6 +151,7 @@ def load_model(path: str | Path, dims: ParallelDims | None = None, tensor_parall
     chunks = build_model(model_cfg, dims, meta["vocab_size"])
     ckpt.load_checkpoint(path, chunks)
     model = chunks[0]
+    model.glotta_thd = uses_thd(model_cfg, dims)  # token_losses lays batches out for TE's THD path
     model.eval()
     return model, meta
 
@@ -165,11 +166,13 @@ def token_losses(model, tokens: torch.Tensor, labels: torch.Tensor | None = None
         labels = torch.cat([tokens[:, 1:], tokens[:, -1:]], dim=1)
     b, s = tokens.shape
     position_ids = torch.arange(s).unsqueeze(0).expand(b, s)
-    mask = document_mask(segment_ids) if segment_ids is not None else None
     device = next(model.parameters()).device
-    out = model(tokens.to(device), position_ids.to(device), mask.to(device) if mask is not None else None,
-                labels=labels.to(device))
-    out = out.float().cpu()
+    thd = segment_ids is not None and getattr(model, "glotta_thd", False)
+    mask, packed = attention_inputs(segment_ids.to(device) if segment_ids is not None else None, thd)
+    if thd:  # Transformer Engine: one packed row with cu_seqlens
+        tokens, position_ids, labels = (t.reshape(1, b * s) for t in (tokens, position_ids, labels))
+    out = model(tokens.to(device), position_ids.to(device), mask, labels=labels.to(device), packed_seq_params=packed)
+    out = out.float().cpu().reshape(b, s)
     if shifted:
         out[:, -1] = 0.0
     return out

@@ -15,8 +15,12 @@ from glotta.train import checkpoint as ckpt
 from glotta.train.config import TrainConfig
 from glotta.train.data import bits_per_byte, build_data, valid_iterator
 from glotta.train.flops import flops_per_token, peak_flops
-from glotta.train.model import bf16, build_model, count_parameters, padded_vocab_size
-from glotta.train.optim import SpikeGuard, build_optimizer
+from glotta.train.attention import check_document_masking
+from glotta.train.model import bf16, build_model, count_parameters, padded_vocab_size, uses_thd
+from glotta.errors import GlottaError
+from glotta.train.faults import (FaultGuard, ParentWatch, RunLock, drop_batches, finite, injections, poison_gradient,
+                                 steps_to_skip)
+from glotta.train.optim import SpikeGuard, build_optimizer, step_with_grad_check
 from glotta.train.parallel import destroy_parallel, init_parallel
 from glotta.train.step import forward_step
 from glotta.train.tracking import Tracker, finish, tags_for
@@ -26,10 +30,15 @@ log = logging.getLogger("glotta.train")
 
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training. Collective: every torchrun worker calls it. Returns the summary."""
+    if ParentWatch.wanted(cfg.faults):
+        ParentWatch(cfg.faults.parent_death_grace_s).start()
     dims = init_parallel(cfg.parallel, cfg.seed)
+    lock = _lock_run_dir(cfg, dims)
     try:
         return _train(cfg, dims)
     finally:
+        if lock is not None:
+            lock.release()
         destroy_parallel()
 
 
@@ -39,38 +48,68 @@ def _train(cfg: TrainConfig, dims) -> dict:
     run_dir, ckpt_dir = Path(cfg.run_dir), cfg.checkpoint_dir()
     data = build_data(cfg, dims)
     chunks = build_model(cfg.model, dims, data.vocab_size)
+    thd = uses_thd(cfg.model, dims)
+    leak = check_document_masking(chunks, cfg.model.document_masking, thd)  # refuses cross-document attention
+    if not cfg.model.document_masking and dims.rank == 0:
+        print(f"glotta train: model.document_masking=false: packed documents attend to each other (probe change {leak})", flush=True)
     model, opt, sched = build_optimizer(chunks, cfg.optim, dims, cfg.train_iters, bf16(cfg.model, dims))
-    state = _resume(cfg, dims, ckpt_dir, model, opt, sched, data)
+    guard, faults = SpikeGuard(cfg.optim), FaultGuard(cfg.faults, run_dir, dims.rank == 0)
+    state = _resume(cfg, dims, ckpt_dir, model, opt, sched, data, guard)
     nmb, seq, mbs = cfg.num_microbatches(dims.dp), cfg.model.seq_length, cfg.micro_batch_size
     fwd_bwd, train_iter = get_forward_backward_func(), data.iterators(dims.vpp)
-    step_fn = partial(forward_step, (mbs, seq), dims.device, len(data.langs), None)
+    step_fn = partial(forward_step, (mbs, seq), dims.device, len(data.langs), None, **_layout(cfg, dims))
+    fb_seq, fb_mbs = (mbs * seq, 1) if thd else (seq, mbs)  # THD: one packed row per micro-batch
     flops_tok = flops_per_token(cfg.model, padded_vocab_size(data.vocab_size, cfg.model.make_vocab_size_divisible_by, dims.tp))
-    peak, guard, stop = peak_flops(), SpikeGuard(cfg.optim), _StopSignal(dims.device)
+    peak, stop, skip, inject = peak_flops(), _StopSignal(dims.device), steps_to_skip(cfg.faults, run_dir), injections()
     tracker = _start_tracker(cfg, dims, run_dir, chunks, data) if dims.is_logging_rank else None
-    step, t_last, last = state["step"], time.perf_counter(), {}
+    saver = ckpt.Checkpointer(ckpt_dir, cfg.checkpoint, cfg.train_iters, dims, on_saved=_pointer(cfg, tracker))
+    step, t_last, paused, last = state["step"], time.perf_counter(), 0.0, {}
     if cfg.data.valid and cfg.eval_at_start and step == 0:  # the untrained model's loss, for comparison
         _emit(dims, tracker, run_dir, 0, evaluate(cfg, dims, model, data))
     while step < cfg.train_iters:
-        for m in model:
-            m.zero_grad_buffer()
-        opt.zero_grad()
-        reports = fwd_bwd(forward_step_func=step_fn, data_iterator=train_iter, model=model, num_microbatches=nmb,
-                          seq_length=seq, micro_batch_size=mbs, forward_only=False)
-        loss_sum, ntok, _ = _reduce(reports, dims, len(data.langs))
-        loss = loss_sum / max(ntok, 1)
-        grad_norm, applied = float("nan"), guard.check(loss, step + 1)
-        if applied:
-            _, grad_norm, _ = opt.step()
-            sched.step(increment=1)
+        samples = (state["consumed_samples"], state["consumed_samples"] + cfg.global_batch_size)
+        ntok, loss, grad_norm = 0, float("nan"), float("nan")
+        if step + 1 in skip:  # a poisoned batch: read and dropped, no forward pass
+            drop_batches(train_iter, nmb)
+            state["skipped_data"] += 1
+            if dims.rank == 0:
+                print(f"glotta train: step {step + 1}: batch of samples {samples[0]}..{samples[1] - 1} dropped "
+                      "(faults.skip_steps / faults.jsonl)", flush=True)
         else:
-            state["skipped"] += 1
+            for m in model:
+                m.zero_grad_buffer()
+            opt.zero_grad()
+            reports = fwd_bwd(forward_step_func=step_fn, data_iterator=train_iter, model=model, num_microbatches=nmb,
+                              seq_length=fb_seq, micro_batch_size=fb_mbs, forward_only=False)
+            if step + 1 in inject["grad"] and dims.rank == 0:
+                poison_gradient(model)
+            nan = step + 1 in inject["loss"] and dims.rank == 0
+            loss_sum, ntok, _ = _reduce(reports, dims, len(data.langs), poison=nan)  # one host sync per step
+            loss = loss_sum / max(ntok, 1)
+            if not finite(loss):
+                faults.nonfinite("loss", loss, step + 1, samples)
+                state["skipped_nonfinite"] += 1
+            elif not guard.check(loss, step + 1):
+                state["skipped"] += 1
+                faults.skipped()
+            else:
+                grad_norm, applied = step_with_grad_check(opt, cfg.optim.clip_grad, dims.device)
+                if applied:
+                    sched.step(increment=1)
+                    faults.applied()
+                else:
+                    faults.nonfinite("grad_norm", grad_norm, step + 1, samples)
+                    state["skipped_nonfinite"] += 1
         step += 1
-        state.update(step=step, consumed_samples=state["consumed_samples"] + cfg.global_batch_size,
-                     tokens=state["tokens"] + int(ntok))
-        last = {"loss": loss, "lr": opt.param_groups[0]["lr"], "grad_norm": float(grad_norm or 0.0), "tokens": ntok}
+        state.update(step=step, consumed_samples=samples[1], tokens=state["tokens"] + int(ntok))
+        saver.poll()  # publishes a finished background save
+        last = {"loss": loss, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm, "tokens": ntok}
+        if cfg.optim.spike_factor > 0:
+            last["loss_mean"] = guard.mean
         if step % cfg.log_interval == 0 or step == cfg.train_iters:
-            dt = (time.perf_counter() - t_last) / (step - state["logged_step"])
-            t_last, state["logged_step"] = time.perf_counter(), step
+            # Evaluation and checkpoint time are logged on their own, not inside the step time.
+            dt = (time.perf_counter() - t_last - paused) / (step - state["logged_step"])
+            t_last, paused, state["logged_step"] = time.perf_counter(), 0.0, step
             flops = flops_tok * cfg.global_batch_size * seq / dt / dims.world_size
             last.update({"tokens_per_s": ntok / dt, "step_time_s": dt, "tflops_per_gpu": flops / 1e12})
             if peak:
@@ -78,14 +117,20 @@ def _train(cfg: TrainConfig, dims) -> dict:
             if data.loader is not None and hasattr(data.loader, "stats"):
                 last["loader_padding_pct"] = float(data.loader.stats().get("padding_pct", 0.0))
             _emit(dims, tracker, run_dir, step, last)
+        t0 = time.perf_counter()
         if cfg.data.valid and cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.train_iters):
-            _emit(dims, tracker, run_dir, step, evaluate(cfg, dims, model, data))
+            _emit(dims, tracker, run_dir, step, {**evaluate(cfg, dims, model, data), "eval_time_s": time.perf_counter() - t0})
         stopping = stop.agreed() or (cfg.exit_after_iters and step - state["start_step"] >= cfg.exit_after_iters)
-        if ckpt.should_save(cfg.checkpoint, step, cfg.train_iters) or stopping:
-            _save(cfg, dims, ckpt_dir, step, model, opt, sched, data, state)
+        if ckpt.should_save(cfg.checkpoint, step, cfg.train_iters) or (stopping and cfg.checkpoint.enabled):
+            t1 = time.perf_counter()
+            _save(cfg, dims, saver, step, model, opt, sched, data, state, guard)
+            _emit(dims, tracker, run_dir, step, {"checkpoint_time_s": time.perf_counter() - t1})
+        paused += time.perf_counter() - t0
         if stopping:
             break
+    saver.close()  # a SIGTERM stop or the end of training waits for the in-flight save
     summary = {"step": step, "final_loss": last.get("loss"), "tokens": state["tokens"], "skipped_steps": state["skipped"],
+               "skipped_nonfinite": state["skipped_nonfinite"], "skipped_data": state["skipped_data"],
                "params_this_rank": count_parameters(chunks), "interrupted": step < cfg.train_iters}
     if tracker is not None:
         print(f"glotta train: MLflow run in {tracker.uri}; view with: {tracker.ui_command()}", flush=True)
@@ -105,13 +150,15 @@ def evaluate(cfg: TrainConfig, dims, model, data) -> dict:
         iters = list(itertools.tee(iters, dims.vpp)) if iters is not None else [None] * dims.vpp
     for m in model:
         m.eval()
-    step_fn = partial(forward_step, (cfg.micro_batch_size, cfg.model.seq_length), dims.device, nl, data.byte_lengths)
+    mbs, seq = cfg.micro_batch_size, cfg.model.seq_length
+    step_fn = partial(forward_step, (mbs, seq), dims.device, nl, data.byte_lengths, **_layout(cfg, dims))
+    fb_seq, fb_mbs = (mbs * seq, 1) if uses_thd(cfg.model, dims) else (seq, mbs)
     reports = []
     with torch.no_grad():
         for _ in range(cfg.eval_iters):
             reports += get_forward_backward_func()(
                 forward_step_func=step_fn, data_iterator=iters, model=model, num_microbatches=nmb,
-                seq_length=cfg.model.seq_length, micro_batch_size=cfg.micro_batch_size, forward_only=True)
+                seq_length=fb_seq, micro_batch_size=fb_mbs, forward_only=True)
     for m in model:
         m.train()
     loss_sum, ntok, lang = _reduce(reports, dims, nl, width=3)
@@ -123,22 +170,50 @@ def evaluate(cfg: TrainConfig, dims, model, data) -> dict:
     return out
 
 
-def _reduce(reports, dims, num_langs: int, width: int = 3):
+def _layout(cfg, dims) -> dict:
+    return {"thd": uses_thd(cfg.model, dims), "document_masking": cfg.model.document_masking}
+
+
+def _reduce(reports, dims, num_langs: int, width: int = 3, poison: bool = False):
     """Sum the loss reports of this rank's micro-batches and share the totals with every rank
     (they exist on the last stage; its TP rank 0 contributes so nothing is counted twice)."""
-    vec = torch.zeros(2 + width * num_langs, dtype=torch.float64)
+    # Summed on the device: one transfer per step, not one per micro-batch.
+    vec = torch.zeros(2 + width * num_langs, dtype=torch.float64, device=dims.device)
     if dims.is_last_stage and dims.tp_rank == 0:
         for r in reports:
-            vec[:2] += r["lm loss"].double().cpu()
-            vec[2:] += r["lang"].double().cpu()
-    vec = vec.to(dims.device)
+            vec[:2] += r["lm loss"].double()
+            vec[2:] += r["lang"].double()
+    if poison:  # fault injection (faults.INJECT_ENV)
+        vec[0] = float("nan")
     dist.all_reduce(vec)
     vec = vec.cpu()
     return vec[0].item(), vec[1].item(), vec[2:].tolist()
 
 
-def _resume(cfg, dims, ckpt_dir, model, opt, sched, data) -> dict:
-    state = {"step": 0, "consumed_samples": 0, "tokens": 0, "skipped": 0}
+TRAIN_STATE = ("step", "consumed_samples", "tokens", "skipped", "skipped_nonfinite", "skipped_data")
+
+
+def _lock_run_dir(cfg, dims):
+    """Rank 0 locks the run directory; every rank learns whether it could (and fails alike)."""
+    lock, error = (RunLock(Path(cfg.run_dir)) if dims.rank == 0 else None), None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except GlottaError as e:
+            error = e
+    ok = torch.tensor([0.0 if error else 1.0], device=dims.device)
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if error is not None:
+        destroy_parallel()
+        raise error
+    if ok.item() == 0:
+        destroy_parallel()
+        raise GlottaError(f"{cfg.run_dir} is in use by another training job (rank 0 could not lock it)")
+    return lock
+
+
+def _resume(cfg, dims, ckpt_dir, model, opt, sched, data, guard) -> dict:
+    state = dict.fromkeys(TRAIN_STATE, 0)
     source = ckpt_dir if cfg.checkpoint.resume and ckpt.latest_step(ckpt_dir) is not None else None
     weights_only = False
     if source is None and cfg.checkpoint.init_from:
@@ -147,7 +222,9 @@ def _resume(cfg, dims, ckpt_dir, model, opt, sched, data) -> dict:
         meta = ckpt.load_checkpoint(source, model, None if weights_only else opt, dims)
         if not weights_only:
             sched.load_state_dict(meta["scheduler"])
-            state.update({k: meta["train_state"][k] for k in ("step", "consumed_samples", "tokens", "skipped")})
+            state.update({k: meta["train_state"].get(k, 0) for k in TRAIN_STATE})
+            if meta.get("spike_guard"):
+                guard.load_state_dict(meta["spike_guard"])
             _restore_loader(data, meta["loader_state"], dims, source)
         if dims.rank == 0:
             print(f"glotta train: resumed from {ckpt.resolve(source)} at step {state['step']}"
@@ -165,13 +242,37 @@ def _restore_loader(data, states, dims, source) -> None:
         data.loader.load_state_dict(states)
 
 
-def _save(cfg, dims, ckpt_dir, step, model, opt, sched, data, state) -> None:
+def _save(cfg, dims, saver, step, model, opt, sched, data, state, guard) -> None:
     loader_state = data.loader.state_dict() if data.loader is not None else None
     meta = {"scheduler": sched.state_dict(), "config": cfg.model_dump(mode="json"), "vocab_size": data.vocab_size,
-            "langs": data.langs, "train_state": {k: state[k] for k in ("step", "consumed_samples", "tokens", "skipped")}}
-    path = ckpt.save_checkpoint(ckpt_dir, step, model, opt, meta, loader_state, dims, cfg.checkpoint, cfg.train_iters)
+            "langs": data.langs, "train_state": {k: state[k] for k in TRAIN_STATE}, "spike_guard": guard.state_dict()}
+    gather = cfg.optim.overlap_param_gather and any(getattr(m.ddp_config, "overlap_param_gather", False) for m in model)
+    if gather:  # the distributed optimizer's updated shards are gathered lazily: bring them in first
+        for m in model:
+            m.disable_forward_pre_hook(param_sync=True)
+    path = saver.save(step, model, opt, meta, loader_state)
+    if gather:
+        for m in model:
+            m.enable_forward_pre_hook()
     if dims.rank == 0:
-        print(f"glotta train: saved {path}", flush=True)
+        print(f"glotta train: {'saving' if saver.in_flight else 'saved'} {path}"
+              f"{' in the background' if saver.in_flight else ''}", flush=True)
+
+
+def _pointer(cfg, tracker):
+    """on_saved callback: an MLflow artifact `checkpoints/iter_N.json` naming the finished checkpoint."""
+    if tracker is None or not cfg.checkpoint.mlflow_pointer:
+        return None
+    import socket
+
+    def log_pointer(path: Path, step: int) -> None:
+        pointer = Path(cfg.run_dir) / "checkpoint_pointers" / f"{path.name}.json"
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(json.dumps({"step": step, "path": str(path.resolve()), "host": socket.gethostname(),
+                                       "format": "megatron torch_dist"}) + "\n")
+        tracker.artifact(pointer)
+
+    return log_pointer
 
 
 def _start_tracker(cfg, dims, run_dir, chunks, data) -> Tracker | None:

@@ -1,8 +1,10 @@
 """Model provider: megatron-core GPTModel built from layer specs.
 
-Transformer Engine spec when TE is installed and CUDA is present, otherwise megatron's local spec
-with `SDPACoreAttention` (train/attention.py). Llama-style options: RMSNorm, SwiGLU, RoPE,
-grouped-query attention, tied or untied embeddings. The `TransformerConfig` is built here, once.
+Transformer Engine spec when TE is installed and CUDA is present (documents masked through its THD
+path), otherwise megatron's local spec with `DocumentAttention` (train/attention.py: flex_attention
+on CUDA, SDPA on CPU, one mask rule). Llama-style options: RMSNorm, SwiGLU, RoPE, grouped-query
+attention, tied or untied embeddings. The `TransformerConfig` is built here, once, with megatron's
+fused kernels switched on where they exist (CUDA; TE or apex for the ones that need them).
 """
 from __future__ import annotations
 
@@ -34,8 +36,11 @@ class ModelConfig(StrictModel):
     init_method_std: float = 0.02
     dropout: float = 0.0
     make_vocab_size_divisible_by: int = 128
-    # auto = Transformer Engine when installed with CUDA, else local spec + PyTorch SDPA.
-    attention_backend: Literal["auto", "sdpa", "te"] = "auto"
+    # auto = Transformer Engine (THD) when installed with CUDA, else flex_attention on CUDA / SDPA on
+    # CPU; flex and sdpa force the local spec with that kernel (same document rule, train/attention.py).
+    attention_backend: Literal["auto", "flex", "sdpa", "te"] = "auto"
+    # Packed documents never attend to each other; false = causal over the whole packed row (on purpose).
+    document_masking: bool = True
     recompute: Literal["none", "selective", "full"] = "none"
     # auto = bf16 on GPU, fp32 on CPU.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -64,7 +69,7 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
 
 
 def use_te(cfg: ModelConfig, dims: ParallelDims) -> bool:
-    if cfg.attention_backend == "sdpa" or dims.backend != "nccl":
+    if cfg.attention_backend in ("sdpa", "flex") or dims.backend != "nccl":
         if cfg.attention_backend == "te":
             from glotta.errors import ConfigError
 
@@ -79,6 +84,33 @@ def use_te(cfg: ModelConfig, dims: ParallelDims) -> bool:
             raise ConfigError("model.attention_backend=te but transformer_engine is not installed") from None
         return False
     return True
+
+
+def uses_thd(cfg: ModelConfig, dims: ParallelDims) -> bool:
+    """Transformer Engine with document masking: micro-batches go in as one packed row + cu_seqlens."""
+    return cfg.document_masking and use_te(cfg, dims)
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def fusions(on_gpu: bool, te: bool) -> dict:
+    """megatron's fused kernels: the ones that need only CUDA, and those that need TE or apex when present."""
+    wgrad = on_gpu and (te or _importable("fused_weight_gradient_mlp_cuda"))
+    return {
+        "gradient_accumulation_fusion": wgrad,  # weight-grad GEMM accumulates into the fp32 main_grad
+        "apply_rope_fusion": on_gpu and te,  # megatron takes the fused RoPE from TE
+        "cross_entropy_loss_fusion": on_gpu,  # megatron's native fused vocab-parallel cross entropy
+        "bias_dropout_fusion": on_gpu,
+        "masked_softmax_fusion": False,  # not used: flex / SDPA / TE do their own softmax
+        "persist_layer_norm": on_gpu and _importable("fused_layer_norm_cuda"),  # apex only
+    }
 
 
 def bf16(cfg: ModelConfig, dims: ParallelDims) -> bool:
@@ -116,11 +148,7 @@ def transformer_config(cfg: ModelConfig, dims: ParallelDims):
         use_cpu_initialization=not on_gpu,
         # Fused kernels exist only on CUDA.
         bias_activation_fusion=on_gpu and cfg.activation == "swiglu" and not cfg.add_bias_linear,
-        masked_softmax_fusion=False,
-        bias_dropout_fusion=on_gpu,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
-        persist_layer_norm=False,
+        **fusions(on_gpu, on_gpu and use_te(cfg, dims)),
         **recompute[cfg.recompute],
     )
 
@@ -130,10 +158,22 @@ def layer_spec(cfg: ModelConfig, dims: ParallelDims):
 
     if use_te(cfg, dims):
         return specs.get_gpt_layer_with_transformer_engine_spec()
-    from glotta.train.attention import SDPACoreAttention
+    from glotta.train.attention import attention_class, kernel_for
 
+    if dims.sequence_parallel:
+        from glotta.errors import ConfigError
+
+        # megatron's local spec norms are torch norms, which refuse sequence parallelism
+        # ("sequence parallel not supported by torch LayerNorm"); TE (or apex) norms are needed.
+        raise ConfigError("parallel.sequence_parallel needs Transformer Engine (model.attention_backend=auto/te on CUDA "
+                          "with TE installed); set parallel.sequence_parallel=false")
+    if cfg.attention_backend == "flex" and dims.device.type != "cuda":
+        from glotta.errors import ConfigError
+
+        raise ConfigError("model.attention_backend=flex needs CUDA (torch has no flex_attention backward on CPU); use auto or sdpa")
+    kernel = cfg.attention_backend if cfg.attention_backend in ("flex", "sdpa") else kernel_for(dims.device, "auto")
     spec = specs.get_gpt_layer_local_spec(normalization=cfg.normalization)
-    spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+    spec.submodules.self_attention.submodules.core_attention = attention_class(kernel)
     return spec
 
 

@@ -58,12 +58,12 @@ ATTENTION = r"""
 import torch
 from glotta.train.parallel import init_parallel, destroy_parallel
 from glotta.train.model import ModelConfig, transformer_config
-from glotta.train.attention import SDPACoreAttention, document_mask
+from glotta.train.attention import attention_class, document_mask
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 dims = init_parallel(seed=0)
 tc = transformer_config(ModelConfig(hidden_size=64, num_attention_heads=4, num_query_groups=2, seq_length=12), dims)
-ours = SDPACoreAttention(tc, 1, AttnMaskType.causal, "self")
+ours = attention_class("sdpa")(tc, 1, AttnMaskType.causal, "self")
 ref = DotProductAttention(tc, 1, AttnMaskType.causal, "self")
 # megatron's reference forks its CUDA RNG tracker for dropout (p=0 here): no CUDA RNG on CPU
 import contextlib
@@ -73,19 +73,27 @@ s, b = 12, 2
 q = torch.randn(s, b, 4, 16); k = torch.randn(s, b, 2, 16); v = torch.randn(s, b, 2, 16)
 seg = torch.tensor([[0] * 5 + [1] * 7, [2] * 12])
 mask = document_mask(seg)
-a, r = ours(q, k, v, mask), ref(q, k, v, mask)
+a, r = ours(q, k, v, seg), ref(q, k, v, mask)
 assert a.shape == r.shape == (s, b, 64), (a.shape, r.shape)
 err = (a - r).abs().max().item()
 assert err < 1e-5, err
 # the mask matters: without it the first document's last tokens see the second one
 assert (ours(q, k, v, None) - a).abs().max().item() > 1e-3
+# the memory estimate's parameter count = the parameters megatron builds (untied, GQA, SwiGLU; tied)
+from glotta.train.model import build_model, count_parameters
+from glotta.train.memory import parameter_count
+for tie in (False, True):
+    mc = ModelConfig(num_layers=3, hidden_size=64, num_attention_heads=4, num_query_groups=2, seq_length=16, tie_embeddings=tie)
+    built = count_parameters(build_model(mc, dims, 1000))
+    assert built == parameter_count(mc, 1024), (tie, built, parameter_count(mc, 1024))
 print("OK", err)
 destroy_parallel()
 """
 
 
-def test_sdpa_attention_matches_megatron_dot_product_attention():
-    """Same outputs as megatron's DotProductAttention (GQA, document + causal mask) to 1e-5."""
+def test_document_attention_matches_megatron_dot_product_attention():
+    """DocumentAttention given segment ids = megatron's DotProductAttention given the dense document
+    mask (GQA) to 1e-5."""
     p = subprocess.run([sys.executable, "-c", ATTENTION], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-3000:]
 
@@ -103,3 +111,25 @@ def test_launch_train_prints_torchrun_command(tmp_path):
     assert bad.exit_code == 2 and "not a multiple of tensor_parallel" in bad.output
     typo = CliRunner().invoke(app, ["train", "-c", "configs/gpt-tiny.yaml", "--set", "model.hiden_size=3"])
     assert typo.exit_code == 2 and "model.hiden_size" in typo.output
+
+
+def test_launch_dry_run_checks_the_8b_layout():
+    """gpt-8b on 8 x 80 GB: TP=2 + SP, DP=4, ~7.5e9 parameters with a 64k vocabulary, fits; the
+    same model without tensor parallelism and with two sequences per micro-batch does not."""
+    import json
+
+    from glotta.launch.cli import app
+
+    r = CliRunner().invoke(app, ["launch", "train", "-c", "configs/gpt-8b.yaml", "--nproc-per-node", "8", "--dry-run", "--json",
+                                 "--vocab-size", "64000"])
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.output)
+    assert (plan["tensor_parallel"], plan["data_parallel"], plan["sequence_parallel"]) == (2, 4, True)
+    # Llama-3-8B has 8.03e9 with a 128,256 vocabulary; 64,000 rows fewer in two matrices of 4096 columns
+    assert abs(plan["params_total"] - (8_030_261_248 - 2 * (128_256 - 64_000) * 4096)) < 1e6
+    assert plan["fits"] and 30 < plan["memory_total_gib"] < 74.5
+    assert "CUDA_DEVICE_MAX_CONNECTIONS=1" in plan["command"] and plan["shutdown_timeout_s"] >= 120
+    bad = CliRunner().invoke(app, ["launch", "train", "-c", "configs/gpt-8b.yaml", "--nproc-per-node", "8", "--dry-run",
+                                   "--set", "parallel.tensor_parallel=1", "--set", "parallel.sequence_parallel=false",
+                                   "--set", "micro_batch_size=2"])
+    assert bad.exit_code == 2 and "exceeds --gpu-memory-gb" in bad.output

@@ -144,6 +144,11 @@ def test_pp2_sigterm_saves_a_loadable_checkpoint(train_data, tmp_path):
     run = client.search_runs([client.get_experiment_by_name("glotta").experiment_id])[0]
     assert run.data.tags["glotta.stage"] == "stage2" and run.info.status == "KILLED"
     assert len(client.get_metric_history(run.info.run_id, "loss")) >= 12
+    # the finished checkpoint is named by a pointer artifact (path, step), not copied into MLflow
+    pointers = list((run_dir / "mlartifacts").rglob(f"iter_{step:07d}.json"))
+    assert len(pointers) == 1, list((run_dir / "mlartifacts").rglob("*"))
+    pointer = json.loads(pointers[0].read_text())
+    assert pointer["step"] == step and Path(pointer["path"]) == (ckpts / f"iter_{step:07d}").resolve()
 
 
 def test_interleaved_pipeline_trains_and_checkpoints(train_data, tmp_path):
