@@ -74,11 +74,11 @@ class Interval:
     @property
     def better(self) -> bool:
         """The whole corrected interval is below zero: the method beats random."""
-        return self.high < 0
+        return bool(self.high < 0)
 
     @property
     def worse(self) -> bool:
-        return self.low > 0
+        return bool(self.low > 0)
 
 
 @dataclass

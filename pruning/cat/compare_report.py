@@ -17,7 +17,7 @@ def to_json(c: Comparison) -> dict:
             "seed_noise_known": c.seed_noise_known, "langs": c.langs, "random_loss": c.baseline_loss,
             "methods": {m: {"loss": mc.loss, "seeds": mc.seeds, "mean": _iv(mc.mean), "worst": _iv(mc.worst),
                             "langs": {lang: _iv(iv) for lang, iv in mc.langs.items()},
-                            "better_mean_and_worst": mc.better_mean_and_worst}
+                            "better_mean_and_worst": bool(mc.better_mean_and_worst)}
                         for m, mc in c.methods.items()}}
 
 

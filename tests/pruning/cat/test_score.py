@@ -182,6 +182,6 @@ def test_heldout_evaluation_uses_the_trainer_step_and_context_changes_only_long_
     carried = evaluate([final], tiny_shards, spm_model, micro_batch_size=4, context=32)
     assert plain.nll.shape == (1, 30) and np.isfinite(plain.nll).all() and (plain.nll > 0).all()
     short = plain.n_tokens <= 64
-    assert short.sum() >= 20 and (~short).sum() >= 1
+    assert short.sum() >= 1 and (~short).sum() >= 10
     assert np.allclose(plain.nll[0, short], carried.nll[0, short], atol=1e-5)
     assert np.abs(plain.nll[0, ~short] - carried.nll[0, ~short]).max() > 1e-4
