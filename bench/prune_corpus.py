@@ -219,7 +219,7 @@ def build(langs: list[str], cache: Path, min_chars: int, max_chars: int, near: f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--langs", nargs="+", default=DEFAULT_LANGS)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path(".cache/prune_corpus.jsonl"))
     ap.add_argument("--cache", type=Path, default=Path(".cache"))
     ap.add_argument("--min-chars", type=int, default=400)
     ap.add_argument("--max-chars", type=int, default=1500)

@@ -274,6 +274,8 @@ def run(args) -> dict:
     pool_ids = doc_ids(pool)
     finals: dict[tuple[str, str, int], Path] = {}
     timings: dict[str, float] = {}
+    total_runs, done = len(args.regimes) * args.seeds * len(arms), 0
+    t_runs = time.perf_counter()
     for regime in args.regimes:
         regime_excl: list[Path] = []
         if regime == "multi":  # a small slice of the pool, so that T tokens are epochs_multi epochs of its kept half
@@ -290,14 +292,17 @@ def run(args) -> dict:
                 ck = train(setup, work / regime / "train" / f"{arm}-s{seed}", iters, 1 + seed,
                            [f"data.exclude=[{', '.join(str(p) for p in [excl, *regime_excl])}]"])
                 finals[(regime, arm, seed)] = final_checkpoint(ck)
-                print(f"  [{time.perf_counter() - t0:6.0f} s] {regime} {arm} seed {seed}: trained {iters} steps",
-                      flush=True)
+                done += 1
+                eta = (time.perf_counter() - t_runs) / done * (total_runs - done)
+                print(f"  [{time.perf_counter() - t0:6.0f} s] {regime} {arm} seed {seed}: trained {iters} steps "
+                      f"({done}/{total_runs}; training ETA {eta:.0f} s, then held-out evaluation)", flush=True)
         timings[f"train_{regime}_s"] = time.perf_counter() - t_r
 
     # Held-out NLL of every document under every final model, validation and test.
     keys = list(finals)
     t_e = time.perf_counter()
-    held = {name: evaluate([finals[k] for k in keys], d, tok) for name, d in (("valid", valid), ("test", test))}
+    held = {name: evaluate([finals[k] for k in keys], d, tok, micro_batch_size=32)
+            for name, d in (("valid", valid), ("test", test))}
     timings["eval_s"] = time.perf_counter() - t_e
     comparisons, decisions, tables = {}, {}, []
     for regime in args.regimes:
