@@ -192,20 +192,23 @@ def main() -> None:
     ap.add_argument("--regimes", nargs="+", default=["sub", "multi"], choices=["sub", "multi"])
     ap.add_argument("--epochs-sub", type=float, default=0.5, help="epochs of the kept half in the sub-epoch regime")
     ap.add_argument("--epochs-multi", type=float, default=4.0, help="epochs of the kept half in the multi-epoch regime")
-    ap.add_argument("--heldout", type=int, default=200, help="validation and test documents per language (each)")
-    ap.add_argument("--pool", type=int, default=400, help="most pool documents per language")
+    ap.add_argument("--heldout", type=int, default=None,
+                    help="validation and test documents per language, each (default 200; 10 on the demo corpus)")
+    ap.add_argument("--pool", type=int, default=None, help="most pool documents per language (default 300; 100 on demo)")
     ap.add_argument("--doc-chars", type=int, default=800)
     ap.add_argument("--vocab", type=int, default=2000)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8, help="sequences per step")
-    ap.add_argument("--demo-docs", type=int, default=60, help="documents per language from the demo corpus")
+    ap.add_argument("--demo-docs", type=int, default=130, help="documents per language from the demo corpus")
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--context", type=int, default=0,
                     help="also score the pool with windows carrying this many tokens of context (sensitivity)")
     ap.add_argument("--quick", action="store_true", help="CI: demo corpus, 3 languages, 2 seeds, sub-epoch only")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse --work's split, tokenizer, proxy, scores, trained arms and evaluations (add arms/seeds)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--png", type=Path, default=None)
     args = ap.parse_args()
@@ -214,6 +217,13 @@ def main() -> None:
         args.methods, args.seeds, args.regimes, args.null_control = ["random", "cat"], 2, ["sub"], True
         args.heldout, args.pool, args.doc_chars, args.demo_docs, args.bootstrap = 8, 40, 400, 60, 500
         args.seq_len, args.vocab, args.epochs_sub, args.context = 64, 1000, 0.5, 32
+    if args.heldout is None:
+        args.heldout = 200 if args.corpus else 10
+    if args.pool is None:
+        args.pool = 300 if args.corpus else 100
+    if not args.corpus:
+        print("no --corpus: the demo corpus (gettext messages, not prose); for the real experiment build "
+              "one with bench/prune_corpus.py", flush=True)
     if "random" not in args.methods:
         args.methods = ["random", *args.methods]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -242,11 +252,15 @@ def run(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     docs = load_corpus(args.corpus, args.langs, args.demo_docs, work)
     parts, counters = split(docs, args.heldout, args.pool, args.doc_chars, seed=0)
-    pool, valid, test = (write_shards(parts[k], work / k, k) for k in ("pool", "valid", "test"))
-    lines = [t for d in parts["pool"] for t in d.text.split("\n") if t.strip()]
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(work / "sp"),
-                                   vocab_size=args.vocab, model_type="unigram", byte_fallback=True,
-                                   character_coverage=0.9995, num_threads=2, minloglevel=2)
+    reuse = args.reuse and (work / "scores" / "score.json").is_file()
+    if reuse:  # same split (stable hashes), same tokenizer, proxy and scores; arms already trained resume
+        pool, valid, test = (work / k for k in ("pool", "valid", "test"))
+    else:
+        pool, valid, test = (write_shards(parts[k], work / k, k) for k in ("pool", "valid", "test"))
+        lines = [t for d in parts["pool"] for t in d.text.split("\n") if t.strip()]
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(work / "sp"),
+                                       vocab_size=args.vocab, model_type="unigram", byte_fallback=True,
+                                       character_coverage=0.9995, num_threads=2, minloglevel=2)
     tok = work / "sp.model"
     sp = spm.SentencePieceProcessor(model_file=str(tok))
     pool_tokens = sum(len(x) + 1 for x in sp.encode([d.text for d in parts["pool"]]))
@@ -260,9 +274,13 @@ def run(args) -> dict:
 
     # Proxy: one-epoch schedule, checkpoints at 10-40%, stop at 40%.
     epoch = max(20, pool_tokens // setup.tokens_per_step)
-    proxy = train(setup, work / "proxy", epoch, 0, ["checkpoint.keep_steps=[0.1, 0.2, 0.3, 0.4]"],
-                  stop_at=round(0.4 * epoch))
+    if reuse:
+        proxy = work / "proxy" / "checkpoints"
+    else:
+        proxy = train(setup, work / "proxy", epoch, 0, ["checkpoint.keep_steps=[0.1, 0.2, 0.3, 0.4]"],
+                      stop_at=round(0.4 * epoch))
     t_proxy = time.perf_counter()
+    # Resumable: a finished shard is skipped, an interrupted one continues from its parts.
     score(ScoreConfig(checkpoints=[proxy], shards=pool, out_dir=work / "scores", micro_batch_size=16))
     t_score = time.perf_counter()
     sens = sensitivity(work, proxy, pool, args)
@@ -301,8 +319,7 @@ def run(args) -> dict:
     # Held-out NLL of every document under every final model, validation and test.
     keys = list(finals)
     t_e = time.perf_counter()
-    held = {name: evaluate([finals[k] for k in keys], d, tok, micro_batch_size=32)
-            for name, d in (("valid", valid), ("test", test))}
+    held = {name: evaluate_cached(work, name, keys, finals, d, tok) for name, d in (("valid", valid), ("test", test))}
     timings["eval_s"] = time.perf_counter() - t_e
     comparisons, decisions, tables = {}, {}, []
     for regime in args.regimes:
@@ -334,6 +351,26 @@ def run(args) -> dict:
             "decision": {r: rep.decision_json(d) for r, d in decisions.items()},
             "seconds": {"total": total, "proxy": t_proxy - t0, "score": t_score - t_proxy, **timings},
             "png": str(png) if png else None}
+
+
+def evaluate_cached(work: Path, split_name: str, keys: list, finals: dict, shards: Path, tok: Path):
+    """Held-out NLL per model, cached per (split, regime, arm, seed) so a rerun with --reuse only
+    evaluates the models it added."""
+    from glotta.pruning.cat.heldout import HeldOutDocs, evaluate
+
+    cache = work / "eval" / split_name
+    cache.mkdir(parents=True, exist_ok=True)
+    path = {k: cache / f"{k[0]}-{k[1]}-s{k[2]}.npy" for k in keys}
+    meta = cache / "docs.json"
+    todo = [k for k in keys if not path[k].is_file()]
+    if todo or not meta.is_file():
+        h = evaluate([finals[k] for k in todo] or [finals[keys[0]]], shards, tok, micro_batch_size=32)
+        for i, k in enumerate(todo):
+            np.save(path[k], h.nll[i])
+        meta.write_text(json.dumps({"ids": h.ids, "langs": h.langs.tolist(), "n_tokens": h.n_tokens.tolist()}))
+    m = json.loads(meta.read_text())
+    return HeldOutDocs(m["ids"], np.asarray(m["langs"]), np.asarray(m["n_tokens"]),
+                       np.stack([np.load(path[k]) for k in keys]))
 
 
 def sensitivity(work: Path, proxy: Path, pool: Path, args):

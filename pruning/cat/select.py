@@ -164,7 +164,8 @@ def run(cfg: SelectConfig, strict: bool = False) -> dict:
     if cfg.method == "dsir" and cfg.target is None:
         raise ConfigError("method dsir needs target: a sample of the text you want more of (JSONL or text)")
     ids, tokens, texts = _read_shard_set(shards, excluded, len(df), cfg, strict, counters)
-    if strict and any(v for k, v in counters.items() if k not in ("samples", "already_excluded")):
+    # Documents excluded by an earlier stage are expected (counted, not a problem); anything else is.
+    if strict and any(v for k, v in counters.items() if k not in ("samples", "already_excluded", "scored_but_excluded")):
         raise DataError(f"problems while reading {cfg.shards}: {dict(counters)}")
     readable = _check_coverage(df, ids, {p.name for p in shards}, strict, counters)
     df = df[readable].reset_index(drop=True)
