@@ -30,6 +30,7 @@ import numpy as np
 from scipy import stats
 
 BASELINE = "random"
+NULL_CONTROLS = ("random_alt",)  # bench/prune_eval.py --null-control
 
 
 @dataclass
@@ -204,7 +205,8 @@ def decide(valid: Comparison, test: Comparison) -> Decision:
     validation-best among methods whose corrected test interval beats random on the mean and the
     worst language; if none does, the validation-best with a caveat, or random if nothing beat
     random on validation either."""
-    ranked = sorted(valid.methods.values(), key=lambda c: c.mean.delta)
+    # Null controls (random under another name) calibrate the statistics; they are never a default.
+    ranked = sorted((c for c in valid.methods.values() if c.method not in NULL_CONTROLS), key=lambda c: c.mean.delta)
     best = ranked[0].method if ranked else None
     winners = [c.method for c in ranked if c.method in test.methods and test.methods[c.method].better_mean_and_worst]
     if winners:

@@ -99,3 +99,10 @@ def test_arms_must_be_paired_by_seed():
     w.nll["m"] = w.nll["m"][:2]
     with pytest.raises(ValueError, match="paired by seed"):
         compare(w, bootstrap=10)
+
+
+def test_the_null_control_is_never_the_default():
+    arms = {"random": {}, "random_alt": {"de": -0.3, "en": -0.3, "ja": -0.3}, "m": {"de": 0.1}}
+    d = decide(compare(_world(np.random.default_rng(10), arms), bootstrap=200),
+               compare(_world(np.random.default_rng(11), arms), bootstrap=200))
+    assert d.default == "random" and "random_alt" not in d.winners_on_test
