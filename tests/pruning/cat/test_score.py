@@ -173,6 +173,7 @@ def test_windows_with_context_score_every_token_once():
         windows(10, 64, 64)
 
 
+@pytest.mark.slow
 def test_heldout_evaluation_uses_the_trainer_step_and_context_changes_only_long_documents(run_dir, tiny_shards,
                                                                                            spm_model):
     from glotta.pruning.cat.heldout import evaluate
