@@ -21,7 +21,11 @@ def select_(
     shards: Annotated[Optional[Path], typer.Option(help="The shard set the scores were computed on.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder.")] = None,
     method: Annotated[Optional[str], typer.Option(help="cat, std, mean_abs_change, drop, nll_var, cv, rank_change, "
-                                                       "zscore; baselines random, ppl_low, ppl_mid, ppl_high, length.")] = None,
+                                                       "zscore; baselines random, ppl_low, ppl_mid, ppl_high, length, "
+                                                       "early_loss, dsir (needs --target).")] = None,
+    target: Annotated[Optional[Path], typer.Option(help="method=dsir: sample of the text to select toward "
+                                                        "(JSONL text[, lang] or plain text).")] = None,
+    dedup: Annotated[Optional[str], typer.Option(help="Pre-step: none, exact or near (MinHash) duplicate removal.")] = None,
     keep: Annotated[Optional[float], typer.Option(help="Fraction to keep, in (0, 1].")] = None,
     unit: Annotated[Optional[str], typer.Option(help="Budget unit: tokens or docs.")] = None,
     scope: Annotated[Optional[str], typer.Option(help="language (rank within each language) or global.")] = None,
@@ -47,8 +51,8 @@ def select_(
     overrides = cli_overrides(
         sets, scores=[str(s) for s in scores] if scores else None, shards=shards, out_dir=out_dir, method=method,
         seed=seed, exclude=[str(e) for e in exclude] if exclude else None, tokenizer=tokenizer,
-        materialize=materialize,
-        **{"selection.fraction": keep, "selection.unit": unit, "selection.scope": scope,
+        materialize=materialize, target=target,
+        **{"dedup.mode": dedup, "selection.fraction": keep, "selection.unit": unit, "selection.scope": scope,
            "selection.allocation": allocation, "selection.floor": floor, "selection.cap": cap,
            "mlflow.tracking_uri": mlflow_uri, "mlflow.run_id": mlflow_run, "mlflow.enabled": mlflow},
     )
@@ -71,6 +75,8 @@ def select_(
                 f"{'language' if sel['scope'] == 'language' else 'corpus'}", rows)
     print_counters("counters", {k: v for k, v in result["counters"].items() if v})
     print(f"kept {result['kept_frac_tokens']:.1%} of tokens; exclude list: {result['exclude']}")
+    if result.get("budget_unmet"):
+        print(f"budget NOT met for: {', '.join(result['budget_unmet'])} (see report.json, langs[].unmet)")
     if result.get("materialized"):
         print(f"pruned shards: {result['materialized']['dir']} ({result['materialized']['docs']} docs)")
     if result.get("mlflow"):

@@ -3,7 +3,8 @@
 Work split: shard i goes to data-parallel group i % DP; the TP and PP ranks of a group read the
 same shard and build identical micro-batches (no broadcast needed). A document is scored as
 `[EOD] + ids` -> `ids + [EOD]` (EOD = the tokenizer's EOS id, the loader's document end) in
-windows of `seq_len` tokens with no context carried between windows; windows are packed into rows
+windows of `seq_len` tokens (restarting with no context, or with `context` tokens of the document's
+past carried into each later window, scored once); windows are packed into rows
 with a document mask and positions restarting at each window, so documents never see each other.
 Per document: n_tokens (tokens predicted), n_bytes (UTF-8 text), token-mean NLL per checkpoint.
 
@@ -53,6 +54,9 @@ class ScoreConfig(StrictModel):
     exclude: list[Path] = Field(default_factory=list)
     tokenizer: Path | None = None  # default: the run's data.tokenizer
     seq_len: int | None = Field(None, gt=1)  # default: the model's seq_length
+    # Long documents: tokens of a document's past carried into each window after the first
+    # (scored once, never twice). 0 = windows restart with no context (ties the score to length).
+    context: int = Field(0, ge=0)
     micro_batch_size: int = Field(16, gt=0)  # rows of seq_len per forward
     microbatches_per_call: int = Field(4, gt=0)  # micro-batches per pipeline schedule call (fills PP stages)
     parallel: ParallelConfig = ParallelConfig()
@@ -100,57 +104,73 @@ class Rows:
     doc_of: np.ndarray  # [R, S] document index per token (-1 on padding)
 
 
-def pack(ids: list[list[int]], eod: int, pad: int, seq_len: int) -> Rows:
+def windows(n: int, seq_len: int, context: int) -> list[tuple[int, int, int]]:
+    """(start, end, first scored position) of each window over a document of n input tokens.
+    context = 0: back-to-back windows that restart with no context. context = c: every window after
+    the first starts c tokens early, and those c tokens are context only (not scored again), so
+    every token is scored exactly once and, past the first window, with c tokens of its past."""
+    if not 0 <= context < seq_len:
+        raise ValueError(f"context ({context}) must be in [0, seq_len={seq_len})")
+    out, pos = [], 0
+    while pos < n:
+        lo = max(0, pos - context)
+        hi = min(n, lo + seq_len)
+        out.append((lo, hi, pos))
+        pos = hi
+    return out
+
+
+def pack(ids: list[list[int]], eod: int, pad: int, seq_len: int, context: int = 0) -> Rows:
     """Windows in document order, placed greedily: a window goes into the current row when it fits."""
-    rows: list[list[tuple[int, np.ndarray, np.ndarray]]] = []
+    rows: list[list[tuple[int, np.ndarray, np.ndarray, int]]] = []
     free = 0
     for d, x in enumerate(ids):
         inp = np.asarray([eod] + list(x), np.int64)
         tgt = np.asarray(list(x) + [eod], np.int64)
-        for a in range(0, len(inp), seq_len):
-            w_in, w_tgt = inp[a : a + seq_len], tgt[a : a + seq_len]
+        for lo, hi, scored in windows(len(inp), seq_len, context):
+            w_in, w_tgt = inp[lo:hi], tgt[lo:hi]
             if len(w_in) > free:
                 rows.append([])
                 free = seq_len
-            rows[-1].append((d, w_in, w_tgt))
+            rows[-1].append((d, w_in, w_tgt, scored - lo))
             free -= len(w_in)
     r = len(rows)
     out = Rows(*(np.full((r, seq_len), v, np.int64) for v in (pad, pad, 0, 0)), np.zeros((r, seq_len), np.float32),
                np.full((r, seq_len), -1, np.int64))
     for i, row in enumerate(rows):
         at = 0
-        for j, (d, w_in, w_tgt) in enumerate(row):
+        for j, (d, w_in, w_tgt, skip) in enumerate(row):
             n = len(w_in)
             sl = slice(at, at + n)
             out.tokens[i, sl], out.labels[i, sl] = w_in, w_tgt
             out.position_ids[i, sl] = np.arange(n)
             out.segments[i, sl] = j
-            out.loss_mask[i, sl] = 1.0
+            out.loss_mask[i, at + skip : at + n] = 1.0  # context tokens are seen, not scored
             out.doc_of[i, sl] = d
             at += n
         out.segments[i, at:] = len(row)  # padding: one more segment, masked out of the loss
     return out
 
 
-# ---- forward ------------------------------------------------------------------------------------
-def _forward_step(device, data_iterator, model):
-    from glotta.train.attention import document_mask
-
-    b = next(data_iterator)
-    tokens, labels, pos, seg, mask = (torch.as_tensor(v).to(device) for v in b)
-    out = model(tokens, pos, document_mask(seg), labels=labels)
-    return out, partial(_loss, mask)
-
-
-def _loss(mask, output):
-    losses = output.float()
-    total = (losses * mask).sum()
-    return total, mask.sum().to(torch.int), {"losses": losses.detach().cpu()}
+# ---- forward: the trainer's own forward_step / loss_func ------------------------------------------
+def _loader_batch(tokens, labels, position_ids, segments, loss_mask) -> dict:
+    """Rows -> the loader's batch contract (what `glotta.train.step.get_batch` reads). `lang_ids`
+    is the token's slot in the micro-batch, so the trainer's per-language loss sums in
+    `loss_func` come back as per-token losses (one "language" per slot)."""
+    b, s = tokens.shape
+    flat = (segments + np.arange(b)[:, None] * (s + 1)).reshape(-1)  # segment ids unique across rows
+    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+    return {"tokens": tokens, "labels": labels, "position_ids": position_ids, "loss_mask": loss_mask,
+            "cu_seqlens": np.r_[starts, b * s].astype(np.int64),
+            "lang_ids": np.arange(b * s, dtype=np.int64).reshape(b, s)}
 
 
 def score_rows(model, rows: Rows, cfg: ScoreConfig, seq_len: int, device) -> np.ndarray | None:
-    """Per-token losses [R, S] on the last pipeline stage (None elsewhere)."""
+    """Per-token losses [R, S] on the last pipeline stage (None elsewhere), through megatron's
+    pipeline schedule with the trainer's `forward_step` and `loss_func` (forward_only)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from glotta.train.step import forward_step
 
     b = cfg.micro_batch_size
     n = len(rows.tokens)
@@ -158,15 +178,16 @@ def score_rows(model, rows: Rows, cfg: ScoreConfig, seq_len: int, device) -> np.
     arrays = [rows.tokens, rows.labels, rows.position_ids, rows.segments, rows.loss_mask]
     if pad_rows:  # fixed [B, S] micro-batches (pipeline p2p shapes); extra rows are all padding
         arrays = [np.concatenate([a, np.zeros((pad_rows, seq_len), a.dtype)]) for a in arrays]
-    mbs = [tuple(a[i : i + b] for a in arrays) for i in range(0, n + pad_rows, b)]
+    mbs = [_loader_batch(*(a[i : i + b] for a in arrays)) for i in range(0, n + pad_rows, b)]
     fwd = get_forward_backward_func()
+    step = partial(forward_step, (b, seq_len), device, b * seq_len, None)
     out = []
     with torch.no_grad():
         for i in range(0, len(mbs), cfg.microbatches_per_call):
             chunk = mbs[i : i + cfg.microbatches_per_call]
-            reports = fwd(forward_step_func=partial(_forward_step, device), data_iterator=iter(chunk), model=model,
+            reports = fwd(forward_step_func=step, data_iterator=iter(chunk), model=model,
                           num_microbatches=len(chunk), seq_length=seq_len, micro_batch_size=b, forward_only=True)
-            out += [r["losses"] for r in reports]
+            out += [r["lang"][: b * seq_len].detach().cpu().reshape(b, seq_len) for r in reports]
     if not out:
         return None
     return torch.cat(out).double().numpy()[:n]
@@ -178,17 +199,18 @@ def doc_nll_sums(rows: Rows, losses: np.ndarray, n_docs: int) -> np.ndarray:
 
 
 # ---- the job ------------------------------------------------------------------------------------
-def _state(cs: CheckpointSet, seq_len: int) -> dict:
+def _state(cs: CheckpointSet, seq_len: int, context: int = 0) -> dict:
     return {"version": 1, "run_id": cs.run_id, "checkpoint_steps": cs.steps, "tokenizer_sha256": cs.tokenizer_sha256,
-            "seq_len": seq_len, "checkpoints": [str(c.path) for c in cs.checkpoints], "mlflow_uri": cs.mlflow_uri}
+            "seq_len": seq_len, "context": context, "checkpoints": [str(c.path) for c in cs.checkpoints],
+            "mlflow_uri": cs.mlflow_uri}
 
 
 def _check_out_dir(out: Path, state: dict) -> None:
     p = out / STATE
     if p.is_file():
         old = json.loads(p.read_text())
-        keys = ("run_id", "checkpoint_steps", "tokenizer_sha256", "seq_len")
-        diff = [k for k in keys if old.get(k) != state[k]]
+        keys = ("run_id", "checkpoint_steps", "tokenizer_sha256", "seq_len", "context")
+        diff = [k for k in keys if old.get(k, 0 if k == "context" else None) != state[k]]
         if diff:
             raise DataError(f"{out} holds scores of other inputs ({', '.join(f'{k}: {old.get(k)}' for k in diff)}); "
                             "use another --out")
@@ -220,13 +242,17 @@ def run(cfg: ScoreConfig, strict: bool = False) -> dict:
     seq_len = cfg.seq_len or model_cfg.seq_length
     shards = list_shards(cfg.shards)
     excluded = read_exclude(cfg.exclude)
-    state = _state(cs, seq_len)
+    state = _state(cs, seq_len, cfg.context)
     _check_out_dir(cfg.out_dir, state)
     sp = spm.SentencePieceProcessor(model_file=str(cs.tokenizer))
     eod = sp.eos_id()
     if eod < 0:
         raise DataError(f"{cs.tokenizer}: no EOS piece; the loader and the scorer use it as end of document")
     pad = sp.pad_id() if sp.pad_id() >= 0 else eod
+    if cfg.context >= seq_len:
+        from glotta.errors import ConfigError
+
+        raise ConfigError(f"context ({cfg.context}) must be below seq_len ({seq_len})")
     if seq_len > model_cfg.seq_length and model_cfg.position_embedding == "learned_absolute":
         from glotta.errors import ConfigError
 
@@ -266,7 +292,7 @@ def run(cfg: ScoreConfig, strict: bool = False) -> dict:
                     if path.name not in counted:  # a shard is re-read for each checkpoint: count it once
                         counted.add(path.name)
                         counters.update(c)
-                    cache = {path.name: (docs, pack(docs.ids, eod, pad, seq_len))}  # one shard in memory
+                    cache = {path.name: (docs, pack(docs.ids, eod, pad, seq_len, cfg.context))}  # one shard in memory
                 docs, rows = cache[path.name]
                 losses = score_rows(model, rows, cfg, seq_len, dims.device)
                 tokens += int(rows.loss_mask.sum())
@@ -343,7 +369,8 @@ def _finish_shard(out: Path, path: Path, sp, excluded, state, cs: CheckpointSet,
             raise DataError(f"{p}: {len(sums)} documents, {path} now has {len(docs.keys)} (shard changed mid-job?)")
         cols[nll_column(k + 1)] = sums / n_tokens
     meta = ScoresMeta(state["run_id"], state["tokenizer_sha256"], state["checkpoint_steps"], state["seq_len"],
-                      extra={"checkpoints": state["checkpoints"], "mlflow_uri": state["mlflow_uri"]})
+                      extra={"checkpoints": state["checkpoints"], "mlflow_uri": state["mlflow_uri"],
+                             "context": state["context"]})
     write_scores(final_path(out, path.name), cols, meta)
     shutil.rmtree(out / PARTS / path.name, ignore_errors=True)
     return 1

@@ -29,7 +29,8 @@ from glotta.data.exclude import read_exclude
 from glotta.data.shards import ShardWriter, iter_samples, list_shards
 from glotta.errors import ConfigError, DataError
 from glotta.pruning.cat import report, statistics
-from glotta.pruning.cat.selection import SelectionConfig, select
+from glotta.pruning.cat.dedup import DedupConfig, find_duplicates
+from glotta.pruning.cat.selection import SelectionConfig, select, unmet_languages
 from glotta.pruning.cat.table import nll_matrix, read_meta, read_scores
 from glotta.pruning.cat.tracking import MlflowConfig, log_run
 from glotta.progress import track
@@ -46,6 +47,9 @@ class SelectConfig(StrictModel):
     seed: int = 0  # for method=random
     checkpoint: int = -1  # for ppl_* baselines: 1-based checkpoint, -1 = last
     length_buckets: int = Field(4, ge=1)  # for method=zscore
+    target: Path | None = None  # for method=dsir: target sample (JSONL text[, lang], or blank-line-separated text)
+    dsir_buckets: int = Field(10_000, gt=0)
+    dedup: DedupConfig = DedupConfig()  # pre-step: exact / near duplicates are never kept
     exclude: list[Path] = Field(default_factory=list, description="exclude lists already applied (consent, ...)")
     tokenizer: Path | None = None  # must match the table's tokenizer; enables type/token and rare-token stats
     run_id: str | None = None  # when set, the table must come from this training run
@@ -87,9 +91,14 @@ def _check_inputs(cfg: SelectConfig):
     return meta, shards
 
 
+def _needs_text(cfg: SelectConfig) -> bool:
+    return cfg.dedup.mode != "none" or cfg.method == "dsir"
+
+
 def _read_shard_set(shards: list[Path], excluded: set[str], n_scored: int, cfg: SelectConfig, strict: bool,
                     counters: Counter):
-    """Ids of every readable, not-excluded document, and token ids of a hash-chosen report sample."""
+    """Ids of every readable, not-excluded document, token ids of a hash-chosen report sample, and
+    the texts when a pre-step (dedup) or the method (dsir) needs them."""
     sp = None
     if cfg.tokenizer is not None and cfg.report_docs:
         import sentencepiece as spm
@@ -97,6 +106,7 @@ def _read_shard_set(shards: list[Path], excluded: set[str], n_scored: int, cfg: 
         sp = spm.SentencePieceProcessor(model_file=str(cfg.tokenizer))
     share = min(1.0, cfg.report_docs / max(n_scored, 1))
     ids: list[str] = []
+    texts: dict[str, str] = {}
     sample_ids, sample_texts = [], []
     for path in track(shards, "reading shard set"):
         for s in iter_samples(path, counters, strict=strict):
@@ -104,11 +114,13 @@ def _read_shard_set(shards: list[Path], excluded: set[str], n_scored: int, cfg: 
                 counters["already_excluded"] += 1
                 continue
             ids.append(s.id)
+            if _needs_text(cfg):
+                texts[s.id] = s.text
             if sp is not None and _unit_hash(s.id) < share:
                 sample_ids.append(s.id)
                 sample_texts.append(s.text)
     tokens = dict(zip(sample_ids, sp.encode(sample_texts))) if sp is not None and sample_texts else {}
-    return ids, tokens
+    return ids, tokens, texts
 
 
 def _unit_hash(s: str) -> float:
@@ -149,15 +161,40 @@ def run(cfg: SelectConfig, strict: bool = False) -> dict:
         gone = ((df["shard"] + "/" + df["key"]).isin(excluded) | df["shard"].isin(excluded)).to_numpy()
         counters["scored_but_excluded"] += int(gone.sum())
         df = df[~gone].reset_index(drop=True)
-    ids, tokens = _read_shard_set(shards, excluded, len(df), cfg, strict, counters)
-    if strict and any(v for k, v in counters.items() if k not in ("samples", "already_excluded")):
+    if cfg.method == "dsir" and cfg.target is None:
+        raise ConfigError("method dsir needs target: a sample of the text you want more of (JSONL or text)")
+    ids, tokens, texts = _read_shard_set(shards, excluded, len(df), cfg, strict, counters)
+    # Documents excluded by an earlier stage are expected (counted, not a problem); anything else is.
+    if strict and any(v for k, v in counters.items() if k not in ("samples", "already_excluded", "scored_but_excluded")):
         raise DataError(f"problems while reading {cfg.shards}: {dict(counters)}")
     readable = _check_coverage(df, ids, {p.name for p in shards}, strict, counters)
     df = df[readable].reset_index(drop=True)
     nll = nll_matrix(df, meta.k)
-    opt = statistics.Options(seed=cfg.seed, checkpoint=cfg.checkpoint, length_buckets=cfg.length_buckets)
+    row_ids = (df["shard"] + "/" + df["key"]).tolist()
+    log_w = None
+    if cfg.method == "dsir":
+        from glotta.pruning.cat.dsir import log_weights, read_target
+
+        log_w = log_weights([texts[i] for i in row_ids], df["lang"].tolist(), read_target(cfg.target), cfg.dsir_buckets)
+    opt = statistics.Options(seed=cfg.seed, checkpoint=cfg.checkpoint, length_buckets=cfg.length_buckets,
+                             dsir_log_weights=log_w)
     scores = statistics.score(cfg.method, df, nll, opt)
+    if cfg.dedup.mode != "none":  # pre-step: duplicates of an earlier document (shard order) are never kept
+        dup = find_duplicates([texts[i] for i in row_ids], cfg.dedup)
+        scores = np.where(dup.keep, scores, -np.inf)
+        counters["exact_duplicates"] += dup.exact
+        counters["near_duplicates"] += dup.near
     kept, per_lang = select(df, scores, cfg.selection)
+    unmet = unmet_languages(per_lang)
+    if unmet:
+        msg = (f"budget could not be met for {len(unmet)} language(s): "
+               + ", ".join(f"{r.lang} (short {r.unmet:,.0f} {cfg.selection.unit})"
+                           for r in per_lang[per_lang["unmet"] > 0].itertuples()))
+        if strict:
+            raise DataError(msg)
+        log.warning("%s", msg)
+    counters["languages_budget_unmet"] = len(unmet)
+    counters["not_selectable"] = int((scores == -np.inf).sum())
     counters["docs"] = len(df)
     counters["kept"] = int(kept.sum())
     counters["dropped"] = int((~kept).sum())
@@ -186,6 +223,7 @@ def run(cfg: SelectConfig, strict: bool = False) -> dict:
         "kept_tokens": int(df["n_tokens"][kept].sum()),
         "kept_frac_tokens": float(df["n_tokens"][kept].sum() / max(total_tokens, 1)),
         "langs": json.loads(per_lang.to_json(orient="records")),  # plain bool/int/float, not numpy
+        "budget_unmet": unmet,
         "text_stats": stats,
         "histograms": [str(p) for p in hists],
         "exclude": str(out / "exclude.txt"),

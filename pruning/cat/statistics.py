@@ -18,6 +18,12 @@ Baselines (need K >= 1):
   ppl_low / ppl_high  -NLL / NLL at one checkpoint (keep the easiest / hardest)
   ppl_mid          closeness to the language's median token mass, by NLL at one checkpoint
   length           n_tokens (keep the longest)
+  early_loss       NLL at the first (earliest) checkpoint, keep the highest: the loss-based
+                   member of the EL2N family (Paul et al. 2021 score early in training; true EL2N
+                   needs the output distribution, which the scores table does not keep)
+  dsir             DSIR importance resampling toward a target sample (glotta.pruning.cat.dsir):
+                   log importance weight + seeded Gumbel noise, so the top of the ranking is a
+                   weighted sample without replacement; needs `target` (select computes the weights)
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ class Options:
     seed: int = 0
     checkpoint: int = -1  # 1-based checkpoint for single-checkpoint baselines; -1 = last
     length_buckets: int = 4  # zscore cells per language, by n_tokens quantile
+    dsir_log_weights: np.ndarray | None = None  # per row of the table, for method=dsir
 
 
 def _ppl(nll: np.ndarray) -> np.ndarray:
@@ -131,6 +138,18 @@ def length(df, nll, opt):
     return df["n_tokens"].to_numpy(dtype=np.float64)
 
 
+def early_loss(df, nll, opt):
+    return nll[:, 0]
+
+
+def dsir(df, nll, opt):
+    from glotta.pruning.cat.dsir import gumbel
+
+    if opt.dsir_log_weights is None or len(opt.dsir_log_weights) != len(df):
+        raise ConfigError("method dsir: needs a target sample (prune_select target=FILE) to compute the weights")
+    return opt.dsir_log_weights + gumbel((df["shard"] + "/" + df["key"]).tolist(), opt.seed)
+
+
 def random(df, nll, opt):
     def u(shard: str, key: str) -> float:
         h = hashlib.blake2b(f"{opt.seed}\x00{shard}\x00{key}".encode(), digest_size=8).digest()
@@ -156,6 +175,8 @@ METHODS: dict[str, tuple[Method, int]] = {
     "ppl_mid": (ppl_mid, 1),
     "ppl_high": (ppl_high, 1),
     "length": (length, 0),
+    "early_loss": (early_loss, 1),
+    "dsir": (dsir, 0),
 }
 
 

@@ -153,3 +153,36 @@ def test_score_refuses_bad_input_before_starting(run_dir, tiny_shards, spm_model
     r = invoke("--checkpoints", ckpts, "--out", busy)
     assert r.exit_code == 2 and "holds scores of other inputs" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_windows_with_context_score_every_token_once():
+    from glotta.pruning.cat.score import windows
+
+    assert windows(151, 64, 0) == [(0, 64, 0), (64, 128, 64), (128, 151, 128)]
+    # 16 tokens of context: later windows start 16 early and score only their new tokens.
+    assert windows(151, 64, 16) == [(0, 64, 0), (48, 112, 64), (96, 151, 112)]
+    ids = [list(range(10, 160)), [5, 6, 7]]
+    rows = pack(ids, eod=2, pad=0, seq_len=64, context=16)
+    mask = rows.loss_mask > 0
+    for d, x in enumerate(ids):
+        assert rows.labels[mask & (rows.doc_of == d)].tolist() == x + [2]
+    # The context tokens are in the rows (attended to) but not scored.
+    assert (rows.doc_of == 0).sum() == 151 + 2 * 16
+    assert doc_nll_sums(rows, np.ones(rows.tokens.shape), 2).tolist() == [151, 4]
+    with pytest.raises(ValueError, match="context"):
+        windows(10, 64, 64)
+
+
+@pytest.mark.slow
+def test_heldout_evaluation_uses_the_trainer_step_and_context_changes_only_long_documents(run_dir, tiny_shards,
+                                                                                           spm_model):
+    from glotta.pruning.cat.heldout import evaluate
+
+    final = run_dir / "checkpoints" / "iter_0000004"
+    plain = evaluate([final], tiny_shards, spm_model, micro_batch_size=4)
+    carried = evaluate([final], tiny_shards, spm_model, micro_batch_size=4, context=32)
+    assert plain.nll.shape == (1, 30) and np.isfinite(plain.nll).all() and (plain.nll > 0).all()
+    short = plain.n_tokens <= 64
+    assert short.sum() >= 1 and (~short).sum() >= 10
+    assert np.allclose(plain.nll[0, short], carried.nll[0, short], atol=1e-5)
+    assert np.abs(plain.nll[0, ~short] - carried.nll[0, ~short]).max() > 1e-4
