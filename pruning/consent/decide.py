@@ -146,11 +146,13 @@ class ConsentFilter(DocFilter):
         for agent in self.policy.agents:
             st = robots.classify(agent)
             if st.status == "all":
-                d = Decision(False, "robots_full", agent=agent, rule=st.rule, **ev)
+                d = Decision(False, "robots_full", agent=agent, rule=st.rule, group=st.group_lines, **ev)
                 return _verdict(d, (), robots, tdm, d, tos, snap.date, snap.sha256)
             if st.ai_train == "no" and signal is None:
-                signal = Decision(False, "content_signal", agent=agent, rule=st.signal_rule, **ev)
-            if st.status == "some" and st.group not in groups:
+                signal = Decision(False, "content_signal", agent=agent, rule=st.signal_rule, group=st.group_lines, **ev)
+            # `?` rules do not count for the class but still bind: a `none` origin with
+            # `Disallow: /*?sort=` is matched per path like a `some` origin.
+            if (st.status == "some" or robots.needs_path_check(agent)) and st.group not in groups:
                 groups.add(st.group)
                 path_agents.append(agent)
         if signal is not None:
@@ -217,7 +219,8 @@ class ConsentFilter(DocFilter):
                 d = self._path_drops.get(key)
                 if d is None:
                     d = self._path_drops[key] = Decision(False, "robots_path", agent=agent, rule=rule,
-                                                         snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags)
+                                                         snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags,
+                                                         group=v.robots.group_evidence(agent))
                 return d
         has_doc = "html_meta" in meta or "http_headers" in meta or "headers" in meta  # SIGNAL_KEYS, unrolled
         if v.tdm is not None or has_doc:
@@ -258,5 +261,6 @@ def explain(store: SnapshotStore, url: str, date: str | None = None, cfg: Decide
             st = robots.classify(agent)
             out["agents"].append({"agent": agent, "group": st.group, "status": st.status, "detail": st.detail,
                                   "may_fetch": robots.can_fetch(path, agent), "ai_train": st.ai_train})
+            out["agents"][-1]["group_lines"] = st.group_lines
         out["robots_warnings"] = robots.warnings
     return out

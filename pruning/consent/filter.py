@@ -36,7 +36,7 @@ AUDIT_SCHEMA = pa.schema([
     ("reg_domain", pa.string()), ("lang", pa.string()), ("bytes", pa.int64()), ("crawl_date", pa.string()),
     ("decision", pa.string()), ("reason", pa.string()), ("agent", pa.string()), ("rule", pa.string()),
     ("snapshot_date", pa.string()), ("snapshot_sha256", pa.string()), ("flags", pa.string()),
-    ("policy", pa.string()), ("policy_version", pa.string()), ("as_of", pa.string()),
+    ("policy", pa.string()), ("policy_version", pa.string()), ("as_of", pa.string()), ("group", pa.string()),
 ])
 
 
@@ -121,7 +121,7 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
                     row = (s.shard, s.key, url if isinstance(url, str) else None, origin, reg, s.lang,
                            len(s.text.encode("utf-8")), crawl if isinstance(crawl, str) else None,
                            "keep" if d.keep else "drop", d.reason, d.agent, d.rule, d.snapshot, d.sha256,
-                           ",".join(d.flags), policy, version, as_of)
+                           ",".join(d.flags), policy, version, as_of, d.group)
                     for name, value in zip(AUDIT_SCHEMA.names, row):
                         cols[name].append(value)
                     if len(cols["key"]) >= 8192:

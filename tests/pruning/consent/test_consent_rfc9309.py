@@ -1,0 +1,82 @@
+"""RFC 9309 agent and group semantics: the real-world cases where prefix matching, cut tokens or
+run-splitting gave the wrong group (issue 11), and `?` rules enforced at the filter level."""
+from __future__ import annotations
+
+import pytest
+
+from glotta.data import Sample
+from glotta.pruning.consent import ConsentFilter, DecideConfig, Snapshot, SnapshotStore
+from glotta.pruning.consent.robots import Robots, normalise_agent
+
+# (name, robots.txt, [(agent, path, may fetch, group evidence)])
+CASES = [
+    ("product_token_is_exact", "User-agent: Applebot\nDisallow: /\n",
+     [("Applebot-Extended", "/", True, ""), ("Applebot", "/", False, "User-agent: Applebot (line 1)")]),
+    ("words_are_not_cut", "User-agent: Web Image Collector\nDisallow: /\n\nUser-agent: *\nDisallow: /tmp\n",
+     [("Webzio-Extended", "/", True, "User-agent: * (line 4)"), ("Webzio-Extended", "/tmp/1", False, None)]),
+    ("punctuation_is_not_cut", "User-agent: Go!Zilla\nDisallow: /\nUser-agent: Amazon.CloudFront\nDisallow: /\n",
+     [("Google-Extended", "/", True, ""), ("Amazonbot", "/", True, ""), ("Go!Zilla", "/", False, None)]),
+    ("star_only_as_whole_token", "User-agent: *OrkashBot*\nDisallow: /\n\nUser-agent: *\nDisallow: /private\n",
+     [("GPTBot", "/", True, "User-agent: * (line 4)"), ("GPTBot", "/private/a", False, None)]),
+    ("version_dropped", "User-agent: GPTBot/1.0\nDisallow: /\nUser-agent: Brightbot 1.0\nDisallow: /\n",
+     [("GPTBot", "/", False, "User-agent: GPTBot/1.0 (line 1)"), ("Brightbot", "/", False, None)]),
+    ("crawl_delay_does_not_split_a_run", "User-agent: GPTBot\nCrawl-delay: 5\nUser-agent: CCBot\nDisallow: /\n",
+     [("GPTBot", "/", False, "User-agent: GPTBot (line 1)"), ("CCBot", "/", False, "User-agent: CCBot (line 3)")]),
+    ("unknown_line_does_not_split_a_run", "User-agent: GPTBot\nX-Foo: bar\nContent-Signal: search=yes\n"
+     "User-agent: ClaudeBot\nDisallow: /\n", [("GPTBot", "/", False, None), ("ClaudeBot", "/", False, None)]),
+    ("blank_line_does_not_split_a_run", "User-agent: GPTBot\n\nUser-agent: *\nDisallow: /\n",
+     [("GPTBot", "/", False, "User-agent: GPTBot (line 1)")]),
+    ("own_group_without_rules_no_fallback", "User-agent: GPTBot\nAllow: /\n\nUser-agent: *\nDisallow: /\n",
+     [("GPTBot", "/", True, "User-agent: GPTBot (line 1)"), ("CCBot", "/", False, "User-agent: * (line 4)")]),
+    ("named_with_empty_disallow", "User-agent: GPTBot\nDisallow:\n\nUser-agent: *\nDisallow: /\n",
+     [("GPTBot", "/page", True, "User-agent: GPTBot (line 1)")]),
+    ("case_insensitive_and_merged", "user-agent: gptbot\nDisallow: /a\n\nUSER-AGENT: GPTBOT\nDisallow: /b\n",
+     [("GPTBot", "/a", False, "User-agent: gptbot (lines 1, 4)"), ("GPTBot", "/b", False, None), ("GPTBot", "/c", True, None)]),
+    ("rules_before_any_agent_apply_to_none", "Disallow: /\nUser-agent: *\nDisallow: /x\n",
+     [("GPTBot", "/", True, None), ("GPTBot", "/x", False, None)]),
+]
+
+
+@pytest.mark.parametrize("name,text,checks", CASES, ids=[c[0] for c in CASES])
+def test_group_selection(name, text, checks):
+    robots = Robots.parse(text.encode())
+    for agent, path, allowed, group in checks:
+        assert robots.can_fetch(path, agent) is allowed, (name, agent, path)
+        assert robots.path_decision(path, agent)[0] is allowed, (name, agent, path)
+        if group is not None:
+            assert robots.group_evidence(agent) == group, (name, agent)
+
+
+def test_normalise_agent():
+    assert normalise_agent(" GPTBot/1.0 ") == "gptbot"
+    assert normalise_agent("Mozilla/5.0 (compatible; X)") == "mozilla"
+    assert normalise_agent("* # everyone") == "*" and normalise_agent("*") == "*"
+    assert normalise_agent("*OrkashBot*") == "*orkashbot*"
+    assert normalise_agent("Web Image Collector") == "web image collector"
+    assert normalise_agent("Brightbot 1.0") == "brightbot"
+
+
+def _doc(url):
+    return Sample("k", "text", {"url": url, "lang": "en", "crawl_date": "2024-06-01"}, "s.tar")
+
+
+def test_query_rules_bind_for_none_origins():
+    """The paper ignores `?` rules for the class (`none` here), but the document must still be matched."""
+    body = "User-agent: *\nDisallow: /*?sort=\nDisallow: /?\n"
+    assert Robots.parse(body.encode()).classify("GPTBot").status == "none"
+    store = SnapshotStore([Snapshot("https://shop.example", "2024-01-01", 200, body, "sha", "test")])
+    f = ConsentFilter(store, DecideConfig(agents="GPTBot"))
+    d = f(_doc("https://shop.example/list?sort=price"))
+    assert not d.keep and d.reason == "robots_path" and d.rule == "Disallow: /*?sort= (line 2)"
+    assert d.group == "User-agent: * (line 1)"
+    assert f(_doc("https://shop.example/list?page=2")).keep
+    assert not f(_doc("https://shop.example/?q=1")).keep
+    assert f(_doc("https://shop.example/")).keep
+
+
+def test_audit_names_the_group_of_a_full_block():
+    body = "User-agent: *\nAllow: /\n\nUser-agent: CCBot\nUser-agent: GPTBot\nDisallow: /\n"
+    store = SnapshotStore([Snapshot("https://news.example", "2024-01-01", 200, body, "sha", "test")])
+    d = ConsentFilter(store)(_doc("https://news.example/a"))
+    assert not d.keep and d.reason == "robots_full" and d.rule == "Disallow: / (line 6)"
+    assert d.group in ("User-agent: CCBot (line 4)", "User-agent: GPTBot (line 5)")
