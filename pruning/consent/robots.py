@@ -5,8 +5,8 @@ Applebot-Extended); rule matching inside a group (longest match, `*`/`$`) is pro
   * a group is a run of `User-agent` lines followed by rules; only Allow/Disallow lines end a
     run (RFC 9309 2.2, Google's parser): Crawl-delay, Sitemap, Content-Signal or unknown lines
     between two `User-agent` lines do not split it;
-  * the product token matches the agent exactly, case-insensitively; only a trailing version
-    (`GPTBot/1.0`, `Brightbot 1.0`) and spaces are dropped; `*` is the whole token only;
+  * the product token (the leading `[A-Za-z0-9_-]` run of the value: `GPTBot/1.0` -> GPTBot)
+    matches the agent exactly, case-insensitively, never as a prefix; `*` is the whole token only;
   * an agent named by no group takes the `*` group (all `*` groups merge, as do all groups of
     one agent); an agent named by a group without rules is allowed everything;
   * per-agent classification none / some / all with the paper's sub-classes, where
@@ -53,18 +53,19 @@ TRIVIAL_ALLOWS = {"/ads.txt", "/app-ads.txt", "/sellers.json", "/robots.txt", "/
 IMPORTANT_DIRS = ("/admin", "/private", "/confidential")  # the paper's "important directories"
 
 USAGE_FIELD = "content-usage"  # IETF AIPREF (draft-ietf-aipref-attach): `Content-Usage: train-ai=n`
-_VERSION = re.compile(r"\s+v?\d[\w.]*$")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def normalise_agent(value: str) -> str:
-    """The product token of a `User-agent` value, lowercased: `GPTBot/1.0` -> `gptbot`,
-    `Brightbot 1.0` -> `brightbot`, `*` -> `*`, `*OrkashBot*` -> `*orkashbot*` (matches no agent),
-    `Web Image Collector` -> `web image collector` (matches no agent but itself)."""
+    """The product token of a `User-agent` value, lowercased, read as Google's reference parser
+    reads it: the leading run of `[A-Za-z0-9_-]` (RFC 9309 2.2.1 allows letters, `_` and `-`; we
+    also keep digits, so `AI2Bot` and `img2dataset` are names, not `AI` and `img`). It is then
+    compared whole, never as a prefix: `GPTBot/1.0` -> `gptbot`, `Sogou web spider` -> `sogou`,
+    `Go!Zilla` -> `go` (not Google-Extended), `*OrkashBot*` -> '' (matches nobody), `*` -> `*`."""
     value = value.strip()
-    if value == STAR or (value[:1] == STAR and value[1:2].isspace()):  # `* # note`, `* extra`: Google reads `*`
+    if value == STAR or (value[:1] == STAR and value[1:2].isspace()):  # `* extra`: Google reads `*`
         return STAR
-    value = value.split("/", 1)[0].strip()  # RFC 9309 2.2.1: the product token, without its version
-    return _VERSION.sub("", value).lower()
+    return _TOKEN.match(value).group(0).lower()
 
 
 @dataclass
@@ -172,6 +173,10 @@ class Robots:
                 ended = True
                 if value:  # an empty Disallow allows everything: no rule
                     current.rules.append(("allow" if fld in ALLOW_FIELDS else "disallow", value, lineno))
+                    slash = value.rfind("/")
+                    if fld in ALLOW_FIELDS and slash >= 0 and value.startswith("/index.htm", slash):
+                        # Google's reading: allowing /dir/index.html allows the directory URL /dir/ too
+                        current.rules.append(("allow", value[: slash + 1] + "$", lineno))
             elif fld == SIGNAL_FIELD or fld == USAGE_FIELD:
                 if fld == USAGE_FIELD and value.startswith("/") and value.split(" ", 1)[0] not in ("/", "/*"):
                     self.warnings.append(f"line {lineno}: path-scoped Content-Usage not applied (decided per origin)")

