@@ -121,6 +121,12 @@ def filter_(
     rows = [{"counter": k, "value": v, "share": f"{v / total:.1%}"} for k, v in sorted(counters.items())]
     print_table(f"consent filter ({cfg.agents}, as of {cfg.as_of})" + (" - already complete" if res["skipped"] else ""),
                 rows, ["counter", "value", "share"])
+    # Documents decided without a usable URL or date are the ones an auditor asks about first.
+    no_url = sum(v for k, v in counters.items() if k.endswith(("no_url", "bad_scheme", "no_host", "bad_host")))
+    print(f"documents without a usable URL: {no_url:,} of {counters.get('total', 0):,} ({no_url / total:.2%}, "
+          f"--no-url {cfg.no_url}); unreadable crawl_date: {counters.get('flag_bad_crawl_date', 0):,}")
+    for name, docs in res.get("examples", {}).items():
+        print(f"  {name}: " + "; ".join(docs[:3]) + (" ..." if len(docs) > 3 else ""))
     if res.get("exclude"):
         print(f"exclude list: {res['exclude']}")
 

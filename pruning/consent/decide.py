@@ -20,13 +20,14 @@ Order of checks (the first drop wins, its reason code is recorded):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from glotta.config import StrictModel
 from glotta.pruning.consent.agents import AgentPolicy, resolve_policy
 from glotta.pruning.consent.base import Decision, DocFilter
+from glotta.pruning.consent.dates import parse_day
 from glotta.pruning.consent.robots import Robots
 from glotta.pruning.consent.signals import TOS_RESTRICTING, TdmRep, TosLabels, doc_noai, doc_tdm_reservation
 from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
@@ -99,6 +100,7 @@ class ConsentFilter(DocFilter):
         # ("https://Host:443", date) -> the Decision for any path, or the Verdict whose agents match paths
         self._fast: dict[tuple[str, str], Decision | Verdict] = {}
         self._path_drops: dict[tuple[int, str, str], Decision] = {}  # verdicts live as long as the filter
+        self._days: dict[str, str] = {}  # raw crawl_date -> YYYY-MM-DD or '' (unreadable)
         self._unknown = self._verdict_without_snapshot()
 
     # ---- per origin ---------------------------------------------------------------------
@@ -162,16 +164,32 @@ class ConsentFilter(DocFilter):
         return _verdict(None, tuple(path_agents), robots, tdm, keep, tos, snap.date, snap.sha256)
 
     # ---- per document -------------------------------------------------------------------
+    def _day(self, raw) -> str:
+        """crawl_date -> `YYYY-MM-DD`, '' when unreadable (see dates.py); memoised, bounded."""
+        day = parse_day(raw) or ""
+        if isinstance(raw, str):
+            if len(self._days) >= 1 << 20:
+                self._days.clear()
+            self._days[raw] = day
+        return day
+
     def decide(self, doc) -> Decision:
         meta = doc.meta
-        if self._crawl:  # fast path: "scheme://netloc" + crawl date -> a verdict valid for every path
-            url, date = meta.get("url"), meta.get("crawl_date")
-            if url.__class__ is str and date.__class__ is str and len(date) == 10:
+        raw = meta.get("crawl_date")
+        if raw is None:
+            day = None
+        else:
+            day = self._days.get(raw) if raw.__class__ is str else None
+            if day is None:
+                day = self._day(raw)
+        if self._crawl and day:  # fast path: "scheme://netloc" + crawl day -> a verdict valid for every path
+            url = meta.get("url")
+            if url.__class__ is str:
                 i = 8 if url.startswith("https://") else 7 if url.startswith("http://") else 0
                 if i:
                     m = _END.search(url, i)
                     j = m.start() if m else len(url)
-                    hit = self._fast.get((url[:j], date))
+                    hit = self._fast.get((url[:j], day))
                     if hit is not None:
                         if hit.__class__ is Decision:
                             if not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
@@ -183,29 +201,25 @@ class ConsentFilter(DocFilter):
         except BadURL as e:
             return Decision(self.cfg.no_url == "keep", e.reason, rule=str(e))
         as_of = self.cfg.as_of
-        if as_of == "crawl":  # the common case, inlined: two dict lookups for most documents
-            date = meta.get("crawl_date")
-            if date.__class__ is str and len(date) >= 10:
-                if len(date) > 10:
-                    date = date[:10]
-                v = self._by_date.get((origin, date)) or self.verdict(origin, date)
-                head = _head(meta["url"])
-                if head is not None and len(self._fast) < 1 << 22:
-                    self._fast[(head, date)] = v.fast if v.fast is not None else v
-                if v.fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
-                    return v.fast
-                return self._apply(v, path, meta)
+        if as_of == "crawl" and day:  # the common case: two dict lookups for most documents
+            v = self._by_date.get((origin, day)) or self.verdict(origin, day)
+            head = _head(meta["url"])
+            if head is not None and len(self._fast) < 1 << 22:
+                self._fast[(head, day)] = v.fast if v.fast is not None else v
+            if v.fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
+                return v.fast
+            return self._apply(v, path, meta)
         if as_of == "now":
             return self._apply(self.verdict(origin, None), path, meta)
-        date = meta.get("crawl_date")
-        date = date[:10] if isinstance(date, str) and len(date) >= 10 else None
-        d = self._apply(self.verdict(origin, date), path, meta)
+        d = self._apply(self.verdict(origin, day or None), path, meta)
         if as_of == "strictest" and d.keep:
             d2 = self._apply(self.verdict(origin, None), path, meta)
             if not d2.keep:
-                return d2
-        if date is None and d.keep:
-            return Decision(True, d.reason, d.agent, d.rule, d.snapshot, d.sha256, d.flags + ("no_crawl_date",))
+                d = d2
+        if day == "":  # unreadable crawl_date: decided on the latest capture, counted, never silent
+            return replace(d, flags=d.flags + ("bad_crawl_date",))
+        if day is None and d.keep:
+            return replace(d, flags=d.flags + ("no_crawl_date",))
         return d
 
     def _apply(self, v: Verdict, path: str, meta: dict) -> Decision:

@@ -97,6 +97,7 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
     rewriter = ShardWriter(out / "shards", prefix="consent", rank=rank, max_samples=cfg.shard_samples) if cfg.rewrite else None
     policy, version, as_of = filt.policy.name, filt.policy.version, cfg.as_of
     cols: dict[str, list] = {name: [] for name in AUDIT_SCHEMA.names}
+    examples: dict[str, list[str]] = {}  # counter -> the first documents it counted, named
     with pq.ParquetWriter(tmp_audit, AUDIT_SCHEMA, compression="zstd") as writer, open(tmp_excl, "w", encoding="utf-8") as excl:
 
         def flush() -> None:
@@ -111,6 +112,13 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
                     d = filt(s)
                     if cfg.strict and d.reason in URL_REASONS:
                         raise DataError(f"{s.id}: {d.rule or d.reason} (strict: every document needs an http(s) url)")
+                    if d.flags and "bad_crawl_date" in d.flags:
+                        if cfg.strict:
+                            raise DataError(f"{s.id}: crawl_date {s.meta.get('crawl_date')!r} is not ISO 8601, "
+                                            "RFC 2822, YYYYMMDD or a 14-digit Wayback timestamp (strict)")
+                        _example(examples, "bad_crawl_date", s.id, s.meta.get("crawl_date"))
+                    elif d.reason in URL_REASONS:
+                        _example(examples, d.reason, s.id, s.meta.get("url"))
                     url = s.meta.get("url")
                     try:
                         origin = split_url(url)[0]
@@ -145,9 +153,15 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
     atomic_write_text(stats_path, json.dumps({"rank": rank, "world_size": world_size, "fingerprint": fp, "run_id": run_id,
                                               "policy": policy, "policy_version": version,
                                               "config": json.loads(cfg.model_dump_json()),
-                                              "counters": dict(counters)}, indent=1) + "\n")
+                                              "counters": dict(counters), "examples": examples}, indent=1) + "\n")
     atomic_write_text(done, fp + "\n")
     return _finish(out, world_size, rank, counters, run_id, skipped=False)
+
+
+def _example(examples: dict[str, list[str]], counter: str, doc_id: str, value) -> None:
+    lst = examples.setdefault(counter, [])
+    if len(lst) < 20:
+        lst.append(f"{doc_id} {value!r}")
 
 
 def _finish(out: Path, world_size: int, rank: int, counters: Counter, run_id: str, skipped: bool) -> dict:
@@ -163,12 +177,16 @@ def _finish(out: Path, world_size: int, rank: int, counters: Counter, run_id: st
             return result
         stats.append(st)
     total = Counter()
+    examples: dict[str, list[str]] = {}
     for st in stats:
         total.update(st["counters"])
+        for k, v in st.get("examples", {}).items():
+            examples.setdefault(k, []).extend(v[: 20 - len(examples.get(k, []))])
     lines = []
     for r in range(world_size):
         lines.extend((out / "exclude" / f"part-{r:05d}.txt").read_text(encoding="utf-8").splitlines())
     atomic_write_text(out / "exclude.txt", "".join(line + "\n" for line in lines))
-    atomic_write_text(out / "summary.json", json.dumps({"world_size": world_size, "counters": dict(total)}, indent=1) + "\n")
-    result.update(merged=True, total=dict(total), exclude=str(out / "exclude.txt"))
+    atomic_write_text(out / "summary.json", json.dumps({"world_size": world_size, "counters": dict(total),
+                                                        "examples": examples}, indent=1) + "\n")
+    result.update(merged=True, total=dict(total), exclude=str(out / "exclude.txt"), examples=examples)
     return result

@@ -24,11 +24,11 @@ from typing import Literal
 from glotta.config import StrictModel
 
 from glotta.errors import ConfigError, DataError
+from glotta.pruning.consent.dates import parse_day
 from glotta.pruning.consent.robots import MAX_BYTES, Robots, sha256_text
 from glotta.pruning.consent.signals import TdmRep
 from glotta.pruning.consent.urls import BadURL, split_url
 
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 @dataclass
@@ -49,12 +49,9 @@ class Snapshot:
 
 
 def parse_date(value: object) -> str | None:
-    """'2024-03-01T12:00:00Z' -> '2024-03-01'; None when absent or unreadable."""
-    if isinstance(value, str):
-        m = _DATE.match(value.strip())
-        if m:
-            return m.group(0)
-    return None
+    """'2024-03-01T12:00:00Z', 'Fri, 01 Mar 2024 12:00:00 GMT', '20240301', '20240301120000' ->
+    '2024-03-01'; None when absent or unreadable (dates.py lists the formats)."""
+    return parse_day(value)
 
 
 class SnapshotStore:
@@ -141,8 +138,8 @@ def import_files(files: list[Path], date: str | None = None, scheme: str = "http
     out = []
     for f in files:
         f = Path(f)
-        if f.parent.name and parse_date(f.stem) and f.stem == parse_date(f.stem):
-            host, day = f.parent.name, f.stem
+        if f.parent.name and parse_date(f.stem):  # <host>/2024-01-15.txt or <host>/20240115093000.txt
+            host, day = f.parent.name, parse_date(f.stem)
         else:
             host, day = f.stem, date
         if day is None:

@@ -81,3 +81,29 @@ def test_audit_names_the_group_of_a_full_block():
     d = ConsentFilter(store)(_doc("https://news.example/a"))
     assert not d.keep and d.reason == "robots_full" and d.rule == "Disallow: / (line 6)"
     assert d.group in ("User-agent: CCBot (line 4)", "User-agent: GPTBot (line 5)")
+
+
+@pytest.mark.parametrize("raw,day", [
+    ("2024-01-15", "2024-01-15"), ("2024-01-15T23:30:00-02:00", "2024-01-16"), ("2024-01-15 08:00:00", "2024-01-15"),
+    ("Mon, 15 Jan 2024 10:00:00 GMT", "2024-01-15"), ("20240115", "2024-01-15"), ("20240115093000", "2024-01-15"),
+    ("2024/01/15", None), ("15.01.2024", None), ("2024-02-30", None), ("1705312800", None), (20240115, None),
+])
+def test_crawl_dates(raw, day):
+    from glotta.pruning.consent.dates import parse_day
+    assert parse_day(raw) == day
+
+
+def test_crawl_date_formats_pick_the_capture_and_bad_ones_are_counted():
+    store = SnapshotStore([Snapshot("https://a.example", "2023-01-01", 200, "User-agent: *\nAllow: /\n", "s1", "t"),
+                           Snapshot("https://a.example", "2024-01-10", 200, "User-agent: GPTBot\nDisallow: /\n", "s2", "t")])
+    f = ConsentFilter(store, DecideConfig(agents="GPTBot"))
+
+    def doc(date):
+        return Sample("k", "t", {"url": "https://a.example/x", "crawl_date": date}, "s.tar")
+    for before in ("2023-06-01", "Thu, 01 Jun 2023 12:00:00 GMT", "20230601", "20230601120000"):
+        assert f(doc(before)).keep, before  # the 2023 capture decides
+    for after in ("2024-01-15", "Mon, 15 Jan 2024 10:00:00 GMT", "20240115", "20240115093000"):
+        assert not f(doc(after)).keep, after  # the 2024 capture decides
+    d = f(doc("2023/06/01"))  # not a format we read: the latest capture, flagged and counted
+    assert "bad_crawl_date" in d.flags and not d.keep
+    assert f.counters["flag_bad_crawl_date"] == 1
