@@ -70,16 +70,25 @@ def fetch_(
     date: Annotated[Str, typer.Option(help="Capture date to record (default: today, UTC).")] = None,
     tdmrep: Annotated[Optional[bool], typer.Option("--tdmrep/--no-tdmrep", help="Also fetch /.well-known/tdmrep.json.")] = None,
     refetch: Annotated[Optional[bool], typer.Option("--refetch", help="Fetch origins already captured on --date.")] = None,
+    origins: Annotated[PathOpt, typer.Option("--origins", help="Instead of shards: a file of origins/URLs, one a line.")] = None,
+    retries: Annotated[Optional[int], typer.Option(help="Retries after 5xx/429/no answer (default 3).")] = None,
+    on_failure: Annotated[Str, typer.Option("--on-failure", help="keep-previous | disallow | allow: "
+                                                                  "an origin failing after retries.")] = None,
+    bot_wall: Annotated[Str, typer.Option("--bot-wall", help="keep-previous | disallow | allow: a 403/429 answer.")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    strict: StrictOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Capture robots.txt (and tdmrep.json) for every origin of a shard set (RFC 9309 status rules)."""
+    """Capture robots.txt (and tdmrep.json) for every origin of a shard set (RFC 9309 status rules).
+
+    Streams each capture to the store as it completes; a killed run resumes where it stopped."""
     from glotta.pruning.consent.fetch import FetchConfig, run_fetch
     from glotta.pruning.consent.filter import rank_world
 
     overrides = cli_overrides(sets, shards=shards, store=store, concurrency=concurrency, timeout_s=timeout, date=date,
-                              tdmrep=tdmrep, refetch=refetch)
+                              tdmrep=tdmrep, refetch=refetch, origins=origins, retries=retries, on_failure=on_failure,
+                              bot_wall=bot_wall, strict=strict or None)
     cfg = load_config(FetchConfig, config, overrides, section="consent_fetch")
     set_quiet(json_out)
     res = run_fetch(cfg, *rank_world())

@@ -125,9 +125,9 @@ class ConsentFilter(DocFilter):
             d = Decision(True, "no_snapshot")
         return _verdict(d, (), None, None, d, None, "", "")
 
-    def _compile(self, snap: Snapshot, fallback: bool) -> Verdict:
+    def _compile(self, snap: Snapshot, fallback: str) -> Verdict:
         robots = self.store.robots(snap)
-        ev = {"snapshot": snap.date, "sha256": snap.sha256, "flags": ("asof_fallback",) if fallback else ()}
+        ev = {"snapshot": snap.date, "sha256": snap.sha256, "flags": (fallback,) if fallback else ()}
         tdm = self.store.tdmrep(snap)
         tos = None
         flags = ev["flags"]
@@ -139,10 +139,12 @@ class ConsentFilter(DocFilter):
                 flags = flags + ("tos_" + _slug(label),)
         if robots.kind == "unreachable":
             rule = f"HTTP {snap.status}" + (f" ({snap.error})" if snap.error else "")
-            d = Decision(False, "robots_unreachable", agent="*", rule=rule, **ev)
+            if snap.kind:
+                rule = f"{snap.kind} ({snap.policy}): {rule}"
+            d = Decision(False, "robots_bot_wall" if snap.kind == "bot_wall" else "robots_unreachable", agent="*", rule=rule, **ev)
             return _verdict(d, (), robots, tdm, d, tos, snap.date, snap.sha256)
         if robots.kind == "unavailable":
-            keep = Decision(True, "no_robots", rule=f"HTTP {snap.status}", snapshot=snap.date, sha256=snap.sha256, flags=flags)
+            keep = Decision(True, "no_robots", rule=f"{snap.kind} (allow): HTTP {snap.status}" if snap.kind else f"HTTP {snap.status}", snapshot=snap.date, sha256=snap.sha256, flags=flags)
             return _verdict(None, (), robots, tdm, keep, tos, snap.date, snap.sha256)
         path_agents, groups, signal = [], set(), None
         for agent in self.policy.agents:

@@ -42,6 +42,8 @@ class Snapshot:
     error: str = ""
     tdmrep_status: int = 0  # HTTP status of /.well-known/tdmrep.json (0: not fetched)
     tdmrep: str | None = None
+    kind: str = ""  # "" a capture | failed (5xx / no answer after retries) | bot_wall (403 / 429)
+    policy: str = ""  # for failed / bot_wall: keep-previous | disallow | allow (fetch --on-failure / --bot-wall)
 
     @property
     def id(self) -> str:
@@ -60,6 +62,7 @@ class SnapshotStore:
         self._dates: dict[str, list[str]] = {}
         self._robots: dict[str, Robots] = {}
         self._tdm: dict[str, TdmRep | None] = {}
+        self.torn_lines = 0
         for s in snapshots or []:
             self.add(s)
 
@@ -89,6 +92,9 @@ class SnapshotStore:
                 for n, line in enumerate(f, 1):
                     if not line.strip():
                         continue
+                    if not line.endswith("\n"):  # the torn last line of a killed fetch: it resumes from here
+                        store.torn_lines += 1
+                        continue
                     try:
                         store.add(Snapshot(**json.loads(line)))
                     except (json.JSONDecodeError, TypeError) as e:
@@ -104,24 +110,39 @@ class SnapshotStore:
                 f.write(json.dumps(asdict(s), ensure_ascii=False) + "\n")
 
     # ---- lookups ------------------------------------------------------------------------
-    def at(self, origin: str, date: str | None) -> tuple[Snapshot | None, bool]:
-        """Latest capture at or before `date` (None: the latest). Returns (snapshot, fallback)."""
+    def at(self, origin: str, date: str | None) -> tuple[Snapshot | None, str]:
+        """Latest capture at or before `date` (None: the latest). Returns (snapshot, flag): flag is
+        `asof_fallback` when the document predates every capture, `previous_capture` when a failed
+        or bot-walled capture with policy keep-previous gave way to the last good one (RFC 9309 2.4)."""
         lst = self.by_origin.get(origin)
         if not lst:
-            return None, False
+            return None, ""
         if date is None:
-            return lst[-1], False
-        i = bisect.bisect_right(self._dates[origin], date)
-        if i == 0:
-            return lst[0], True
-        return lst[i - 1], False
+            i, flag = len(lst), ""
+        else:
+            i = bisect.bisect_right(self._dates[origin], date)
+            flag = ""
+            if i == 0:
+                i, flag = 1, "asof_fallback"
+        snap = lst[i - 1]
+        if snap.kind and snap.policy == "keep-previous":
+            for j in range(i - 2, -1, -1):
+                if not lst[j].kind:
+                    return lst[j], "previous_capture"
+        return snap, flag
 
     def robots(self, snap: Snapshot) -> Robots:
         key = snap.id
         r = self._robots.get(key)
         if r is None:
-            body = snap.robots.encode("utf-8") if snap.robots is not None else None
-            r = self._robots[key] = Robots.from_http(snap.status, body)
+            if snap.kind and snap.policy == "allow":
+                r = Robots("unavailable", snap.status)  # the user chose: a failed fetch allows all
+            elif snap.kind:
+                r = Robots("unreachable", snap.status)  # disallow, or keep-previous with nothing before it
+            else:
+                body = snap.robots.encode("utf-8") if snap.robots is not None else None
+                r = Robots.from_http(snap.status, body)
+            self._robots[key] = r
         return r
 
     def tdmrep(self, snap: Snapshot) -> TdmRep | None:
