@@ -43,6 +43,7 @@ class DecideConfig(StrictModel):
     tos_labels: Path | None = None  # CSV domain,label or JSON {domain: label}
     unknown_host: Literal["keep", "drop"] = "keep"  # an origin with no snapshot at all
     no_url: Literal["keep", "drop"] = "drop"  # documents whose url is missing or not http(s)
+    cache_origins: int = 200_000  # (origin, date) verdicts kept; all caches are cleared past it
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,11 @@ class ConsentFilter(DocFilter):
         key = (origin, date)
         v = self._by_date.get(key)
         if v is None:
+            if len(self._by_date) >= self.cfg.cache_origins:  # bounded memory: start over (cheap, rare)
+                self._by_date.clear()
+                self._by_snap.clear()
+                self._fast.clear()
+                self._path_drops.clear()
             snap, fallback = self.store.at(origin, date)
             if snap is None:
                 v = self._unknown
@@ -206,7 +212,7 @@ class ConsentFilter(DocFilter):
         if as_of == "crawl" and day:  # the common case: two dict lookups for most documents
             v = self._by_date.get((origin, day)) or self.verdict(origin, day)
             head = _head(meta["url"])
-            if head is not None and len(self._fast) < 1 << 22:
+            if head is not None and len(self._fast) < 4 * self.cfg.cache_origins:
                 self._fast[(head, day)] = v.fast if v.fast is not None else v
             if v.fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
                 return v.fast

@@ -53,7 +53,7 @@ from glotta.progress import progress_bar
 from glotta.pruning.consent.dates import parse_day
 from glotta.pruning.consent.robots import MAX_BYTES, sha256_text
 from glotta.pruning.consent.snapshots import Snapshot, today
-from glotta.pruning.consent.urls import BadURL, split_url
+from glotta.pruning.consent.urls import BadURL, owner, split_url
 
 REDIRECTS = {301, 302, 303, 307, 308}
 RETRY = {500, 502, 503, 504}
@@ -314,11 +314,6 @@ def fetch_origins(origins: list[str], cfg: FetchConfig | None = None) -> tuple[l
 
 
 # ---- which origins a rank fetches ----------------------------------------------------------
-def owner(origin: str, world_size: int) -> int:
-    """Stable owner rank of an origin (never Python's hash())."""
-    return int.from_bytes(hashlib.blake2b(origin.encode(), digest_size=8).digest(), "big") % world_size
-
-
 def _origin_of(line: str) -> str | None:
     line = line.strip()
     if not line or line.startswith("#"):

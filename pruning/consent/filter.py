@@ -26,7 +26,8 @@ from glotta.data.shards import ShardWriter, iter_samples, list_shards
 from glotta.errors import ConfigError, DataError
 from glotta.progress import track
 from glotta.pruning.consent.decide import ConsentFilter, DecideConfig
-from glotta.pruning.consent.snapshots import SnapshotStore, store_fingerprint
+from glotta.pruning.consent.snapshots import store_fingerprint
+from glotta.pruning.consent.store_index import open_store
 from glotta.pruning.consent.urls import BadURL, registrable_domain, split_url
 
 URL_REASONS = {"no_url", "bad_scheme", "no_host", "bad_host"}
@@ -47,6 +48,8 @@ class FilterConfig(DecideConfig):
     rewrite: bool = False  # also write the kept documents as a new shard set under out/shards
     strict: bool = False  # a document without a usable url, or a corrupt shard, is an error
     shard_samples: int = 10_000  # samples per rewritten shard
+    index: bool = True  # load the store through its origin-hash Parquet index (built by rank 0 if stale)
+    max_buckets: int = 64  # index buckets a rank keeps loaded
 
 
 def rank_world() -> tuple[int, int]:
@@ -77,7 +80,7 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
         rank, world_size = rank_world()
     shards = list_shards(cfg.shards)
     mine = shards[rank::world_size]
-    store = SnapshotStore.load(cfg.store)
+    store = open_store(cfg.store, rank, world_size, lazy=cfg.index, max_buckets=cfg.max_buckets)
     filt = ConsentFilter(store, cfg)
     out = Path(cfg.out)
     for d in ("audit", "exclude", "stats", "completions"):
@@ -150,6 +153,10 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
         save_part(out / "shards", rank, world_size, {"complete": True, "shards": [asdict(i) for i in rewriter.written]})
         merge_parts(out / "shards", world_size, {"source": str(cfg.shards), "stage": "consent filter", "policy": policy})
     counters = filt.counters + Counter({f"read_{k}": v for k, v in read.items() if k != "samples"})
+    if getattr(store, "bucket_loads", 0):
+        counters["store_bucket_loads"] = store.bucket_loads
+    if store.torn_lines:
+        counters["store_torn_lines"] = store.torn_lines
     atomic_write_text(stats_path, json.dumps({"rank": rank, "world_size": world_size, "fingerprint": fp, "run_id": run_id,
                                               "policy": policy, "policy_version": version,
                                               "config": json.loads(cfg.model_dump_json()),

@@ -63,6 +63,7 @@ class SnapshotStore:
         self._robots: dict[str, Robots] = {}
         self._tdm: dict[str, TdmRep | None] = {}
         self.torn_lines = 0
+        self.max_cached = 16384  # parsed robots.txt / tdmrep.json kept (~38 KiB each at most)
         for s in snapshots or []:
             self.add(s)
 
@@ -142,12 +143,16 @@ class SnapshotStore:
             else:
                 body = snap.robots.encode("utf-8") if snap.robots is not None else None
                 r = Robots.from_http(snap.status, body)
+            if len(self._robots) >= self.max_cached:  # bounded: drop the oldest parsed capture
+                del self._robots[next(iter(self._robots))]
             self._robots[key] = r
         return r
 
     def tdmrep(self, snap: Snapshot) -> TdmRep | None:
         key = snap.id
         if key not in self._tdm:
+            if len(self._tdm) >= self.max_cached:
+                del self._tdm[next(iter(self._tdm))]
             ok = 200 <= snap.tdmrep_status < 300 and snap.tdmrep is not None
             self._tdm[key] = TdmRep.parse(snap.tdmrep) if ok else None
         return self._tdm[key]
