@@ -154,6 +154,10 @@ class ConsentFilter(DocFilter):
             return _verdict(None, (), robots, tdm, keep, tos, snap.date, snap.sha256)
         path_agents, groups, signal = [], set(), None
         for agent in self.policy.agents:
+            key = robots.select(agent)
+            if key in groups:  # an earlier agent of the policy had this group: same class, same answer
+                continue
+            groups.add(key)
             st = robots.classify(agent)
             if st.status == "all":
                 d = Decision(False, "robots_full", agent=agent, rule=st.rule, group=st.group_lines, **ev)
@@ -162,8 +166,7 @@ class ConsentFilter(DocFilter):
                 signal = Decision(False, "content_signal", agent=agent, rule=st.signal_rule, group=st.group_lines, **ev)
             # `?` rules do not count for the class but still bind: a `none` origin with
             # `Disallow: /*?sort=` is matched per path like a `some` origin.
-            if (st.status == "some" or robots.needs_path_check(agent)) and st.group not in groups:
-                groups.add(st.group)
+            if st.status == "some" or robots.needs_path_check(agent):
                 path_agents.append(agent)
         if signal is not None:
             return _verdict(signal, (), robots, tdm, signal, tos, snap.date, snap.sha256)

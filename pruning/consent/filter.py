@@ -49,7 +49,7 @@ class FilterConfig(DecideConfig):
     strict: bool = False  # a document without a usable url, or a corrupt shard, is an error
     shard_samples: int = 10_000  # samples per rewritten shard
     index: bool = True  # load the store through its origin-hash Parquet index (built by rank 0 if stale)
-    max_buckets: int = 64  # index buckets a rank keeps loaded
+    max_buckets: int = 1024  # index buckets a rank keeps loaded (1024 = all: loads only those its docs touch, never evicts)
 
 
 def rank_world() -> tuple[int, int]:

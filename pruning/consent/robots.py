@@ -339,7 +339,13 @@ class Robots:
     def classify(self, agent: str) -> AgentStatus:
         st = self._status.get(agent)
         if st is None:
-            st = self._status[agent] = self._classify(agent)
+            # Agents without their own group share the `*` group's class: classify each group once.
+            key = self.select(agent) if self.kind == "parsed" else ""
+            same = self._status.get("\0" + key)
+            if same is None:
+                same = self._status["\0" + key] = self._classify(agent)
+            st = self._status[agent] = same if same.agent == agent else AgentStatus(
+                agent, same.group, same.status, same.detail, same.rule, same.ai_train, same.signal_rule, same.group_lines)
         return st
 
     def _classify(self, agent: str) -> AgentStatus:

@@ -6,8 +6,9 @@ Layout: `<store>/index/bucket-BBBBB.parquet` (one row per capture, every Snapsho
 index is rebuilt when the JSONL parts change (fetch and import append JSONL; the index follows).
 
 Cost model (docs/consent.md): 10^6 origins x ~3 captures x ~4 KiB robots.txt = ~12 GiB of JSONL
--> ~4 GiB of zstd Parquet in 1,024 buckets of ~4 MiB; a rank holds at most `max_buckets` (64)
-decoded buckets = ~6% of the store, whatever the number of documents.
+-> ~4 GiB of zstd Parquet in 1,024 buckets of ~4 MiB (one bucket per ~1,000 origins). A rank
+loads only the buckets its documents touch; with `max_buckets` below the bucket count it also
+evicts (least recently loaded first), which pays off when documents come grouped by origin.
 """
 from __future__ import annotations
 
@@ -36,13 +37,16 @@ def index_current(store: Path) -> bool:
     return meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == store_fingerprint(store)
 
 
-def build_index(store: Path, buckets: int = 1024) -> dict:
-    """JSONL parts -> Parquet buckets by origin hash (written aside, then renamed into place)."""
+def build_index(store: Path, buckets: int | None = None) -> dict:
+    """JSONL parts -> Parquet buckets by origin hash (written aside, then renamed into place).
+    Default bucket count: one per ~1,000 origins, at most 1,024."""
     store = Path(store)
     if not store.is_dir():
         raise DataError(f"{store}: the origin index needs a store directory")
     fp = store_fingerprint(store)
     full = SnapshotStore.load(store)
+    if buckets is None:
+        buckets = max(1, min(1024, len(full.by_origin) // 1000))
     tmp = store / f".{INDEX}.tmp{time.time_ns()}"
     tmp.mkdir()
     rows: list[list[Snapshot]] = [[] for _ in range(buckets)]
@@ -77,7 +81,7 @@ class IndexedStore(SnapshotStore):
     """A SnapshotStore that loads an origin's bucket on first use and keeps at most `max_buckets`
     buckets (least recently loaded first out), with their parsed robots.txt."""
 
-    def __init__(self, store: Path, max_buckets: int = 64):
+    def __init__(self, store: Path, max_buckets: int = 1024):
         super().__init__()
         self.root = Path(store) / INDEX
         meta = json.loads((self.root / "meta.json").read_text())
@@ -117,7 +121,7 @@ class IndexedStore(SnapshotStore):
 
 
 def open_store(store: Path, rank: int = 0, world_size: int = 1, lazy: bool = True, wait_s: float = 3600.0,
-               max_buckets: int = 64) -> SnapshotStore:
+               max_buckets: int = 1024) -> SnapshotStore:
     """The store for one rank: indexed by origin (built by rank 0 when missing or stale) or whole."""
     store = Path(store)
     if not lazy or not store.is_dir():
