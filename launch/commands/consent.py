@@ -50,14 +50,21 @@ def import_(
     scheme: Annotated[Str, typer.Option(help="Scheme of the hosts: http or https (default https).")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    strict: StrictOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Add robots.txt captures from files to the snapshot store (e.g. Wayback or Common Crawl captures)."""
+    """Add robots.txt captures to the snapshot store: files, Common Crawl robots.txt WARC files, Wayback CDX + captures."""
     from glotta.pruning.consent.snapshots import ImportConfig, run_import
 
-    overrides = cli_overrides(sets, files=[str(f) for f in files] if files else None, store=store, date=date, scheme=scheme)
+    overrides = cli_overrides(sets, files=[str(f) for f in files] if files else None, store=store, date=date, scheme=scheme,
+                              strict=strict or None)
     res = run_import(load_config(ImportConfig, config, overrides, section="consent_import"))
-    print_json(res) if json_out else print_counters(f"imported into {res['store']}", {k: v for k, v in res.items() if k != "store"})
+    if json_out:
+        print_json(res)
+        return
+    print_counters(f"imported into {res['store']}", {"snapshots": res["snapshots"], "origins": res["origins"], **res["counters"]})
+    for e in res["errors"]:
+        print(f"  {e}")
 
 
 @app.command("fetch")

@@ -189,23 +189,45 @@ class ImportConfig(StrictModel):
     store: Path | None = None  # a directory (writes import.jsonl into it) or a .jsonl file
     date: str | None = None  # capture date for files named <host>.txt
     scheme: Literal["http", "https"] = "https"
+    strict: bool = False  # a corrupt WARC record, an unreadable date or a missing capture body is an error
 
 
 def run_import(cfg: ImportConfig) -> dict:
-    """`glotta consent import`: robots.txt files -> snapshots appended to the store."""
+    """`glotta consent import`: robots.txt files, Common Crawl robots.txt WARC files (`*.warc.gz`) and
+    Wayback captures (`<host>/cdx.json` + `<host>/<timestamp>.txt`) -> snapshots appended to the store."""
     if cfg.store is None or not cfg.files:
         raise ConfigError("consent import needs files and store (e.g. captures/ --store snapshots/)")
     if cfg.date is not None and parse_date(cfg.date) != cfg.date:
         raise ConfigError(f"date: expected YYYY-MM-DD, got {cfg.date!r}")
-    paths = []
+    txt, warcs, cdxs = [], [], []
     for p in cfg.files:
         if not p.exists():
             raise DataError(f"not found: {p}")
-        paths.extend(sorted(p.rglob("*.txt")) if p.is_dir() else [p])
-    snaps = import_files(paths, date=cfg.date, scheme=cfg.scheme)
+        if p.is_dir():
+            cdxs.extend(sorted(p.rglob("cdx.json")))
+            warcs.extend(sorted(f for pat in ("*.warc", "*.warc.gz", "*.arc", "*.arc.gz") for f in p.rglob(pat)))
+            txt.extend(f for f in sorted(p.rglob("*.txt")) if not (f.parent / "cdx.json").is_file())
+        elif p.name == "cdx.json":
+            cdxs.append(p)
+        elif p.name.endswith((".warc", ".warc.gz", ".arc", ".arc.gz")):
+            warcs.append(p)
+        else:
+            txt.append(p)
+    snaps = import_files(txt, date=cfg.date, scheme=cfg.scheme)
+    counters: dict[str, int] = {"robots_txt_files": len(txt)} if txt else {}
+    errors: list[str] = []
+    if warcs or cdxs:
+        from glotta.pruning.consent.warc import import_warcs, import_wayback
+
+        for res in ([import_warcs(warcs, cfg.strict)] if warcs else []) + ([import_wayback(cdxs, cfg.strict)] if cdxs else []):
+            snaps.extend(res.snapshots)
+            for k, v in res.counters.items():
+                counters[k] = counters.get(k, 0) + v
+            errors.extend(res.errors)
     target = cfg.store if cfg.store.suffix == ".jsonl" else cfg.store / "import.jsonl"
     SnapshotStore.append(target, snaps)
-    return {"store": str(target), "snapshots": len(snaps), "origins": len({s.origin for s in snaps})}
+    return {"store": str(target), "snapshots": len(snaps), "origins": len({s.origin for s in snaps}),
+            "counters": counters, "errors": errors[:20]}
 
 
 def store_fingerprint(path: str | Path) -> str:
