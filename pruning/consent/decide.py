@@ -13,6 +13,8 @@ Order of checks (the first drop wins, its reason code is recorded):
   robots_path         an agent may not fetch this URL (protego)
   tdmrep              TDM rights reserved (HTML meta > header > /.well-known/tdmrep.json)
   noai                `noai` in X-Robots-Tag or the robots meta tag
+  content_usage       IETF AIPREF `Content-Usage: train-ai=n` response header
+  license             the document's `license` has a token of drop_licenses (checked first)
   tos                 ToS label forbids scraping/AI (only with tos=enforce; advisory: a flag)
   no_snapshot         no capture for the origin (only with unknown_host=drop)
   no_url / bad_scheme / no_host / bad_host   the URL rules of urls.py (only with no_url=drop)
@@ -29,7 +31,8 @@ from glotta.pruning.consent.agents import AgentPolicy, resolve_policy
 from glotta.pruning.consent.base import Decision, DocFilter
 from glotta.pruning.consent.dates import parse_day
 from glotta.pruning.consent.robots import Robots
-from glotta.pruning.consent.signals import TOS_RESTRICTING, TdmRep, TosLabels, doc_noai, doc_tdm_reservation
+from glotta.pruning.consent.signals import (TOS_RESTRICTING, TdmRep, TosLabels, doc_content_usage, doc_noai,
+                                            doc_tdm_reservation, license_match)
 from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
 from glotta.pruning.consent.urls import BadURL, host_of, path_of, registrable_domain, split_url
 
@@ -43,6 +46,7 @@ class DecideConfig(StrictModel):
     tos_labels: Path | None = None  # CSV domain,label or JSON {domain: label}
     unknown_host: Literal["keep", "drop"] = "keep"  # an origin with no snapshot at all
     no_url: Literal["keep", "drop"] = "drop"  # documents whose url is missing or not http(s)
+    drop_licenses: list[str] = []  # license tokens that drop a document, e.g. [NC, ND] (CC-BY-NC-4.0 -> nc)
     cache_origins: int = 200_000  # (origin, date) verdicts kept; all caches are cleared past it
 
 
@@ -102,6 +106,7 @@ class ConsentFilter(DocFilter):
         self._fast: dict[tuple[str, str], Decision | Verdict] = {}
         self._path_drops: dict[tuple[int, str, str], Decision] = {}  # verdicts live as long as the filter
         self._days: dict[str, str] = {}  # raw crawl_date -> YYYY-MM-DD or '' (unreadable)
+        self._licenses = frozenset(t.lower() for t in self.cfg.drop_licenses)
         self._unknown = self._verdict_without_snapshot()
 
     # ---- per origin ---------------------------------------------------------------------
@@ -186,6 +191,10 @@ class ConsentFilter(DocFilter):
 
     def decide(self, doc) -> Decision:
         meta = doc.meta
+        if self._licenses and "license" in meta:
+            lic = license_match(meta["license"], self._licenses)
+            if lic:
+                return Decision(False, "license", rule=f"license: {lic}")
         raw = meta.get("crawl_date")
         if raw is None:
             day = None
@@ -260,6 +269,9 @@ class ConsentFilter(DocFilter):
             kind, ev = doc_noai(meta, self.agents_lower)
             if kind == "noai":
                 return Decision(False, "noai", rule=ev, snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags)
+            usage = doc_content_usage(meta)
+            if usage:
+                return Decision(False, "content_usage", rule=usage, snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags)
             if kind == "noimageai":
                 k = v.keep
                 return Decision(True, k.reason, k.agent, ev, k.snapshot, k.sha256, k.flags + ("noimageai",))

@@ -2,6 +2,8 @@
 run-splitting gave the wrong group (issue 11), and `?` rules enforced at the filter level."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from glotta.data import Sample
@@ -107,3 +109,39 @@ def test_crawl_date_formats_pick_the_capture_and_bad_ones_are_counted():
     d = f(doc("2023/06/01"))  # not a format we read: the latest capture, flagged and counted
     assert "bad_crawl_date" in d.flags and not d.keep
     assert f.counters["flag_bad_crawl_date"] == 1
+
+
+def test_document_signals_from_imported_records():
+    from glotta.data.html_meta import doc_signals
+
+    html = ('<html><head><META name="robots" content="index, noai"><meta name="tdm-reservation" content="1">'
+            '<meta name="description" content="x"></head><body><meta name="robots" content="late"></body></html>')
+    rec = {"text": "t", "html": html, "http_headers": [["X-Robots-Tag", "noimageai"], ["Server", "x"],
+                                                       ["Content-Usage", "train-ai=n"]]}
+    sig = doc_signals(rec)
+    assert sig == {"http_headers": {"x-robots-tag": "noimageai", "content-usage": "train-ai=n"},
+                   "html_meta": {"robots": "index, noai", "tdm-reservation": "1"}}
+    assert doc_signals({"text": "t", "html": "<p>plain</p>"}) == {}
+    store = SnapshotStore([Snapshot("https://a.example", "2024-01-01", 404, None, "", "t")])
+    f = ConsentFilter(store, DecideConfig(agents="GPTBot", drop_licenses=["NC", "ND"]))
+
+    def doc(**meta):
+        return Sample("k", "t", {"url": "https://a.example/x", "crawl_date": "2024-06-01", **meta}, "s.tar")
+    assert f(doc(**sig)).reason == "tdmrep"  # the meta tag reserves TDM rights
+    assert f(doc(http_headers={"Content-Usage": "train-ai=n"})).reason == "content_usage"
+    assert f(doc(license="CC-BY-NC-4.0")).reason == "license"
+    assert f(doc(license="CC-BY-4.0")).keep and f(doc()).keep
+
+
+def test_data_import_keeps_document_signals(tmp_path):
+    from glotta.data.importer import ImportConfig, run_import
+    from glotta.data.shards import iter_samples, list_shards
+
+    rows = [{"text": "Ein Text.", "lang": "de", "url": "https://a.example/1",
+             "html": '<head><meta name="robots" content="noai"></head>', "http_headers": {"X-Robots-Tag": "noai"}},
+            {"text": "Un texte.", "lang": "fr", "url": "https://a.example/2"}]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    run_import(ImportConfig(inputs=[str(tmp_path / "in.jsonl")], out=str(tmp_path / "shards"), lid="never"))
+    metas = [s.meta for shard in list_shards(tmp_path / "shards") for s in iter_samples(shard)]
+    assert metas[0]["html_meta"] == {"robots": "noai"} and metas[0]["http_headers"] == {"x-robots-tag": "noai"}
+    assert "html_meta" not in metas[1] and "http_headers" not in metas[1]
