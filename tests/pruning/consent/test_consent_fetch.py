@@ -78,6 +78,15 @@ class Handler(BaseHTTPRequestHandler):
         if case == "slow":
             time.sleep(2.5)
             return self._send(200, ROBOTS)
+        if case == "trickle":  # headers at once, then one byte every 0.1 s: only a whole-request timeout ends it
+            self.send_response(200)
+            self.send_header("Content-Length", "30")
+            self.end_headers()
+            for _ in range(30):
+                self.wfile.write(b"#")
+                self.wfile.flush()
+                time.sleep(0.1)
+            return
         if case == "binary":
             return self._send(200, b"\xff\xfe\x00garbage\x80\x81 User-agent: *\nDisallow: /private\n")
         return self._send(404)
@@ -126,7 +135,7 @@ CASES = [
 def test_fetch_status_rules(server):
     # Generous timeout for the normal cases (the CI machine may be loaded), a short one for `slow`.
     snaps, counters = _fetch(server, [c[0] for c in CASES if c[0] != "slow"], timeout_s=20)
-    slow, slow_counters = _fetch(server, ["slow"], timeout_s=0.5, retries=0)
+    slow, slow_counters = _fetch(server, ["slow", "trickle"], timeout_s=0.5, retries=0)
     snaps.update(slow)
     counters.update(slow_counters)
     for case, status, kind, gpt_ok in CASES:
@@ -139,10 +148,11 @@ def test_fetch_status_rules(server):
     assert len(snaps["huge"].robots.encode()) == 500 * 1024 and "cut at" in snaps["huge"].error
     assert Robots.from_http(200, snaps["huge"].robots.encode()).classify("CCBot").status == "all"
     assert "timeout" in snaps["slow"].error
+    assert snaps["trickle"].status == 0 and "timeout" in snaps["trickle"].error
     assert "redirects" in snaps["hop6"].error and "unsupported" in snaps["ftp"].error
     assert snaps["ok"].tdmrep_status == 200 and '"tdm-reservation": 1' in snaps["ok"].tdmrep
     assert snaps["missing"].tdmrep is None
-    assert counters["origins"] == len(CASES) and counters["robots_unreachable"] == 1 and counters["truncated"] == 1
+    assert counters["origins"] == len(CASES) + 1 and counters["robots_unreachable"] == 2 and counters["truncated"] == 1
     assert snaps["forbidden"].kind == "bot_wall" and snaps["down"].kind == "failed"
     assert snaps["down"].policy == "keep-previous" and "4 attempts" in snaps["down"].error
     assert Handler.hits["down"] == 4 and counters["bot_wall"] == 1 and counters["retried"] == 1
