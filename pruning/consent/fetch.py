@@ -31,7 +31,6 @@ import contextlib
 import email.utils
 import hashlib
 import json
-import os
 import random
 import socket
 import time

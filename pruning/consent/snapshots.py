@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
