@@ -145,3 +145,23 @@ def test_data_import_keeps_document_signals(tmp_path):
     metas = [s.meta for shard in list_shards(tmp_path / "shards") for s in iter_samples(shard)]
     assert metas[0]["html_meta"] == {"robots": "noai"} and metas[0]["http_headers"] == {"x-robots-tag": "noai"}
     assert "html_meta" not in metas[1] and "http_headers" not in metas[1]
+
+
+def test_filter_names_bad_dates_and_strict_fails(tmp_path):
+    from glotta.data import Manifest, ShardWriter
+    from glotta.errors import DataError
+    from glotta.pruning.consent.filter import FilterConfig, run_filter
+
+    shards = tmp_path / "shards"
+    with ShardWriter(shards, prefix="web") as w:
+        w.write(Sample("good", "t", {"url": "https://a.example/1", "crawl_date": "20240115", "lang": "en"}))
+        w.write(Sample("odd", "t", {"url": "https://a.example/2", "crawl_date": "2024/01/15", "lang": "en"}))
+        w.write(Sample("nourl", "t", {"lang": "en"}))
+    Manifest(shards=w.written).save(shards)
+    store = tmp_path / "store"
+    SnapshotStore.append(store / "import.jsonl", [Snapshot("https://a.example", "2024-01-01", 200, "User-agent: *\nAllow: /\n", "s", "t")])
+    res = run_filter(FilterConfig(shards=shards, store=store, out=tmp_path / "out"), 0, 1)
+    assert res["total"]["flag_bad_crawl_date"] == 1 and res["total"]["dropped_no_url"] == 1
+    assert res["examples"]["bad_crawl_date"][0].endswith("/odd '2024/01/15'")
+    with pytest.raises(DataError, match="odd.*2024/01/15"):
+        run_filter(FilterConfig(shards=shards, store=store, out=tmp_path / "out2", strict=True, no_url="keep"), 0, 1)
