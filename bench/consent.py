@@ -116,8 +116,17 @@ def e2e_child(shards: str, store: str, out: str, index: bool) -> None:
     t0 = time.process_time()
     res = run_filter(FilterConfig(shards=Path(shards), store=Path(store), out=Path(out), index=index), 0, 1)
     cpu = time.process_time() - t0
-    print(json.dumps({"cpu_s": cpu, "docs": res["counters"]["total"], "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    print(json.dumps({"cpu_s": cpu, "docs": res["counters"]["total"], "maxrss_mib": peak_rss_mib(),
                       "bucket_loads": res["counters"].get("store_bucket_loads", 0)}))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM restarts at exec; ru_maxrss would carry the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(*args: str) -> dict:
@@ -152,6 +161,8 @@ def main() -> None:
     if args.child:
         return e2e_child(args.child[0], args.child[1], args.child[2], args.child[3] == "1")
     store, docs = workload(args.origins, args.docs)
+    if not docs:  # --docs 0: only the end-to-end runs
+        return end_to_end(store, args)
     policy = resolve_policy("training")
     f = ConsentFilter(store, DecideConfig(agents="training", as_of="crawl"))
 
@@ -210,6 +221,11 @@ def main() -> None:
           "(ours also applies Content-Signal, TDMRep and the full-block rule)")
     if args.e2e_docs:
         del docs, f
+        end_to_end(store, args)
+
+
+def end_to_end(store: SnapshotStore, args) -> None:
+    if args.e2e_docs:
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
             root = Path(tmp)
             big, st = write_e2e(root, store, args.e2e_docs, args.origins)
