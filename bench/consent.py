@@ -8,13 +8,24 @@ as of crawl time.
   ours      ConsentFilter.__call__ (decide + counters), second pass = warm per-origin verdicts
   naive     per document: pick the snapshot, Protego.parse its robots.txt, ask can_fetch for
             every agent (what a straightforward implementation does); timed on a subset
-Run: python bench/consent.py [--docs N] [--origins N]
+End to end (`--e2e-docs`, default 1,000,000): `run_filter` on real shards in a child process
+(reading tar shards, deciding, writing the Parquet audit and exclude list), CPU time and peak RSS
+of that process; with the origin-indexed store (ours) vs loading the whole store (baseline), and
+ours again on a quarter of the documents, to show that memory does not follow the document count.
+Run: python bench/consent.py [--docs N] [--origins N] [--e2e-docs N]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
+import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from protego import Protego
 
@@ -75,6 +86,54 @@ def workload(n_origins: int, n_docs: int, seed: int = 0):
     return SnapshotStore(snaps), docs
 
 
+def write_e2e(root: Path, store: SnapshotStore, n_docs: int, n_origins: int) -> tuple[Path, Path]:
+    """Shards of n_docs documents (~300 bytes of text each) and the store as JSONL parts."""
+    from glotta.data import Manifest, ShardWriter
+
+    rng = random.Random(1)
+    origins = sorted(store.by_origin)
+    shards = root / f"shards-{n_docs}"
+    with ShardWriter(shards, prefix="web", max_samples=50_000) as w:
+        for j in range(n_docs):
+            origin = origins[min(int(rng.paretovariate(1.2)) - 1, n_origins - 1) if j % 2 else rng.randrange(n_origins)]
+            path = rng.choice(["/", "/de/", "/private/", "/news/", "/tmp/", "/cart/", "/search/"]) + f"{j}"
+            meta = {"url": origin + path + rng.choice(["", ".pdf", "?sort=asc", "/print"]), "lang": rng.choice(LOCALES),
+                    "crawl_date": rng.choice(["2023-06-01", "2024-03-01", "2024-11-30"])}
+            w.write(Sample(f"d{j}", "lorem ipsum dolor sit amet " * 11, meta))
+    Manifest(shards=w.written).save(shards)
+    st = root / "store"
+    if not st.exists():
+        SnapshotStore.append(st / "bench.jsonl", [s for lst in store.by_origin.values() for s in lst])
+    return shards, st
+
+
+def e2e_child(shards: str, store: str, out: str, index: bool) -> None:
+    """One `consent filter` run in this (fresh) process: prints CPU seconds, docs and peak RSS."""
+    from glotta.progress import set_quiet
+    from glotta.pruning.consent.filter import FilterConfig, run_filter
+
+    set_quiet(True)
+    t0 = time.process_time()
+    res = run_filter(FilterConfig(shards=Path(shards), store=Path(store), out=Path(out), index=index), 0, 1)
+    cpu = time.process_time() - t0
+    print(json.dumps({"cpu_s": cpu, "docs": res["counters"]["total"], "maxrss_mib": peak_rss_mib(),
+                      "bucket_loads": res["counters"].get("store_bucket_loads", 0)}))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM restarts at exec; ru_maxrss would carry the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def naive(store: SnapshotStore, docs, agents) -> tuple[int, int]:
     kept = 0
     for doc in docs:
@@ -92,12 +151,18 @@ def naive(store: SnapshotStore, docs, agents) -> tuple[int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--docs", type=int, default=400_000)
-    ap.add_argument("--origins", type=int, default=5_000)
+    ap.add_argument("--docs", type=int, default=1_000_000)
+    ap.add_argument("--origins", type=int, default=50_000)
     ap.add_argument("--naive-docs", type=int, default=4_000)
     ap.add_argument("--repeat", type=int, default=3, help="warm passes; the best is reported")
+    ap.add_argument("--e2e-docs", type=int, default=1_000_000, help="documents of the end-to-end run (0: skip)")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return e2e_child(args.child[0], args.child[1], args.child[2], args.child[3] == "1")
     store, docs = workload(args.origins, args.docs)
+    if not docs:  # --docs 0: only the end-to-end runs
+        return end_to_end(store, args)
     policy = resolve_policy("training")
     f = ConsentFilter(store, DecideConfig(agents="training", as_of="crawl"))
 
@@ -154,6 +219,35 @@ def main() -> None:
     print(f"ratio warm / naive             : {ours / base:12,.0f} x")
     print(f"agreement on robots: naive keeps {naive_kept:,}/{n:,}; ours keeps {ours_sub:,} "
           "(ours also applies Content-Signal, TDMRep and the full-block rule)")
+    if args.e2e_docs:
+        del docs, f
+        end_to_end(store, args)
+
+
+def end_to_end(store: SnapshotStore, args) -> None:
+    if args.e2e_docs:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+            root = Path(tmp)
+            big, st = write_e2e(root, store, args.e2e_docs, args.origins)
+            small, _ = write_e2e(root, store, args.e2e_docs // 4, args.origins)
+            from glotta.pruning.consent.store_index import build_index
+
+            t0 = time.process_time()
+            meta = build_index(st)  # once per store change (rank 0 of the first filter run does it)
+            print(f"origin index: {meta['origins']:,} origins, {meta['captures']:,} captures -> {meta['buckets']} buckets "
+                  f"in {time.process_time() - t0:.1f} CPU-s (one-off)")
+            runs = {
+                "ours (origin index)": run_child(str(big), str(st), str(root / "o1"), "1"),
+                "ours, 1/4 of the docs": run_child(str(small), str(st), str(root / "o2"), "1"),
+                "baseline (whole store)": run_child(str(big), str(st), str(root / "o3"), "0"),
+            }
+        print(f"end to end `consent filter` (read shards, decide, write audit), {args.origins:,} origins, one process:")
+        for name, r in runs.items():
+            print(f"  {name:<24}: {r['docs']:>10,} docs  {r['docs'] / r['cpu_s']:10,.0f} docs/s per core  "
+                  f"peak RSS {r['maxrss_mib']:8,.0f} MiB  (index buckets loaded: {r['bucket_loads']:,})")
+        a, b = runs["ours (origin index)"], runs["baseline (whole store)"]
+        print(f"  ratio ours / baseline: speed {(a['docs'] / a['cpu_s']) / (b['docs'] / b['cpu_s']):.2f}x, "
+              f"peak memory {a['maxrss_mib'] / b['maxrss_mib']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from glotta.data import dedup
 from glotta.data.langid import DEFAULT_BACKEND, UND, Backend, identify, make_langid, normalize_lang
 from glotta.data.manifest import MANIFEST, PARTS_DIR, Manifest, ShardInfo, load_part, merge_parts, save_part, sha256_file
 from glotta.data.readers import Format, TextSplit, expand_inputs, iter_records
+from glotta.data.html_meta import doc_signals
 from glotta.data.shards import Sample, ShardWriter, iter_samples
 from glotta.errors import ConfigError, DataError
 from glotta.progress import progress_bar
@@ -298,6 +299,7 @@ class Importer:
         for k in keep:
             if k in rec and k not in mapped and k not in meta:
                 meta[k] = _json_value(rec[k])
+        meta.update(doc_signals(rec))  # X-Robots-Tag / TDMRep / meta robots for `consent filter` (data/html_meta.py)
         given = normalize_lang(rec.get(c.lang_field)) if rec.get(c.lang_field) else UND
         if c.lid == "always" or (c.lid == "auto" and given == UND):
             if self._lid is None:

@@ -50,14 +50,21 @@ def import_(
     scheme: Annotated[Str, typer.Option(help="Scheme of the hosts: http or https (default https).")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    strict: StrictOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Add robots.txt captures from files to the snapshot store (e.g. Wayback or Common Crawl captures)."""
+    """Add robots.txt captures to the snapshot store: files, Common Crawl robots.txt WARC files, Wayback CDX + captures."""
     from glotta.pruning.consent.snapshots import ImportConfig, run_import
 
-    overrides = cli_overrides(sets, files=[str(f) for f in files] if files else None, store=store, date=date, scheme=scheme)
+    overrides = cli_overrides(sets, files=[str(f) for f in files] if files else None, store=store, date=date, scheme=scheme,
+                              strict=strict or None)
     res = run_import(load_config(ImportConfig, config, overrides, section="consent_import"))
-    print_json(res) if json_out else print_counters(f"imported into {res['store']}", {k: v for k, v in res.items() if k != "store"})
+    if json_out:
+        print_json(res)
+        return
+    print_counters(f"imported into {res['store']}", {"snapshots": res["snapshots"], "origins": res["origins"], **res["counters"]})
+    for e in res["errors"]:
+        print(f"  {e}")
 
 
 @app.command("fetch")
@@ -70,16 +77,25 @@ def fetch_(
     date: Annotated[Str, typer.Option(help="Capture date to record (default: today, UTC).")] = None,
     tdmrep: Annotated[Optional[bool], typer.Option("--tdmrep/--no-tdmrep", help="Also fetch /.well-known/tdmrep.json.")] = None,
     refetch: Annotated[Optional[bool], typer.Option("--refetch", help="Fetch origins already captured on --date.")] = None,
+    origins: Annotated[PathOpt, typer.Option("--origins", help="Instead of shards: a file of origins/URLs, one a line.")] = None,
+    retries: Annotated[Optional[int], typer.Option(help="Retries after 5xx/429/no answer (default 3).")] = None,
+    on_failure: Annotated[Str, typer.Option("--on-failure", help="keep-previous | disallow | allow: "
+                                                                  "an origin failing after retries.")] = None,
+    bot_wall: Annotated[Str, typer.Option("--bot-wall", help="keep-previous | disallow | allow: a 403/429 answer.")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    strict: StrictOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Capture robots.txt (and tdmrep.json) for every origin of a shard set (RFC 9309 status rules)."""
+    """Capture robots.txt (and tdmrep.json) for every origin of a shard set (RFC 9309 status rules).
+
+    Streams each capture to the store as it completes; a killed run resumes where it stopped."""
     from glotta.pruning.consent.fetch import FetchConfig, run_fetch
     from glotta.pruning.consent.filter import rank_world
 
     overrides = cli_overrides(sets, shards=shards, store=store, concurrency=concurrency, timeout_s=timeout, date=date,
-                              tdmrep=tdmrep, refetch=refetch)
+                              tdmrep=tdmrep, refetch=refetch, origins=origins, retries=retries, on_failure=on_failure,
+                              bot_wall=bot_wall, strict=strict or None)
     cfg = load_config(FetchConfig, config, overrides, section="consent_fetch")
     set_quiet(json_out)
     res = run_fetch(cfg, *rank_world())
@@ -121,6 +137,12 @@ def filter_(
     rows = [{"counter": k, "value": v, "share": f"{v / total:.1%}"} for k, v in sorted(counters.items())]
     print_table(f"consent filter ({cfg.agents}, as of {cfg.as_of})" + (" - already complete" if res["skipped"] else ""),
                 rows, ["counter", "value", "share"])
+    # Documents decided without a usable URL or date are the ones an auditor asks about first.
+    no_url = sum(v for k, v in counters.items() if k.endswith(("no_url", "bad_scheme", "no_host", "bad_host")))
+    print(f"documents without a usable URL: {no_url:,} of {counters.get('total', 0):,} ({no_url / total:.2%}, "
+          f"--no-url {cfg.no_url}); unreadable crawl_date: {counters.get('flag_bad_crawl_date', 0):,}")
+    for name, docs in res.get("examples", {}).items():
+        print(f"  {name}: " + "; ".join(docs[:3]) + (" ..." if len(docs) > 3 else ""))
     if res.get("exclude"):
         print(f"exclude list: {res['exclude']}")
 

@@ -20,6 +20,7 @@ class Decision:
     snapshot: str = ""  # snapshot date
     sha256: str = ""  # snapshot sha256
     flags: tuple[str, ...] = ()  # advisory signals (kept anyway): tos_<label>, noimageai, asof_fallback
+    group: str = ""  # the robots.txt group that applied: `User-agent: GPTBot (line 4)`
 
 
 KEEP = Decision(True, "no_restriction")

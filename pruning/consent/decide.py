@@ -13,6 +13,8 @@ Order of checks (the first drop wins, its reason code is recorded):
   robots_path         an agent may not fetch this URL (protego)
   tdmrep              TDM rights reserved (HTML meta > header > /.well-known/tdmrep.json)
   noai                `noai` in X-Robots-Tag or the robots meta tag
+  content_usage       IETF AIPREF `Content-Usage: train-ai=n` response header
+  license             the document's `license` has a token of drop_licenses (checked first)
   tos                 ToS label forbids scraping/AI (only with tos=enforce; advisory: a flag)
   no_snapshot         no capture for the origin (only with unknown_host=drop)
   no_url / bad_scheme / no_host / bad_host   the URL rules of urls.py (only with no_url=drop)
@@ -20,15 +22,17 @@ Order of checks (the first drop wins, its reason code is recorded):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from glotta.config import StrictModel
 from glotta.pruning.consent.agents import AgentPolicy, resolve_policy
 from glotta.pruning.consent.base import Decision, DocFilter
+from glotta.pruning.consent.dates import parse_day
 from glotta.pruning.consent.robots import Robots
-from glotta.pruning.consent.signals import TOS_RESTRICTING, TdmRep, TosLabels, doc_noai, doc_tdm_reservation
+from glotta.pruning.consent.signals import (TOS_RESTRICTING, TdmRep, TosLabels, doc_content_usage, doc_noai,
+                                            doc_tdm_reservation, license_match)
 from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
 from glotta.pruning.consent.urls import BadURL, host_of, path_of, registrable_domain, split_url
 
@@ -42,6 +46,8 @@ class DecideConfig(StrictModel):
     tos_labels: Path | None = None  # CSV domain,label or JSON {domain: label}
     unknown_host: Literal["keep", "drop"] = "keep"  # an origin with no snapshot at all
     no_url: Literal["keep", "drop"] = "drop"  # documents whose url is missing or not http(s)
+    drop_licenses: list[str] = []  # license tokens that drop a document, e.g. [NC, ND] (CC-BY-NC-4.0 -> nc)
+    cache_origins: int = 200_000  # (origin, date) verdicts kept; all caches are cleared past it
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,8 @@ class ConsentFilter(DocFilter):
         # ("https://Host:443", date) -> the Decision for any path, or the Verdict whose agents match paths
         self._fast: dict[tuple[str, str], Decision | Verdict] = {}
         self._path_drops: dict[tuple[int, str, str], Decision] = {}  # verdicts live as long as the filter
+        self._days: dict[str, str] = {}  # raw crawl_date -> YYYY-MM-DD or '' (unreadable)
+        self._licenses = frozenset(t.lower() for t in self.cfg.drop_licenses)
         self._unknown = self._verdict_without_snapshot()
 
     # ---- per origin ---------------------------------------------------------------------
@@ -106,6 +114,11 @@ class ConsentFilter(DocFilter):
         key = (origin, date)
         v = self._by_date.get(key)
         if v is None:
+            if len(self._by_date) >= self.cfg.cache_origins:  # bounded memory: start over (cheap, rare)
+                self._by_date.clear()
+                self._by_snap.clear()
+                self._fast.clear()
+                self._path_drops.clear()
             snap, fallback = self.store.at(origin, date)
             if snap is None:
                 v = self._unknown
@@ -123,9 +136,9 @@ class ConsentFilter(DocFilter):
             d = Decision(True, "no_snapshot")
         return _verdict(d, (), None, None, d, None, "", "")
 
-    def _compile(self, snap: Snapshot, fallback: bool) -> Verdict:
+    def _compile(self, snap: Snapshot, fallback: str) -> Verdict:
         robots = self.store.robots(snap)
-        ev = {"snapshot": snap.date, "sha256": snap.sha256, "flags": ("asof_fallback",) if fallback else ()}
+        ev = {"snapshot": snap.date, "sha256": snap.sha256, "flags": (fallback,) if fallback else ()}
         tdm = self.store.tdmrep(snap)
         tos = None
         flags = ev["flags"]
@@ -137,21 +150,28 @@ class ConsentFilter(DocFilter):
                 flags = flags + ("tos_" + _slug(label),)
         if robots.kind == "unreachable":
             rule = f"HTTP {snap.status}" + (f" ({snap.error})" if snap.error else "")
-            d = Decision(False, "robots_unreachable", agent="*", rule=rule, **ev)
+            if snap.kind:
+                rule = f"{snap.kind} ({snap.policy}): {rule}"
+            d = Decision(False, "robots_bot_wall" if snap.kind == "bot_wall" else "robots_unreachable", agent="*", rule=rule, **ev)
             return _verdict(d, (), robots, tdm, d, tos, snap.date, snap.sha256)
         if robots.kind == "unavailable":
-            keep = Decision(True, "no_robots", rule=f"HTTP {snap.status}", snapshot=snap.date, sha256=snap.sha256, flags=flags)
+            keep = Decision(True, "no_robots", rule=f"{snap.kind} (allow): HTTP {snap.status}" if snap.kind else f"HTTP {snap.status}", snapshot=snap.date, sha256=snap.sha256, flags=flags)
             return _verdict(None, (), robots, tdm, keep, tos, snap.date, snap.sha256)
         path_agents, groups, signal = [], set(), None
         for agent in self.policy.agents:
+            key = robots.select(agent)
+            if key in groups:  # an earlier agent of the policy had this group: same class, same answer
+                continue
+            groups.add(key)
             st = robots.classify(agent)
             if st.status == "all":
-                d = Decision(False, "robots_full", agent=agent, rule=st.rule, **ev)
+                d = Decision(False, "robots_full", agent=agent, rule=st.rule, group=st.group_lines, **ev)
                 return _verdict(d, (), robots, tdm, d, tos, snap.date, snap.sha256)
             if st.ai_train == "no" and signal is None:
-                signal = Decision(False, "content_signal", agent=agent, rule=st.signal_rule, **ev)
-            if st.status == "some" and st.group not in groups:
-                groups.add(st.group)
+                signal = Decision(False, "content_signal", agent=agent, rule=st.signal_rule, group=st.group_lines, **ev)
+            # `?` rules do not count for the class but still bind: a `none` origin with
+            # `Disallow: /*?sort=` is matched per path like a `some` origin.
+            if st.status == "some" or robots.needs_path_check(agent):
                 path_agents.append(agent)
         if signal is not None:
             return _verdict(signal, (), robots, tdm, signal, tos, snap.date, snap.sha256)
@@ -160,16 +180,36 @@ class ConsentFilter(DocFilter):
         return _verdict(None, tuple(path_agents), robots, tdm, keep, tos, snap.date, snap.sha256)
 
     # ---- per document -------------------------------------------------------------------
+    def _day(self, raw) -> str:
+        """crawl_date -> `YYYY-MM-DD`, '' when unreadable (see dates.py); memoised, bounded."""
+        day = parse_day(raw) or ""
+        if isinstance(raw, str):
+            if len(self._days) >= 1 << 20:
+                self._days.clear()
+            self._days[raw] = day
+        return day
+
     def decide(self, doc) -> Decision:
         meta = doc.meta
-        if self._crawl:  # fast path: "scheme://netloc" + crawl date -> a verdict valid for every path
-            url, date = meta.get("url"), meta.get("crawl_date")
-            if url.__class__ is str and date.__class__ is str and len(date) == 10:
+        if self._licenses and "license" in meta:
+            lic = license_match(meta["license"], self._licenses)
+            if lic:
+                return Decision(False, "license", rule=f"license: {lic}")
+        raw = meta.get("crawl_date")
+        if raw is None:
+            day = None
+        else:
+            day = self._days.get(raw) if raw.__class__ is str else None
+            if day is None:
+                day = self._day(raw)
+        if self._crawl and day:  # fast path: "scheme://netloc" + crawl day -> a verdict valid for every path
+            url = meta.get("url")
+            if url.__class__ is str:
                 i = 8 if url.startswith("https://") else 7 if url.startswith("http://") else 0
                 if i:
                     m = _END.search(url, i)
                     j = m.start() if m else len(url)
-                    hit = self._fast.get((url[:j], date))
+                    hit = self._fast.get((url[:j], day))
                     if hit is not None:
                         if hit.__class__ is Decision:
                             if not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
@@ -181,29 +221,25 @@ class ConsentFilter(DocFilter):
         except BadURL as e:
             return Decision(self.cfg.no_url == "keep", e.reason, rule=str(e))
         as_of = self.cfg.as_of
-        if as_of == "crawl":  # the common case, inlined: two dict lookups for most documents
-            date = meta.get("crawl_date")
-            if date.__class__ is str and len(date) >= 10:
-                if len(date) > 10:
-                    date = date[:10]
-                v = self._by_date.get((origin, date)) or self.verdict(origin, date)
-                head = _head(meta["url"])
-                if head is not None and len(self._fast) < 1 << 22:
-                    self._fast[(head, date)] = v.fast if v.fast is not None else v
-                if v.fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
-                    return v.fast
-                return self._apply(v, path, meta)
+        if as_of == "crawl" and day:  # the common case: two dict lookups for most documents
+            v = self._by_date.get((origin, day)) or self.verdict(origin, day)
+            head = _head(meta["url"])
+            if head is not None and len(self._fast) < 4 * self.cfg.cache_origins:
+                self._fast[(head, day)] = v.fast if v.fast is not None else v
+            if v.fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
+                return v.fast
+            return self._apply(v, path, meta)
         if as_of == "now":
             return self._apply(self.verdict(origin, None), path, meta)
-        date = meta.get("crawl_date")
-        date = date[:10] if isinstance(date, str) and len(date) >= 10 else None
-        d = self._apply(self.verdict(origin, date), path, meta)
+        d = self._apply(self.verdict(origin, day or None), path, meta)
         if as_of == "strictest" and d.keep:
             d2 = self._apply(self.verdict(origin, None), path, meta)
             if not d2.keep:
-                return d2
-        if date is None and d.keep:
-            return Decision(True, d.reason, d.agent, d.rule, d.snapshot, d.sha256, d.flags + ("no_crawl_date",))
+                d = d2
+        if day == "":  # unreadable crawl_date: decided on the latest capture, counted, never silent
+            return replace(d, flags=d.flags + ("bad_crawl_date",))
+        if day is None and d.keep:
+            return replace(d, flags=d.flags + ("no_crawl_date",))
         return d
 
     def _apply(self, v: Verdict, path: str, meta: dict) -> Decision:
@@ -217,7 +253,8 @@ class ConsentFilter(DocFilter):
                 d = self._path_drops.get(key)
                 if d is None:
                     d = self._path_drops[key] = Decision(False, "robots_path", agent=agent, rule=rule,
-                                                         snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags)
+                                                         snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags,
+                                                         group=v.robots.group_evidence(agent))
                 return d
         has_doc = "html_meta" in meta or "http_headers" in meta or "headers" in meta  # SIGNAL_KEYS, unrolled
         if v.tdm is not None or has_doc:
@@ -232,6 +269,9 @@ class ConsentFilter(DocFilter):
             kind, ev = doc_noai(meta, self.agents_lower)
             if kind == "noai":
                 return Decision(False, "noai", rule=ev, snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags)
+            usage = doc_content_usage(meta)
+            if usage:
+                return Decision(False, "content_usage", rule=usage, snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags)
             if kind == "noimageai":
                 k = v.keep
                 return Decision(True, k.reason, k.agent, ev, k.snapshot, k.sha256, k.flags + ("noimageai",))
@@ -258,5 +298,6 @@ def explain(store: SnapshotStore, url: str, date: str | None = None, cfg: Decide
             st = robots.classify(agent)
             out["agents"].append({"agent": agent, "group": st.group, "status": st.status, "detail": st.detail,
                                   "may_fetch": robots.can_fetch(path, agent), "ai_train": st.ai_train})
+            out["agents"][-1]["group_lines"] = st.group_lines
         out["robots_warnings"] = robots.warnings
     return out

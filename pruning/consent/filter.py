@@ -26,7 +26,8 @@ from glotta.data.shards import ShardWriter, iter_samples, list_shards
 from glotta.errors import ConfigError, DataError
 from glotta.progress import track
 from glotta.pruning.consent.decide import ConsentFilter, DecideConfig
-from glotta.pruning.consent.snapshots import SnapshotStore, store_fingerprint
+from glotta.pruning.consent.snapshots import store_fingerprint
+from glotta.pruning.consent.store_index import open_store
 from glotta.pruning.consent.urls import BadURL, registrable_domain, split_url
 
 URL_REASONS = {"no_url", "bad_scheme", "no_host", "bad_host"}
@@ -36,7 +37,7 @@ AUDIT_SCHEMA = pa.schema([
     ("reg_domain", pa.string()), ("lang", pa.string()), ("bytes", pa.int64()), ("crawl_date", pa.string()),
     ("decision", pa.string()), ("reason", pa.string()), ("agent", pa.string()), ("rule", pa.string()),
     ("snapshot_date", pa.string()), ("snapshot_sha256", pa.string()), ("flags", pa.string()),
-    ("policy", pa.string()), ("policy_version", pa.string()), ("as_of", pa.string()),
+    ("policy", pa.string()), ("policy_version", pa.string()), ("as_of", pa.string()), ("group", pa.string()),
 ])
 
 
@@ -47,6 +48,8 @@ class FilterConfig(DecideConfig):
     rewrite: bool = False  # also write the kept documents as a new shard set under out/shards
     strict: bool = False  # a document without a usable url, or a corrupt shard, is an error
     shard_samples: int = 10_000  # samples per rewritten shard
+    index: bool = True  # load the store through its origin-hash Parquet index (built by rank 0 if stale)
+    max_buckets: int = 1024  # index buckets a rank keeps loaded (1024 = all: loads only those its docs touch, never evicts)
 
 
 def rank_world() -> tuple[int, int]:
@@ -77,7 +80,7 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
         rank, world_size = rank_world()
     shards = list_shards(cfg.shards)
     mine = shards[rank::world_size]
-    store = SnapshotStore.load(cfg.store)
+    store = open_store(cfg.store, rank, world_size, lazy=cfg.index, max_buckets=cfg.max_buckets)
     filt = ConsentFilter(store, cfg)
     out = Path(cfg.out)
     for d in ("audit", "exclude", "stats", "completions"):
@@ -97,6 +100,7 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
     rewriter = ShardWriter(out / "shards", prefix="consent", rank=rank, max_samples=cfg.shard_samples) if cfg.rewrite else None
     policy, version, as_of = filt.policy.name, filt.policy.version, cfg.as_of
     cols: dict[str, list] = {name: [] for name in AUDIT_SCHEMA.names}
+    examples: dict[str, list[str]] = {}  # counter -> the first documents it counted, named
     with pq.ParquetWriter(tmp_audit, AUDIT_SCHEMA, compression="zstd") as writer, open(tmp_excl, "w", encoding="utf-8") as excl:
 
         def flush() -> None:
@@ -111,6 +115,13 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
                     d = filt(s)
                     if cfg.strict and d.reason in URL_REASONS:
                         raise DataError(f"{s.id}: {d.rule or d.reason} (strict: every document needs an http(s) url)")
+                    if d.flags and "bad_crawl_date" in d.flags:
+                        if cfg.strict:
+                            raise DataError(f"{s.id}: crawl_date {s.meta.get('crawl_date')!r} is not ISO 8601, "
+                                            "RFC 2822, YYYYMMDD or a 14-digit Wayback timestamp (strict)")
+                        _example(examples, "bad_crawl_date", s.id, s.meta.get("crawl_date"))
+                    elif d.reason in URL_REASONS:
+                        _example(examples, d.reason, s.id, s.meta.get("url"))
                     url = s.meta.get("url")
                     try:
                         origin = split_url(url)[0]
@@ -121,7 +132,7 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
                     row = (s.shard, s.key, url if isinstance(url, str) else None, origin, reg, s.lang,
                            len(s.text.encode("utf-8")), crawl if isinstance(crawl, str) else None,
                            "keep" if d.keep else "drop", d.reason, d.agent, d.rule, d.snapshot, d.sha256,
-                           ",".join(d.flags), policy, version, as_of)
+                           ",".join(d.flags), policy, version, as_of, d.group)
                     for name, value in zip(AUDIT_SCHEMA.names, row):
                         cols[name].append(value)
                     if len(cols["key"]) >= 8192:
@@ -142,12 +153,22 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
         save_part(out / "shards", rank, world_size, {"complete": True, "shards": [asdict(i) for i in rewriter.written]})
         merge_parts(out / "shards", world_size, {"source": str(cfg.shards), "stage": "consent filter", "policy": policy})
     counters = filt.counters + Counter({f"read_{k}": v for k, v in read.items() if k != "samples"})
+    if getattr(store, "bucket_loads", 0):
+        counters["store_bucket_loads"] = store.bucket_loads
+    if store.torn_lines:
+        counters["store_torn_lines"] = store.torn_lines
     atomic_write_text(stats_path, json.dumps({"rank": rank, "world_size": world_size, "fingerprint": fp, "run_id": run_id,
                                               "policy": policy, "policy_version": version,
                                               "config": json.loads(cfg.model_dump_json()),
-                                              "counters": dict(counters)}, indent=1) + "\n")
+                                              "counters": dict(counters), "examples": examples}, indent=1) + "\n")
     atomic_write_text(done, fp + "\n")
     return _finish(out, world_size, rank, counters, run_id, skipped=False)
+
+
+def _example(examples: dict[str, list[str]], counter: str, doc_id: str, value) -> None:
+    lst = examples.setdefault(counter, [])
+    if len(lst) < 20:
+        lst.append(f"{doc_id} {value!r}")
 
 
 def _finish(out: Path, world_size: int, rank: int, counters: Counter, run_id: str, skipped: bool) -> dict:
@@ -163,12 +184,16 @@ def _finish(out: Path, world_size: int, rank: int, counters: Counter, run_id: st
             return result
         stats.append(st)
     total = Counter()
+    examples: dict[str, list[str]] = {}
     for st in stats:
         total.update(st["counters"])
+        for k, v in st.get("examples", {}).items():
+            examples.setdefault(k, []).extend(v[: 20 - len(examples.get(k, []))])
     lines = []
     for r in range(world_size):
         lines.extend((out / "exclude" / f"part-{r:05d}.txt").read_text(encoding="utf-8").splitlines())
     atomic_write_text(out / "exclude.txt", "".join(line + "\n" for line in lines))
-    atomic_write_text(out / "summary.json", json.dumps({"world_size": world_size, "counters": dict(total)}, indent=1) + "\n")
-    result.update(merged=True, total=dict(total), exclude=str(out / "exclude.txt"))
+    atomic_write_text(out / "summary.json", json.dumps({"world_size": world_size, "counters": dict(total),
+                                                        "examples": examples}, indent=1) + "\n")
+    result.update(merged=True, total=dict(total), exclude=str(out / "exclude.txt"), examples=examples)
     return result

@@ -17,6 +17,8 @@ import calendar
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
@@ -58,74 +60,141 @@ def _share(part: float, total: float) -> float:
     return part / total if total else 0.0
 
 
-def decisions(audit) -> dict:
-    """Per-reason, per-language and per-domain tables from the audit rows."""
-    t = audit.to_pandas()
-    t["dropped_bytes"] = t["bytes"].where(t["decision"] == "drop", 0)
-    t["dropped"] = (t["decision"] == "drop").astype(int)
-    total_bytes = int(t["bytes"].sum())
-    reasons = (t.groupby(["decision", "reason"]).agg(docs=("key", "size"), bytes=("bytes", "sum")).reset_index()
+def _group_sums(batches, keys: list[str], sums: list[str], derive=None) -> pa.Table:
+    """Sum `sums` per `keys` over record batches with pyarrow group-bys, one batch at a time:
+    memory follows the number of groups, not of audit rows (10^9 rows stream through)."""
+    parts: list[pa.Table] = []
+    held = 0
+
+    def combine(tables: list[pa.Table]) -> pa.Table:
+        t = pa.concat_tables(tables).group_by(keys).aggregate([(c, "sum") for c in sums])
+        return t.rename_columns([c[:-4] if c.endswith("_sum") and c[:-4] in sums else c for c in t.column_names])
+
+    for batch in batches:
+        t = pa.Table.from_batches([batch])
+        if derive is not None:
+            t = derive(t)
+        parts.append(combine([t.select(keys + sums)]))
+        held += len(parts[-1])
+        if len(parts) > 64 or held > 1 << 22:
+            parts, held = [combine(parts)], len(parts[0]) if parts else 0
+    if not parts:
+        return pa.table({k: pa.array([], pa.string()) for k in keys} | {c: pa.array([], pa.int64()) for c in sums})
+    return combine(parts)
+
+
+def _derive(t: pa.Table) -> pa.Table:
+    drop = pc.equal(t["decision"], "drop")
+    t = t.append_column("docs", pa.array(np.ones(len(t), dtype=np.int64)))
+    t = t.append_column("dropped", pc.cast(drop, pa.int64()))
+    return t.append_column("dropped_bytes", pc.if_else(drop, t["bytes"], 0))
+
+
+def decisions(dataset: ds.Dataset) -> dict:
+    """Per-reason, per-language and per-domain tables, aggregated batch by batch."""
+    cols = ["origin", "reg_domain", "lang", "bytes", "decision", "reason"]
+    per = _group_sums(dataset.to_batches(columns=cols), ["decision", "reason", "lang", "reg_domain", "origin"],
+                      ["docs", "bytes", "dropped", "dropped_bytes"], _derive).to_pandas()
+    total_bytes = int(per["bytes"].sum())
+    reasons = (per.groupby(["decision", "reason"]).agg(docs=("docs", "sum"), bytes=("bytes", "sum")).reset_index()
                .sort_values("bytes", ascending=False))
     reasons["byte_share"] = reasons["bytes"] / max(total_bytes, 1)
-    langs = t.groupby("lang").agg(docs=("key", "size"), bytes=("bytes", "sum"), dropped_docs=("dropped", "sum"),
-                                  dropped_bytes=("dropped_bytes", "sum")).reset_index()
+    langs = per.groupby("lang").agg(docs=("docs", "sum"), bytes=("bytes", "sum"), dropped_docs=("dropped", "sum"),
+                                    dropped_bytes=("dropped_bytes", "sum")).reset_index()
     langs["dropped_byte_share"] = langs["dropped_bytes"] / langs["bytes"].clip(lower=1)
-    dom = t[t["reg_domain"] != ""].groupby("reg_domain").agg(
-        hosts=("origin", "nunique"), docs=("key", "size"), bytes=("bytes", "sum"),
-        dropped_docs=("dropped", "sum"), dropped_bytes=("dropped_bytes", "sum"),
-        top_reason=("reason", lambda s: s.value_counts().index[0])).reset_index()
+    d = per[per["reg_domain"] != ""]
+    dom = d.groupby("reg_domain").agg(hosts=("origin", "nunique"), docs=("docs", "sum"), bytes=("bytes", "sum"),
+                                      dropped_docs=("dropped", "sum"), dropped_bytes=("dropped_bytes", "sum")).reset_index()
+    top = d.groupby(["reg_domain", "reason"])["docs"].sum().reset_index().sort_values(["reg_domain", "docs", "reason"],
+                                                                                          ascending=[True, False, True])
+    dom = dom.merge(top.drop_duplicates("reg_domain")[["reg_domain", "reason"]].rename(columns={"reason": "top_reason"}),
+                    on="reg_domain", how="left")
     dom["dropped_byte_share"] = dom["dropped_bytes"] / dom["bytes"].clip(lower=1)
     dom = dom.sort_values("bytes", ascending=False)
+    dropped_bytes = int(per["dropped_bytes"].sum())
     return {
-        "docs": int(len(t)), "bytes": total_bytes,
-        "dropped_docs": int(t["dropped"].sum()), "dropped_bytes": int(t["dropped_bytes"].sum()),
-        "dropped_byte_share": _share(float(t["dropped_bytes"].sum()), total_bytes),
+        "docs": int(per["docs"].sum()), "bytes": total_bytes,
+        "dropped_docs": int(per["dropped"].sum()), "dropped_bytes": dropped_bytes,
+        "dropped_byte_share": _share(float(dropped_bytes), total_bytes),
         "reasons": reasons.to_dict("records"), "langs": langs.sort_values("bytes", ascending=False).to_dict("records"),
         "domains": dom.to_dict("records"),
     }
 
 
-def monthly(audit, store: SnapshotStore, months: int) -> list[dict]:
-    """Byte-weighted share of each status per (month, group) and per (month, language) for the training group."""
-    t = audit.select(["origin", "lang", "bytes"]).to_pandas()
-    t = t[t["origin"] != ""]
-    by_origin = t.groupby("origin")["bytes"].sum().to_dict()
-    by_origin_lang = t.groupby(["origin", "lang"])["bytes"].sum().to_dict()
-    total = float(audit.column("bytes").to_numpy().sum())
+def monthly(dataset: ds.Dataset, store: SnapshotStore, months: int) -> list[dict]:
+    """Byte-weighted share of each status per (month, group) and per (month, language) for the
+    training group. Each capture is classified once; it holds from its month to the month before
+    the origin's next capture, so bytes enter a difference array over months (no month x origin loop)."""
+    per = _group_sums(dataset.to_batches(columns=["origin", "lang", "bytes"]), ["origin", "lang"], ["bytes"]).to_pandas()
+    total = float(per["bytes"].sum())
+    per = per[per["origin"] != ""]
     dates = [s.date for lst in store.by_origin.values() for s in lst]
-    if not dates or not by_origin:
+    if not dates or per.empty:
         return []
+    ends = _month_ends(min(dates), max(dates), months)
+    index = {e[:7]: i for i, e in enumerate(ends)}
+    first_month = ends[0][:7]
     groups = agent_groups()
+    by_origin = per.groupby("origin")["bytes"].sum()
+    # one row per (origin, capture interval): the months [start, stop) in which the capture is the latest
     rows = []
-    for end in _month_ends(min(dates), max(dates), months):
-        acc: dict[tuple[str, str], float] = defaultdict(float)
-        status_of: dict[str, str] = {}
-        for origin, nbytes in by_origin.items():
-            snaps = store.by_origin.get(origin, [])
-            snap = next((s for s in reversed(snaps) if s.date <= end), None)
-            robots = store.robots(snap) if snap is not None else None
-            for name, agents in groups.items():
-                st = "no_snapshot" if robots is None else max((robots.classify(a).status for a in agents), key=RANK.get)
-                acc[(name, st)] += nbytes
-                if robots is not None and any(robots.classify(a).ai_train == "no" for a in agents):
-                    acc[(name, "ai_train_no")] += nbytes
-                if name == "training (combined)":
-                    status_of[origin] = st
+    for origin in by_origin.index:
+        snaps = store.by_origin.get(origin, [])
+        # the capture of a month is the latest one dated on or before the month's end
+        month_of = [max(s.date[:7], first_month) for s in snaps]
+        for i, s in enumerate(snaps):
+            start = index.get(month_of[i], len(ends))
+            stop = index.get(month_of[i + 1], len(ends)) if i + 1 < len(snaps) else len(ends)
+            if stop > start:
+                rows.append((origin, start, stop, s))
+    n = len(ends)
+    acc: dict[tuple[str, str], np.ndarray] = defaultdict(lambda: np.zeros(n + 1))
+    lang_acc: dict[tuple[str, str], np.ndarray] = defaultdict(lambda: np.zeros(n + 1))
+    covered = np.zeros(n + 1)
+    langs = per.groupby(["origin", "lang"])["bytes"].sum()
+    lang_of = defaultdict(list)
+    for (origin, lang), b in langs.items():
+        lang_of[origin].append((lang, float(b)))
+    lang_tot = per.groupby("lang")["bytes"].sum().to_dict()
+    for origin, start, stop, snap in rows:
+        nbytes = float(by_origin[origin])
+        robots = store.robots(snap)
+        covered[start] += nbytes
+        covered[stop] -= nbytes
+        for name, agents in groups.items():
+            st = max((robots.classify(a).status for a in agents), key=RANK.get)
+            acc[(name, st)][start] += nbytes
+            acc[(name, st)][stop] -= nbytes
+            if any(robots.classify(a).ai_train == "no" for a in agents):
+                acc[(name, "ai_train_no")][start] += nbytes
+                acc[(name, "ai_train_no")][stop] -= nbytes
+            if name == "training (combined)":
+                for lang, b in lang_of[origin]:
+                    lang_acc[(lang, st)][start] += b
+                    lang_acc[(lang, st)][stop] -= b
+    audited = float(by_origin.sum())
+    no_snap = audited - np.cumsum(covered)[:n]  # origins without a capture yet that month
+    lang_cov = {k: np.cumsum(v)[:n] for k, v in lang_acc.items()}
+    out = []
+    for i, end in enumerate(ends):
         for name in groups:
             row = {"month": end[:7], "group": name}
-            row.update({st: _share(acc[(name, st)], total) for st in STATUSES})
-            row["ai_train_no"] = _share(acc[(name, "ai_train_no")], total)  # Content-Signal, any status
-            rows.append(row)
-        lang_acc: dict[tuple[str, str], float] = defaultdict(float)
-        lang_tot: dict[str, float] = defaultdict(float)
-        for (origin, lang), nbytes in by_origin_lang.items():
-            lang_acc[(lang, status_of[origin])] += nbytes
-            lang_tot[lang] += nbytes
+            row.update({st: _share(float(np.cumsum(acc[(name, st)])[i]), total) for st in STATUSES if st != "no_snapshot"})
+            row["no_snapshot"] = _share(float(no_snap[i]), total)
+            row["ai_train_no"] = _share(float(np.cumsum(acc[(name, "ai_train_no")])[i]), total)
+            out.append(row)
         for lang, tot in sorted(lang_tot.items()):
             row = {"month": end[:7], "group": "training (combined)", "lang": lang}
-            row.update({st: _share(lang_acc[(lang, st)], tot) for st in STATUSES})
-            rows.append(row)
-    return rows
+            seen = 0.0
+            for st in STATUSES:
+                if st == "no_snapshot":
+                    continue
+                v = float(lang_cov[(lang, st)][i]) if (lang, st) in lang_cov else 0.0
+                row[st] = _share(v, tot)
+                seen += v
+            row["no_snapshot"] = _share(tot - seen, tot)
+            out.append(row)
+    return out
 
 
 def build_report(cfg: ReportConfig) -> dict:
@@ -135,11 +204,10 @@ def build_report(cfg: ReportConfig) -> dict:
     parts = sorted(audit_dir.glob("part-*.parquet"))
     if not parts:
         raise DataError(f"{audit_dir}: no audit parts (run `glotta consent filter --out {cfg.out}` first)")
-    audit = ds.dataset([str(p) for p in parts], format="parquet").to_table(
-        columns=["key", "origin", "reg_domain", "lang", "bytes", "decision", "reason"])
+    audit = ds.dataset([str(p) for p in parts], format="parquet")
     report = {"weight": "utf8_bytes", **decisions(audit)}
     report["domains"] = report["domains"][: cfg.top]
-    report["policies"] = sorted(set(pc.unique(ds.dataset([str(p) for p in parts]).to_table(columns=["policy"])["policy"]).to_pylist()))
+    report["policies"] = sorted(_group_sums(audit.to_batches(columns=["policy"]), ["policy"], [])["policy"].to_pylist())
     report["months"] = monthly(audit, SnapshotStore.load(cfg.store), cfg.months) if cfg.store else []
     if cfg.png is not None:
         if not report["months"]:

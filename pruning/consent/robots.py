@@ -1,16 +1,20 @@
-"""robots.txt: matching through protego, classification into the Consent in Crisis taxonomy.
+"""robots.txt: RFC 9309 groups and agents, rule matching through protego, the paper's taxonomy.
 
-protego (>= 0.7: agent tokens match at token boundaries) answers "may agent A fetch URL U".
-This module adds only what protego does not do:
+Group selection is ours (protego's prefix matching applies `User-agent: Applebot` to
+Applebot-Extended); rule matching inside a group (longest match, `*`/`$`) is protego's:
+  * a group is a run of `User-agent` lines followed by rules; only Allow/Disallow lines end a
+    run (RFC 9309 2.2, Google's parser): Crawl-delay, Sitemap, Content-Signal or unknown lines
+    between two `User-agent` lines do not split it;
+  * the product token (the leading `[A-Za-z0-9_-]` run of the value: `GPTBot/1.0` -> GPTBot)
+    matches the agent exactly, case-insensitively, never as a prefix; `*` is the whole token only;
+  * an agent named by no group takes the `*` group (all `*` groups merge, as do all groups of
+    one agent); an agent named by a group without rules is allowed everything;
   * per-agent classification none / some / all with the paper's sub-classes, where
     `Disallow: /` (or `/*`) with only trivial allows (/ads.txt, ...) counts as full restriction;
-  * `Content-Signal: ai-train=no` lines (protego ignores unknown lines);
+  * `Content-Signal: ai-train=no` and AIPREF `Content-Usage: train-ai=n` lines per group;
   * HTTP status semantics of RFC 9309 (4xx = no robots.txt = allow all; 5xx or unreachable =
     disallow all);
-  * input hygiene: BOM, non-UTF-8 bytes, a 500 KiB cap, version suffixes on agent tokens
-    (`User-agent: GPTBot/1.0` is read as `GPTBot`).
-Our own line reader feeds protego the normalised text, so classification and matching see the
-same groups; stacked `User-agent` lines share the rules that follow them, in any letter case.
+  * input hygiene: BOM, non-UTF-8 bytes, a 500 KiB cap, HTML served as robots.txt.
 """
 from __future__ import annotations
 
@@ -48,21 +52,27 @@ TRIVIAL_ALLOWS = {"/ads.txt", "/app-ads.txt", "/sellers.json", "/robots.txt", "/
                   "/security.txt", "/favicon.ico", "/ads.txt$", "/app-ads.txt$", "/robots.txt$"}
 IMPORTANT_DIRS = ("/admin", "/private", "/confidential")  # the paper's "important directories"
 
-TOKEN_RE = re.compile(r"[A-Za-z0-9_\-]+")
+USAGE_FIELD = "content-usage"  # IETF AIPREF (draft-ietf-aipref-attach): `Content-Usage: train-ai=n`
+_TOKEN = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def normalise_agent(value: str) -> str:
-    """`GPTBot/1.0` -> `gptbot`, `*` -> `*`, `Mozilla` stays; '' when nothing usable is left."""
+    """The product token of a `User-agent` value, lowercased, read as Google's reference parser
+    reads it: the leading run of `[A-Za-z0-9_-]` (RFC 9309 2.2.1 allows letters, `_` and `-`; we
+    also keep digits, so `AI2Bot` and `img2dataset` are names, not `AI` and `img`). It is then
+    compared whole, never as a prefix: `GPTBot/1.0` -> `gptbot`, `Sogou web spider` -> `sogou`,
+    `Go!Zilla` -> `go` (not Google-Extended), `*OrkashBot*` -> '' (matches nobody), `*` -> `*`."""
     value = value.strip()
-    if value.startswith(STAR):
+    if value == STAR or (value[:1] == STAR and value[1:2].isspace()):  # `* extra`: Google reads `*`
         return STAR
-    m = TOKEN_RE.match(value)
-    return m.group(0).lower() if m else ""
+    return _TOKEN.match(value).group(0).lower()
 
 
 @dataclass
 class Group:
     agents: list[str]
+    lines: list[int] = field(default_factory=list)  # line of each `User-agent` entry of `agents`
+    raw: list[str] = field(default_factory=list)  # the `User-agent` values as written
     rules: list[tuple[str, str, int]] = field(default_factory=list)  # (allow|disallow, value, line)
     crawl_delay: bool = False
     signals: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (yes|no, line)
@@ -75,8 +85,9 @@ class AgentStatus:
     status: str  # none | some | all | no_robots | unreachable
     detail: str  # sub-class, e.g. all_trivial_allows, some_pattern_restrictions, none_sitemap
     rule: str = ""  # evidence for `all`: "Disallow: / (line 7)"
-    ai_train: str = ""  # Content-Signal ai-train value that applies: yes | no | ""
+    ai_train: str = ""  # Content-Signal ai-train / Content-Usage train-ai value that applies: yes | no | ""
     signal_rule: str = ""
+    group_lines: str = ""  # evidence: `User-agent: GPTBot (line 4)`, `User-agent: * (lines 1, 9)`, ""
 
 
 def decode(data: bytes | str, max_bytes: int = MAX_BYTES) -> tuple[str, list[str]]:
@@ -113,7 +124,8 @@ class Robots:
         self.sitemaps = 0
         self.warnings: list[str] = []
         self.invalid_lines = 0
-        self._protego: Protego | None = None
+        self.rules_outside_group = 0
+        self._matchers: dict[str, Protego] = {}
         self._status: dict[str, AgentStatus] = {}
         self._select: dict[str, str] = {}
         self._rulesets: dict[str, object] = {}
@@ -132,9 +144,10 @@ class Robots:
     def parse(cls, data: bytes | str, max_bytes: int = MAX_BYTES) -> "Robots":
         self = cls("parsed", 200)
         text, self.warnings = decode(data, max_bytes)
-        out_lines: list[str] = []
+        if any(w.startswith("HTML") for w in self.warnings):
+            return self._index()  # a soft-404 page: no rules (its text may look like directives)
         current: Group | None = None
-        last_was_ua = False
+        ended = True  # an Allow/Disallow line was seen since the last `User-agent` line
         for lineno, raw in enumerate(text.splitlines(), 1):
             line = raw.split("#", 1)[0].strip()
             parsed = _extract_directive(line) if line else None
@@ -144,70 +157,82 @@ class Robots:
                 continue
             fld, value = parsed
             if fld in UA_FIELDS:
-                token = normalise_agent(value)
-                if not last_was_ua or current is None:
+                if ended:
                     current = Group(agents=[])
                     self.groups.append(current)
-                last_was_ua = True
+                    ended = False
+                token = normalise_agent(value)
                 if token:
                     current.agents.append(token)
-                    out_lines.append(f"User-agent: {token}")
-                else:
-                    out_lines.append("User-agent:")  # keeps protego's group boundaries where ours are
-                continue
-            if fld not in SITE_WIDE:
-                last_was_ua = False
-            if fld in ALLOW_FIELDS or fld in DISALLOW_FIELDS:
-                out_lines.append(f"{'Allow' if fld in ALLOW_FIELDS else 'Disallow'}: {value}")
-                if current is not None and value:
+                    current.lines.append(lineno)
+                    current.raw.append(value.strip())
+            elif fld in ALLOW_FIELDS or fld in DISALLOW_FIELDS:
+                if current is None:
+                    self.rules_outside_group += 1  # RFC 9309: a rule before any User-agent line applies to no one
+                    continue
+                ended = True
+                if value:  # an empty Disallow allows everything: no rule
                     current.rules.append(("allow" if fld in ALLOW_FIELDS else "disallow", value, lineno))
-            elif fld == SIGNAL_FIELD:
+                    slash = value.rfind("/")
+                    if fld in ALLOW_FIELDS and slash >= 0 and value.startswith("/index.htm", slash):
+                        # Google's reading: allowing /dir/index.html allows the directory URL /dir/ too
+                        current.rules.append(("allow", value[: slash + 1] + "$", lineno))
+            elif fld == SIGNAL_FIELD or fld == USAGE_FIELD:
+                if fld == USAGE_FIELD and value.startswith("/") and value.split(" ", 1)[0] not in ("/", "/*"):
+                    self.warnings.append(f"line {lineno}: path-scoped Content-Usage not applied (decided per origin)")
                 target = current.signals if current is not None else self.site_signals
-                for part in value.split(","):
-                    k, _, v = part.partition("=")
-                    if k.strip() and v.strip():
-                        target[k.strip().lower()] = (v.strip().lower(), lineno)
+                for k, v in _signal_pairs(fld, value):
+                    target.setdefault(k, (v, lineno))  # the first statement wins, as in the drafts
             elif fld in ("crawl-delay", "crawl delay"):
-                out_lines.append(f"Crawl-delay: {value}")
                 if current is not None:
                     current.crawl_delay = True
             elif fld in ("sitemap", "sitemaps", "site-map"):
                 self.sitemaps += 1
             elif fld not in SITE_WIDE and fld not in ("request-rate", "request rate", "visit-time", "visit time"):
-                self.invalid_lines += 1
-            if fld not in SITE_WIDE and fld not in ALLOW_FIELDS and fld not in DISALLOW_FIELDS and fld not in (
-                "crawl-delay", "crawl delay"):
-                out_lines.append("X-Glotta-Other: 1")  # ends a stacked User-agent run for protego as for us
+                self.invalid_lines += 1  # unknown lines are counted and, as in Google's parser, end no group
+        return self._index()
+
+    def _index(self) -> "Robots":
         for g in self.groups:
             for a in g.agents:
                 lst = self.by_agent.setdefault(a, [])  # RFC 9309 2.2.1: groups of one agent merge
                 if g not in lst:  # `User-agent: GPTBot` + `User-agent: gptbot` in one group
                     lst.append(g)
-        self._protego = Protego.parse("\n".join(out_lines))
         return self
 
     # ---- queries ------------------------------------------------------------------------
     def select(self, agent: str) -> str:
-        """The group key that applies to `agent`: the longest group token found in the agent name
-        at a token boundary (protego's rule), else `*`, else ''."""
+        """The group key that applies to `agent` (RFC 9309 2.2.1): its own token when a group
+        names it (exact, case-insensitive), else `*` when there is a `*` group, else ''."""
         key = self._select.get(agent)
-        if key is not None:
-            return key
-        name, best, score = agent.strip().lower(), "", 0
-        for token in self.by_agent:
-            if token == STAR:
-                s = 1
-            else:
-                s, i = 0, name.find(token)
-                while i != -1:
-                    if i == 0 or not (name[i - 1].isalnum() or name[i - 1] in "-_"):
-                        s = len(token)
-                        break
-                    i = name.find(token, i + 1)
-            if s > score:
-                best, score = token, s
-        self._select[agent] = best
-        return best
+        if key is None:
+            name = agent.strip().lower()
+            key = name if name in self.by_agent else STAR if STAR in self.by_agent else ""
+            self._select[agent] = key
+        return key
+
+    def group_evidence(self, agent: str) -> str:
+        """`User-agent: GPTBot (line 4)`: the User-agent lines of the group(s) that apply."""
+        key = self.select(agent) if self.kind == "parsed" else ""
+        if not key:
+            return ""
+        found = [(n, r) for g in self.by_agent[key] for a, n, r in zip(g.agents, g.lines, g.raw) if a == key]
+        lines = ", ".join(str(n) for n, _ in found)
+        return f"User-agent: {found[0][1]} (line{'s' if len(found) > 1 else ''} {lines})"
+
+    def needs_path_check(self, agent: str) -> bool:
+        """Whether any Disallow rule applies to the agent (`?` rules included, which the
+        classification ignores): an origin classified `none` is then still matched per path."""
+        return any(f == "disallow" for f, _, _ in self.rules_for(agent))
+
+    def _matcher(self, key: str) -> Protego:
+        """protego, fed only the merged rules of one group, so its group selection plays no role."""
+        m = self._matchers.get(key)
+        if m is None:
+            rules = [r for g in self.by_agent.get(key, []) for r in g.rules]
+            text = "User-agent: *\n" + "\n".join(f"{'Allow' if f == 'allow' else 'Disallow'}: {v}" for f, v, _ in rules)
+            m = self._matchers[key] = Protego.parse(text)
+        return m
 
     def rules_for(self, agent: str) -> list[tuple[str, str, int]]:
         return [r for g in self.by_agent.get(self.select(agent), []) for r in g.rules]
@@ -217,7 +242,8 @@ class Robots:
             return True
         if self.kind == "unreachable":
             return False
-        return self._protego.can_fetch(url, agent)
+        key = self.select(agent)
+        return True if not key else self._matcher(key).can_fetch(url, "x")
 
     def quote(self, path: str) -> str:
         """The path as protego compares it (once per document, shared by all agents)."""
@@ -278,7 +304,8 @@ class Robots:
 
     def _ruleset(self, agent: str):
         try:
-            rs = self._protego._get_matching_rule_set(agent)
+            key = self.select(agent)
+            rs = self._matcher(key)._get_matching_rule_set("x") if key else None
             if rs is None:
                 return None
             if _quote_path is None:
@@ -312,7 +339,13 @@ class Robots:
     def classify(self, agent: str) -> AgentStatus:
         st = self._status.get(agent)
         if st is None:
-            st = self._status[agent] = self._classify(agent)
+            # Agents without their own group share the `*` group's class: classify each group once.
+            key = self.select(agent) if self.kind == "parsed" else ""
+            same = self._status.get("\0" + key)
+            if same is None:
+                same = self._status["\0" + key] = self._classify(agent)
+            st = self._status[agent] = same if same.agent == agent else AgentStatus(
+                agent, same.group, same.status, same.detail, same.rule, same.ai_train, same.signal_rule, same.group_lines)
         return st
 
     def _classify(self, agent: str) -> AgentStatus:
@@ -322,8 +355,10 @@ class Robots:
             return AgentStatus(agent, "", "unreachable", f"unreachable_http_{self.http_status}")
         key = self.select(agent)
         groups = self.by_agent.get(key, [])
+        ev = self.group_evidence(agent)
         signal, sig_line = self._signal(groups, "ai-train")
-        sig_rule = f"Content-Signal: ai-train={signal} (line {sig_line})" if signal else ""
+        sig_rule = f"{signal} (line {sig_line})" if signal else ""
+        signal = _yes_no(signal.rsplit("=", 1)[-1]) if signal else ""
         # The paper's rule: ignore values with '?' (query-string rules say nothing about content).
         rules = [r for g in groups for r in g.rules if "?" not in r[1]]
         dis = [(v, n) for f, v, n in rules if f == "disallow"]
@@ -335,18 +370,18 @@ class Robots:
                 detail = "none_sitemap"
             else:
                 detail = "none"
-            return AgentStatus(agent, key, "none", detail, "", signal, sig_rule)
+            return AgentStatus(agent, key, "none", detail, "", signal, sig_rule, ev)
         full = [(v, n) for v, n in dis if v in FULL_DISALLOWS]
         if full and all(_trivial(a) for a in allow):
             detail = "all_trivial_allows" if allow else "all"
-            return AgentStatus(agent, key, "all", detail, f"Disallow: {full[0][0]} (line {full[0][1]})", signal, sig_rule)
+            return AgentStatus(agent, key, "all", detail, f"Disallow: {full[0][0]} (line {full[0][1]})", signal, sig_rule, ev)
         if any(v.rstrip("/").lower() in IMPORTANT_DIRS for v, _ in dis):
             detail = "some_disallow_important_dir"
         elif any("*" in v or v.endswith("$") for v, _ in dis):
             detail = "some_pattern_restrictions"
         else:
             detail = "some_other"
-        return AgentStatus(agent, key, "some", detail, "", signal, sig_rule)
+        return AgentStatus(agent, key, "some", detail, "", signal, sig_rule, ev)
 
     def _signal(self, groups: list[Group], key: str) -> tuple[str, int]:
         """A Content-Signal applies from the agent's own group, else from the `*` group, else from
@@ -360,6 +395,31 @@ class Robots:
                 if key in g.signals:
                     return g.signals[key]
         return "", 0
+
+
+def _yes_no(value: str) -> str:
+    v = value.strip().lower()
+    return "no" if v in ("no", "n") else "yes" if v in ("yes", "y") else ""
+
+
+def _signal_pairs(fld: str, value: str):
+    """(key, statement) pairs of a Content-Signal (Cloudflare) or Content-Usage (IETF AIPREF) line;
+    both vocabularies' training key is reported as `ai-train`. A Content-Usage line scoped to a path
+    other than `/` is not read here (parse() records a warning naming the line)."""
+    if fld == USAGE_FIELD:
+        if value.startswith("/"):
+            path, _, value = value.partition(" ")
+            if path not in ("/", "/*"):
+                return
+        for part in value.split(","):
+            k, _, v = part.strip().partition("=")
+            if k.strip().lower() == "train-ai" and v.strip():
+                yield "ai-train", f"Content-Usage: train-ai={v.strip()}"
+        return
+    for part in value.split(","):
+        k, _, v = part.partition("=")
+        if k.strip() and v.strip():
+            yield k.strip().lower(), f"Content-Signal: {k.strip().lower()}={v.strip()}"
 
 
 def _trivial(allow: str) -> bool:

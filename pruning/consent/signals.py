@@ -155,3 +155,25 @@ class TosLabels:
 
     def label(self, host: str, reg_domain: str) -> str:
         return self.labels.get(host) or self.labels.get(reg_domain) or ""
+
+
+def doc_content_usage(meta: dict) -> str:
+    """Evidence when an IETF AIPREF `Content-Usage` response header says train-ai=n, else ''."""
+    headers = _lower_keys(meta.get("http_headers") or meta.get("headers"))
+    for v in _values(headers.get("content-usage")):
+        for part in v.split(","):
+            k, _, val = part.strip().partition("=")
+            if k.strip().lower() == "train-ai" and val.strip().lower() in ("n", "no"):
+                return f"Content-Usage: {v.strip()}"
+    return ""
+
+
+_LICENSE_SPLIT = re.compile(r"[^A-Za-z0-9]+")
+
+
+def license_match(license_value: object, tokens: frozenset[str]) -> str:
+    """The license text when one of its tokens (`CC-BY-NC-4.0` -> cc, by, nc, 4, 0) is in `tokens`."""
+    if not tokens or not isinstance(license_value, str):
+        return ""
+    parts = {t.lower() for t in _LICENSE_SPLIT.split(license_value) if t}
+    return license_value if parts & tokens else ""

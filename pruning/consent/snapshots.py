@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,11 +23,11 @@ from typing import Literal
 from glotta.config import StrictModel
 
 from glotta.errors import ConfigError, DataError
+from glotta.pruning.consent.dates import parse_day
 from glotta.pruning.consent.robots import MAX_BYTES, Robots, sha256_text
 from glotta.pruning.consent.signals import TdmRep
 from glotta.pruning.consent.urls import BadURL, split_url
 
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 @dataclass
@@ -42,6 +41,8 @@ class Snapshot:
     error: str = ""
     tdmrep_status: int = 0  # HTTP status of /.well-known/tdmrep.json (0: not fetched)
     tdmrep: str | None = None
+    kind: str = ""  # "" a capture | failed (5xx / no answer after retries) | bot_wall (403 / 429)
+    policy: str = ""  # for failed / bot_wall: keep-previous | disallow | allow (fetch --on-failure / --bot-wall)
 
     @property
     def id(self) -> str:
@@ -49,12 +50,9 @@ class Snapshot:
 
 
 def parse_date(value: object) -> str | None:
-    """'2024-03-01T12:00:00Z' -> '2024-03-01'; None when absent or unreadable."""
-    if isinstance(value, str):
-        m = _DATE.match(value.strip())
-        if m:
-            return m.group(0)
-    return None
+    """'2024-03-01T12:00:00Z', 'Fri, 01 Mar 2024 12:00:00 GMT', '20240301', '20240301120000' ->
+    '2024-03-01'; None when absent or unreadable (dates.py lists the formats)."""
+    return parse_day(value)
 
 
 class SnapshotStore:
@@ -63,6 +61,8 @@ class SnapshotStore:
         self._dates: dict[str, list[str]] = {}
         self._robots: dict[str, Robots] = {}
         self._tdm: dict[str, TdmRep | None] = {}
+        self.torn_lines = 0
+        self.max_cached = 16384  # parsed robots.txt / tdmrep.json kept (~38 KiB each at most)
         for s in snapshots or []:
             self.add(s)
 
@@ -92,6 +92,9 @@ class SnapshotStore:
                 for n, line in enumerate(f, 1):
                     if not line.strip():
                         continue
+                    if not line.endswith("\n"):  # the torn last line of a killed fetch: it resumes from here
+                        store.torn_lines += 1
+                        continue
                     try:
                         store.add(Snapshot(**json.loads(line)))
                     except (json.JSONDecodeError, TypeError) as e:
@@ -107,29 +110,48 @@ class SnapshotStore:
                 f.write(json.dumps(asdict(s), ensure_ascii=False) + "\n")
 
     # ---- lookups ------------------------------------------------------------------------
-    def at(self, origin: str, date: str | None) -> tuple[Snapshot | None, bool]:
-        """Latest capture at or before `date` (None: the latest). Returns (snapshot, fallback)."""
+    def at(self, origin: str, date: str | None) -> tuple[Snapshot | None, str]:
+        """Latest capture at or before `date` (None: the latest). Returns (snapshot, flag): flag is
+        `asof_fallback` when the document predates every capture, `previous_capture` when a failed
+        or bot-walled capture with policy keep-previous gave way to the last good one (RFC 9309 2.4)."""
         lst = self.by_origin.get(origin)
         if not lst:
-            return None, False
+            return None, ""
         if date is None:
-            return lst[-1], False
-        i = bisect.bisect_right(self._dates[origin], date)
-        if i == 0:
-            return lst[0], True
-        return lst[i - 1], False
+            i, flag = len(lst), ""
+        else:
+            i = bisect.bisect_right(self._dates[origin], date)
+            flag = ""
+            if i == 0:
+                i, flag = 1, "asof_fallback"
+        snap = lst[i - 1]
+        if snap.kind and snap.policy == "keep-previous":
+            for j in range(i - 2, -1, -1):
+                if not lst[j].kind:
+                    return lst[j], "previous_capture"
+        return snap, flag
 
     def robots(self, snap: Snapshot) -> Robots:
         key = snap.id
         r = self._robots.get(key)
         if r is None:
-            body = snap.robots.encode("utf-8") if snap.robots is not None else None
-            r = self._robots[key] = Robots.from_http(snap.status, body)
+            if snap.kind and snap.policy == "allow":
+                r = Robots("unavailable", snap.status)  # the user chose: a failed fetch allows all
+            elif snap.kind:
+                r = Robots("unreachable", snap.status)  # disallow, or keep-previous with nothing before it
+            else:
+                body = snap.robots.encode("utf-8") if snap.robots is not None else None
+                r = Robots.from_http(snap.status, body)
+            if len(self._robots) >= self.max_cached:  # bounded: drop the oldest parsed capture
+                del self._robots[next(iter(self._robots))]
+            self._robots[key] = r
         return r
 
     def tdmrep(self, snap: Snapshot) -> TdmRep | None:
         key = snap.id
         if key not in self._tdm:
+            if len(self._tdm) >= self.max_cached:
+                del self._tdm[next(iter(self._tdm))]
             ok = 200 <= snap.tdmrep_status < 300 and snap.tdmrep is not None
             self._tdm[key] = TdmRep.parse(snap.tdmrep) if ok else None
         return self._tdm[key]
@@ -141,8 +163,8 @@ def import_files(files: list[Path], date: str | None = None, scheme: str = "http
     out = []
     for f in files:
         f = Path(f)
-        if f.parent.name and parse_date(f.stem) and f.stem == parse_date(f.stem):
-            host, day = f.parent.name, f.stem
+        if f.parent.name and parse_date(f.stem):  # <host>/2024-01-15.txt or <host>/20240115093000.txt
+            host, day = f.parent.name, parse_date(f.stem)
         else:
             host, day = f.stem, date
         if day is None:
@@ -166,23 +188,45 @@ class ImportConfig(StrictModel):
     store: Path | None = None  # a directory (writes import.jsonl into it) or a .jsonl file
     date: str | None = None  # capture date for files named <host>.txt
     scheme: Literal["http", "https"] = "https"
+    strict: bool = False  # a corrupt WARC record, an unreadable date or a missing capture body is an error
 
 
 def run_import(cfg: ImportConfig) -> dict:
-    """`glotta consent import`: robots.txt files -> snapshots appended to the store."""
+    """`glotta consent import`: robots.txt files, Common Crawl robots.txt WARC files (`*.warc.gz`) and
+    Wayback captures (`<host>/cdx.json` + `<host>/<timestamp>.txt`) -> snapshots appended to the store."""
     if cfg.store is None or not cfg.files:
         raise ConfigError("consent import needs files and store (e.g. captures/ --store snapshots/)")
     if cfg.date is not None and parse_date(cfg.date) != cfg.date:
         raise ConfigError(f"date: expected YYYY-MM-DD, got {cfg.date!r}")
-    paths = []
+    txt, warcs, cdxs = [], [], []
     for p in cfg.files:
         if not p.exists():
             raise DataError(f"not found: {p}")
-        paths.extend(sorted(p.rglob("*.txt")) if p.is_dir() else [p])
-    snaps = import_files(paths, date=cfg.date, scheme=cfg.scheme)
+        if p.is_dir():
+            cdxs.extend(sorted(p.rglob("cdx.json")))
+            warcs.extend(sorted(f for pat in ("*.warc", "*.warc.gz", "*.arc", "*.arc.gz") for f in p.rglob(pat)))
+            txt.extend(f for f in sorted(p.rglob("*.txt")) if not (f.parent / "cdx.json").is_file())
+        elif p.name == "cdx.json":
+            cdxs.append(p)
+        elif p.name.endswith((".warc", ".warc.gz", ".arc", ".arc.gz")):
+            warcs.append(p)
+        else:
+            txt.append(p)
+    snaps = import_files(txt, date=cfg.date, scheme=cfg.scheme)
+    counters: dict[str, int] = {"robots_txt_files": len(txt)} if txt else {}
+    errors: list[str] = []
+    if warcs or cdxs:
+        from glotta.pruning.consent.warc import import_warcs, import_wayback
+
+        for res in ([import_warcs(warcs, cfg.strict)] if warcs else []) + ([import_wayback(cdxs, cfg.strict)] if cdxs else []):
+            snaps.extend(res.snapshots)
+            for k, v in res.counters.items():
+                counters[k] = counters.get(k, 0) + v
+            errors.extend(res.errors)
     target = cfg.store if cfg.store.suffix == ".jsonl" else cfg.store / "import.jsonl"
     SnapshotStore.append(target, snaps)
-    return {"store": str(target), "snapshots": len(snaps), "origins": len({s.origin for s in snaps})}
+    return {"store": str(target), "snapshots": len(snaps), "origins": len({s.origin for s in snaps}),
+            "counters": counters, "errors": errors[:20]}
 
 
 def store_fingerprint(path: str | Path) -> str:

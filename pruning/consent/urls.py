@@ -12,6 +12,8 @@ Default ports (80 for http, 443 for https) are dropped; userinfo is ignored.
 """
 from __future__ import annotations
 
+import hashlib
+
 import re
 from functools import lru_cache
 
@@ -119,3 +121,8 @@ def registrable_domain(origin: str) -> str:
     """eTLD+1 of the origin's host (for aggregation only); the host itself when it has none."""
     host = host_of(origin)
     return _psl().privatesuffix(host) or host
+
+
+def owner(origin: str, n: int) -> int:
+    """Stable bucket / owner rank of an origin in [0, n) (never Python's hash())."""
+    return int.from_bytes(hashlib.blake2b(origin.encode(), digest_size=8).digest(), "big") % n

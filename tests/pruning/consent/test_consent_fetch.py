@@ -9,6 +9,7 @@ import pytest
 
 from glotta.pruning.consent.fetch import FetchConfig, fetch_origins
 from glotta.pruning.consent.robots import Robots
+from glotta.pruning.consent.snapshots import SnapshotStore
 
 ROBOTS = b"User-agent: GPTBot\nDisallow: /\n\nUser-agent: *\nAllow: /\n"
 BIG = b"User-agent: CCBot\nDisallow: /\n" + b"# padding line of a huge robots.txt\n" * 300_000  # ~10 MB
@@ -77,6 +78,15 @@ class Handler(BaseHTTPRequestHandler):
         if case == "slow":
             time.sleep(2.5)
             return self._send(200, ROBOTS)
+        if case == "trickle":  # headers at once, then one byte every 0.1 s: only a whole-request timeout ends it
+            self.send_response(200)
+            self.send_header("Content-Length", "30")
+            self.end_headers()
+            for _ in range(30):
+                self.wfile.write(b"#")
+                self.wfile.flush()
+                time.sleep(0.1)
+            return
         if case == "binary":
             return self._send(200, b"\xff\xfe\x00garbage\x80\x81 User-agent: *\nDisallow: /private\n")
         return self._send(404)
@@ -100,6 +110,8 @@ def server():
 
 
 def _fetch(server, cases, **kw):
+    kw.setdefault("backoff_s", 0.01)
+    kw.setdefault("host_delay_s", 0.0)
     cfg = FetchConfig(timeout_s=kw.pop("timeout_s", 0.5), date="2026-01-01", **kw)
     snaps, counters = fetch_origins([f"{server}/{c}" for c in cases], cfg)
     return {s.origin.rsplit("/", 1)[1]: s for s in snaps}, counters
@@ -109,8 +121,8 @@ CASES = [
     # case, expected status, robots kind, GPTBot may fetch /page
     ("ok", 200, "parsed", False),
     ("missing", 404, "unavailable", True),
-    ("forbidden", 403, "unavailable", True),
-    ("down", 503, "unreachable", False),
+    ("forbidden", 403, "unreachable", False),  # a bot wall: keep-previous, with nothing before: disallow
+    ("down", 503, "unreachable", False),  # after retries
     ("hop5", 200, "parsed", False),  # five redirects are followed
     ("hop6", 302, "unavailable", True),  # the sixth is not: RFC 9309 lets us treat it as unavailable
     ("ftp", 301, "unavailable", True),  # a redirect off http/https is not followed
@@ -123,29 +135,33 @@ CASES = [
 def test_fetch_status_rules(server):
     # Generous timeout for the normal cases (the CI machine may be loaded), a short one for `slow`.
     snaps, counters = _fetch(server, [c[0] for c in CASES if c[0] != "slow"], timeout_s=20)
-    slow, slow_counters = _fetch(server, ["slow"], timeout_s=0.5)
+    slow, slow_counters = _fetch(server, ["slow", "trickle"], timeout_s=0.5, retries=0)
     snaps.update(slow)
     counters.update(slow_counters)
     for case, status, kind, gpt_ok in CASES:
         s = snaps[case]
         assert s.status == status, (case, s)
-        robots = Robots.from_http(s.status, s.robots.encode() if s.robots is not None else None)
+        robots = SnapshotStore([s]).robots(s)
         assert robots.kind == kind, case
         assert robots.can_fetch(f"{s.origin}/page", "GPTBot") is gpt_ok, case
         assert s.date == "2026-01-01"
     assert len(snaps["huge"].robots.encode()) == 500 * 1024 and "cut at" in snaps["huge"].error
     assert Robots.from_http(200, snaps["huge"].robots.encode()).classify("CCBot").status == "all"
     assert "timeout" in snaps["slow"].error
+    assert snaps["trickle"].status == 0 and "timeout" in snaps["trickle"].error
     assert "redirects" in snaps["hop6"].error and "unsupported" in snaps["ftp"].error
     assert snaps["ok"].tdmrep_status == 200 and '"tdm-reservation": 1' in snaps["ok"].tdmrep
     assert snaps["missing"].tdmrep is None
-    assert counters["origins"] == len(CASES) and counters["robots_unreachable"] == 1 and counters["truncated"] == 1
+    assert counters["origins"] == len(CASES) + 1 and counters["robots_unreachable"] == 2 and counters["truncated"] == 1
+    assert snaps["forbidden"].kind == "bot_wall" and snaps["down"].kind == "failed"
+    assert snaps["down"].policy == "keep-previous" and "4 attempts" in snaps["down"].error
+    assert Handler.hits["down"] == 4 and counters["bot_wall"] == 1 and counters["retried"] == 1
 
 
 def test_one_request_at_a_time_per_host(server):
     # Ten captures of one host with a global concurrency of 8: the server never sees two at once.
     Handler.max_in_flight.clear()
-    cfg = FetchConfig(timeout_s=20, date="2026-01-01", concurrency=8, tdmrep=True)
+    cfg = FetchConfig(timeout_s=20, date="2026-01-01", concurrency=8, tdmrep=True, host_delay_s=0.0)
     origins = [f"{server}/ok"] * 10
     fetch_origins(origins, cfg)
     assert Handler.max_in_flight["ok"] == 1
@@ -158,7 +174,7 @@ def test_unreachable_port_is_disallow_all():
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    snaps, counters = fetch_origins([f"http://127.0.0.1:{port}"], FetchConfig(timeout_s=0.5, tdmrep=False))
+    snaps, counters = fetch_origins([f"http://127.0.0.1:{port}"], FetchConfig(timeout_s=0.5, tdmrep=False, backoff_s=0.01))
     assert snaps[0].status == 0 and snaps[0].error
     assert Robots.from_http(0, None).can_fetch("http://x/a", "GPTBot") is False
 
@@ -188,7 +204,7 @@ def test_cli_import_fetch_filter(server, tmp_path, multilingual_text):
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["snapshots"] == 1
     r = runner.invoke(app, ["consent", "fetch", str(shards), "--store", str(store), "--date", "2026-01-01",
-                            "--timeout", "20", "--json"])
+                            "--timeout", "20", "--set", "host_delay_s=0", "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     # imported.example already has a capture on that date, so only the local server is fetched.

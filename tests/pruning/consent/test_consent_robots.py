@@ -99,16 +99,28 @@ def test_evidence_names_the_rule_and_line():
 
 
 def test_content_signal_scoping():
-    text = (b"User-agent: *\nContent-Signal: ai-train=no, search=yes\n\n"
+    text = (b"User-agent: *\nContent-Signal: ai-train=no, search=yes\nAllow: /\n\n"
             b"User-agent: GPTBot\nContent-Signal: ai-train=yes\nAllow: /\n")
     robots = Robots.parse(text)
+    assert robots.classify("GPTBot").group_lines == "User-agent: GPTBot (line 5)"
     assert robots.classify("GPTBot").ai_train == "yes"  # its own group states one
     assert robots.classify("CCBot").ai_train == "no"  # inherits the `*` signal
     assert robots.classify("CCBot").signal_rule == "Content-Signal: ai-train=no (line 2)"
-    # A Content-Signal line between two User-agent lines ends the stacked run, for us and for protego.
+    assert robots.classify("CCBot").group_lines == "User-agent: * (line 1)"
+    # Without a rule in the `*` group, the blank line does not end it: GPTBot joins that group.
+    merged = Robots.parse(text.replace(b"Allow: /\n\n", b"\n"))
+    assert merged.classify("GPTBot").ai_train == "no"
+    # IETF AIPREF vocabulary in robots.txt
+    usage = Robots.parse(b"User-agent: *\nContent-Usage: train-ai=n\nAllow: /\n")
+    assert usage.classify("GPTBot").ai_train == "no"
+    assert usage.classify("GPTBot").signal_rule == "Content-Usage: train-ai=n (line 2)"
+    scoped = Robots.parse(b"User-agent: *\nContent-Usage: /blog/ train-ai=n\nAllow: /\n")
+    assert scoped.classify("GPTBot").ai_train == "" and "path-scoped" in scoped.warnings[0]
+    # A Content-Signal line between two User-agent lines does not end the run (RFC 9309 2.2,
+    # Google's parser): both agents share the Disallow that follows, and the signal.
     r2 = Robots.parse(b"User-agent: a\nContent-Signal: ai-train=no\nUser-agent: GPTBot\nDisallow: /\n")
-    assert r2.classify("a").status == "none" and r2.can_fetch("/x", "a")
-    assert r2.classify("GPTBot").status == "all" and not r2.can_fetch("/x", "GPTBot")
+    assert r2.classify("a").status == "all" and not r2.can_fetch("/x", "a")
+    assert r2.classify("GPTBot").status == "all" and r2.classify("GPTBot").ai_train == "no"
 
 
 def test_bad_input_warnings():

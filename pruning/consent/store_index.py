@@ -1,0 +1,136 @@
+"""The snapshot store indexed by origin: Parquet files partitioned by a stable hash of the origin,
+so a rank of `consent filter` loads only the buckets its documents touch, a few at a time.
+
+Layout: `<store>/index/bucket-BBBBB.parquet` (one row per capture, every Snapshot field) and
+`<store>/index/meta.json` (`buckets`, `fingerprint` of the JSONL parts it was built from). The
+index is rebuilt when the JSONL parts change (fetch and import append JSONL; the index follows).
+
+Cost model (docs/consent.md): 10^6 origins x ~3 captures x ~4 KiB robots.txt = ~12 GiB of JSONL
+-> ~4 GiB of zstd Parquet in 1,024 buckets of ~4 MiB (one bucket per ~1,000 origins). A rank
+loads only the buckets its documents touch; with `max_buckets` below the bucket count it also
+evicts (least recently loaded first), which pays off when documents come grouped by origin.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import OrderedDict
+from dataclasses import fields
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from glotta.data.manifest import atomic_write_text
+from glotta.errors import DataError
+from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore, store_fingerprint
+from glotta.pruning.consent.urls import owner
+
+INDEX = "index"
+FIELDS = [f.name for f in fields(Snapshot)]
+SCHEMA = pa.schema([(f.name, pa.int64() if f.type in ("int", int) else pa.string()) for f in fields(Snapshot)])
+
+
+def index_current(store: Path) -> bool:
+    meta = store / INDEX / "meta.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == store_fingerprint(store)
+
+
+def build_index(store: Path, buckets: int | None = None) -> dict:
+    """JSONL parts -> Parquet buckets by origin hash (written aside, then renamed into place).
+    Default bucket count: one per ~1,000 origins, at most 1,024."""
+    store = Path(store)
+    if not store.is_dir():
+        raise DataError(f"{store}: the origin index needs a store directory")
+    fp = store_fingerprint(store)
+    full = SnapshotStore.load(store)
+    if buckets is None:
+        buckets = max(1, min(1024, len(full.by_origin) // 1000))
+    tmp = store / f".{INDEX}.tmp{time.time_ns()}"
+    tmp.mkdir()
+    rows: list[list[Snapshot]] = [[] for _ in range(buckets)]
+    for origin, snaps in full.by_origin.items():
+        rows[owner(origin, buckets)].extend(snaps)
+    for b, snaps in enumerate(rows):
+        cols = {name: [getattr(s, name) for s in snaps] for name in FIELDS}
+        pq.write_table(pa.table(cols, schema=SCHEMA), tmp / f"bucket-{b:05d}.parquet", compression="zstd")
+    meta = {"buckets": buckets, "fingerprint": fp, "captures": len(full), "origins": len(full.by_origin),
+            "torn_lines": full.torn_lines}
+    atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
+    old = store / INDEX
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        tmp.rename(old)
+    except OSError:  # another rank renamed its (identical) index first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def wait_for_index(store: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not index_current(store):
+        if time.monotonic() > deadline:
+            raise DataError(f"{store}/{INDEX}: not built after {timeout_s:g} s (rank 0 builds it; "
+                            "or run `glotta consent index --store` first)")
+        time.sleep(0.5)
+
+
+class IndexedStore(SnapshotStore):
+    """A SnapshotStore that loads an origin's bucket on first use and keeps at most `max_buckets`
+    buckets (least recently loaded first out), with their parsed robots.txt."""
+
+    def __init__(self, store: Path, max_buckets: int = 1024):
+        super().__init__()
+        self.root = Path(store) / INDEX
+        meta = json.loads((self.root / "meta.json").read_text())
+        self.buckets = int(meta["buckets"])
+        self.torn_lines = int(meta.get("torn_lines", 0))
+        self.max_buckets = max_buckets
+        self.loaded: OrderedDict[int, list[str]] = OrderedDict()  # bucket -> its origins
+        self.bucket_loads = 0
+
+    def _ensure(self, origin: str) -> None:
+        b = owner(origin, self.buckets)
+        if b in self.loaded:
+            return
+        if len(self.loaded) >= self.max_buckets:
+            _, gone = self.loaded.popitem(last=False)
+            for o in gone:
+                for s in self.by_origin.pop(o, []):
+                    self._robots.pop(s.id, None)
+                    self._tdm.pop(s.id, None)
+                self._dates.pop(o, None)
+        t = pq.read_table(self.root / f"bucket-{b:05d}.parquet")
+        origins = []
+        for row in t.to_pylist():
+            snap = Snapshot(**row)
+            if snap.origin not in self.by_origin:
+                origins.append(snap.origin)
+            self.add(snap)
+        self.loaded[b] = origins
+        self.bucket_loads += 1
+
+    def at(self, origin: str, date: str | None):
+        self._ensure(origin)
+        return super().at(origin, date)
+
+    def __len__(self) -> int:
+        return json.loads((self.root / "meta.json").read_text())["captures"]
+
+
+def open_store(store: Path, rank: int = 0, world_size: int = 1, lazy: bool = True, wait_s: float = 3600.0,
+               max_buckets: int = 1024) -> SnapshotStore:
+    """The store for one rank: indexed by origin (built by rank 0 when missing or stale) or whole."""
+    store = Path(store)
+    if not lazy or not store.is_dir():
+        return SnapshotStore.load(store)
+    if not index_current(store):
+        if rank == 0:
+            build_index(store)
+        else:
+            wait_for_index(store, wait_s)
+    return IndexedStore(store, max_buckets)
+
+
