@@ -79,7 +79,8 @@ class TrainStage(StrictModel):
 
 
 class CatStage(StrictModel):
-    method: str = "cat"  # the winner of bench/prune_eval.py; see docs/prune.md
+    # best on validation in bench/prune_eval.py, but not shown to beat random (docs/prune.md)
+    method: str = "ppl_mid"
     keep: float = Field(0.5, gt=0, le=1)
     score_set: list[str] = []
     select_set: list[str] = []

@@ -137,6 +137,7 @@ def pipeline_summary(cfg, results: list, seconds: float, tracking_uri: str) -> d
         "no_parallel_text": no_parallel,
         "validation": loss_table(run, trained),
         "generations": generation_table(run, current),
+        "pruning_method": cfg.cat.method if "cat" in current else None,
         "mlflow": {"tracking_uri": tracking_uri, "ui": f"mlflow ui --backend-store-uri {tracking_uri}"},
     }
 
@@ -163,6 +164,10 @@ def print_summary(summary: dict, console=None) -> None:
                 "give tokenizer.parallel: FILE)", soft_wrap=True, highlight=False)
     if summary["validation"]:
         print_table("Validation loss per language (nats/token, held-out documents)", summary["validation"], console=c)
+    if summary.get("pruning_method"):
+        c.print(f"Pruning method: {summary['pruning_method']}. In bench/prune_eval.py no method beat a random subset "
+                "in both mean and worst-language loss; see docs/prune.md before relying on pruning.",
+                soft_wrap=True, highlight=False)
     if summary.get("generations"):
         print_table("Stage 2 model continues a held-out line per language (greedy)", summary["generations"],
                     ["lang", "prompt", "continuation"], console=c)
