@@ -121,8 +121,11 @@ def test_messy_corpus_runs_and_every_loss_is_counted(first):
     assert {r["lang"] for r in summary["premiums"]} >= {"en", "de", "ja"}
     assert set(reports_parse(base / "run")) == {
         "import", "import-inspect", "consent-import", "consent-filter", "consent-report", "holdout", "tokenizer-parallel",
-        "tokenizer-build", "tokenizer-eval", "stage1", "cat-score", "cat-select", "stage2",
+        "tokenizer-build", "tokenizer-eval", "stage1", "cat-score", "cat-select", "stage2", "stage2-generate",
     }  # fmt: skip
+    gens = {g["lang"]: g for g in summary["generations"]}  # one held-out line continued per language
+    assert {"en", "de", "ja"} <= set(gens) <= set(rows)
+    assert all(g["prompt"] and len(g["prompt"]) <= 48 for g in gens.values())
     assert "step · loss" in stderr and "OMP_NUM_THREADS" not in stderr  # progress shown, banner not
     val = {r["lang"]: r for r in summary["validation"]}
     assert all(math.isfinite(v) for r in val.values() for v in r.values() if isinstance(v, float))

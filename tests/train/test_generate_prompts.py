@@ -1,0 +1,30 @@
+"""Prompts for the demo summary's continuations: one per language, taken from the held-out shards."""
+from __future__ import annotations
+
+import pytest
+
+from glotta.data.shards import iter_samples, shard_entries
+from glotta.errors import ConfigError
+from glotta.train.generate import prompts_from_shards
+
+
+def test_one_prompt_per_language_from_its_first_document(demo_shards):
+    prompts = dict(prompts_from_shards(demo_shards, chars=40))
+    first: dict[str, str] = {}
+    for shard, _ in shard_entries(demo_shards):
+        for s in iter_samples(shard):
+            first.setdefault(s.lang, next(x.strip() for x in s.text.splitlines() if x.strip()))
+    assert set(prompts) == set(first) - {"und"}
+    for lang, p in prompts.items():
+        assert p and len(p) <= 40 and first[lang].startswith(p)
+        if " " in first[lang][20:40] and len(first[lang]) > 40:  # cut at a word boundary where there is one
+            assert first[lang][len(p)] == " "
+
+
+def test_a_set_without_text_is_a_clear_error(tmp_path):
+    from glotta.data.shards import Sample, ShardWriter
+
+    with ShardWriter(tmp_path, prefix="x") as w:
+        w.write(Sample("a", "   \n", {"lang": "en"}))
+    with pytest.raises(ConfigError, match="no document"):
+        prompts_from_shards(tmp_path)
