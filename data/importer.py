@@ -111,8 +111,13 @@ def assign_files(sizes: list[int], world_size: int) -> list[int]:
     return owner
 
 
+_SAFE_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,118}[A-Za-z0-9])?")
+
+
 def sanitize_key(raw: Any) -> str:
     """An input id -> a webdataset-safe key ([A-Za-z0-9_-], no dots, no leading '_'/'-')."""
+    if type(raw) is str and _SAFE_KEY.fullmatch(raw):  # already safe (the usual case): unchanged
+        return raw
     return re.sub(r"[^A-Za-z0-9_-]+", "_", str(raw)).strip("_-")[:MAX_KEY_CHARS]
 
 
@@ -180,6 +185,18 @@ class Importer:
         self._keys: set[int] = set()  # 64-bit key hashes written by this rank
         self._rows: list[tuple[int, int]] = []  # (content, key) hashes of the open shard
         self._lsh, self._lsh_n = None, 0  # MinHashLSH of this rank's documents (near_dedup)
+        # Per-record work reads these instead of re-deriving them from the config for every record
+        # (the loop runs ~10^5 times a second; pydantic attribute and model_fields lookups add up).
+        c = cfg
+        defaults = ImportConfig.model_fields
+        self._missing = tuple(
+            (f"missing_{name}", getattr(c, f"{name}_field")) for name in MAPPED
+            # url/lang/id always (consent, language id and keys depend on them), others when mapped
+            if name in ("url", "lang", "id") or getattr(c, f"{name}_field") != defaults[f"{name}_field"].default
+        )
+        self._meta_fields = ((c.url_field, "url"), (c.date_field, "crawl_date"), (c.license_field, "license"), (c.id_field, "id"))
+        self._mapped = frozenset((c.text_field, c.url_field, c.lang_field, c.id_field, c.source_field, c.date_field, c.license_field))
+        self._keep_all = "*" in c.keep_fields
 
     # ---- bookkeeping ------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -285,22 +302,23 @@ class Importer:
         if len(text) < c.min_chars:
             self._problem("too_short", f"{where}: {len(text)} characters, under min_chars={c.min_chars}")
             return None
-        for name in MAPPED:  # url/lang/id always (consent, language id and keys depend on them), others when mapped
-            key = f"{name}_field"
-            counted = name in ("url", "lang", "id") or getattr(c, key) != ImportConfig.model_fields[key].default
-            if counted and rec.get(getattr(c, key)) in (None, ""):
-                self.counters[f"missing_{name}"] += 1
+        counters = self.counters
+        for counter, name in self._missing:
+            if rec.get(name) in (None, ""):
+                counters[counter] += 1
         meta: dict[str, Any] = {"source": str(rec.get(c.source_field) or f"file:{path.name}")}
-        for name, key in ((c.url_field, "url"), (c.date_field, "crawl_date"), (c.license_field, "license"), (c.id_field, "id")):
-            if rec.get(name) not in (None, ""):
-                meta[key] = _json_value(rec[name])
-        mapped = {c.text_field, c.url_field, c.lang_field, c.id_field, c.source_field, c.date_field, c.license_field}
-        keep = [k for k in rec if k not in mapped] if "*" in c.keep_fields else c.keep_fields
+        for name, key in self._meta_fields:
+            v = rec.get(name)
+            if v not in (None, ""):
+                meta[key] = v if type(v) is str else _json_value(v)
+        mapped = self._mapped
+        keep = [k for k in rec if k not in mapped] if self._keep_all else c.keep_fields
         for k in keep:
             if k in rec and k not in mapped and k not in meta:
                 meta[k] = _json_value(rec[k])
         meta.update(doc_signals(rec))  # X-Robots-Tag / TDMRep / meta robots for `consent filter` (data/html_meta.py)
-        given = normalize_lang(rec.get(c.lang_field)) if rec.get(c.lang_field) else UND
+        lang_raw = rec.get(c.lang_field)
+        given = normalize_lang(lang_raw) if lang_raw else UND
         if c.lid == "always" or (c.lid == "auto" and given == UND):
             if self._lid is None:
                 self._lid = make_langid(c.lid_backend, c.lid_chars)
@@ -371,13 +389,15 @@ class Importer:
         self._remove_stale(len(shards))
         cur = dict(cursors[-1]) if cursors else {"file": 0, "record": 0, "global": 0}
         self._save(shards, cursors, complete=False)
-        state = {"cursor": cur}
+        state = {"cursor": (cur["file"], cur["record"], cur["global"])}
 
         def on_shard(info: ShardInfo) -> None:
             dedup.save_docs(self.out, info.name, self._rows)
             self._rows = []
             shards.append(info.__dict__.copy())
-            snap = dict(state["cursor"], counters=dict(self.counters), examples=json.loads(json.dumps(self.examples)))
+            f, r, n = state["cursor"]
+            snap = {"file": f, "record": r, "global": n, "counters": dict(self.counters),
+                    "examples": json.loads(json.dumps(self.examples))}
             cursors.append(snap)
             self._save(shards, cursors, complete=False)
 
@@ -393,7 +413,7 @@ class Importer:
                 start = cur["record"] if fi == cur["file"] else 0
                 for raw in iter_records(path, self._fmt, self.cfg.text_split, start):
                     gi, g = g, g + 1
-                    state["cursor"] = {"file": fi, "record": raw.index + 1, "global": g}
+                    state["cursor"] = (fi, raw.index + 1, g)  # a tuple: this runs per record
                     if self.stride > 1 and gi % self.stride != self.rank:
                         continue
                     self.counters["records"] += 1
@@ -405,7 +425,7 @@ class Importer:
                         self._write(writer, part)
                     if self.counters["written"] % 1000 == 0:
                         bar.update(task, description=f"import rank {self.rank}: {self.counters['written']:,} docs")
-                state["cursor"] = {"file": fi + 1, "record": 0, "global": g}
+                state["cursor"] = (fi + 1, 0, g)
                 bar.advance(task)
         self._save(shards, cursors, complete=True)
         return self._finish(shards, status)

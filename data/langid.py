@@ -38,6 +38,11 @@ def normalize_lang(code: str | None) -> str:
     """Any tag ('en-US', 'pt_BR', 'deu', 'zh-Hant', '__label__fr') -> ISO 639-1 if it exists, else the base code."""
     if not code or not isinstance(code, str):
         return UND
+    return _normalize(code)
+
+
+@functools.lru_cache(maxsize=1 << 14)  # a corpus has few distinct tags; import asks once per record
+def _normalize(code: str) -> str:
     base = re.split(r"[-_@.]", code.strip().lower().removeprefix("__label__"), maxsplit=1)[0]
     if base in _UNKNOWN or not re.fullmatch(r"[a-z]{2,3}", base):
         return UND

@@ -130,7 +130,7 @@ class Encoder:
         Texts go to SentencePiece as UTF-8 bytes: no decode to str and re-encode."""
         n = len(keys)
         texts: list[bytes] = [b""] * n
-        status = np.zeros(n, np.int8)
+        codes: list[int] = [0] * n
         by_shard: dict[int, list[int]] = {}
         for i, s in enumerate(np.asarray(shard).tolist()):
             by_shard.setdefault(s, []).append(i)
@@ -138,16 +138,18 @@ class Encoder:
         for s, idx in by_shard.items():
             got, st = self._texts(s, [offs[i] for i in idx], [keys[i] for i in idx])
             for i, t, c in zip(idx, got, st):
-                texts[i], status[i] = t, c
+                texts[i], codes[i] = t, c
+        status = np.array(codes, np.int8)
         arrays = self._encode(texts)
-        eod = np.array([self.info.eod_id], np.int32)
-        lengths = np.zeros(len(arrays), np.int64)
-        parts = []
-        for i, (x, st) in enumerate(zip(arrays, status)):
-            if st != EMPTY:
-                parts += (x, eod)
-                lengths[i] = len(x) + 1
-        flat = np.concatenate(parts).astype(self.dtype, copy=False) if parts else np.zeros(0, self.dtype)
+        # Vectorised (no numpy scalar per document): every document's ids back to back, then one
+        # EOD inserted after each non-empty one; an empty one (status EMPTY) keeps length 0.
+        ids = np.fromiter(map(len, arrays), np.int64, n)
+        keep = status != EMPTY
+        lengths = np.where(keep, ids + 1, 0)
+        if not keep.any():
+            return np.zeros(0, self.dtype), lengths, status
+        cat = np.concatenate(arrays) if n else np.zeros(0, np.int32)
+        flat = np.insert(cat, np.cumsum(ids)[keep], self.info.eod_id).astype(self.dtype, copy=False)
         return flat, lengths, status
 
     def _encode(self, texts: list[bytes]) -> list[np.ndarray]:
