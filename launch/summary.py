@@ -137,7 +137,7 @@ def pipeline_summary(cfg, results: list, seconds: float, tracking_uri: str) -> d
         "no_parallel_text": no_parallel,
         "validation": loss_table(run, trained),
         "generations": generation_table(run, current),
-        "pruning_method": cfg.cat.method if "cat" in current else None,
+        "pruning_method": getattr(getattr(cfg, "cat", None), "method", None) if "cat" in current else None,
         "mlflow": {"tracking_uri": tracking_uri, "ui": f"mlflow ui --backend-store-uri {tracking_uri}"},
     }
 

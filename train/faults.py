@@ -32,7 +32,8 @@ from glotta.errors import GlottaError
 
 FAULTS_FILE = "faults.jsonl"
 # Fault injection for drills and tests (like Megatron's --error-injection-*): "loss@3,grad@6" puts a
-# NaN into rank 0's loss contribution at step 3 and into one of rank 0's gradients at step 6.
+# NaN into rank 0's loss contribution at step 3 and into one of rank 0's gradients at step 6;
+# "spike@5" makes step 5's reduced loss ten times larger on every rank (a loss spike for the guard).
 INJECT_ENV = "GLOTTA_FAULT_INJECT"
 LOCK_FILE = ".lock"
 
@@ -110,11 +111,11 @@ class FaultGuard:
 
 
 def injections() -> dict[str, set[int]]:
-    out: dict[str, set[int]] = {"loss": set(), "grad": set()}
+    out: dict[str, set[int]] = {"loss": set(), "grad": set(), "spike": set()}
     for item in filter(None, os.environ.get(INJECT_ENV, "").split(",")):
         what, _, step = item.partition("@")
         if what not in out or not step.isdigit():
-            raise GlottaError(f"{INJECT_ENV}: {item!r} is not loss@STEP or grad@STEP")
+            raise GlottaError(f"{INJECT_ENV}: {item!r} is not loss@STEP, grad@STEP or spike@STEP")
         out[what].add(int(step))
     return out
 

@@ -85,7 +85,7 @@ def _train(cfg: TrainConfig, dims) -> dict:
                 poison_gradient(model)
             nan = step + 1 in inject["loss"] and dims.rank == 0
             loss_sum, ntok, _ = _reduce(reports, dims, len(data.langs), poison=nan)  # one host sync per step
-            loss = loss_sum / max(ntok, 1)
+            loss = loss_sum / max(ntok, 1) * (10.0 if step + 1 in inject["spike"] else 1.0)
             if not finite(loss):
                 faults.nonfinite("loss", loss, step + 1, samples)
                 state["skipped_nonfinite"] += 1

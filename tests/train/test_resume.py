@@ -1,8 +1,8 @@
 """Exact resume under torchrun (gloo, CPU): a rank SIGKILLed and restarted by torchrun, another
 data-parallel size, and a TP=1 checkpoint continued with TP=2. One uninterrupted baseline run
 (TP=1, DP=2) is the reference for all three. The loss-spike guard is on (as in the 125m/1b
-recipes; factor 1.0 here so that it acts within 12 steps): its running mean, logged every step as
-`loss_mean`, must resume bit for bit too."""
+recipes; a spike injected at step 6 makes it act within 12 steps): its running mean, logged every
+step as `loss_mean`, must resume bit for bit too."""
 from __future__ import annotations
 
 import json
@@ -20,10 +20,18 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 ITERS = 12
 
 
+@pytest.fixture(scope="module", autouse=True)
+def spike_at_step_6():
+    """Every run of this module (restarts included) sees the same injected spike (faults.INJECT_ENV)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GLOTTA_FAULT_INJECT", "spike@6")
+        yield
+
+
 def sets(data, run_dir, *extra) -> list[str]:
     return TINY + data.overrides() + [
         f"run_dir={run_dir}", f"train_iters={ITERS}", "checkpoint.interval=4", "checkpoint.keep_last=10",
-        "tracking.enabled=false", "optim.spike_factor=1.0", "optim.spike_warmup_steps=1", "optim.on_spike=skip", *extra,
+        "tracking.enabled=false", "optim.spike_factor=2.0", "optim.spike_warmup_steps=1", "optim.on_spike=skip", *extra,
     ]
 
 
