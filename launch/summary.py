@@ -119,7 +119,15 @@ def generation_table(run: RunLayout, current: set[str]) -> list[dict]:
     rows = _read_json(run.report("stage2-generate")) if "stage2" in current else None
     if not isinstance(rows, list):
         return []
-    return [{"lang": r.get("lang", ""), "prompt": r.get("prompt", ""), "continuation": r.get("text", "")} for r in rows]
+    return [{"lang": r.get("lang", ""), "prompt": r.get("prompt", ""),
+             "continuation": _visible(r.get("text", "")) + (" [end of document]" if r.get("stopped") == "eod" else " …")}
+            for r in rows]
+
+
+def _visible(text: str) -> str:
+    """Newlines as ⏎, and a continuation of spaces only (what a barely trained model often says) as ␣."""
+    text = text.replace("\n", "⏎")
+    return text if text.strip() else text.replace(" ", "␣")
 
 
 def pipeline_summary(cfg, results: list, seconds: float, tracking_uri: str) -> dict:

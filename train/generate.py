@@ -110,8 +110,8 @@ def generate(checkpoint: str | Path, prompts: list[str], cfg: GenerateConfig | N
 
 
 def prompts_from_shards(path: str | Path, chars: int = 48) -> list[tuple[str, str]]:
-    """(language, prompt) per language of a shard set: the start of its first non-blank line, cut at a
-    word boundary within `chars` characters (the demo summary continues one held-out line per language)."""
+    """(language, prompt) per language of a shard set: the start of its first non-blank line (at most
+    `chars` characters and 60% of the line, cut at a word boundary), which the demo summary continues."""
     from collections import Counter
 
     from glotta.data.shards import iter_samples, shard_entries
@@ -125,8 +125,11 @@ def prompts_from_shards(path: str | Path, chars: int = 48) -> list[tuple[str, st
             line = next((x.strip() for x in s.text.splitlines() if x.strip()), "")
             if not line:
                 continue
-            cut = line[:chars]
-            if len(line) > chars and " " in cut[chars // 2 :]:  # scripts without spaces keep the hard cut
+            # at most 60% of the line: a whole short line is usually followed by end-of-document,
+            # which says nothing about the model
+            n = max(1, min(chars, len(line) * 3 // 5))
+            cut = line[:n]
+            if " " in cut[n // 2 :]:  # cut at a word boundary; scripts without spaces keep the hard cut
                 cut = cut[: cut.rindex(" ")]
             seen[s.lang] = cut
     if not seen:
