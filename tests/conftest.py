@@ -12,6 +12,25 @@ try:
 except ImportError:  # pragma: no cover
     HAS_CUDA = False
 
+# An in-process trainer (init_parallel without torchrun) sets RANK/WORLD_SIZE/MASTER_PORT in this
+# process's environment and keeps its store listening on that port: a later test's subprocess would
+# inherit them and try to listen on the same port (EADDRINUSE). Each test gets the environment back.
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _restore_dist_env():
+    import os
+
+    saved = {k: os.environ.get(k) for k in DIST_ENV}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 requires_torchrun = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 
