@@ -1,6 +1,7 @@
 """Shared fixtures and skips. Fixtures build small real multilingual inputs."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -12,19 +13,18 @@ try:
 except ImportError:  # pragma: no cover
     HAS_CUDA = False
 
-# An in-process trainer (init_parallel without torchrun) sets RANK/WORLD_SIZE/MASTER_PORT in this
-# process's environment and keeps its store listening on that port: a later test's subprocess would
-# inherit them and try to listen on the same port (EADDRINUSE). Each test gets the environment back.
+# An in-process trainer (init_parallel without torchrun, also inside module fixtures) sets
+# RANK/WORLD_SIZE/MASTER_PORT in this process's environment and keeps its store listening on that
+# port: a later test's subprocess would inherit them and try to listen on the same port
+# (EADDRINUSE). After every test the environment goes back to what it was when the session started.
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_PRISTINE = {k: os.environ.get(k) for k in DIST_ENV}
 
 
 @pytest.fixture(autouse=True)
 def _restore_dist_env():
-    import os
-
-    saved = {k: os.environ.get(k) for k in DIST_ENV}
     yield
-    for k, v in saved.items():
+    for k, v in _PRISTINE.items():
         if v is None:
             os.environ.pop(k, None)
         else:
