@@ -371,8 +371,9 @@ class Importer:
         return shards[:good], cursors[:good], False
 
     def _remove_stale(self, first_index: int) -> None:
-        """This rank's shards from `first_index` on, and temp files, left by the interrupted run."""
-        pat = re.compile(rf"^(\.?){re.escape(self.cfg.prefix)}-{self.rank:05d}-(\d+)\.tar(\.tmp-\d+)?$")
+        """This rank's shards from `first_index` on, their indexes, and temp files of either, left by
+        the interrupted run (a SIGKILL can land between writing the index and renaming the shard)."""
+        pat = re.compile(rf"^(\.?){re.escape(self.cfg.prefix)}-{self.rank:05d}-(\d+)\.tar(?:\.idx)?(\.tmp-\d+)?$")
         for p in self.out.glob(f"*{self.cfg.prefix}-{self.rank:05d}-*"):
             m = pat.match(p.name)
             if m and (int(m.group(2)) >= first_index or m.group(3)):

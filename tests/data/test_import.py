@@ -329,12 +329,17 @@ def test_resume_after_sigkill(tmp_path, docs):
     proc.wait()
     if (out / "manifest.json").exists():
         pytest.skip("the import finished before it could be killed")
+    # what a kill between writing an index and renaming its shard leaves (the timing decides whether
+    # this run hit it, so plant it too)
+    (out / ".shard-00000-000099.tar.idx.tmp-1").write_bytes(b"x")
+    (out / "shard-00000-000099.tar.idx").write_bytes(b"x")
     res = run_import(cfg([src], out, shard_samples=50))
     assert res.status == "resumed"
     run_import(cfg([src], tmp_path / "clean", shard_samples=50))
     a, b = Manifest.load(out), Manifest.load(tmp_path / "clean")
     assert [(s.name, s.sha256) for s in a.shards] == [(s.name, s.sha256) for s in b.shards]
     assert a.meta["counters"] == b.meta["counters"] and not list(out.glob(".*"))
+    assert sorted(p.name for p in out.glob("*.idx")) == sorted(p.name for p in (tmp_path / "clean").glob("*.idx"))
 
 
 def test_parquet_types_binary_text_dates_and_nested_fields(tmp_path, multilingual_text):
