@@ -6,7 +6,7 @@ loads YAML, applies overrides and turns validation errors into one readable Conf
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -65,16 +65,26 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def format_validation_error(err: ValidationError, source: str = "config") -> str:
+def validation_key(loc: tuple) -> str:
+    """A pydantic error location as a user writes the key: `data.train[0]` (`<root>`: the whole value)."""
+    return ".".join(f"[{x}]" if isinstance(x, int) else str(x) for x in loc).replace(".[", "[") or "<root>"
+
+
+def format_validation_error(err: ValidationError, where: str | Callable[[str], str] = "config") -> str:
+    """One line per error, each starting with where the value came from. `where`: one source for
+    every key (a file, "config"; a missing key then gets the hint how to give it), or a function
+    key -> origin naming each key's own (a recipe: `--set ...` or FILE:LINE, launch/checks.py)."""
+    origin = where if callable(where) else (lambda key: where)
     lines = []
     for e in err.errors():
-        key = ".".join(str(x) for x in e["loc"]) or "<root>"
+        key = validation_key(e["loc"])
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'")
+            lines.append(f"{origin(key)}: unknown key '{key}'")
         elif e["type"] == "missing":
-            lines.append(f"{source}: '{key}' is required (give it in the YAML, as an option, or with --set {key}=...)")
+            hint = "" if callable(where) else f" (give it in the YAML, as an option, or with --set {key}=...)"
+            lines.append(f"{origin(key)}: '{key}' is required{hint}")
         else:
-            lines.append(f"{source}: {key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{origin(key)}: {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 

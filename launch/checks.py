@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from glotta.config import apply_overrides, parse_override, read_yaml
+from glotta.config import apply_overrides, format_validation_error, parse_override, read_yaml
 from glotta.errors import ConfigError
 
 
@@ -61,17 +61,7 @@ def load_recipe(model: type[BaseModel], path: Path, sets: list[str] | None) -> t
     try:
         return model.model_validate(data), origins
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            key = ".".join(f"[{x}]" if isinstance(x, int) else str(x) for x in err["loc"]).replace(".[", "[")
-            where = origins.of(key)
-            if err["type"] == "extra_forbidden":
-                lines.append(f"{where}: unknown key '{key}'")
-            elif err["type"] == "missing":
-                lines.append(f"{where}: '{key}' is required")
-            else:
-                lines.append(f"{where}: {key}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(format_validation_error(e, origins.of)) from None
 
 
 def check_sets(model: type[BaseModel], items: list[str], where: str, origins: Origins, command: str) -> None:

@@ -6,7 +6,8 @@
       holdout/ valid/ train.exclude.txt
       tokenizer/ glotta.model glotta.card.json parallel.jsonl premiums.png
       stage1/ stage2/            checkpoints/ metrics.jsonl config.json
-      cat/ scores/ exclude.txt report.json report/*.png
+      cat-score/                 <shard>.parquet score.json (prune score; .parts/ while running)
+      cat/ exclude.txt report.json report/*.png
       reports/<stage>[-<step>].json   one JSON document per stage command (--json result)
       logs/<stage>-<n>.log            full output of each command
       .pipeline/<stage>.json          fingerprint, inputs and outputs of the stage's last run
@@ -81,7 +82,8 @@ class RunLayout:
 
     @property
     def cat_scores(self) -> Path:
-        return self.cat / "scores"
+        """The cat-score stage's folder: scoring is its own stage (selection reruns alone on a new keep)."""
+        return self.root / "cat-score"
 
     @property
     def cat_exclude(self) -> Path:

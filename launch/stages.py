@@ -1,6 +1,7 @@
 """The pipeline recipe: PipelineConfig and the stage list it expands to.
 
-import -> consent -> holdout -> tokenizer -> stage1 -> cat -> stage2. Every stage is the `glotta`
+import -> consent -> holdout -> tokenizer -> stage1 -> cat-score -> cat -> stage2 (CAT scoring and
+selection are separate stages, so a new `cat.keep` does not rescore). Every stage is the `glotta`
 command a user would type; `set:` lists in each section pass `--set key=value` overrides through,
 validated here against the command's config model (so `--dry-run` catches a typo). Each stage
 names the inputs it reads, so its fingerprint follows their content (launch/pipeline.py).
@@ -150,7 +151,8 @@ def build_stages(cfg: PipelineConfig, origins: Origins | None = None) -> list[St
     if cfg.stage1 is not None:
         builders.append(lambda: train_stage(cfg, run, shards, "stage1", [run.holdout_exclude], origins))
     if cfg.stage2 is not None:
-        builders.append(lambda: cat_stage(cfg, run, shards, origins))
+        builders.append(lambda: cat_score_stage(cfg, run, shards, origins))
+        builders.append(lambda: cat_select_stage(cfg, run, shards, origins))
         builders.append(lambda: train_stage(cfg, run, shards, "stage2", [run.holdout_exclude, run.cat_exclude], origins))
     stages, errors = [], []
     for build in builders:  # every stage's problems in one message, not the first one only
@@ -283,24 +285,34 @@ def train_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, name: str, ex
                  total_steps=tcfg.train_iters)
 
 
-def cat_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, origins: Origins) -> Stage:
+def cat_score_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, origins: Origins) -> Stage:
+    """CAT scoring, the expensive half (forward passes at every kept checkpoint): its own stage, so a
+    new `cat.keep` / `cat.method` / `cat.select_set` reruns only the selection below it."""
     from glotta.pruning.cat.score import ScoreConfig
-    from glotta.pruning.cat.select import SelectConfig
 
-    c, out = cfg.cat, run.cat
-    check_sets(ScoreConfig, c.score_set, "cat.score_set", origins, "glotta prune score")
-    check_sets(SelectConfig, c.select_set, "cat.select_set", origins, "glotta prune select")
+    check_sets(ScoreConfig, cfg.cat.score_set, "cat.score_set", origins, "glotta prune score")
     holdout, tok = run.holdout_exclude, run.tokenizer_model
     score = torchrun_cmd(
         cfg.nproc, "prune", "score", "--checkpoints", run.checkpoints("stage1"), "--shards", shards,
-        "--exclude", holdout, "--tokenizer", tok, "--out", run.cat_scores, *_sets(c.score_set), "--json",
+        "--exclude", holdout, "--tokenizer", tok, "--out", run.cat_scores, *_sets(cfg.cat.score_set), "--json",
     )  # fmt: skip
+    return Stage("cat-score", [score], outputs=[run.cat_scores], inputs=[run.checkpoints("stage1"), shards, holdout, tok],
+                 report_names={0: "cat-score"})
+
+
+def cat_select_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, origins: Origins) -> Stage:
+    """CAT selection (stage name `cat`): reads the scores by content, so it reruns when they change."""
+    from glotta.pruning.cat.select import SelectConfig
+
+    c, out = cfg.cat, run.cat
+    check_sets(SelectConfig, c.select_set, "cat.select_set", origins, "glotta prune select")
+    holdout, tok = run.holdout_exclude, run.tokenizer_model
     select = glotta_cmd(
         "prune", "select", "--scores", run.cat_scores, "--shards", shards, "--exclude", holdout, "--tokenizer", tok,
         "--method", c.method, "--keep", c.keep, "--out", out, *_sets(c.select_set), "--json",
     )  # fmt: skip
-    return Stage("cat", [score, select], outputs=[run.cat_scores, run.cat_exclude, run.cat_report], reports=[out],
-                 inputs=[run.checkpoints("stage1"), shards, holdout, tok], report_names={0: "cat-score", 1: "cat-select"})
+    return Stage("cat", [select], outputs=[run.cat_exclude, run.cat_report], reports=[out],
+                 inputs=[run.cat_scores, shards, holdout, tok], report_names={0: "cat-select"})
 
 
 def _yaml_str(p) -> str:

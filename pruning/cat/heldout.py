@@ -18,7 +18,7 @@ import torch
 
 from glotta.data.shards import list_shards
 from glotta.errors import ConfigError
-from glotta.pruning.cat.score import ScoreConfig, doc_nll_sums, pack, read_shard, score_rows
+from glotta.pruning.cat.score import ScoreConfig, attention_layout, doc_nll_sums, pack, read_shard, score_rows
 
 
 @dataclass
@@ -56,10 +56,11 @@ def evaluate(checkpoints: list[Path], shards: Path, tokenizer: Path, micro_batch
         model = build_model(model_cfg, dims, vocab)
         for m in model:
             m.eval()
+        thd = attention_layout(model_cfg, dims, model)
         out = []
         for c in checkpoints:
             ckpt.load_checkpoint(c, model, None, None)
-            sums = [doc_nll_sums(r, score_rows(model, r, cfg, seq_len, dims.device), len(d.keys))
+            sums = [doc_nll_sums(r, score_rows(model, r, cfg, seq_len, dims.device, thd), len(d.keys))
                     for d, r in zip(docs, rows)]
             out.append(np.concatenate(sums))
     finally:

@@ -165,9 +165,27 @@ def _loader_batch(tokens, labels, position_ids, segments, loss_mask) -> dict:
             "lang_ids": np.arange(b * s, dtype=np.int64).reshape(b, s)}
 
 
-def score_rows(model, rows: Rows, cfg: ScoreConfig, seq_len: int, device) -> np.ndarray | None:
+def attention_layout(model_cfg, dims, model) -> bool:
+    """Whether the model takes the trainer's THD layout (Transformer Engine), checked on the model.
+
+    Scoring always masks documents, whatever `model.document_masking` the run trained with: a
+    document's score is its loss alone. The trainer's own attention inputs do it on every backend
+    (`glotta.train.step.attention_inputs`: segment ids for flex/SDPA, PackedSeqParams for TE, whose
+    attention ignores a dense mask), and the trainer's startup probe refuses a model whose attention
+    still lets one packed document see another."""
+    from glotta.train.attention import check_document_masking
+    from glotta.train.model import use_te
+
+    thd = use_te(model_cfg, dims)
+    check_document_masking(model, True, thd)
+    return thd
+
+
+def score_rows(model, rows: Rows, cfg: ScoreConfig, seq_len: int, device, thd: bool = False) -> np.ndarray | None:
     """Per-token losses [R, S] on the last pipeline stage (None elsewhere), through megatron's
-    pipeline schedule with the trainer's `forward_step` and `loss_func` (forward_only)."""
+    pipeline schedule with the trainer's `forward_step` and `loss_func` (forward_only).
+    `thd` (from `attention_layout`): Transformer Engine's layout, each micro-batch one packed row
+    [1, B*S] with cu_seqlens at every window and row start, exactly as the trainer feeds it."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from glotta.train.step import forward_step
@@ -180,13 +198,14 @@ def score_rows(model, rows: Rows, cfg: ScoreConfig, seq_len: int, device) -> np.
         arrays = [np.concatenate([a, np.zeros((pad_rows, seq_len), a.dtype)]) for a in arrays]
     mbs = [_loader_batch(*(a[i : i + b] for a in arrays)) for i in range(0, n + pad_rows, b)]
     fwd = get_forward_backward_func()
-    step = partial(forward_step, (b, seq_len), device, b * seq_len, None)
+    step = partial(forward_step, (b, seq_len), device, b * seq_len, None, thd=thd, document_masking=True)
+    fb_seq, fb_mbs = (b * seq_len, 1) if thd else (seq_len, b)  # pipeline p2p shapes: THD = one packed row
     out = []
     with torch.no_grad():
         for i in range(0, len(mbs), cfg.microbatches_per_call):
             chunk = mbs[i : i + cfg.microbatches_per_call]
             reports = fwd(forward_step_func=step, data_iterator=iter(chunk), model=model,
-                          num_microbatches=len(chunk), seq_length=seq_len, micro_batch_size=b, forward_only=True)
+                          num_microbatches=len(chunk), seq_length=fb_seq, micro_batch_size=fb_mbs, forward_only=True)
             out += [r["lang"][: b * seq_len].detach().cpu().reshape(b, seq_len) for r in reports]
     if not out:
         return None
@@ -268,6 +287,7 @@ def run(cfg: ScoreConfig, strict: bool = False) -> dict:
                             dims, cs.vocab_size)
         for m in model:
             m.eval()
+        thd = attention_layout(model_cfg, dims, model)
         mine = shards[dims.dp_rank :: dims.dp]
         writer = dims.is_last_stage and dims.tp_rank == 0
         counters: Counter = Counter()
@@ -294,7 +314,7 @@ def run(cfg: ScoreConfig, strict: bool = False) -> dict:
                         counters.update(c)
                     cache = {path.name: (docs, pack(docs.ids, eod, pad, seq_len, cfg.context))}  # one shard in memory
                 docs, rows = cache[path.name]
-                losses = score_rows(model, rows, cfg, seq_len, dims.device)
+                losses = score_rows(model, rows, cfg, seq_len, dims.device, thd)
                 tokens += int(rows.loss_mask.sum())
                 if writer and losses is not None:
                     sums = doc_nll_sums(rows, losses, len(docs.keys))

@@ -48,3 +48,39 @@ def test_gettext_parallel_leaves_out_languages_without_catalogs(tmp_path, caplog
     counts = write_parallel(ParallelConfig(out=out, langs=["en", "de", "qaa"], max_ids=50))
     assert set(counts) == {"en", "de"} and counts["de"] > 0
     assert "no parallel text for qaa" in caplog.text
+
+
+def test_one_error_format_for_commands_and_recipes(tmp_path):
+    """`load_config` (one source) and `load_recipe` (an origin per key) word errors alike."""
+    import pytest
+
+    from glotta.config import StrictModel, load_config
+    from glotta.errors import ConfigError
+    from glotta.launch.checks import load_recipe
+
+    class Stage(StrictModel):
+        keep: float
+
+    class Recipe(StrictModel):
+        name: str
+        stages: list[Stage] = []
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\nstages:\n  - keep: 0.5\n  - keep: half\n    extra: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_recipe(Recipe, path, ["name=[1]"])
+    assert str(e.value).splitlines() == [
+        "--set name=[1]: name: Input should be a valid string (got [1])",
+        f"{path}:4: stages[1].keep: Input should be a valid number, unable to parse string as a number (got 'half')",
+        f"{path}:5: unknown key 'stages[1].extra'",
+    ]
+    (tmp_path / "bare.yaml").write_text("stages: []\n")
+    with pytest.raises(ConfigError) as e:
+        load_recipe(Recipe, tmp_path / "bare.yaml", None)
+    assert str(e.value) == f"{tmp_path / 'bare.yaml'}: 'name' is required"
+    with pytest.raises(ConfigError) as e:
+        load_config(Recipe, tmp_path / "bare.yaml", ["stages=[{keep: 2, x: 1}]"])
+    assert str(e.value).splitlines() == [
+        f"{tmp_path / 'bare.yaml'}: 'name' is required (give it in the YAML, as an option, or with --set name=...)",
+        f"{tmp_path / 'bare.yaml'}: unknown key 'stages[0].x'",
+    ]

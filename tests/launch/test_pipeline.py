@@ -20,7 +20,7 @@ import yaml
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = ["train_iters=8", "optim.warmup_iters=2", "eval_interval=8", "eval_iters=2", "checkpoint.interval=1000", "log_interval=2"]
-STAGES = ["import", "consent", "holdout", "tokenizer", "stage1", "cat", "stage2"]
+STAGES = ["import", "consent", "holdout", "tokenizer", "stage1", "cat-score", "cat", "stage2"]
 TAGS = {"en": ["en", "EN", "en-US"], "de": ["de", "de-DE"], "ja": ["ja", "ja_JP"]}
 
 
@@ -150,10 +150,12 @@ def test_one_mlflow_parent_with_every_stage_and_no_empty_experiment(first):
     assert len(client.get_metric_history(children["stage1"].info.run_id, "loss")) >= 3
 
 
-def test_changing_cat_keep_reruns_exactly_cat_and_stage2(first):
+def test_changing_cat_keep_reruns_selection_and_stage2_not_scoring(first):
     base, before, _ = first
+    scores = {p.name: p.stat().st_mtime_ns for p in (base / "run/cat-score").glob("*.parquet")}
     after = json.loads(glotta("pipeline", "run", recipe(base, cat={"keep": 0.3}), "--json").stdout)
-    assert status(after) == {**{n: "skipped" for n in STAGES[:5]}, "cat": "ran", "stage2": "ran"}
+    assert status(after) == {**{n: "skipped" for n in STAGES[:6]}, "cat": "ran", "stage2": "ran"}
+    assert scores and {p.name: p.stat().st_mtime_ns for p in (base / "run/cat-score").glob("*.parquet")} == scores
     old = {r["lang"]: r for r in before["corpus"]}
     new = {r["lang"]: r for r in after["corpus"]}
     for lang in ("en", "de", "ja"):
@@ -167,7 +169,7 @@ def test_changing_cat_keep_reruns_exactly_cat_and_stage2(first):
 def test_from_stage2_retrains_from_scratch(first):
     base, _, _ = first
     r = glotta("pipeline", "run", recipe(base, cat={"keep": 0.3}), "--from", "stage2", "--json")
-    assert status(json.loads(r.stdout)) == {**{n: "current" for n in STAGES[:6]}, "stage2": "ran"}
+    assert status(json.loads(r.stdout)) == {**{n: "current" for n in STAGES[:7]}, "stage2": "ran"}
     steps = [json.loads(x)["step"] for x in (base / "run/stage2/metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 2 and steps[-1] == 8  # trained again from step 0, not resumed at the end
     assert "resumed from" not in r.stderr
