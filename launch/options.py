@@ -13,13 +13,17 @@ SetOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first bad input instead of counting and skipping it.")]
+MlflowUriOpt = Annotated[Optional[str], typer.Option("--mlflow-uri", help="Log to this MLflow tracking URI.")]
+MlflowRunOpt = Annotated[Optional[str], typer.Option("--mlflow-run", help="Log into this existing MLflow run.")]
 
 
 def cli_overrides(sets: list[str] | None, **given) -> list[str]:
-    """Options typed on the command line become `key=value` overrides, applied after --set."""
+    """Options typed on the command line become `key=value` overrides, applied after --set.
+    None and an empty list (a repeatable option not given) leave the config's value alone; list
+    items (paths) are written as YAML strings."""
     out = list(sets or [])
     for key, value in given.items():
-        if value is None:
+        if value is None or (isinstance(value, (list, tuple)) and not value):
             continue
         if isinstance(value, (list, tuple)):
             value = "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"

@@ -9,7 +9,7 @@ import typer
 from glotta.config import load_config
 from glotta.launch.console import print_counters, print_json, print_table
 from glotta.launch.errors import guarded
-from glotta.launch.options import ConfigOpt, JsonOpt, SetOpt, StrictOpt, cli_overrides
+from glotta.launch.options import ConfigOpt, JsonOpt, MlflowRunOpt, MlflowUriOpt, SetOpt, StrictOpt, cli_overrides
 
 app = typer.Typer(no_args_is_help=True, help="Checkpoints-Across-Time scoring and per-language selection.")
 
@@ -37,8 +37,8 @@ def select_(
     tokenizer: Annotated[Optional[Path], typer.Option(help="The run's SentencePiece model (checked; text stats).")] = None,
     materialize: Annotated[Optional[bool], typer.Option("--materialize/--no-materialize",
                                                         help="Also write the kept documents as shards.")] = None,
-    mlflow_uri: Annotated[Optional[str], typer.Option("--mlflow-uri", help="Log to this MLflow tracking URI.")] = None,
-    mlflow_run: Annotated[Optional[str], typer.Option("--mlflow-run", help="Log into this existing MLflow run.")] = None,
+    mlflow_uri: MlflowUriOpt = None,
+    mlflow_run: MlflowRunOpt = None,
     mlflow: Annotated[Optional[bool], typer.Option("--mlflow", help="Log to MLflow (default store: <out>/mlflow.db).")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -49,8 +49,8 @@ def select_(
     from glotta.pruning.cat.select import SelectConfig, run
 
     overrides = cli_overrides(
-        sets, scores=[str(s) for s in scores] if scores else None, shards=shards, out_dir=out_dir, method=method,
-        seed=seed, exclude=[str(e) for e in exclude] if exclude else None, tokenizer=tokenizer,
+        sets, scores=scores, shards=shards, out_dir=out_dir, method=method,
+        seed=seed, exclude=exclude, tokenizer=tokenizer,
         materialize=materialize, target=target,
         **{"dedup.mode": dedup, "selection.fraction": keep, "selection.unit": unit, "selection.scope": scope,
            "selection.allocation": allocation, "selection.floor": floor, "selection.cap": cap,
@@ -104,8 +104,8 @@ def score(
     micro_batch_size: Annotated[Optional[int], typer.Option(help="Rows of seq_len per forward.")] = None,
     tp: Annotated[Optional[int], typer.Option(help="Tensor-parallel size.")] = None,
     pp: Annotated[Optional[int], typer.Option(help="Pipeline-parallel size.")] = None,
-    mlflow_uri: Annotated[Optional[str], typer.Option("--mlflow-uri", help="Log to this MLflow tracking URI.")] = None,
-    mlflow_run: Annotated[Optional[str], typer.Option("--mlflow-run", help="Log into this existing MLflow run.")] = None,
+    mlflow_uri: MlflowUriOpt = None,
+    mlflow_run: MlflowRunOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     strict: StrictOpt = False,
@@ -117,8 +117,8 @@ def score(
     from glotta.pruning.cat.score import ScoreConfig, run
 
     overrides = cli_overrides(
-        sets, checkpoints=[str(c) for c in checkpoints] if checkpoints else None, shards=shards, out_dir=out_dir,
-        tokenizer=tokenizer, exclude=[str(e) for e in exclude] if exclude else None, seq_len=seq_len,
+        sets, checkpoints=checkpoints, shards=shards, out_dir=out_dir,
+        tokenizer=tokenizer, exclude=exclude, seq_len=seq_len,
         micro_batch_size=micro_batch_size,
         **{"parallel.tensor_parallel": tp, "parallel.pipeline_parallel": pp,
            "mlflow.tracking_uri": mlflow_uri, "mlflow.run_id": mlflow_run},

@@ -84,3 +84,10 @@ def test_one_error_format_for_commands_and_recipes(tmp_path):
         f"{tmp_path / 'bare.yaml'}: 'name' is required (give it in the YAML, as an option, or with --set name=...)",
         f"{tmp_path / 'bare.yaml'}: unknown key 'stages[0].x'",
     ]
+
+
+def test_cli_overrides_leave_options_not_given_alone():
+    from glotta.launch.options import cli_overrides
+
+    got = cli_overrides(["a=1"], none=None, empty=[], paths=(Path("x y"), Path("z")), flag=True, n=3)
+    assert got == ["a=1", 'paths=["x y", "z"]', "flag=true", "n=3"]
