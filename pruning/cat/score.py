@@ -5,7 +5,9 @@ same shard and build identical micro-batches (no broadcast needed). A document i
 `[EOD] + ids` -> `ids + [EOD]` (EOD = the tokenizer's EOS id, the loader's document end) in
 windows of `seq_len` tokens (restarting with no context, or with `context` tokens of the document's
 past carried into each later window, scored once); windows are packed into rows
-with a document mask and positions restarting at each window, so documents never see each other.
+with a document mask and positions restarting at each window, so documents never see each other:
+the forward passes are the trainer's (`forward_step` / `loss_func`, its attention inputs: segment
+ids for flex/SDPA, the THD layout with cu_seqlens under Transformer Engine, `attention_layout`).
 Per document: n_tokens (tokens predicted), n_bytes (UTF-8 text), token-mean NLL per checkpoint.
 
 Resume: each (shard, checkpoint) result is saved as `.parts/<shard>/ckpt_<k>.npy`; when all K
