@@ -296,8 +296,8 @@ def cat_score_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, origins: 
         cfg.nproc, "prune", "score", "--checkpoints", run.checkpoints("stage1"), "--shards", shards,
         "--exclude", holdout, "--tokenizer", tok, "--out", run.cat_scores, *_sets(cfg.cat.score_set), "--json",
     )  # fmt: skip
-    return Stage("cat-score", [score], outputs=[run.cat_scores], inputs=[run.checkpoints("stage1"), shards, holdout, tok],
-                 report_names={0: "cat-score"})
+    return Stage("cat-score", [score], outputs=[run.cat_scores], report_names={0: "cat-score"},
+                 inputs=[run.checkpoints("stage1"), shards, holdout, tok])
 
 
 def cat_select_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, origins: Origins) -> Stage:
