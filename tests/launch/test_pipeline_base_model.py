@@ -105,11 +105,11 @@ def test_stage1_continues_the_adapted_base(adapted_run):
     old = hf["model.embed_tokens.weight"].shape[0]
     meta = checkpoint_meta(run / "stage1/checkpoints")
     assert meta.vocab_size > old  # the vocabulary grew by the Greek pieces
-    assert meta.config.model.hidden_size == 32 and meta.config.model.num_query_groups == 2  # the base's, not a default
+    assert meta.model.hidden_size == 32 and meta.model.num_query_groups == 2  # the base's architecture
     extend = json.loads((run / "reports/tokenizer-extend.json").read_text())
     assert meta.vocab_size == old + extend["added"] == json.loads((run / "adapt/adapt.json").read_text())["new_vocab"]
-    trained = read_tensors(run / "stage1/checkpoints", ["embedding.word_embeddings.weight", "output_layer.weight"])
-    adapted = read_tensors(run / "adapt", ["embedding.word_embeddings.weight", "output_layer.weight"])
+    names = ["embedding.word_embeddings.weight", "output_layer.weight"]
+    trained, adapted = read_tensors(meta, names), read_tensors(checkpoint_meta(run / "adapt"), names)
     for name, hf_name in (("embedding.word_embeddings.weight", "model.embed_tokens.weight"),
                           ("output_layer.weight", "lm_head.weight")):
         # old ids: the base model's rows (3 steps at lr 1e-6 move them by ~3e-6; base weights are ~0.15)
