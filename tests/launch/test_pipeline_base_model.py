@@ -135,7 +135,7 @@ def test_unchanged_rerun_skips_and_a_new_base_reruns_from_base(adapted_run):
     assert all(st[s].startswith("dry-run") for s in ("tokenizer", "adapt", "stage1"))
 
 
-def test_bad_base_models_fail_before_any_work(demo_shards, tmp_path):
+def test_bad_base_models_fail_before_any_work(demo_shards, tmp_path, capsys):
     from glotta.errors import ConfigError
     from glotta.launch.commands.pipeline import load_pipeline
 
@@ -160,8 +160,14 @@ def test_bad_base_models_fail_before_any_work(demo_shards, tmp_path):
     check(good, r"stage1.set\[0\] model.hidden_size=64 disagrees", stage1={"set": ["model.hidden_size=64"]})
     check(good, "target_langs", tokenizer={"target_langs": []})
     check(good, "vocab_size", tokenizer={"vocab_size": 4000})
-    # a recipe file's own model section is replaced, with a warning naming the keys
-    cfg, stages = load_pipeline(recipe(tmp_path, good), None)
+    # a recipe file's own model section (here gpt-tiny's) is replaced, with a warning naming the keys
+    path = recipe(tmp_path, good)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({**TRAIN, "model": {**TRAIN["model"], "hidden_size": 64,
+                                                                            "num_query_groups": 2}}))
+    capsys.readouterr()
+    cfg, stages = load_pipeline(path, None)
+    err = capsys.readouterr().err
+    assert "model.hidden_size 64 -> 32" in err and "num_query_groups" not in err  # 2 groups: the base's too
     assert [s.name for s in stages] == ["import", "holdout", "base", "tokenizer", "adapt", "stage1"]
     train = " ".join(map(str, stages[-1].commands[0]))
     assert "model.hidden_size=32" in train and f"checkpoint.init_from=\"{tmp_path / 'run' / 'adapt'}\"" in train
