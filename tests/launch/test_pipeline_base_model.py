@@ -62,7 +62,7 @@ def recipe(base: Path, model_dir: Path, **over) -> Path:
         "data": {"demo_corpus": {"langs": ["en", "de", "el"], "max_docs_per_lang": 40}},
         "consent": {"enabled": False},
         "tokenizer": {"base_model": str(model_dir), "target_langs": ["el"], "add": 60,
-                      "set": ["sample.sample_bytes=60000", "report_lines=100"], "adapt_set": ["compare=false", "max_lines=60"]},
+                      "set": ["sample.sample_bytes=60000", "report_lines=100"], "adapt_set": ["max_lines=60"]},
         "holdout": {"fraction": 0.2, "max_docs_per_lang": 8},
         "stage1": {"config": "train.yaml"},
     }  # fmt: skip
@@ -118,7 +118,32 @@ def test_stage1_continues_the_adapted_base(adapted_run):
         assert torch.allclose(trained[name][old:meta.vocab_size], adapted[name][old:meta.vocab_size], atol=1e-3)
     log = "".join(p.read_text() for p in (run / "logs").glob("stage1-*.log"))
     assert "(weights only)" in log and str(run / "adapt") in log
-    assert summary["adaptation"] and summary["validation"][0].get("adapted base val loss") is not None
+    assert summary["validation"][0].get("adapted base val loss") is not None
+    # every init compared; the check that can fail: mean-below keeps the base-language (en, de) loss lower
+    rise = {r["init"].removesuffix(" (used)"): r["base loss rise"] for r in summary["adaptation"]}
+    assert rise["mean-below"] < rise["mean"] and "mean-below (used)" in [r["init"] for r in summary["adaptation"]]
+
+
+def test_the_continued_model_exports_to_transformers(adapted_run, tmp_path):
+    """The recipe's last step: export-hf of stage 1; transformers loads it and encodes Greek with the new pieces."""
+    import sentencepiece as spm
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, model_dir, _ = adapted_run
+    run = base / "run"
+    r = glotta("model", "export-hf", run / "stage1/checkpoints", "--out", tmp_path / "hf", "--json")
+    exported = json.loads(r.stdout[r.stdout.index("{"):])
+    old = spm.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model")).get_piece_size()
+    new_sp = spm.SentencePieceProcessor(model_file=str(run / "tokenizer/glotta.model"))
+    assert exported["vocab_size"] == new_sp.get_piece_size() > old
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    line = "Η γρήγορη καφέ αλεπού πηδά πάνω από τον τεμπέλη σκύλο."
+    ids = tok(line, add_special_tokens=False)["input_ids"]
+    assert ids == new_sp.encode(line) and max(ids) >= old  # the new Greek pieces are used
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([ids])).logits).all()
 
 
 def test_unchanged_rerun_skips_and_a_new_base_reruns_from_base(adapted_run):
