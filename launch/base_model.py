@@ -38,6 +38,10 @@ ARCH_KEYS = (
 )  # fmt: skip
 
 
+# import-hf keys the pipeline sets itself: the continuing run's layout must match the adapted checkpoint
+FROM_STAGE1 = ("source", "out", "tp", "pp", "seq_length", "make_vocab_size_divisible_by", "overwrite")
+
+
 def _effective(model, key: str):
     """The value a key means (None query groups = one per head, None ffn = the activation's default)."""
     if key == "num_query_groups":
@@ -78,12 +82,21 @@ def inspect_base(cfg, stage1_cfg, origins: Origins):
     return src.model
 
 
-def base_stage(cfg, run: RunLayout, stage1_cfg) -> Stage:
+def base_stage(cfg, run: RunLayout, stage1_cfg, origins: Origins) -> Stage:
+    from glotta.train.hf_import import ImportConfig
+
+    check_sets(ImportConfig, cfg.tokenizer.import_set, "tokenizer.import_set", origins, "glotta model import-hf")
+    for i, item in enumerate(cfg.tokenizer.import_set):
+        key = ".".join(parse_override(item)[0])
+        if key in FROM_STAGE1:
+            raise ConfigError(f"{origins.of(f'tokenizer.import_set[{i}]')}: tokenizer.import_set[{i}] {item!r}: "
+                              f"{key} comes from stage 1's training config (and source, out from the pipeline)")
     icfg = base_import_config(cfg, stage1_cfg)
     args = ["model", "import-hf", icfg.source, "--out", run.base, "--tp", icfg.tp, "--pp", icfg.pp]
     if icfg.seq_length:
         args += ["--seq-length", icfg.seq_length]
-    args += ["--set", f"make_vocab_size_divisible_by={icfg.make_vocab_size_divisible_by}", "--overwrite", "--json"]
+    sets = [f"make_vocab_size_divisible_by={icfg.make_vocab_size_divisible_by}", *cfg.tokenizer.import_set]
+    args += [*[a for s in sets for a in ("--set", s)], "--overwrite", "--json"]
     return Stage("base", [glotta_cmd(*args)], outputs=[run.base / "latest", run.base / "tokenizer.model"],
                  inputs=[icfg.source], report_names={0: "base-import"})
 

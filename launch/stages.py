@@ -76,12 +76,13 @@ class TokenizerStage(StrictModel):
     add: int = Field(1000, gt=0)
     init: InitMethod = "mean-below"
     adapt_set: list[str] = []  # `tokenizer adapt-checkpoint` overrides
+    import_set: list[str] = []  # `model import-hf` overrides, e.g. precision=bf16 (half the memory of fp32)
 
     @model_validator(mode="after")
     def _base_model_keys(self):
         given = self.model_fields_set
         if self.base_model is None:
-            only = sorted(given & {"target_langs", "add", "init", "adapt_set"})
+            only = sorted(given & {"target_langs", "add", "init", "adapt_set", "import_set"})
             if only:
                 raise ValueError(f"tokenizer.{only[0]} applies only with tokenizer.base_model (an HF model to adapt)")
         else:
@@ -180,7 +181,7 @@ def build_stages(cfg: PipelineConfig, origins: Origins | None = None) -> list[St
     if cfg.tokenizer.base_model is not None:  # checked first: a bad base model is the one error to show
         stage1_cfg = user_train_config(cfg, "stage1", origins) if cfg.stage1 is not None else None
         base = inspect_base(cfg, stage1_cfg, origins)
-        builders.append(lambda: base_stage(cfg, run, stage1_cfg))
+        builders.append(lambda: base_stage(cfg, run, stage1_cfg, origins))
     builders.append(lambda: tokenizer_stage(cfg, run, shards, origins))
     if base is not None:
         builders.append(lambda: adapt_stage(cfg, run, stage1_cfg, origins))

@@ -185,6 +185,8 @@ def test_bad_base_models_fail_before_any_work(demo_shards, tmp_path, capsys):
     check(good, r"stage1.set\[0\] model.hidden_size=64 disagrees", stage1={"set": ["model.hidden_size=64"]})
     check(good, "target_langs", tokenizer={"target_langs": []})
     check(good, "vocab_size", tokenizer={"vocab_size": 4000})
+    check(good, r"import_set\[0\] 'precision=fp64'", tokenizer={"import_set": ["precision=fp64"]})
+    check(good, "tp comes from stage 1", tokenizer={"import_set": ["precision=bf16", "tp=2"]})
     # a recipe file's own model section (here gpt-tiny's) is replaced, with a warning naming the keys
     path = recipe(tmp_path, good)
     (tmp_path / "train.yaml").write_text(yaml.safe_dump({**TRAIN, "model": {**TRAIN["model"], "hidden_size": 64,
