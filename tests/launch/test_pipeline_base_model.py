@@ -62,7 +62,7 @@ def recipe(base: Path, model_dir: Path, **over) -> Path:
         "data": {"demo_corpus": {"langs": ["en", "de", "el"], "max_docs_per_lang": 40}},
         "consent": {"enabled": False},
         "tokenizer": {"base_model": str(model_dir), "target_langs": ["el"], "add": 60,
-                      "set": ["sample.sample_bytes=60000", "report_lines=100"], "adapt_set": ["max_lines=60"]},
+                      "set": ["sample.sample_bytes=60000", "report_lines=100"], "adapt_set": ["max_lines=60", "compare=false"]},
         "holdout": {"fraction": 0.2, "max_docs_per_lang": 8},
         "stage1": {"config": "train.yaml"},
     }  # fmt: skip
@@ -119,9 +119,11 @@ def test_stage1_continues_the_adapted_base(adapted_run):
     log = "".join(p.read_text() for p in (run / "logs").glob("stage1-*.log"))
     assert "(weights only)" in log and str(run / "adapt") in log
     assert summary["validation"][0].get("adapted base val loss") is not None
-    # every init compared; the check that can fail: mean-below keeps the base-language (en, de) loss lower
-    rise = {r["init"].removesuffix(" (used)"): r["base loss rise"] for r in summary["adaptation"]}
-    assert rise["mean-below"] < rise["mean"] and "mean-below (used)" in [r["init"] for r in summary["adaptation"]]
+    # the adaptation table: the init used, its base-language (en, de) loss rise next to the base model
+    # (mean-below against the other inits: tests/tokenizer/test_adapt.py; compare=false keeps this test short)
+    rows = {r["init"]: r for r in summary["adaptation"]}
+    assert set(rows) == {"mean-below (used)", "base model, base tokenizer"}
+    assert rows["mean-below (used)"]["base loss rise"] is not None and rows["mean-below (used)"]["target bpb"] > 0
 
 
 def test_the_continued_model_exports_to_transformers(adapted_run, tmp_path):
@@ -132,8 +134,9 @@ def test_the_continued_model_exports_to_transformers(adapted_run, tmp_path):
 
     base, model_dir, _ = adapted_run
     run = base / "run"
-    r = glotta("model", "export-hf", run / "stage1/checkpoints", "--out", tmp_path / "hf", "--json")
-    exported = json.loads(r.stdout[r.stdout.index("{"):])
+    from glotta.train.hf_export import ExportConfig, export_hf
+
+    exported = export_hf(ExportConfig(checkpoint=run / "stage1/checkpoints", out=tmp_path / "hf")).as_dict()
     old = spm.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model")).get_piece_size()
     new_sp = spm.SentencePieceProcessor(model_file=str(run / "tokenizer/glotta.model"))
     assert exported["vocab_size"] == new_sp.get_piece_size() > old
@@ -146,15 +149,22 @@ def test_the_continued_model_exports_to_transformers(adapted_run, tmp_path):
         assert torch.isfinite(model(torch.tensor([ids])).logits).all()
 
 
+def dry_run(recipe_path: Path) -> dict[str, str]:
+    """What `glotta pipeline run RECIPE --dry-run` reports, in this process."""
+    from glotta.launch.commands.pipeline import load_pipeline
+    from glotta.launch.pipeline import Runner
+
+    cfg, stages = load_pipeline(recipe_path, None)
+    return {r.stage: r.status for r in Runner(cfg.run_dir, dry_run=True).run(stages)}
+
+
 def test_unchanged_rerun_skips_and_a_new_base_reruns_from_base(adapted_run):
     base, model_dir, _ = adapted_run
-    r = glotta("pipeline", "run", base / "recipe.yaml", "--json")
-    assert set(status(json.loads(r.stdout)).values()) == {"skipped"}
+    assert set(dry_run(base / "recipe.yaml").values()) == {"skipped"}
     cfg = json.loads((model_dir / "config.json").read_text())
     cfg["rope_theta"] = 20000.0  # new content in the base directory
     (model_dir / "config.json").write_text(json.dumps(cfg))
-    r = glotta("pipeline", "run", base / "recipe.yaml", "--dry-run", "--json")
-    st = status(json.loads(r.stdout))
+    st = dry_run(base / "recipe.yaml")
     assert st["import"] == st["holdout"] == "skipped"
     assert st["base"] == "dry-run: would run"
     assert all(st[s].startswith("dry-run") for s in ("tokenizer", "adapt", "stage1"))
