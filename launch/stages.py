@@ -105,6 +105,8 @@ class TrainStage(StrictModel):
     set: list[str] = []
     # stage 2: greedy continuation of one held-out line per language, shown in the summary (0 = none)
     generate_tokens: int = Field(24, ge=0)
+    # publish the stage's last checkpoint as a Hugging Face Llama directory, <stage>/hf (`glotta model export-hf`)
+    export_hf: bool = False
 
 
 class CatStage(StrictModel):
@@ -335,11 +337,16 @@ def train_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, name: str, ex
             console.print(f"[yellow]{escape(note)}[/]", soft_wrap=True)
         tcfg = user_train_config(cfg, name, origins, sets + after)
     cmds = [torchrun_cmd(cfg.nproc, "train", "-c", t.config, "--run-dir", out, *_sets(sets + t.set + after), "--json")]
+    report_names, outputs = {0: name}, [run.checkpoints(name) / "latest", run.metrics(name)]
     if name == "stage2" and t.generate_tokens:
+        report_names[len(cmds)] = f"{name}-generate"
         cmds.append(glotta_cmd("generate", run.checkpoints(name), "--prompts-shards", run.holdout_valid,
                                "--max-tokens", t.generate_tokens, "--json"))
-    return Stage(name, cmds, outputs=[run.checkpoints(name) / "latest", run.metrics(name)], inputs=inputs,
-                 reports=[out / "config.json"], report_names={0: name, 1: f"{name}-generate"},
+    if t.export_hf:
+        report_names[len(cmds)] = f"{name}-export-hf"
+        cmds.append(glotta_cmd("model", "export-hf", run.checkpoints(name), "--out", out / "hf", "--overwrite", "--json"))
+        outputs.append(out / "hf")
+    return Stage(name, cmds, outputs=outputs, inputs=inputs, reports=[out / "config.json"], report_names=report_names,
                  total_steps=tcfg.train_iters)
 
 

@@ -64,7 +64,7 @@ def recipe(base: Path, model_dir: Path, **over) -> Path:
         "tokenizer": {"base_model": str(model_dir), "target_langs": ["el"], "add": 60,
                       "set": ["sample.sample_bytes=60000", "report_lines=100"], "adapt_set": ["max_lines=60", "compare=false"]},
         "holdout": {"fraction": 0.2, "max_docs_per_lang": 8},
-        "stage1": {"config": "train.yaml"},
+        "stage1": {"config": "train.yaml", "export_hf": True},
     }  # fmt: skip
     for k, v in over.items():
         cfg[k] = {**cfg[k], **v}
@@ -126,22 +126,21 @@ def test_stage1_continues_the_adapted_base(adapted_run):
     assert rows["mean-below (used)"]["base loss rise"] is not None and rows["mean-below (used)"]["target bpb"] > 0
 
 
-def test_the_continued_model_exports_to_transformers(adapted_run, tmp_path):
-    """The recipe's last step: export-hf of stage 1; transformers loads it and encodes Greek with the new pieces."""
+def test_the_continued_model_exports_to_transformers(adapted_run):
+    """The recipe's last step (`stage1.export_hf`): transformers loads stage1/hf and encodes Greek with the new pieces."""
     import sentencepiece as spm
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base, model_dir, _ = adapted_run
     run = base / "run"
-    from glotta.train.hf_export import ExportConfig, export_hf
-
-    exported = export_hf(ExportConfig(checkpoint=run / "stage1/checkpoints", out=tmp_path / "hf")).as_dict()
+    exported = json.loads((run / "reports/stage1-export-hf.json").read_text())
+    assert exported["out"] == str(run / "stage1/hf")
     old = spm.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model")).get_piece_size()
     new_sp = spm.SentencePieceProcessor(model_file=str(run / "tokenizer/glotta.model"))
     assert exported["vocab_size"] == new_sp.get_piece_size() > old
-    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(run / "stage1/hf")
+    model = AutoModelForCausalLM.from_pretrained(run / "stage1/hf", dtype=torch.float32)
     line = "Η γρήγορη καφέ αλεπού πηδά πάνω από τον τεμπέλη σκύλο."
     ids = tok(line, add_special_tokens=False)["input_ids"]
     assert ids == new_sp.encode(line) and max(ids) >= old  # the new Greek pieces are used
