@@ -115,6 +115,27 @@ def loss_table(run: RunLayout, stages: list[str], start: str = "untrained") -> l
     return [{"lang": lang, **{f"{c} val loss": v.get(lang) for c, v in cols.items()}} for lang in langs] if cols else []
 
 
+def extension_table(run: RunLayout, current: set[str]) -> list[dict]:
+    """`tokenizer.base_model`: per target language, premium and fertility under the base tokenizer and
+    the extended one (`tokenizer extend`'s report), and how many base-language lines changed."""
+    rep = _read_json(run.report("tokenizer-extend")) if "tokenizer" in current else None
+    if not rep:
+        return []
+    rows = [{"lang": lang, "premium": f"{_num(r.get('premium_before'))} -> {_num(r.get('premium_after'))}",
+             "fertility": f"{_num(r.get('fertility_before'))} -> {_num(r.get('fertility_after'))}",
+             "tokens": f"{r.get('tokens_before', 0):,} -> {r.get('tokens_after', 0):,}"}
+            for lang, r in sorted(rep.get("target", {}).items())]
+    b = rep.get("base_total") or {}
+    if b:
+        rows.append({"lang": f"base languages ({b.get('lines_changed', 0)} of {b.get('lines', 0)} lines changed)",
+                     "tokens": f"{b.get('tokens_before', 0):,} -> {b.get('tokens_after', 0):,}"})
+    return rows
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
 def adaptation_table(run: RunLayout, current: set[str]) -> list[dict]:
     """`tokenizer.base_model`: per init method, target bits per byte and the base-language loss rise
     (nats/token, old tokenizer) right after adaptation, from adapt-checkpoint's adapt.json."""
@@ -156,6 +177,7 @@ def pipeline_summary(cfg, results: list, seconds: float, tracking_uri: str) -> d
         "counters": counter_table(run, current),
         "premiums": premiums,
         "no_parallel_text": no_parallel,
+        "extension": extension_table(run, current),
         "adaptation": adaptation_table(run, current),
         "validation": loss_table(run, trained, "adapted base" if _base_model(cfg) else "untrained"),
         "generations": generation_table(run, current),
@@ -188,6 +210,9 @@ def print_summary(summary: dict, console=None) -> None:
     if summary["no_parallel_text"]:
         c.print(f"No parallel text for: {', '.join(summary['no_parallel_text'])} (premium from bytes per token; "
                 "give tokenizer.parallel: FILE)", soft_wrap=True, highlight=False)
+    if summary.get("extension"):
+        print_table("Base tokenizer extended for the target languages (base -> extended)", summary["extension"],
+                    ["lang", "premium", "fertility", "tokens"], console=c)
     if summary.get("adaptation"):
         print_table("Base model adapted to the extended tokenizer: target bits per byte, base-language loss rise "
                     "(nats/token)", summary["adaptation"], console=c)

@@ -119,6 +119,10 @@ def test_stage1_continues_the_adapted_base(adapted_run):
     log = "".join(p.read_text() for p in (run / "logs").glob("stage1-*.log"))
     assert "(weights only)" in log and str(run / "adapt") in log
     assert summary["validation"][0].get("adapted base val loss") is not None
+    # the tokenizer extension table: Greek needs fewer tokens after extension
+    el = next(r for r in summary["extension"] if r["lang"] == "el")
+    before, after = (int(x.replace(",", "")) for x in el["tokens"].split(" -> "))
+    assert after < before and summary["extension"][-1]["lang"].startswith("base languages")
     # the adaptation table: the init used, its base-language (en, de) loss rise next to the base model
     # (mean-below against the other inits: tests/tokenizer/test_adapt.py; compare=false keeps this test short)
     rows = {r["init"]: r for r in summary["adaptation"]}
