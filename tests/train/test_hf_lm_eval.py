@@ -15,10 +15,12 @@ TOL = 1e-4
 
 
 @pytest.fixture
-def offline(monkeypatch):
+def offline(monkeypatch, tmp_path):
+    """No hub, and the datasets cache (the JSONL converted to Arrow) inside the test's folder."""
     for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.setenv(k, "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
 
 
 def documents(train_data, sp, per_lang: int = 2) -> list[dict]:
