@@ -4,7 +4,9 @@
       data/                      import: shard set + manifest.json
       consent/ shards/ exclude.txt summary.json consent.png store/
       holdout/ valid/ train.exclude.txt
+      base/                      tokenizer.base_model only: the imported HF model (glotta checkpoint)
       tokenizer/ glotta.model glotta.card.json parallel.jsonl premiums.png
+      adapt/                     tokenizer.base_model only: the base resized to the extended vocabulary
       stage1/ stage2/            checkpoints/ metrics.jsonl config.json
       cat-score/                 <shard>.parquet score.json (prune score; .parts/ while running)
       cat/ exclude.txt report.json report/*.png
@@ -69,6 +71,16 @@ class RunLayout:
     @property
     def parallel(self) -> Path:
         return self.tokenizer / "parallel.jsonl"
+
+    @property
+    def base(self) -> Path:
+        """`tokenizer.base_model`: the imported checkpoint root (with tokenizer.model, train.yaml)."""
+        return self.root / "base"
+
+    @property
+    def adapted(self) -> Path:
+        """`tokenizer.base_model`: the base checkpoint resized to the extended tokenizer."""
+        return self.root / "adapt"
 
     def checkpoints(self, stage: str) -> Path:
         return self.root / stage / "checkpoints"

@@ -1,7 +1,8 @@
 """The pipeline recipe: PipelineConfig and the stage list it expands to.
 
 import -> consent -> holdout -> tokenizer -> stage1 -> cat-score -> cat -> stage2 (CAT scoring and
-selection are separate stages, so a new `cat.keep` does not rescore). Every stage is the `glotta`
+selection are separate stages, so a new `cat.keep` does not rescore; with `tokenizer.base_model`:
+holdout -> base -> tokenizer -> adapt -> stage1, launch/base_model.py). Every stage is the `glotta`
 command a user would type; `set:` lists in each section pass `--set key=value` overrides through,
 validated here against the command's config model (so `--dry-run` catches a typo). Each stage
 names the inputs it reads, so its fingerprint follows their content (launch/pipeline.py).
@@ -13,12 +14,16 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
+from rich.markup import escape
 
 from glotta.config import StrictModel
 from glotta.errors import ConfigError
+from glotta.launch.base_model import adapt_stage, architecture_sets, base_stage, extend_commands, inspect_base
 from glotta.launch.checks import Origins, check_sets
 from glotta.launch.layout import RunLayout
 from glotta.launch.pipeline import Stage, glotta_cmd, torchrun_cmd
+from glotta.progress import console
+from glotta.tokenizer.embed_init import InitMethod
 
 FIELDS = ("text", "url", "lang", "id", "source", "date", "license")
 
@@ -63,7 +68,31 @@ class TokenizerStage(StrictModel):
     # without it: the machine's gettext catalogs, for the corpus languages that have them
     parallel: Path | None = None
     reference: str = "en"
-    set: list[str] = []
+    set: list[str] = []  # `tokenizer build` overrides (`tokenizer extend` ones with base_model)
+    # Bring your own model (docs/model.md): a local Hugging Face Llama/Mistral directory whose
+    # SentencePiece tokenizer is extended with `add` pieces learned from `target_langs` text; its
+    # weights are adapted to it (`init`) and stage 1 continues from them with its architecture.
+    base_model: Path | None = None
+    target_langs: list[str] = []
+    add: int = Field(1000, gt=0)
+    init: InitMethod = "mean-below"
+    adapt_set: list[str] = []  # `tokenizer adapt-checkpoint` overrides
+    import_set: list[str] = []  # `model import-hf` overrides, e.g. precision=bf16 (half the memory of fp32)
+
+    @model_validator(mode="after")
+    def _base_model_keys(self):
+        given = self.model_fields_set
+        if self.base_model is None:
+            only = sorted(given & {"target_langs", "add", "init", "adapt_set", "import_set"})
+            if only:
+                raise ValueError(f"tokenizer.{only[0]} applies only with tokenizer.base_model (an HF model to adapt)")
+        else:
+            if "vocab_size" in given:
+                raise ValueError("tokenizer.vocab_size: with tokenizer.base_model the vocabulary is the base model's "
+                                 "plus tokenizer.add new pieces; remove vocab_size")
+            if not self.target_langs:
+                raise ValueError("tokenizer.target_langs: name the language(s) to extend the base model's tokenizer for")
+        return self
 
 
 class HoldoutStage(StrictModel):
@@ -77,6 +106,8 @@ class TrainStage(StrictModel):
     set: list[str] = []
     # stage 2: greedy continuation of one held-out line per language, shown in the summary (0 = none)
     generate_tokens: int = Field(24, ge=0)
+    # publish the stage's last checkpoint as a Hugging Face Llama directory, <stage>/hf (`glotta model export-hf`)
+    export_hf: bool = False
 
 
 class CatStage(StrictModel):
@@ -108,7 +139,7 @@ class PipelineConfig(StrictModel):
 
         c = self.model_copy(deep=True)
         c.consent.robots, c.consent.store = fix(c.consent.robots), fix(c.consent.store)
-        c.tokenizer.parallel = fix(c.tokenizer.parallel)
+        c.tokenizer.parallel, c.tokenizer.base_model = fix(c.tokenizer.parallel), fix(c.tokenizer.base_model)
         c.data.inputs = [str(fix(Path(i))) for i in c.data.inputs]
         for t in (c.stage1, c.stage2):
             if t is not None:
@@ -124,6 +155,8 @@ class PipelineConfig(StrictModel):
             for key, p in (("consent.robots", self.consent.robots), ("consent.store", self.consent.store)):
                 if p is not None and not Path(p).exists():
                     missing.append(f"{key}: {p}")
+        if self.tokenizer.base_model is not None and not Path(self.tokenizer.base_model).is_dir():
+            missing.append(f"tokenizer.base_model: {self.tokenizer.base_model} (a local Hugging Face model directory)")
         if self.tokenizer.parallel is not None and not Path(self.tokenizer.parallel).is_file():
             missing.append(f"tokenizer.parallel: {self.tokenizer.parallel}")
         for key, t in (("stage1.config", self.stage1), ("stage2.config", self.stage2)):
@@ -147,13 +180,21 @@ def build_stages(cfg: PipelineConfig, origins: Origins | None = None) -> list[St
     if cfg.consent.enabled:
         builders.append(lambda: consent_stage(cfg, run, origins))
     builders.append(lambda: holdout_stage(cfg, run, shards))
+    base = None
+    if cfg.tokenizer.base_model is not None:  # checked first: a bad base model is the one error to show
+        stage1_cfg = user_train_config(cfg, "stage1", origins) if cfg.stage1 is not None else None
+        base = inspect_base(cfg, stage1_cfg, origins)
+        builders.append(lambda: base_stage(cfg, run, stage1_cfg, origins))
     builders.append(lambda: tokenizer_stage(cfg, run, shards, origins))
+    if base is not None:
+        builders.append(lambda: adapt_stage(cfg, run, stage1_cfg, origins))
     if cfg.stage1 is not None:
-        builders.append(lambda: train_stage(cfg, run, shards, "stage1", [run.holdout_exclude], origins))
+        builders.append(lambda: train_stage(cfg, run, shards, "stage1", [run.holdout_exclude], origins, base))
     if cfg.stage2 is not None:
         builders.append(lambda: cat_score_stage(cfg, run, shards, origins))
         builders.append(lambda: cat_select_stage(cfg, run, shards, origins))
-        builders.append(lambda: train_stage(cfg, run, shards, "stage2", [run.holdout_exclude, run.cat_exclude], origins))
+        builders.append(lambda: train_stage(cfg, run, shards, "stage2", [run.holdout_exclude, run.cat_exclude], origins,
+                                            base))
     stages, errors = [], []
     for build in builders:  # every stage's problems in one message, not the first one only
         try:
@@ -222,7 +263,8 @@ def tokenizer_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, origins: 
     from glotta.tokenizer.build import BuildConfig
 
     t, out = cfg.tokenizer, run.tokenizer
-    check_sets(BuildConfig, t.set, "tokenizer.set", origins, "glotta tokenizer build")
+    if t.base_model is None:
+        check_sets(BuildConfig, t.set, "tokenizer.set", origins, "glotta tokenizer build")
     parallel = run.parallel  # the evaluation text, kept out of the tokenizer's sample
     build = ["tokenizer", "build", "--shards", shards, "--out", out, "--name", "glotta", "--vocab-size", t.vocab_size]
     build += ["--alpha", t.alpha] + (["--sample-bytes", t.sample_bytes] if t.sample_bytes else [])
@@ -234,15 +276,18 @@ def tokenizer_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, origins: 
         par += ["--set", f"source={t.parallel}"]
     cmds = [
         glotta_cmd("tokenizer", "parallel", "--out", parallel, *par, "--json"),
-        glotta_cmd(*build, "--json"),
+        glotta_cmd(*build, "--json") if t.base_model is None else extend_commands(cfg, run, shards, origins),
         glotta_cmd(
             "tokenizer", "eval", run.tokenizer_model, "--parallel", parallel, "--shards", shards,
             "--reference", t.reference, "--chart", out / "premiums.png", *langs, "--json",
         ),
     ]  # fmt: skip
     inputs = [shards] + ([t.parallel] if t.parallel is not None else [])
+    if t.base_model is not None:
+        inputs.append(run.base / "tokenizer.model")
     return Stage("tokenizer", cmds, outputs=[run.tokenizer_model], inputs=inputs, reports=[out],
-                 report_names={0: "tokenizer-parallel", 1: "tokenizer-build", 2: "tokenizer-eval"})
+                 report_names={0: "tokenizer-parallel", 1: "tokenizer-build" if t.base_model is None else "tokenizer-extend",
+                               2: "tokenizer-eval"})
 
 
 def holdout_stage(cfg: PipelineConfig, run: RunLayout, shards: Path) -> Stage:
@@ -254,11 +299,24 @@ def holdout_stage(cfg: PipelineConfig, run: RunLayout, shards: Path) -> Stage:
                  report_names={0: "holdout"})
 
 
-def train_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, name: str, excludes: list[Path],
-                origins: Origins) -> Stage:
+def user_train_config(cfg: PipelineConfig, name: str, origins: Origins, sets: list[str] = ()):
+    """A training stage's TrainConfig from its recipe and `set:` list (the error names where they came from)."""
     from glotta.train import load_train_config
     from glotta.train.config import TrainConfig
 
+    t: TrainStage = getattr(cfg, name)
+    check_sets(TrainConfig, t.set, f"{name}.set", origins, "glotta train")
+    try:
+        return load_train_config(t.config, [*sets, *t.set])
+    except ConfigError as e:
+        where = ", ".join(sorted({origins.of(f"{name}.set[{i}]") for i in range(len(t.set))})) or origins.of(name)
+        raise ConfigError(f"{name} (training recipe {t.config}, set: from {where}):\n{e}") from None
+
+
+def train_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, name: str, excludes: list[Path],
+                origins: Origins, base=None) -> Stage:
+    """A training stage; with `tokenizer.base_model` (`base`: its ModelConfig) it continues the adapted
+    base model (stage 2 with `init: scratch` starts from the adapted base too) with its architecture."""
     t: TrainStage = getattr(cfg, name)
     out = run.root / name
     sets = [
@@ -270,18 +328,27 @@ def train_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, name: str, ex
     if t.init == "stage1":
         sets.append(f"checkpoint.init_from={_yaml_str(run.checkpoints('stage1'))}")
         inputs.append(run.checkpoints("stage1"))
-    check_sets(TrainConfig, t.set, f"{name}.set", origins, "glotta train")
-    try:
-        tcfg = load_train_config(t.config, sets + t.set)
-    except ConfigError as e:
-        where = ", ".join(sorted({origins.of(f"{name}.set[{i}]") for i in range(len(t.set))})) or origins.of(name)
-        raise ConfigError(f"{name} (training recipe {t.config}, set: from {where}):\n{e}") from None
-    cmds = [torchrun_cmd(cfg.nproc, "train", "-c", t.config, "--run-dir", out, *_sets(sets + t.set), "--json")]
+    elif base is not None:
+        sets.append(f"checkpoint.init_from={_yaml_str(run.adapted)}")
+        inputs.append(run.adapted)
+    tcfg = user_train_config(cfg, name, origins, sets)
+    after = []  # the base model's architecture, after the user's overrides (which must not disagree)
+    if base is not None:
+        after, notes = architecture_sets(base, tcfg, Path(t.config), t.set, name, origins)
+        for note in notes:
+            console.print(f"[yellow]{escape(note)}[/]", soft_wrap=True)
+        tcfg = user_train_config(cfg, name, origins, sets + after)
+    cmds = [torchrun_cmd(cfg.nproc, "train", "-c", t.config, "--run-dir", out, *_sets(sets + t.set + after), "--json")]
+    report_names, outputs = {0: name}, [run.checkpoints(name) / "latest", run.metrics(name)]
     if name == "stage2" and t.generate_tokens:
+        report_names[len(cmds)] = f"{name}-generate"
         cmds.append(glotta_cmd("generate", run.checkpoints(name), "--prompts-shards", run.holdout_valid,
                                "--max-tokens", t.generate_tokens, "--json"))
-    return Stage(name, cmds, outputs=[run.checkpoints(name) / "latest", run.metrics(name)], inputs=inputs,
-                 reports=[out / "config.json"], report_names={0: name, 1: f"{name}-generate"},
+    if t.export_hf:
+        report_names[len(cmds)] = f"{name}-export-hf"
+        cmds.append(glotta_cmd("model", "export-hf", run.checkpoints(name), "--out", out / "hf", "--overwrite", "--json"))
+        outputs.append(out / "hf")
+    return Stage(name, cmds, outputs=outputs, inputs=inputs, reports=[out / "config.json"], report_names=report_names,
                  total_steps=tcfg.train_iters)
 
 

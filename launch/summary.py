@@ -101,17 +101,51 @@ def val_losses(metrics: Path) -> tuple[dict[str, float], dict[str, float]]:
     return evals[0], evals[-1]
 
 
-def loss_table(run: RunLayout, stages: list[str]) -> list[dict]:
-    """Validation loss per language: before training (step 0, when logged) and after each stage."""
+def loss_table(run: RunLayout, stages: list[str], start: str = "untrained") -> list[dict]:
+    """Validation loss per language: before training (step 0, when logged; `start` names that model)
+    and after each stage."""
     cols: dict[str, dict[str, float]] = {}
     for name in stages:
         first, last = val_losses(run.metrics(name))
         if first.get("_step") == 0 and name == "stage1":
-            cols["untrained"] = first
+            cols[start] = first
         if last:
             cols[name] = last
     langs = sorted({k for v in cols.values() for k in v if not k.startswith("_") and k != "all"}) + ["all"]
     return [{"lang": lang, **{f"{c} val loss": v.get(lang) for c, v in cols.items()}} for lang in langs] if cols else []
+
+
+def extension_table(run: RunLayout, current: set[str]) -> list[dict]:
+    """`tokenizer.base_model`: per target language, premium and fertility under the base tokenizer and
+    the extended one (`tokenizer extend`'s report), and how many base-language lines changed."""
+    rep = _read_json(run.report("tokenizer-extend")) if "tokenizer" in current else None
+    if not rep:
+        return []
+    rows = [{"lang": lang, "premium": f"{_num(r.get('premium_before'))} -> {_num(r.get('premium_after'))}",
+             "fertility": f"{_num(r.get('fertility_before'))} -> {_num(r.get('fertility_after'))}",
+             "tokens": f"{r.get('tokens_before', 0):,} -> {r.get('tokens_after', 0):,}"}
+            for lang, r in sorted(rep.get("target", {}).items())]
+    b = rep.get("base_total") or {}
+    if b:
+        rows.append({"lang": f"base languages ({b.get('lines_changed', 0)} of {b.get('lines', 0)} lines changed)",
+                     "tokens": f"{b.get('tokens_before', 0):,} -> {b.get('tokens_after', 0):,}"})
+    return rows
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def adaptation_table(run: RunLayout, current: set[str]) -> list[dict]:
+    """`tokenizer.base_model`: per init method, target bits per byte and the base-language loss rise
+    (nats/token, old tokenizer) right after adaptation, from adapt-checkpoint's adapt.json."""
+    rep = _read_json(run.adapted / "adapt.json") if "adapt" in current else None
+    if not rep:
+        return []
+    rows = [{"init": m + (" (used)" if m == rep.get("init") else ""), "target bpb": r.get("bpb"),
+             "base loss rise": r.get("base_loss_rise_mean")} for m, r in rep.get("methods", {}).items()]
+    return rows + [{"init": "base model, base tokenizer", "target bpb": rep.get("bpb_old_model_old_tokenizer"),
+                    "base loss rise": 0.0}]
 
 
 def generation_table(run: RunLayout, current: set[str]) -> list[dict]:
@@ -143,11 +177,17 @@ def pipeline_summary(cfg, results: list, seconds: float, tracking_uri: str) -> d
         "counters": counter_table(run, current),
         "premiums": premiums,
         "no_parallel_text": no_parallel,
-        "validation": loss_table(run, trained),
+        "extension": extension_table(run, current),
+        "adaptation": adaptation_table(run, current),
+        "validation": loss_table(run, trained, "adapted base" if _base_model(cfg) else "untrained"),
         "generations": generation_table(run, current),
         "pruning_method": getattr(getattr(cfg, "cat", None), "method", None) if "cat" in current else None,
         "mlflow": {"tracking_uri": tracking_uri, "ui": f"mlflow ui --backend-store-uri {tracking_uri}"},
     }
+
+
+def _base_model(cfg) -> bool:
+    return getattr(getattr(cfg, "tokenizer", None), "base_model", None) is not None
 
 
 def summary_figures(cfg) -> list[Path]:
@@ -170,6 +210,12 @@ def print_summary(summary: dict, console=None) -> None:
     if summary["no_parallel_text"]:
         c.print(f"No parallel text for: {', '.join(summary['no_parallel_text'])} (premium from bytes per token; "
                 "give tokenizer.parallel: FILE)", soft_wrap=True, highlight=False)
+    if summary.get("extension"):
+        print_table("Base tokenizer extended for the target languages (base -> extended)", summary["extension"],
+                    ["lang", "premium", "fertility", "tokens"], console=c)
+    if summary.get("adaptation"):
+        print_table("Base model adapted to the extended tokenizer: target bits per byte, base-language loss rise "
+                    "(nats/token)", summary["adaptation"], console=c)
     if summary["validation"]:
         print_table("Validation loss per language (nats/token, held-out documents)", summary["validation"], console=c)
     if summary.get("pruning_method"):

@@ -84,6 +84,13 @@ def test_cli_import_export_generate(train_data, sp, tmp_path):
     r = runner.invoke(app, ["model", "import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "ck"), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["vocab_size"] == sp.get_piece_size()
+    from glotta.train import load_train_config
+    from glotta.train.inference import checkpoint_meta
+
+    # <out>/train.yaml continues the import: its model is the checkpoint's, init_from and tokenizer point at it
+    cont = load_train_config(tmp_path / "ck" / "train.yaml", [f"data.train=[{train_data.train}]"])
+    assert cont.model == checkpoint_meta(tmp_path / "ck").model and cont.checkpoint.init_from == str((tmp_path / "ck").resolve())
+    assert cont.data.tokenizer == str((tmp_path / "ck" / "tokenizer.model").resolve())
     r = runner.invoke(app, ["model", "export-hf", str(tmp_path / "ck"), "--out", str(tmp_path / "hf"), "--json",
                             "--dtype", "bfloat16"])
     assert r.exit_code == 0, r.output
