@@ -467,8 +467,9 @@ class Importer:
         if self.cfg.near_dedup and self._near_duplicate(sample.text):
             self.counters["near_duplicate_docs"] += 1
             return
+        data = sample.text.encode("utf-8")  # once: for the hash and for the shard
         if self.cfg.dedup:
-            ch = dedup.content_hash(sample.text)
+            ch = dedup.content_hash_utf8(data)
             if ch in self._content:
                 self.counters["duplicate_docs"] += 1
                 return
@@ -486,7 +487,7 @@ class Importer:
         self._keys.add(kh)
         self._rows.append((ch, kh))
         self.counters["written"] += 1
-        writer.write(sample)
+        writer.write(sample, data)
 
     def _check_losses(self, total: Counter) -> None:
         """Fail loudly when the import lost too much, or a mapped field is absent from most records."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from glotta._native import BlendSchedule, TarError, TarReader, tar_sample
+    from glotta._native import BlendSchedule, TarError, TarReader, collapse_ws, tar_sample
     from glotta._native import assemble_i32 as _assemble_i32
     from glotta._native import assemble_u16 as _assemble_u16
     from glotta._native import best_fit_pack as _best_fit_pack
@@ -20,7 +20,7 @@ except ImportError as e:  # pragma: no cover - only when the package was not ins
         "(needs a C++17 compiler and the Python headers)"
     ) from e
 
-__all__ = ["BlendSchedule", "TarError", "TarReader", "assemble", "best_fit_pack", "permutation", "permute", "tar_sample", "token_dtype"]
+__all__ = ["BlendSchedule", "TarError", "TarReader", "assemble", "collapse_ws", "best_fit_pack", "permutation", "permute", "tar_sample", "token_dtype"]
 
 _MASK63 = (1 << 63) - 1
 

@@ -95,7 +95,9 @@ class ShardWriter:
         self._keys = set()
         self._idx = IndexBuilder()
 
-    def write(self, sample: Sample) -> None:
+    def write(self, sample: Sample, utf8: bytes | None = None) -> None:
+        """Append one sample. `utf8`: sample.text already encoded by the caller (the importer
+        encodes once for its hash and the shard), else encoded here."""
         if not KEY_RE.match(sample.key):
             raise DataError(f"invalid key {sample.key!r}: use letters, digits, '_', '-' and '/' (no dots)")
         if self._f is None:
@@ -103,7 +105,7 @@ class ShardWriter:
         if sample.key in self._keys:
             raise DataError(f"duplicate key {sample.key!r} in shard {self._info.name}")
         self._keys.add(sample.key)
-        text = sample.text.encode("utf-8")
+        text = sample.text.encode("utf-8") if utf8 is None else utf8
         meta = json.dumps(sample.meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
         lang = sample.meta.get("lang") or "und"
         data = tar_sample(sample.key, [("txt", text), ("json", meta)])  # C++: headers, padding, checksums
