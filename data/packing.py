@@ -23,12 +23,17 @@ import numpy as np
 from glotta.data.native import best_fit_pack
 
 
-@dataclass(frozen=True)
 class Doc:
-    tokens: np.ndarray  # ends with EOD; empty when the document was skipped
-    lang: int  # index into loader.langs
-    index: int  # position in the document index (for its id)
-    status: int  # tokenize.OK / UTF8_REPLACED / EMPTY
+    """One tokenized document of a lane (a plain slotted class: the loader makes one per
+    document on its main thread, and a frozen dataclass costs ~3x as much to build)."""
+
+    __slots__ = ("tokens", "lang", "index", "status")
+
+    def __init__(self, tokens: np.ndarray, lang: int, index: int, status: int):
+        self.tokens = tokens  # ends with EOD; empty when the document was skipped
+        self.lang = lang  # index into loader.langs
+        self.index = index  # the loader's document id (for `shard.tar/KEY`)
+        self.status = status  # tokenize.OK / UTF8_REPLACED / EMPTY
 
 
 Segment = tuple[Doc, int, int]  # (document, first token, number of tokens)
