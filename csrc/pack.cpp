@@ -95,6 +95,7 @@ struct BatchOut {
   std::vector<int32_t> cu;
   std::vector<int64_t> kept;  // input segment index of each output segment
   int64_t max_seqlen = 0;
+  std::vector<int64_t> lang_tokens;  // tokens per language in the token region (stats)
 };
 
 // Writes straight into the numpy arrays: one pass over each row's tokens, no staging copies
@@ -122,6 +123,10 @@ void assemble_rows(const T* flat, int64_t flat_n, const int32_t* seg_row, const 
       const bool pad = start < 0;
       if (!pad && start + len > flat_n) throw std::invalid_argument("segment " + std::to_string(s) + " past buffer");
       const int64_t lang = pad ? -1 : seg_lang[s];
+      if (!pad && (lang < 0 || lang >= static_cast<int64_t>(out->lang_tokens.size())))
+        throw std::invalid_argument("segment " + std::to_string(s) + " has language " + std::to_string(lang) +
+                                    " outside [0, n_langs)");
+      if (!pad) out->lang_tokens[lang] += std::max<int64_t>(0, std::min(fill + len, S) - fill);
       for (int64_t i = 0; i < len; ++i) {
         const int64_t j = fill + i;  // position in the row of S+1 tokens
         const int64_t t = pad ? pad_id : static_cast<int64_t>(flat[start + i]);
@@ -158,7 +163,7 @@ template <typename T>
 py::dict assemble(py::array_t<T, py::array::c_style> flat, py::array_t<int32_t, py::array::c_style> seg_row,
                   py::array_t<int64_t, py::array::c_style> seg_start, py::array_t<int64_t, py::array::c_style> seg_len,
                   py::array_t<int32_t, py::array::c_style> seg_lang, int64_t B, int64_t S1, int64_t pad_id,
-                  int64_t eod_id, bool reset_pos, bool eod_mask_loss) {
+                  int64_t eod_id, bool reset_pos, bool eod_mask_loss, int64_t n_langs) {
   const int64_t n = seg_row.size();
   if (seg_start.size() != n || seg_len.size() != n || seg_lang.size() != n)
     throw std::invalid_argument("segment arrays differ in length");
@@ -166,8 +171,10 @@ py::dict assemble(py::array_t<T, py::array::c_style> flat, py::array_t<int32_t, 
   const int64_t S = S1 - 1;
   py::array_t<int64_t> tokens({B, S}), labels({B, S}), pos({B, S}), lang({B, S});
   py::array_t<float> mask({B, S});
+  if (n_langs < 0) throw std::invalid_argument("n_langs must be >= 0");
   BatchOut out{tokens.mutable_data(), labels.mutable_data(), pos.mutable_data(), lang.mutable_data(),
                mask.mutable_data()};
+  out.lang_tokens.assign(static_cast<size_t>(n_langs), 0);
   {
     py::gil_scoped_release release;
     assemble_rows<T>(flat.data(), flat.size(), seg_row.data(), seg_start.data(), seg_len.data(), seg_lang.data(), n, B,
@@ -184,6 +191,7 @@ py::dict assemble(py::array_t<T, py::array::c_style> flat, py::array_t<int32_t, 
   d["cu_seqlens"] = cu;
   d["max_seqlen"] = out.max_seqlen;
   d["segments"] = to_array(out.kept);
+  d["lang_tokens"] = to_array(out.lang_tokens);
   return d;
 }
 

@@ -38,7 +38,7 @@ from glotta.config import StrictModel
 from glotta.data.exclude import read_exclude
 from glotta.data.loader_state import STATE_VERSION, check_fingerprint, merge_states
 from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
-from glotta.data.native import assemble, permutation
+from glotta.data.native import assemble, deal
 from glotta.data.packing import BestFitLane, ConcatLane, Doc, RowStats
 from glotta.data.corpus_index import CorpusIndex, cached_corpus_index
 from glotta.data.manifest import ShardInfo
@@ -272,13 +272,12 @@ class TokenLoader:
         """(block, lane, global doc index or -1) for every owned lane of the job's blocks."""
         L = self.global_batch
         b0, b1 = self._job_start(job), self._job_start(job + 1)
-        where, slots = [], []
-        for p in range(max(b0, self._low_block), b1):  # blocks below: no lane needs them
-            deal = permutation(L, stable_seed(self.cfg.seed, "deal", p))
-            for lane in self.lane_ids:
-                where.append((p, lane))
-                slots.append(p * L + int(deal[lane]))
-        lang, doc, _ = self.schedule.lookup(np.asarray(slots, np.int64))
+        blocks = range(max(b0, self._low_block), b1)  # blocks below: no lane needs them
+        where = [(p, lane) for p in blocks for lane in self.lane_ids]
+        # Block p's slot for each lane: permutation(L, seed of p)[lane], all blocks in one C++ call.
+        dealt = deal(L, [stable_seed(self.cfg.seed, "deal", p) for p in blocks], self.lane_ids)
+        slots = (np.asarray(blocks, np.int64)[:, None] * L + dealt).reshape(-1)
+        lang, doc, _ = self.schedule.lookup(slots)
         gidx = np.full(len(slots), -1, np.int64)
         ok = np.flatnonzero(lang >= 0)
         gidx[ok] = self._locate(lang[ok], doc[ok])
@@ -429,12 +428,12 @@ class TokenLoader:
             self.eod_id,
             self.cfg.reset_position_ids,
             self.cfg.eod_mask_loss,
+            len(self.langs),
         )
         kept = out.pop("segments")
-        lang_ids = out["lang_ids"]
-        real = lang_ids[lang_ids >= 0]
-        self._lang_tokens += np.bincount(real, minlength=len(self.langs))
-        self._counts["pad_tokens"] += int(lang_ids.size - real.size)
+        counts = out.pop("lang_tokens")
+        self._lang_tokens += counts
+        self._counts["pad_tokens"] += len(rows) * (S1 - 1) - int(counts.sum())
         self._counts["rows"] += len(rows)
         batch = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}
         batch["doc_langs"] = self._lang_names[cols[kept, 3]].tolist()  # index -1 is "" (padding)
