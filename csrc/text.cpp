@@ -18,20 +18,31 @@ namespace glotta {
 namespace {
 
 std::string collapse(const unsigned char* p, size_t n) {
-  std::string out;
-  out.reserve(n);
+  std::string out(n, '\0');
+  char* const start = out.data();
+  char* w = start;
   bool gap = false;  // whitespace seen since the last kept byte
   for (size_t i = 0; i < n;) {
-    const size_t w = space_len(p + i, n - i);
-    if (w) {
-      gap = true;
-      i += w;
+    const unsigned char b = p[i];
+    // Fast path: printable ASCII and UTF-8 continuation bytes are never whitespace.
+    if ((b > 0x20 && b < 0x80) || (b >= 0x80 && b < 0xC0)) {
+      if (gap && w != start) *w++ = ' ';
+      gap = false;
+      *w++ = static_cast<char>(b);
+      ++i;
       continue;
     }
-    if (gap && !out.empty()) out.push_back(' ');
+    const size_t sp = space_len(p + i, n - i);
+    if (sp) {
+      gap = true;
+      i += sp;
+      continue;
+    }
+    if (gap && w != start) *w++ = ' ';
     gap = false;
-    out.push_back(static_cast<char>(p[i++]));
+    *w++ = static_cast<char>(p[i++]);
   }
+  out.resize(static_cast<size_t>(w - start));
   return out;
 }
 

@@ -26,6 +26,9 @@ from glotta.errors import DataError
 log = logging.getLogger(__name__)
 
 _json_decode = json.JSONDecoder().decode  # skips json.loads' per-call encoding sniffing
+# json.dumps(meta, ensure_ascii=False, sort_keys=True) builds a new encoder on every call (any
+# non-default argument does); one encoder made once gives the same bytes.
+_META_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
 
 
@@ -106,7 +109,7 @@ class ShardWriter:
             raise DataError(f"duplicate key {sample.key!r} in shard {self._info.name}")
         self._keys.add(sample.key)
         text = sample.text.encode("utf-8") if utf8 is None else utf8
-        meta = json.dumps(sample.meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        meta = _META_JSON(sample.meta).encode("utf-8")
         lang = sample.meta.get("lang") or "und"
         data = tar_sample(sample.key, [("txt", text), ("json", meta)])  # C++: headers, padding, checksums
         self._idx.add(sample.key, self._pos, len(text), str(lang))
