@@ -10,6 +10,7 @@ import glob
 import gzip
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,21 +25,11 @@ SUFFIXES: dict[str, Format] = {
 }  # fmt: skip
 
 
+@dataclass
 class RawRecord:
-    """One input record. `where` ("file:line 12", "file:row 7", "file:paragraph 3" or "file")
-    is formatted only when a message needs it: the import reads ~10^5 records a second."""
-
-    __slots__ = ("index", "payload", "_where")
-
-    def __init__(self, index: int, where: str | tuple[Path, str, int], payload: Any):
-        self.index = index  # 0-based record index in its file: the resume cursor
-        self.payload = payload  # bytes (a JSONL line or a text document) or dict (a Parquet row)
-        self._where = where  # a string, or (file, "line", number)
-
-    @property
-    def where(self) -> str:
-        w = self._where
-        return w if isinstance(w, str) else f"{w[0]}:{w[1]} {w[2]}"
+    index: int  # 0-based record index in its file: the resume cursor
+    where: str  # "file:line 12", "file:row 7", "file:paragraph 3" or "file"
+    payload: Any  # bytes (a JSONL line or a text document) or dict (a Parquet row)
 
 
 def detect_format(path: Path) -> Format | None:
@@ -102,7 +93,7 @@ def read_jsonl(path: Path, start: int = 0) -> Iterator[RawRecord]:
         try:
             for i, line in enumerate(f):
                 if i >= start:
-                    yield RawRecord(i, (path, "line", i + 1), line)
+                    yield RawRecord(i, f"{path}:line {i + 1}", line)
         except (OSError, EOFError) as e:  # truncated or corrupt gzip
             raise DataError(f"{path}: corrupt or truncated after line {i + 1}: {e}") from None
 
@@ -125,7 +116,7 @@ def read_parquet(path: Path, start: int = 0, batch_rows: int = 4096) -> Iterator
     for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups):
         for rec in batch.to_pylist():
             if row >= start:
-                yield RawRecord(row, (path, "row", row), rec)
+                yield RawRecord(row, f"{path}:row {row}", rec)
             row += 1
 
 
@@ -150,7 +141,7 @@ def read_text(path: Path, split: TextSplit = "file", start: int = 0) -> Iterator
         if not piece.strip():
             continue  # separators, not documents
         if i >= start:
-            yield RawRecord(i, (path, label, n + 1), piece)
+            yield RawRecord(i, f"{path}:{label} {n + 1}", piece)
         i += 1
 
 
