@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "module.h"
@@ -17,30 +18,39 @@ namespace py = pybind11;
 namespace glotta {
 namespace {
 
+// Bytes that may start a whitespace character: ASCII spaces and the lead bytes C2, E1, E2, E3.
+struct MaySpace {
+  bool t[256] = {};
+  MaySpace() {
+    for (int b = 0x09; b <= 0x0D; ++b) t[b] = true;
+    for (int b = 0x1C; b <= 0x20; ++b) t[b] = true;
+    t[0xC2] = t[0xE1] = t[0xE2] = t[0xE3] = true;
+  }
+};
+const MaySpace kMaySpace;
+
 std::string collapse(const unsigned char* p, size_t n) {
   std::string out(n, '\0');
   char* const start = out.data();
   char* w = start;
   bool gap = false;  // whitespace seen since the last kept byte
   for (size_t i = 0; i < n;) {
-    const unsigned char b = p[i];
-    // Fast path: printable ASCII and UTF-8 continuation bytes are never whitespace.
-    if ((b > 0x20 && b < 0x80) || (b >= 0x80 && b < 0xC0)) {
-      if (gap && w != start) *w++ = ' ';
-      gap = false;
-      *w++ = static_cast<char>(b);
-      ++i;
-      continue;
-    }
-    const size_t sp = space_len(p + i, n - i);
-    if (sp) {
-      gap = true;
-      i += sp;
-      continue;
+    size_t j = i;
+    while (j < n && !kMaySpace.t[p[j]]) ++j;  // a run that cannot hold whitespace: copied at once
+    if (j == i) {
+      const size_t sp = space_len(p + i, n - i);
+      if (sp) {
+        gap = true;
+        i += sp;
+        continue;
+      }
+      j = i + 1;  // C2/E1/E2/E3 starting another character
     }
     if (gap && w != start) *w++ = ' ';
     gap = false;
-    *w++ = static_cast<char>(p[i++]);
+    std::memcpy(w, p + i, j - i);
+    w += j - i;
+    i = j;
   }
   out.resize(static_cast<size_t>(w - start));
   return out;
