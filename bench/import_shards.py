@@ -8,7 +8,12 @@ The baseline is the previous writer: Python's tarfile in pax format (TarInfo per
 the way glotta wrote shards before. Both outputs are read back with the webdataset library and
 must hold the same samples. Figures are documents per CPU-second of this process.
 
-    python bench/import_shards.py [SHARD_DIR] [--docs 20000] [--repeat 2]
+  pre-issue  with --baseline-site DIR (a glotta installed from an older commit, e.g.
+             `git archive 624ca72 | tar -x -C /tmp/old && pip install --no-deps --target DIR /tmp/old`):
+             the same import run by that glotta with the tarfile writer, against ours, each in its own
+             process, interleaved; figures are the CPU seconds of run_import in each process.
+
+    python bench/import_shards.py [SHARD_DIR] [--docs 20000] [--repeat 2] [--baseline-site DIR]
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -44,7 +51,7 @@ class TarfileShardWriter(ShardWriter):
         ti.uname = ti.gname = ""
         self._tar.addfile(ti, io.BytesIO(payload))
 
-    def write(self, sample: Sample) -> None:
+    def write(self, sample: Sample, utf8: bytes | None = None) -> None:  # utf8 ignored: it encoded again
         if self._info is None:
             self._open()
         text = sample.text.encode("utf-8")
@@ -96,10 +103,39 @@ def main() -> None:
     ap.add_argument("shards", nargs="?", help="shard set to take text from (default: a demo corpus)")
     ap.add_argument("--docs", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--baseline-site", help="site dir of an older glotta: its import + tarfile writer is the pre-issue baseline")
+    ap.add_argument("--import-once", nargs=3, metavar=("JSONL", "OUT", "WRITER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.disable(logging.WARNING)
+    if args.import_once:
+        import_once(*args.import_once)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:  # ~0.5 GB of shards: never left behind
         run(args, Path(tmp))
+
+
+def import_once(jsonl: str, out: str, writer: str) -> None:
+    """One import by whichever glotta this process imports; prints its CPU seconds as JSON."""
+    import glotta
+    from glotta.data.importer import ImportConfig, run_import
+
+    cfg = ImportConfig(inputs=[jsonl], out=out, shard_samples=5000)
+    c0 = cpu()
+    with mock.patch("glotta.data.importer.ShardWriter", TarfileShardWriter if writer == "tarfile" else ShardWriter):
+        result = run_import(cfg, rank=0, world_size=1)
+    print(json.dumps({"cpu": cpu() - c0, "written": result.counters.get("written"), "glotta": glotta.__file__}))
+
+
+def in_process(site: str | None, jsonl: Path, out: Path, writer: str) -> float:
+    env = dict(os.environ)
+    if site:  # ahead of the installed glotta (an editable install's finder comes after sys.path)
+        env["PYTHONPATH"] = site + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, __file__, "--import-once", str(jsonl), str(out), writer],
+                          env=env, capture_output=True, text=True, check=True)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if site and not res["glotta"].startswith(str(Path(site).resolve())) and not res["glotta"].startswith(site):
+        raise SystemExit(f"--baseline-site {site}: the subprocess imported {res['glotta']} instead")
+    return res["cpu"]
 
 
 def run(args, tmp: Path) -> None:
@@ -139,6 +175,15 @@ def run(args, tmp: Path) -> None:
     ours, base = args.docs / imp["ours"], args.docs / imp["tarfile"]
     print("import (JSONL, lang given), docs per CPU-second")
     print(f"  ours {ours:>10,.0f}   old writer {base:>10,.0f}   ratio {ours / base:.2f}x   ({mb * args.docs / imp['ours'] / args.docs:.1f} MB/s)")
+    if args.baseline_site:
+        sub = {"pre-issue": 1e9, "ours": 1e9}
+        for r in range(args.repeat):
+            sub["pre-issue"] = min(sub["pre-issue"], in_process(args.baseline_site, jsonl, tmp / f"p-old-{r}", "tarfile"))
+            sub["ours"] = min(sub["ours"], in_process(None, jsonl, tmp / f"p-new-{r}", "ours"))
+        assert read_back(tmp / "p-new-0") == read_back(tmp / "p-old-0"), "pre-issue and current imports differ"
+        ours, base = args.docs / sub["ours"], args.docs / sub["pre-issue"]
+        print(f"import vs the pre-issue path ({args.baseline_site} + tarfile writer), separate processes, docs per CPU-second")
+        print(f"  ours {ours:>10,.0f}   pre-issue {base:>10,.0f}   ratio {ours / base:.2f}x   (target >= 3x)")
 
 
 if __name__ == "__main__":

@@ -9,14 +9,24 @@
 All three count the same tokens (every document's ids plus EOD). Shards default to a demo corpus
 of real gettext text; the SentencePiece model is trained on it (unigram) unless --model is given.
 
+With --baseline-site DIR (a glotta installed from an older commit with `pip install --no-deps
+--target DIR`), `ours` is also run by that glotta and by this one, each epoch in its own process,
+alternating; medians per CPU-second are printed (a code-vs-code comparison that holds on a busy
+machine, where wall-clock ratios do not).
+
     python bench/loader.py [SHARD_DIR] [--model M] [--workers 2] [--seq-len 2048] [--repeat 2]
+                           [--baseline-site DIR]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -95,9 +105,20 @@ def main() -> None:
     ap.add_argument("--docs-per-lang", type=int, default=120)
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--baseline-site", help="site dir of an older glotta: its TokenLoader vs ours, separate processes")
+    ap.add_argument("--epoch-once", nargs=2, metavar=("SHARDS", "MODEL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("glotta").setLevel(logging.ERROR)
+    if args.epoch_once:  # a child of --baseline-site: 3 epochs, the last 2 (model loaded) as JSON lines
+        import glotta
+
+        for i in range(3):
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            n, _ = ours(args.epoch_once[0], args.epoch_once[1], args.seq_len, args.batch, args.workers)
+            if i:
+                print(json.dumps({"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "tokens": n, "glotta": glotta.__file__}))
+        return
 
     with tempfile.TemporaryDirectory(prefix="glotta-bench-loader-") as tmp:
         run(args, Path(tmp))
@@ -150,6 +171,35 @@ def run(args, tmp: Path) -> None:
     print(f"CPU efficiency: ours / baseline = {cpu[3] / cpu[2]:.2f}x, ours / raw 1 thread = {cpu[3] / cpu[0]:.2f}")
     print(f"load average after: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
     print(f"padding {st['padding_pct']:.2f}%, truncation {st['truncation_pct']:.1f}% (concat), batches {st['batches']}")
+    if args.baseline_site:
+        compare_sites(args, shard_dir, model, res[list(runs)[0]][2])
+
+
+def compare_sites(args, shard_dir, model, raw1_per_cpu: float) -> None:
+    """Our TokenLoader vs an older glotta's: processes alternate, each runs 3 epochs and reports the
+    last 2 (the tokenizer model is loaded once per process, as in a training run); 2x --repeat
+    processes each."""
+    got: dict[str, list[dict]] = {"baseline": [], "ours": []}
+    for _ in range(2 * args.repeat):
+        for who, site in (("baseline", args.baseline_site), ("ours", None)):
+            env = dict(os.environ)
+            if site:  # ahead of the installed glotta (an editable install's finder comes after sys.path)
+                env["PYTHONPATH"] = site + os.pathsep + env.get("PYTHONPATH", "")
+            cmd = [sys.executable, __file__, "--epoch-once", str(shard_dir), str(model), "--workers", str(args.workers),
+                   "--seq-len", str(args.seq_len), "--batch", str(args.batch)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            got[who] += [json.loads(line) for line in out.strip().splitlines()[-2:]]
+    base_file = got["baseline"][0]["glotta"]
+    if not os.path.realpath(base_file).startswith(os.path.realpath(args.baseline_site)):
+        raise SystemExit(f"--baseline-site {args.baseline_site}: the child imported {base_file} instead")
+    med = {w: (statistics.median(r["tokens"] / r["wall"] for r in rs), statistics.median(r["tokens"] / r["cpu"] for r in rs))
+           for w, rs in got.items()}
+    print(f"TokenLoader vs {args.baseline_site}, {len(got['ours'])} warm epochs each, alternating processes (medians):")
+    print(f"{'':34s}{'tokens/s':>12s}{'tokens/CPU-s':>14s}")
+    for w in ("baseline", "ours"):
+        print(f"{'  ' + w:34s}{med[w][0]:12,.0f}{med[w][1]:14,.0f}")
+    print(f"ours / baseline glotta per CPU-second = {med['ours'][1] / med['baseline'][1]:.2f}x; "
+          f"ours / raw 1 thread per CPU-second = {med['ours'][1] / raw1_per_cpu:.2f}")
 
 if __name__ == "__main__":
     main()

@@ -228,6 +228,33 @@ void register_mix(py::module_& m) {
       py::arg("n"), py::arg("seed"), "A seeded permutation of range(n), identical on every platform.");
 
   m.def(
+      "deal",
+      [](int64_t n, py::array_t<uint64_t, py::array::c_style | py::array::forcecast> seeds,
+         py::array_t<int64_t, py::array::c_style | py::array::forcecast> lanes) {
+        // permutation(n, seeds[b])[lanes] for every block b in one call (the loader's per-task
+        // deal of slots to lanes: one Python call per task instead of one per block).
+        if (n < 1) throw std::invalid_argument("deal: n must be >= 1");
+        const auto nb = seeds.size(), nl = lanes.size();
+        const int64_t* pl = lanes.data();
+        for (py::ssize_t i = 0; i < nl; ++i)
+          if (pl[i] < 0 || pl[i] >= n) throw std::invalid_argument("deal: lane outside [0, n)");
+        py::array_t<int64_t> out({nb, nl});
+        int64_t* po = out.mutable_data();
+        const uint64_t* ps = seeds.data();
+        {
+          py::gil_scoped_release release;
+          std::vector<int64_t> perm(static_cast<size_t>(n));
+          for (py::ssize_t b = 0; b < nb; ++b) {
+            shuffle_into(perm.data(), n, ps[b]);
+            for (py::ssize_t i = 0; i < nl; ++i) po[b * nl + i] = perm[static_cast<size_t>(pl[i])];
+          }
+        }
+        return out;
+      },
+      py::arg("n"), py::arg("seeds"), py::arg("lanes"),
+      "[len(seeds), len(lanes)]: row b is permutation(n, seeds[b]) at the given lanes.");
+
+  m.def(
       "permute",
       [](py::array_t<int64_t, py::array::c_style | py::array::forcecast> idx,
          py::array_t<int64_t, py::array::c_style | py::array::forcecast> n,

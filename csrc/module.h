@@ -7,4 +7,5 @@ void register_tar(pybind11::module_& m);
 void register_tar_write(pybind11::module_& m);
 void register_pack(pybind11::module_& m);
 void register_mix(pybind11::module_& m);
+void register_text(pybind11::module_& m);
 }  // namespace glotta

@@ -88,44 +88,60 @@ py::array_t<int64_t> to_array(const std::vector<V>& v) {
   return a;
 }
 
-struct Batch {
-  std::vector<int64_t> tokens, labels, pos, lang;
-  std::vector<float> mask;
+// Output buffers of one batch, [B, S] each (numpy memory, filled with the GIL released).
+struct BatchOut {
+  int64_t *tokens, *labels, *pos, *lang;
+  float* mask;
   std::vector<int32_t> cu;
   std::vector<int64_t> kept;  // input segment index of each output segment
   int64_t max_seqlen = 0;
+  std::vector<int64_t> lang_tokens;  // tokens per language in the token region (stats)
 };
 
+// Writes straight into the numpy arrays: one pass over each row's tokens, no staging copies
+// of the whole batch (this runs on the loader's main thread, next to the tokenizer threads).
 template <typename T>
 void assemble_rows(const T* flat, int64_t flat_n, const int32_t* seg_row, const int64_t* seg_start,
                    const int64_t* seg_len, const int32_t* seg_lang, int64_t n_seg, int64_t B, int64_t S1,
-                   int64_t pad_id, int64_t eod_id, bool reset_pos, bool eod_mask_loss, Batch* out) {
+                   int64_t pad_id, int64_t eod_id, bool reset_pos, bool eod_mask_loss, BatchOut* out) {
   const int64_t S = S1 - 1;
-  std::vector<int64_t> row(static_cast<size_t>(S1));
-  std::vector<int32_t> row_lang(static_cast<size_t>(S1));
-  std::vector<uint8_t> row_pad(static_cast<size_t>(S1));
-  std::vector<int64_t> row_pos(static_cast<size_t>(S1));
-  out->tokens.assign(B * S, pad_id);
-  out->labels.assign(B * S, pad_id);
-  out->pos.assign(B * S, 0);
-  out->lang.assign(B * S, -1);
-  out->mask.assign(B * S, 0.f);
   out->cu.clear();
   out->cu.push_back(0);
   int64_t s = 0;
   for (int64_t b = 0; b < B; ++b) {
+    int64_t* tk = out->tokens + b * S;
+    int64_t* lb = out->labels + b * S;
+    int64_t* ps = out->pos + b * S;
+    int64_t* lg = out->lang + b * S;
+    float* mk = out->mask + b * S;
     int64_t fill = 0;
+    bool prev_pad = false;  // whether row token fill-1 is padding (for the mask of its label)
     for (; s < n_seg && seg_row[s] == b; ++s) {
       const int64_t len = seg_len[s], start = seg_start[s];
       if (len <= 0 || fill + len > S1)
         throw std::invalid_argument("segment " + std::to_string(s) + " does not fit row " + std::to_string(b));
       const bool pad = start < 0;
       if (!pad && start + len > flat_n) throw std::invalid_argument("segment " + std::to_string(s) + " past buffer");
+      const int64_t lang = pad ? -1 : seg_lang[s];
+      if (!pad && (lang < 0 || lang >= static_cast<int64_t>(out->lang_tokens.size())))
+        throw std::invalid_argument("segment " + std::to_string(s) + " has language " + std::to_string(lang) +
+                                    " outside [0, n_langs)");
+      if (!pad) out->lang_tokens[lang] += std::max<int64_t>(0, std::min(fill + len, S) - fill);
       for (int64_t i = 0; i < len; ++i) {
-        row[fill + i] = pad ? pad_id : static_cast<int64_t>(flat[start + i]);
-        row_lang[fill + i] = pad ? -1 : seg_lang[s];
-        row_pad[fill + i] = pad;
-        row_pos[fill + i] = reset_pos ? i : fill + i;
+        const int64_t j = fill + i;  // position in the row of S+1 tokens
+        const int64_t t = pad ? pad_id : static_cast<int64_t>(flat[start + i]);
+        if (j < S) {
+          tk[j] = t;
+          ps[j] = reset_pos ? i : j;
+          lg[j] = lang;
+        }
+        if (j > 0) {  // token j is the label of position j-1
+          lb[j - 1] = t;
+          bool keep = !pad && !prev_pad;
+          if (eod_mask_loss && tk[j - 1] == eod_id) keep = false;
+          mk[j - 1] = keep ? 1.f : 0.f;
+        }
+        prev_pad = pad;
       }
       // The segment as seen in the token region [0, S) of the row.
       const int64_t a = fill, e = std::min(fill + len, S);
@@ -139,20 +155,6 @@ void assemble_rows(const T* flat, int64_t flat_n, const int32_t* seg_row, const 
     if (fill != S1)
       throw std::invalid_argument("row " + std::to_string(b) + " holds " + std::to_string(fill) + " tokens, expected " +
                                   std::to_string(S1));
-    int64_t* tk = out->tokens.data() + b * S;
-    int64_t* lb = out->labels.data() + b * S;
-    int64_t* ps = out->pos.data() + b * S;
-    int64_t* lg = out->lang.data() + b * S;
-    float* mk = out->mask.data() + b * S;
-    for (int64_t i = 0; i < S; ++i) {
-      tk[i] = row[i];
-      lb[i] = row[i + 1];
-      ps[i] = row_pos[i];
-      lg[i] = row_lang[i];
-      bool keep = !row_pad[i] && !row_pad[i + 1];
-      if (eod_mask_loss && row[i] == eod_id) keep = false;
-      mk[i] = keep ? 1.f : 0.f;
-    }
   }
   if (s != n_seg) throw std::invalid_argument("segment rows must be sorted and < batch size");
 }
@@ -161,36 +163,35 @@ template <typename T>
 py::dict assemble(py::array_t<T, py::array::c_style> flat, py::array_t<int32_t, py::array::c_style> seg_row,
                   py::array_t<int64_t, py::array::c_style> seg_start, py::array_t<int64_t, py::array::c_style> seg_len,
                   py::array_t<int32_t, py::array::c_style> seg_lang, int64_t B, int64_t S1, int64_t pad_id,
-                  int64_t eod_id, bool reset_pos, bool eod_mask_loss) {
+                  int64_t eod_id, bool reset_pos, bool eod_mask_loss, int64_t n_langs) {
   const int64_t n = seg_row.size();
   if (seg_start.size() != n || seg_len.size() != n || seg_lang.size() != n)
     throw std::invalid_argument("segment arrays differ in length");
   if (S1 < 2) throw std::invalid_argument("rows need at least 2 tokens (seq_len >= 1)");
-  Batch out;
+  const int64_t S = S1 - 1;
+  py::array_t<int64_t> tokens({B, S}), labels({B, S}), pos({B, S}), lang({B, S});
+  py::array_t<float> mask({B, S});
+  if (n_langs < 0) throw std::invalid_argument("n_langs must be >= 0");
+  BatchOut out{tokens.mutable_data(), labels.mutable_data(), pos.mutable_data(), lang.mutable_data(),
+               mask.mutable_data()};
+  out.lang_tokens.assign(static_cast<size_t>(n_langs), 0);
   {
     py::gil_scoped_release release;
     assemble_rows<T>(flat.data(), flat.size(), seg_row.data(), seg_start.data(), seg_len.data(), seg_lang.data(), n, B,
                      S1, pad_id, eod_id, reset_pos, eod_mask_loss, &out);
   }
-  const int64_t S = S1 - 1;
-  auto shaped = [&](const std::vector<int64_t>& v) {
-    py::array_t<int64_t> a({B, S});
-    std::copy(v.begin(), v.end(), a.mutable_data());
-    return a;
-  };
-  py::array_t<float> mask({B, S});
-  std::copy(out.mask.begin(), out.mask.end(), mask.mutable_data());
   py::array_t<int32_t> cu(static_cast<py::ssize_t>(out.cu.size()));
   std::copy(out.cu.begin(), out.cu.end(), cu.mutable_data());
   py::dict d;
-  d["tokens"] = shaped(out.tokens);
-  d["labels"] = shaped(out.labels);
+  d["tokens"] = tokens;
+  d["labels"] = labels;
   d["loss_mask"] = mask;
-  d["position_ids"] = shaped(out.pos);
-  d["lang_ids"] = shaped(out.lang);
+  d["position_ids"] = pos;
+  d["lang_ids"] = lang;
   d["cu_seqlens"] = cu;
   d["max_seqlen"] = out.max_seqlen;
   d["segments"] = to_array(out.kept);
+  d["lang_tokens"] = to_array(out.lang_tokens);
   return d;
 }
 

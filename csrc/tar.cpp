@@ -18,6 +18,7 @@
 // Every counted problem also leaves a warning naming the shard and the byte offset. What a
 // damaged region swallowed whole is found by comparing with the manifest (data/shard_index.py).
 #include <fcntl.h>
+#include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -34,6 +35,7 @@
 #include <vector>
 
 #include "module.h"
+#include "text.h"
 
 namespace py = pybind11;
 
@@ -112,6 +114,14 @@ bool valid_utf8(std::string_view s) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   size_t i = 0, n = s.size();
   while (i < n) {
+    // ASCII runs 8 bytes at a time (most text is mostly ASCII; the loader validates every document).
+    while (i + 8 <= n) {
+      uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      if (w & 0x8080808080808080ULL) break;
+      i += 8;
+    }
+    if (i >= n) break;
     unsigned char c = p[i];
     size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
     if (len == 0 || i + len > n) return false;
@@ -533,22 +543,37 @@ void register_tar(py::module_& m) {
           "Index pass: [(key, start offset, {ext: size}, bytes of the `want` member or None)], no text copied.")
       .def(
           "texts",
-          [](TarReader& r, const std::vector<uint64_t>& offsets, const std::vector<std::string>& keys) {
+          [](TarReader& r, py::array_t<uint64_t, py::array::c_style | py::array::forcecast> offsets_a, py::bytes key_blob,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> key_ends_a) {
             // The loader's hot path: one call per shard and task instead of seek + read per document.
-            if (offsets.size() != keys.size()) throw std::invalid_argument("offsets and keys differ in length");
-            std::vector<int8_t> status(offsets.size(), 0);
-            std::vector<std::pair<uint64_t, uint64_t>> where(offsets.size(), {0, 0});
-            std::vector<std::string> found(offsets.size());
+            // Keys come as one blob + end offsets (no Python str per document).
+            const size_t n = static_cast<size_t>(offsets_a.size());
+            if (static_cast<size_t>(key_ends_a.size()) != n) throw std::invalid_argument("offsets and keys differ in length");
+            char* blob_p = nullptr;
+            Py_ssize_t blob_n = 0;
+            PyBytes_AsStringAndSize(key_blob.ptr(), &blob_p, &blob_n);
+            const uint64_t* offsets = offsets_a.data();
+            const int64_t* key_ends = key_ends_a.data();
+            for (size_t i = 0; i < n; ++i)
+              if (key_ends[i] < (i ? key_ends[i - 1] : 0) || key_ends[i] > blob_n)
+                throw std::invalid_argument("key_ends must be non-decreasing and within the key blob");
+            py::array_t<int8_t> status_a(static_cast<py::ssize_t>(n));
+            int8_t* status = status_a.mutable_data();
+            std::vector<std::pair<uint64_t, uint64_t>> where(n, {0, 0});
+            std::vector<std::string> found(n);
             {
               py::gil_scoped_release release;
-              for (size_t i = 0; i < offsets.size(); ++i) {
+              for (size_t i = 0; i < n; ++i) {
+                status[i] = 0;
+                const int64_t k0 = i ? key_ends[i - 1] : 0;
+                const std::string_view key(blob_p + k0, static_cast<size_t>(key_ends[i] - k0));
                 if (offsets[i] % kBlock || offsets[i] >= r.size()) {
                   status[i] = 3;  // not a sample start: the shard changed
                   continue;
                 }
                 r.seek(offsets[i]);
                 std::vector<RawSample> got = r.parse(1);
-                if (got.empty() || got[0].key != keys[i]) {
+                if (got.empty() || got[0].key != key) {
                   status[i] = 3;
                   if (!got.empty()) found[i] = got[0].key;
                   continue;
@@ -557,19 +582,23 @@ void register_tar(py::module_& m) {
                 for (const auto& f : got[0].fields)
                   if (f.ext == "txt") {
                     where[i] = {f.offset, f.size};
-                    std::string_view v(reinterpret_cast<const char*>(r.data()) + f.offset, f.size);
-                    status[i] = valid_utf8(v) ? 0 : 1;
+                    const auto* p = r.data() + f.offset;
+                    std::string_view v(reinterpret_cast<const char*>(p), f.size);
+                    status[i] = !valid_utf8(v) ? 1 : only_space(reinterpret_cast<const unsigned char*>(p), f.size) ? 4 : 0;
                   }
               }
             }
-            py::list texts(offsets.size());
-            for (size_t i = 0; i < offsets.size(); ++i)
-              texts[i] = status[i] <= 1 ? py::object(r.bytes_at(where[i].first, where[i].second)) : py::object(py::str(found[i]));
-            return py::make_tuple(texts, status);
+            py::list texts(n);
+            for (size_t i = 0; i < n; ++i)
+              texts[i] = status[i] <= 1   ? py::object(r.bytes_at(where[i].first, where[i].second))
+                         : status[i] == 4 ? py::object(py::bytes())
+                                          : py::object(py::str(found[i]));
+            return py::make_tuple(texts, status_a);
           },
-          py::arg("offsets"), py::arg("keys"),
-          "Text bytes of the samples starting at `offsets`, with a status each: 0 ok, 1 invalid UTF-8, "
-          "2 no .txt, 3 another key there (the item is then the key found, or '').")
+          py::arg("offsets"), py::arg("key_blob"), py::arg("key_ends"),
+          "Text bytes of the samples starting at `offsets` (keys: key_blob[key_ends[i-1]:key_ends[i]]), with a "
+          "status each (int8 array): 0 ok, 1 invalid UTF-8, 2 no .txt, 3 another key there (the item is then the "
+          "key found, or ''), 4 only whitespace (Python's str.isspace set; the item is b'').")
       .def("seek", &TarReader::seek, py::arg("offset"), "Restart at a sample boundary returned by `offset`.")
       .def_property_readonly("offset", &TarReader::offset, "Byte offset of the first sample not yet returned.")
       .def_property_readonly("size", &TarReader::size)

@@ -67,39 +67,50 @@ class CorpusIndex:
         return h.hexdigest()[:16]
 
     def locate(self, lang: str, k: np.ndarray) -> np.ndarray:
-        """Document ids (shard << 32 | local) of the k-th documents of `lang` (k < docs)."""
+        """Document ids (shard << 32 | local) of the k-th documents of `lang` (k < docs).
+        Vectorised per shard: a task's documents cost a few numpy calls per shard, not per document."""
         t = self.tables[lang]
         k = np.asarray(k, np.int64)
         pos = np.searchsorted(t.ends, k, side="right")
         before = np.where(pos > 0, t.ends[np.maximum(pos - 1, 0)], 0)
         rank = k - before
         out = np.empty(len(k), np.int64)
-        for i, (p, r) in enumerate(zip(pos.tolist(), rank.tolist())):
+        for p in np.unique(pos).tolist():
+            sel = np.flatnonzero(pos == p)
             s, ll = int(t.shards[p]), int(t.local[p])
             kept = self.kept.get(s)
             if kept is not None:
-                j = int(kept[ll][r])
+                j = kept[ll][rank[sel]].astype(np.int64)
             else:
                 idx = self.indexes[s]
-                j = int(idx.cols()["by_lang"][idx.lang_start(ll) + r])
-            out[i] = (s << 32) | j
+                j = idx.cols()["by_lang"][idx.lang_start(ll) + rank[sel]].astype(np.int64)
+            out[sel] = (s << 32) | j
         return out
 
-    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(shard, byte offset, key) of each document: what a tokenizer worker needs."""
+    def locator(self, langs: list[str]) -> "Locator":
+        """`locate` for many languages in one call (the loader's per-task lookup)."""
+        return Locator(self, langs)
+
+    def fetch(self, ids: np.ndarray) -> tuple[int, list[tuple[int, np.ndarray, np.ndarray, bytes, np.ndarray]]]:
+        """What a tokenizer worker needs, per shard: (shard, positions in `ids`, byte offsets, the
+        keys as one blob, key end offsets). Gathered with numpy from the mapped index (no Python
+        str per document); small to pickle for a process pool."""
         ids = np.asarray(ids, np.int64)
-        shard = (ids >> 32).astype(np.int32)
-        local = (ids & 0xFFFFFFFF).astype(np.int64)
-        offset = np.empty(len(ids), np.int64)
-        keys: list[str] = []
-        cols: dict[int, dict] = {}
-        for i, (s, j) in enumerate(zip(shard.tolist(), local.tolist())):
-            c = cols.get(s)
-            if c is None:
-                c = cols[s] = self.indexes[s].cols()
-            offset[i] = int(c["offset"][j])
-            keys.append(self.indexes[s].key(j, c))
-        return shard, offset, keys
+        shard = ids >> 32
+        local = ids & 0xFFFFFFFF
+        groups = []
+        for s in np.unique(shard).tolist():
+            pos = np.flatnonzero(shard == s)
+            j = local[pos]
+            c = self.indexes[s].cols()
+            hi = c["key_end"][j].astype(np.int64)
+            lo = np.where(j > 0, c["key_end"][np.maximum(j - 1, 0)], 0).astype(np.int64)
+            lens = hi - lo
+            ends = np.cumsum(lens)
+            # Byte i of the blob is keys[lo[d] + (i - start of d in the blob)] for its document d.
+            gather = np.repeat(lo - (ends - lens), lens) + np.arange(int(ends[-1]) if len(ends) else 0)
+            groups.append((int(s), pos, c["offset"][j].astype(np.int64), c["keys"][gather].tobytes(), ends))
+        return len(ids), groups
 
     def doc_ids(self):
         """Every loadable document's `shard.tar/KEY` (reads every index: for tools and tests, not start-up)."""
@@ -119,6 +130,48 @@ class CorpusIndex:
     def doc_id(self, g: int) -> str:
         s, j = g >> 32, g & 0xFFFFFFFF
         return f"{self.names[s]}/{self.indexes[s].key(j)}"
+
+
+class Locator:
+    """The k-th document of language i, for arrays of (i, k) at once.
+
+    The languages' tables are laid end to end: entry e covers one (shard, language) pair and
+    `ends[e]` counts the documents of all languages before it plus those of its language up to
+    and including that shard, so one searchsorted finds every document's pair and the rest is
+    one gather per shard (`by_lang` of its index). Memory: 24 bytes per (shard, language) pair,
+    like the tables themselves."""
+
+    def __init__(self, index: CorpusIndex, langs: list[str]):
+        self.index = index
+        tables = [index.tables[lang] for lang in langs]
+        self.base = np.cumsum([0] + [t.docs for t in tables[:-1]]).astype(np.int64)
+        self.ends = np.concatenate([t.ends + b for t, b in zip(tables, self.base)] or [np.zeros(0, np.int64)])
+        self.shard = np.concatenate([t.shards for t in tables] or [np.zeros(0, np.int32)]).astype(np.int64)
+        local = np.concatenate([t.local for t in tables] or [np.zeros(0, np.int32)]).astype(np.int64)
+        self.local = local
+        # Where each pair's documents start in its shard's by_lang (0 for shards with exclusions,
+        # which use their kept lists instead).
+        self.start = np.array(
+            [0 if s in index.kept else index.indexes[s].lang_start(ll) for s, ll in zip(self.shard.tolist(), local.tolist())],
+            np.int64,
+        )
+
+    def __call__(self, lang: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Document ids (shard << 32 | local) for language indexes `lang` (into `langs`) and ranks `k`."""
+        kk = self.base[np.asarray(lang, np.int64)] + np.asarray(k, np.int64)
+        e = np.searchsorted(self.ends, kk, side="right")
+        rank = kk - np.where(e > 0, self.ends[np.maximum(e - 1, 0)], 0)
+        shard = self.shard[e]
+        out = np.empty(len(kk), np.int64)
+        for s in np.unique(shard).tolist():
+            sel = np.flatnonzero(shard == s)
+            kept = self.index.kept.get(s)
+            if kept is not None:
+                j = np.array([kept[ll][r] for ll, r in zip(self.local[e[sel]].tolist(), rank[sel].tolist())], np.int64)
+            else:
+                j = self.index.indexes[s].cols()["by_lang"][self.start[e[sel]] + rank[sel]].astype(np.int64)
+            out[sel] = (s << 32) | j
+        return out
 
 
 def build_corpus_index(

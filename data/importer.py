@@ -180,6 +180,7 @@ class Importer:
         for p in ignored[:MAX_EXAMPLES]:
             self.examples.setdefault("ignored_files", []).append(str(p))
         self._lid = None
+        self._utf8: tuple[str | None, bytes] = (None, b"")  # the last text _text checked, as UTF-8
         self._fmt: Format = "jsonl"
         self._content: set[int] = set()  # 64-bit content hashes written by this rank
         self._keys: set[int] = set()  # 64-bit key hashes written by this rank
@@ -243,12 +244,14 @@ class Importer:
     def _text(self, raw: bytes | str, where: str) -> str | None:
         if isinstance(raw, bytes):
             try:
-                return raw.decode("utf-8")
+                text = raw.decode("utf-8")
+                self._utf8 = (text, raw)
+                return text
             except UnicodeDecodeError as e:
                 bad = f"{where}: invalid UTF-8 at byte {e.start}"
                 return self._bad_utf8(bad, lambda: raw.decode("utf-8", errors="replace"))
         try:
-            raw.encode("utf-8")
+            self._utf8 = (raw, raw.encode("utf-8"))  # kept: the shard writer needs these bytes
             return raw
         except UnicodeEncodeError as e:  # lone surrogates from JSON \ud800 escapes
             bad = f"{where}: text is not valid Unicode (lone surrogate at char {e.start})"
@@ -467,8 +470,12 @@ class Importer:
         if self.cfg.near_dedup and self._near_duplicate(sample.text):
             self.counters["near_duplicate_docs"] += 1
             return
+        # Encoded once, when the text was checked (_text), for the hash and for the shard.
+        cached, data = self._utf8
+        if cached is not sample.text:
+            data = sample.text.encode("utf-8")
         if self.cfg.dedup:
-            ch = dedup.content_hash(sample.text)
+            ch = dedup.content_hash_utf8(data)
             if ch in self._content:
                 self.counters["duplicate_docs"] += 1
                 return
@@ -486,7 +493,7 @@ class Importer:
         self._keys.add(kh)
         self._rows.append((ch, kh))
         self.counters["written"] += 1
-        writer.write(sample)
+        writer.write(sample, data)
 
     def _check_losses(self, total: Counter) -> None:
         """Fail loudly when the import lost too much, or a mapped field is absent from most records."""

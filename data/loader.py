@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -37,7 +38,7 @@ from glotta.config import StrictModel
 from glotta.data.exclude import read_exclude
 from glotta.data.loader_state import STATE_VERSION, check_fingerprint, merge_states
 from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
-from glotta.data.native import assemble, permutation
+from glotta.data.native import assemble, deal
 from glotta.data.packing import BestFitLane, ConcatLane, Doc, RowStats
 from glotta.data.corpus_index import CorpusIndex, cached_corpus_index
 from glotta.data.manifest import ShardInfo
@@ -101,6 +102,44 @@ def _shards(sources: list[str]) -> list[tuple[Path, ShardInfo | None]]:
 
 def _sha(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+class DocIds(Sequence):
+    """`shard.tar/KEY` of each segment of a batch (`""` for padding), as a read-only sequence.
+
+    The strings are built on first access: a trainer that never reads them (pretraining) pays
+    nothing per segment; CAT scoring reads them. `ids` holds the loader's integer document ids
+    (shard << 32 | document in the shard's index, -1 for padding). Pickles as a plain list."""
+
+    __slots__ = ("_index", "ids", "_strings")
+
+    def __init__(self, index: CorpusIndex, ids: np.ndarray):
+        self._index, self.ids, self._strings = index, ids, None
+
+    def _list(self) -> list[str]:
+        if self._strings is None:
+            self._strings = [self._index.doc_id(g) if g >= 0 else "" for g in self.ids.tolist()]
+        return self._strings
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return self._list()[i]
+
+    def __iter__(self):
+        return iter(self._list())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and not isinstance(other, str) and self._list() == list(other)
+
+    __hash__ = None  # mutable-list semantics: equal to a list, so not hashable
+
+    def __repr__(self) -> str:
+        return repr(self._list())
+
+    def __reduce__(self):
+        return (list, (self._list(),))
 
 
 class TokenLoader:
@@ -207,6 +246,7 @@ class TokenLoader:
         sizes = {lang: float(t.nbytes) for lang, t in tables.items()}
         weights = mix_weights(cfg.mix, sizes)
         self.langs: list[str] = list(weights)
+        self._lang_names = np.array(self.langs + [""], dtype=object)  # [-1] is padding's ""
         self.weights = weights
         n_docs = [tables[lang].docs for lang in self.langs]
         # Document rate = byte share / mean document size, so byte shares follow the weights.
@@ -218,6 +258,7 @@ class TokenLoader:
                 "loader.num_batches: the data is finite (mix.exhausted='drop' or mix.max_epochs) and dp_size > 1; "
                 "set num_batches so that every rank yields the same number of batches"
             )
+        self._locate = idx.locator(self.langs)
         self._schedule_args = (rates, n_docs, caps, stable_seed(cfg.seed, "schedule"), cfg.mix.shuffle)
         self.schedule = Schedule(*self._schedule_args)
 
@@ -231,17 +272,15 @@ class TokenLoader:
         """(block, lane, global doc index or -1) for every owned lane of the job's blocks."""
         L = self.global_batch
         b0, b1 = self._job_start(job), self._job_start(job + 1)
-        where, slots = [], []
-        for p in range(max(b0, self._low_block), b1):  # blocks below: no lane needs them
-            deal = permutation(L, stable_seed(self.cfg.seed, "deal", p))
-            for lane in self.lane_ids:
-                where.append((p, lane))
-                slots.append(p * L + int(deal[lane]))
-        lang, doc, _ = self.schedule.lookup(np.asarray(slots, np.int64))
+        blocks = range(max(b0, self._low_block), b1)  # blocks below: no lane needs them
+        where = [(p, lane) for p in blocks for lane in self.lane_ids]
+        # Block p's slot for each lane: permutation(L, seed of p)[lane], all blocks in one C++ call.
+        dealt = deal(L, [stable_seed(self.cfg.seed, "deal", p) for p in blocks], self.lane_ids)
+        slots = (np.asarray(blocks, np.int64)[:, None] * L + dealt).reshape(-1)
+        lang, doc, _ = self.schedule.lookup(slots)
         gidx = np.full(len(slots), -1, np.int64)
-        for li in np.unique(lang[lang >= 0]).tolist():
-            sel = np.flatnonzero(lang == li)
-            gidx[sel] = self.index.locate(self.langs[li], doc[sel])
+        ok = np.flatnonzero(lang >= 0)
+        gidx[ok] = self._locate(lang[ok], doc[ok])
         return where, lang, gidx
 
     def _job_start(self, job: int) -> int:
@@ -279,15 +318,20 @@ class TokenLoader:
             if self._encoder is None:
                 self._encoder = Encoder(self.index.shards, self.cfg.tokenizer, self.cfg.strict)
             flat, lengths, status = self._encoder.encode(*args)
-        ends = np.cumsum(lengths)
+        ends = np.cumsum(lengths).tolist()
+        starts = (np.cumsum(lengths) - lengths).tolist()
+        status = status.tolist()
         self.tokenized_docs += len(lengths)
         k = 0
+        blocks = self._blocks
         for (p, lane), lg, g in zip(where, lang.tolist(), gidx.tolist()):
-            blk = self._blocks.setdefault(p, {})
+            blk = blocks.get(p)
+            if blk is None:
+                blk = blocks[p] = {}
             if g < 0:
                 blk[lane] = None
                 continue
-            blk[lane] = Doc(flat[ends[k] - lengths[k] : ends[k]], lg, g, int(status[k]))
+            blk[lane] = Doc(flat[starts[k] : ends[k]], lg, g, status[k])
             k += 1
 
     def _get(self, lane: int, p: int) -> Doc | None:
@@ -352,53 +396,48 @@ class TokenLoader:
 
     def _assemble(self, rows: list) -> dict:
         S1 = self.row_len
-        pieces, seg_row, seg_start, seg_len, seg_lang, seg_doc = [], [], [], [], [], []
-        at = 0
-        for b, segs in enumerate(rows):
+        pieces, segs = [], []  # segs: (row, start in flat, length, lang, document) per segment
+        at = replaced = 0
+        for b, row in enumerate(rows):
             fill = 0
-            if segs is None:
+            if row is None:
                 self._counts["pad_rows"] += 1
-                segs = []
-            for d, start, n in segs:
+                row = ()
+            for d, start, n in row:
                 pieces.append(d.tokens[start : start + n])
-                seg_row.append(b)
-                seg_start.append(at)
-                seg_len.append(n)
-                seg_lang.append(d.lang)
-                seg_doc.append(d.index)
+                segs.append((b, at, n, d.lang, d.index))
                 if start == 0 and d.status == UTF8_REPLACED:
-                    self._counts["utf8_replaced"] += 1
+                    replaced += 1
                 at += n
                 fill += n
             if fill < S1:
-                seg_row.append(b)
-                seg_start.append(-1)
-                seg_len.append(S1 - fill)
-                seg_lang.append(-1)
-                seg_doc.append(-1)
+                segs.append((b, -1, S1 - fill, -1, -1))
+        if replaced:
+            self._counts["utf8_replaced"] += replaced
         flat = np.concatenate(pieces) if pieces else np.zeros(0, np.uint16)
+        cols = np.array(segs, np.int64).reshape(-1, 5)
         out = assemble(
             flat,
-            np.asarray(seg_row),
-            np.asarray(seg_start),
-            np.asarray(seg_len),
-            np.asarray(seg_lang),
+            cols[:, 0],
+            cols[:, 1],
+            cols[:, 2],
+            cols[:, 3],
             len(rows),
             S1,
             self.pad_id,
             self.eod_id,
             self.cfg.reset_position_ids,
             self.cfg.eod_mask_loss,
+            len(self.langs),
         )
         kept = out.pop("segments")
-        lang_ids = out["lang_ids"]
-        real = lang_ids[lang_ids >= 0]
-        self._lang_tokens += np.bincount(real, minlength=len(self.langs))
-        self._counts["pad_tokens"] += int(lang_ids.size - real.size)
+        counts = out.pop("lang_tokens")
+        self._lang_tokens += counts
+        self._counts["pad_tokens"] += len(rows) * (S1 - 1) - int(counts.sum())
         self._counts["rows"] += len(rows)
         batch = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}
-        batch["doc_langs"] = [self.langs[seg_lang[s]] if seg_lang[s] >= 0 else "" for s in kept.tolist()]
-        batch["doc_ids"] = [self.index.doc_id(seg_doc[s]) if seg_doc[s] >= 0 else "" for s in kept.tolist()]
+        batch["doc_langs"] = self._lang_names[cols[kept, 3]].tolist()  # index -1 is "" (padding)
+        batch["doc_ids"] = DocIds(self.index, cols[kept, 4])
         return batch
 
     # ---- stats and state ------------------------------------------------------------------

@@ -239,7 +239,11 @@ class Schedule:
         if self.shuffle and len(pos):
             # One seeded bijection per (language, epoch), evaluated per document: no per-language
             # array, so a rank's memory does not grow with the corpus (csrc/mix.cpp: feistel).
-            seeds = np.fromiter((self._perm_seed(int(lg), int(e)) for lg, e in zip(lang[ok], ep)), np.uint64, len(pos))
+            # One seed per distinct (language, epoch) of the call, not one Python step per slot.
+            ue = int(ep.max(initial=0)) + 1
+            uniq, inv = np.unique(lang[ok].astype(np.int64) * ue + ep, return_inverse=True)
+            useeds = np.fromiter((self._perm_seed(u // ue, u % ue) for u in uniq.tolist()), np.uint64, len(uniq))
+            seeds = useeds[inv.reshape(-1)]
             d = permute(pos, nd, seeds)
         doc[ok] = d
         return lang, doc, epoch

@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from glotta._native import BlendSchedule, TarError, TarReader, tar_sample
+    from glotta._native import BlendSchedule, TarError, TarReader, collapse_ws, tar_sample
     from glotta._native import assemble_i32 as _assemble_i32
     from glotta._native import assemble_u16 as _assemble_u16
     from glotta._native import best_fit_pack as _best_fit_pack
+    from glotta._native import deal as _deal
     from glotta._native import permutation as _permutation
     from glotta._native import permute as _permute
 except ImportError as e:  # pragma: no cover - only when the package was not installed/built
@@ -20,7 +21,7 @@ except ImportError as e:  # pragma: no cover - only when the package was not ins
         "(needs a C++17 compiler and the Python headers)"
     ) from e
 
-__all__ = ["BlendSchedule", "TarError", "TarReader", "assemble", "best_fit_pack", "permutation", "permute", "tar_sample", "token_dtype"]
+__all__ = ["BlendSchedule", "TarError", "TarReader", "assemble", "collapse_ws", "best_fit_pack", "deal", "permutation", "permute", "tar_sample", "token_dtype"]
 
 _MASK63 = (1 << 63) - 1
 
@@ -37,6 +38,12 @@ def permutation(n: int, seed: int) -> np.ndarray:
     if n < 0:
         raise ValueError(f"permutation size must be >= 0, got {n}")
     return _permutation(int(n), int(seed) & _MASK63)
+
+
+def deal(n: int, seeds: list[int], lanes: list[int]) -> np.ndarray:
+    """[len(seeds), len(lanes)]: permutation(n, seed)[lanes] for each seed, in one call."""
+    seeds = np.fromiter((int(s) & _MASK63 for s in seeds), np.uint64, len(seeds))
+    return _deal(int(n), seeds, np.asarray(lanes, np.int64))
 
 
 def permute(idx: np.ndarray, n: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -69,8 +76,11 @@ def assemble(
     eod_id: int,
     reset_position_ids: bool,
     eod_mask_loss: bool,
+    n_langs: int = 0,
 ) -> dict:
-    """Megatron batch arrays from rows given as segments of `flat` (start -1 = padding)."""
+    """Megatron batch arrays from rows given as segments of `flat` (start -1 = padding), plus
+    `segments` (input segment of each cu_seqlens segment) and `lang_tokens` (tokens per language
+    in the token region; languages must be in [0, n_langs), or n_langs >= max language + 1)."""
     if flat.dtype == np.uint16:
         fn = _assemble_u16
     elif flat.dtype == np.int32:
@@ -79,6 +89,8 @@ def assemble(
         raise TypeError(f"token buffer must be uint16 or int32, got {flat.dtype}")
     seg_start = np.ascontiguousarray(seg_start, dtype=np.int64)
     seg_len = np.ascontiguousarray(seg_len, dtype=np.int64)
+    seg_lang = np.ascontiguousarray(seg_lang, dtype=np.int32)
+    n_langs = max(int(n_langs), int(seg_lang.max(initial=-1)) + 1)
     if (seg_start + seg_len)[seg_start >= 0].max(initial=0) > flat.size:
         raise ValueError("a segment points past the token buffer")
     return fn(
@@ -86,11 +98,12 @@ def assemble(
         np.ascontiguousarray(seg_row, dtype=np.int32),
         seg_start,
         seg_len,
-        np.ascontiguousarray(seg_lang, dtype=np.int32),
+        seg_lang,
         int(rows),
         int(row_len),
         int(pad_id),
         int(eod_id),
         bool(reset_position_ids),
         bool(eod_mask_loss),
+        n_langs,
     )

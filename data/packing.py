@@ -23,12 +23,17 @@ import numpy as np
 from glotta.data.native import best_fit_pack
 
 
-@dataclass(frozen=True)
 class Doc:
-    tokens: np.ndarray  # ends with EOD; empty when the document was skipped
-    lang: int  # index into loader.langs
-    index: int  # position in the document index (for its id)
-    status: int  # tokenize.OK / UTF8_REPLACED / EMPTY
+    """One tokenized document of a lane (a plain slotted class: the loader makes one per
+    document on its main thread, and a frozen dataclass costs ~3x as much to build)."""
+
+    __slots__ = ("tokens", "lang", "index", "status")
+
+    def __init__(self, tokens: np.ndarray, lang: int, index: int, status: int):
+        self.tokens = tokens  # ends with EOD; empty when the document was skipped
+        self.lang = lang  # index into loader.langs
+        self.index = index  # the loader's document id (for `shard.tar/KEY`)
+        self.status = status  # tokenize.OK / UTF8_REPLACED / EMPTY
 
 
 Segment = tuple[Doc, int, int]  # (document, first token, number of tokens)
@@ -54,9 +59,14 @@ class ConcatLane:
         return self.pos
 
     def next_row(self, get: DocSource, stats: RowStats) -> list[Segment] | None:
-        """Segments of the next row (maybe short: the loader pads), or None when the lane is dry."""
+        """Segments of the next row (maybe short: the loader pads), or None when the lane is dry.
+
+        One walk over the documents gives both the row and where the next one starts (S tokens
+        on: the last token of this row starts the next one)."""
         S1 = self.row_len
         segs: list[Segment] = []
+        at: list[int] = []  # lane position of each segment's document
+        empties: list[int] = []  # lane positions of empty documents walked over
         need, p, o = S1, self.pos, self.off
         while need > 0:
             d = get(p)
@@ -64,43 +74,37 @@ class ConcatLane:
                 break
             n = len(d.tokens)
             if o >= n:
+                if n == 0:
+                    empties.append(p)
                 p, o = p + 1, 0
                 continue
-            take = min(need, n - o)
+            take = need if need < n - o else n - o
             segs.append((d, o, take))
+            at.append(p)
             need -= take
             o += take
             if o == n:
                 p, o = p + 1, 0
         if S1 - need < 2:  # a single token has no label: the stream is spent
+            stats.empty += len(empties)
+            self.pos, self.off = p, o  # past them: a later call counts nothing twice
             return None
-        at = 0
+        pos = 0
         for d, start, take in segs:
-            if start == 0 and at < S1 - 1:
+            if start == 0 and pos < S1 - 1:
                 stats.docs += 1
                 if start + take < len(d.tokens):
                     stats.split += 1
-            at += take
-        # Advance by S tokens: the last token of this row starts the next one.
-        adv, p, o = S1 - 1, self.pos, self.off
-        while adv > 0:
-            d = get(p)
-            if d is None:
-                break
-            n = len(d.tokens)
-            if o >= n:
-                p, o = p + 1, 0
-                continue
-            if n == 0:
-                stats.empty += 1
-                p += 1
-                continue
-            t = min(adv, n - o)
-            adv -= t
-            o += t
-            if o == n:
-                p, o = p + 1, 0
-        self.rows, self.pos, self.off = self.rows + 1, p, o
+            pos += take
+        if need == 0:  # a full row: step back one token from where the walk ended
+            _, start, take = segs[-1]
+            nxt = (at[-1], start + take - 1) if take > 1 else (at[-2] + 1, 0)
+        elif need == 1:  # exactly S tokens, then the data ended
+            nxt = (at[-1] + 1, 0)
+        else:  # fewer than S: all of it, and the walk stopped where the data ends
+            nxt = (p, o)
+        stats.empty += sum(1 for e in empties if e < nxt[0])  # later ones are walked again next row
+        self.rows, self.pos, self.off = self.rows + 1, nxt[0], nxt[1]
         return segs
 
 

@@ -26,6 +26,9 @@ from glotta.errors import DataError
 log = logging.getLogger(__name__)
 
 _json_decode = json.JSONDecoder().decode  # skips json.loads' per-call encoding sniffing
+# json.dumps(meta, ensure_ascii=False, sort_keys=True) builds a new encoder on every call (any
+# non-default argument does); one encoder made once gives the same bytes.
+_META_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
 
 
@@ -95,7 +98,9 @@ class ShardWriter:
         self._keys = set()
         self._idx = IndexBuilder()
 
-    def write(self, sample: Sample) -> None:
+    def write(self, sample: Sample, utf8: bytes | None = None) -> None:
+        """Append one sample. `utf8`: sample.text already encoded by the caller (the importer
+        encodes once for its hash and the shard), else encoded here."""
         if not KEY_RE.match(sample.key):
             raise DataError(f"invalid key {sample.key!r}: use letters, digits, '_', '-' and '/' (no dots)")
         if self._f is None:
@@ -103,8 +108,8 @@ class ShardWriter:
         if sample.key in self._keys:
             raise DataError(f"duplicate key {sample.key!r} in shard {self._info.name}")
         self._keys.add(sample.key)
-        text = sample.text.encode("utf-8")
-        meta = json.dumps(sample.meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        text = sample.text.encode("utf-8") if utf8 is None else utf8
+        meta = _META_JSON(sample.meta).encode("utf-8")
         lang = sample.meta.get("lang") or "und"
         data = tar_sample(sample.key, [("txt", text), ("json", meta)])  # C++: headers, padding, checksums
         self._idx.add(sample.key, self._pos, len(text), str(lang))

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # Per-document status returned by workers, counted when the loader consumes the document.
 OK, UTF8_REPLACED, EMPTY = 0, 1, 2
 STATUS_NAMES = {UTF8_REPLACED: "utf8_replaced", EMPTY: "empty_text"}
+_CPP_SPACE_ONLY = 4  # TarReader.texts: the text is only whitespace
 
 
 # ---- tokenizer ------------------------------------------------------------------------------
@@ -96,50 +97,46 @@ class Encoder:
         self._readers[shard] = reader
         return reader
 
-    def _texts(self, shard: int, offsets: list[int], keys: list[str]) -> tuple[list[bytes], list[int]]:
-        """Text bytes (valid UTF-8) and status of documents of one shard, read in one C++ call."""
+    def _texts(self, shard: int, offsets: np.ndarray, key_blob: bytes, key_ends: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        """Text bytes (valid UTF-8) and status of documents of one shard, read in one C++ call
+        (which also checks each key and finds whitespace-only texts); Python only sees the
+        exceptions."""
         name = self.names[shard]
         reader = self._reader(shard)
         # A mapped file that shrank would fault (SIGBUS) on access, killing the whole trainer when
         # workers are threads: one stat per shard and task turns it into an error instead.
         if os.stat(self.shards[shard]).st_size < reader.size:
             raise DataError(f"{name}: the shard shrank while the loader was reading it (changed after indexing)")
-        texts, codes = reader.texts(offsets, keys)
-        out, status = [], []
-        for t, c, o, k in zip(texts, codes.tolist() if hasattr(codes, "tolist") else codes, offsets, keys):
+        texts, codes = reader.texts(offsets, key_blob, key_ends)
+        for i in np.flatnonzero((codes >= 1) & (codes <= 3)).tolist():
+            t, c = texts[i], int(codes[i])
             if c >= 2:
+                k = key_blob[int(key_ends[i - 1]) if i else 0 : int(key_ends[i])].decode("utf-8", "replace")
                 found = f"found {t!r}" if t else "no sample starts there"
-                raise DataError(f"{name}: expected document {k!r} at offset {o} ({found}); the shard changed after indexing")
-            if c == 1:
-                try:
-                    t.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    if self.strict:
-                        raise DataError(f"{name}/{k}: invalid UTF-8 at byte {e.start}") from None
-                t = t.decode("utf-8", errors="replace").encode("utf-8")
-                c = UTF8_REPLACED
-            # Empty: ASCII whitespace checked on the bytes; short texts also for Unicode spaces.
-            if not t.strip() or (len(t) < 64 and t.decode("utf-8").isspace()):
-                t, c = b"", EMPTY
-            out.append(t)
-            status.append(c)
-        return out, status
+                raise DataError(f"{name}: expected document {k!r} at offset {int(offsets[i])} ({found}); the shard changed after indexing")
+            try:
+                t.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if self.strict:
+                    k = key_blob[int(key_ends[i - 1]) if i else 0 : int(key_ends[i])].decode("utf-8", "replace")
+                    raise DataError(f"{name}/{k}: invalid UTF-8 at byte {e.start}") from None
+            texts[i] = t.decode("utf-8", errors="replace").encode("utf-8")  # U+FFFD: never whitespace-only
+            codes[i] = UTF8_REPLACED
+        codes[codes == _CPP_SPACE_ONLY] = EMPTY
+        return texts, codes
 
-    def encode(self, shard: np.ndarray, offset: np.ndarray, keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(flat tokens, length per document, status per document); EOD ends every document.
-        Texts go to SentencePiece as UTF-8 bytes: no decode to str and re-encode."""
-        n = len(keys)
+    def encode(self, n: int, groups: list[tuple[int, np.ndarray, np.ndarray, bytes, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(flat tokens, length per document, status per document) for the `n` documents of a
+        task, given per shard as (shard, positions in the task, byte offsets, key blob, key ends)
+        (CorpusIndex.fetch); EOD ends every document. Texts go to SentencePiece as UTF-8 bytes:
+        no decode to str and re-encode."""
         texts: list[bytes] = [b""] * n
-        codes: list[int] = [0] * n
-        by_shard: dict[int, list[int]] = {}
-        for i, s in enumerate(np.asarray(shard).tolist()):
-            by_shard.setdefault(s, []).append(i)
-        offs = np.asarray(offset).tolist()
-        for s, idx in by_shard.items():
-            got, st = self._texts(s, [offs[i] for i in idx], [keys[i] for i in idx])
-            for i, t, c in zip(idx, got, st):
-                texts[i], codes[i] = t, c
-        status = np.array(codes, np.int8)
+        status = np.zeros(n, np.int8)
+        for s, pos, offs, key_blob, key_ends in groups:
+            got, st = self._texts(s, offs, key_blob, key_ends)
+            for i, t in zip(pos.tolist(), got):
+                texts[i] = t
+            status[pos] = st
         arrays = self._encode(texts)
         # Vectorised (no numpy scalar per document): every document's ids back to back, then one
         # EOD inserted after each non-empty one; an empty one (status EMPTY) keeps length 0.
@@ -181,11 +178,11 @@ def worker_init(shards: list[str], tokenizer: str, strict: bool) -> None:
         _THREAD.encoder = enc
 
 
-def worker_encode(shard: np.ndarray, offset: np.ndarray, keys: list[str]):
+def worker_encode(n: int, groups: list):
     assert _WORKER is not None, "worker_init did not run"
-    return _WORKER.encode(shard, offset, keys)
+    return _WORKER.encode(n, groups)
 
 
-def thread_encode(shard: np.ndarray, offset: np.ndarray, keys: list[str]):
+def thread_encode(n: int, groups: list):
     """The same in a thread pool: SentencePiece and the tar reader release the GIL."""
-    return _THREAD.encoder.encode(shard, offset, keys)
+    return _THREAD.encoder.encode(n, groups)

@@ -127,3 +127,18 @@ def test_state_mismatch_names_what_changed(demo_shards, sp_model):
         c.load_state_dict(r0.state_dict())
     with pytest.raises(DataError, match="mid-step"):
         c.load_state_dict(state)  # saved by one rank holding 4 lanes after half a step
+
+
+def test_same_size_change_is_found_by_the_key_check(demo_shards, sp_model, tmp_path):
+    # The index is kept (same size), but other samples now sit at its offsets: the C++ key check
+    # (keys passed as one blob per shard) must catch it and name the key it expected.
+    shards = _copy(demo_shards, tmp_path)
+    TokenLoader(str(shards), str(sp_model), 128, 2, mix=DROP).close()  # writes the indexes
+    a, b = sorted(shards.glob("*.tar"))[:2]
+    size = a.stat().st_size
+    other = b.read_bytes()[:size]
+    a.write_bytes(other + bytes(size - len(other)))
+    with TokenLoader(str(shards), str(sp_model), 128, 2, mix=DROP, num_workers=1) as ld:
+        with pytest.raises(DataError, match=rf"{a.name}: expected document '[^']+' at offset \d+ .*changed after indexing"):
+            for _ in ld:
+                pass

@@ -119,6 +119,7 @@ def test_assemble_builds_megatron_fields():
     assert out["cu_seqlens"].tolist() == [0, 3, 5, 7, 10]
     assert out["max_seqlen"] == 3
     assert out["segments"].tolist() == [0, 1, 2, 3]
+    assert out["lang_tokens"].tolist() == [3, 2, 2]  # token region only: row 0's last label is not counted
     masked = assemble(flat, np.array([0, 0]), np.array([0, 3]), np.array([3, 3]), np.array([0, 1]), 1, 6, 3, 2, False, True)
     assert masked["loss_mask"].tolist() == [[1, 1, 0, 1, 1]]
     assert masked["position_ids"].tolist() == [[0, 1, 2, 3, 4]]
@@ -132,3 +133,23 @@ def test_assemble_rejects_rows_that_do_not_add_up():
         assemble(flat, np.array([0]), np.array([4]), np.array([6]), np.array([0]), 1, 6, 0, 1, True, False)
     with pytest.raises(TypeError):
         assemble(flat.astype(np.int64), np.array([0]), np.array([0]), np.array([6]), np.array([0]), 1, 6, 0, 1, True, False)
+
+
+def test_deal_is_the_permutation_at_the_lanes():
+    from glotta.data.native import deal, permutation
+
+    seeds, lanes = [1, 2, 3 << 61], [0, 3, 6]
+    got = deal(7, seeds, lanes)
+    assert got.tolist() == [permutation(7, s)[lanes].tolist() for s in seeds]
+
+
+def test_concat_counts_every_empty_document_once():
+    # Empty documents (no text: skipped by the tokenizer) between, and after, real ones.
+    lens = [5, 0, 0, 9, 0, 3, 0, 0]
+    docs = [Doc(np.arange(n, dtype=np.uint16), 0, i, 0) for i, n in enumerate(lens)]
+    lane, stats = ConcatLane(4), RowStats()
+    rows = 0
+    while lane.next_row(lambda p: docs[p] if p < len(docs) else None, stats) is not None:
+        rows += 1
+    assert stats.empty == lens.count(0) and rows == 6  # 17 tokens, windows of 4 advancing by 3
+    assert lane.next_row(lambda p: docs[p] if p < len(docs) else None, stats) is None and stats.empty == lens.count(0)
