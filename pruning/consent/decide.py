@@ -47,7 +47,8 @@ class DecideConfig(StrictModel):
     unknown_host: Literal["keep", "drop"] = "keep"  # an origin with no snapshot at all
     no_url: Literal["keep", "drop"] = "drop"  # documents whose url is missing or not http(s)
     drop_licenses: list[str] = []  # license tokens that drop a document, e.g. [NC, ND] (CC-BY-NC-4.0 -> nc)
-    cache_origins: int = 200_000  # (origin, date) verdicts kept; all caches are cleared past it
+    cache_origins: int = 100_000  # (origin, date) verdicts kept (~1 KiB each); all caches are cleared past it
+    cache_robots: int = 4096  # verdicts holding a parsed robots.txt (path checks, ~4-40 KiB each); those verdicts are dropped past it
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,8 @@ class Verdict:
 
 
 def _verdict(fixed, path_agents, robots, tdm, keep, tos, snap_date, sha256) -> Verdict:
+    if not path_agents:  # only path checks read the parsed robots.txt: do not keep it alive (memory)
+        robots = None
     if fixed is not None and not fixed.keep:
         fast = fixed
     elif not path_agents and tdm is None:
@@ -106,6 +109,7 @@ class ConsentFilter(DocFilter):
         self._fast: dict[tuple[str, str], Decision | Verdict] = {}
         self._path_drops: dict[tuple[int, str, str], Decision] = {}  # verdicts live as long as the filter
         self._days: dict[str, str] = {}  # raw crawl_date -> YYYY-MM-DD or '' (unreadable)
+        self._holding = 0  # cached verdicts that keep a parsed robots.txt alive (bounded by cache_robots)
         self._licenses = frozenset(t.lower() for t in self.cfg.drop_licenses)
         self._unknown = self._verdict_without_snapshot()
 
@@ -114,11 +118,10 @@ class ConsentFilter(DocFilter):
         key = (origin, date)
         v = self._by_date.get(key)
         if v is None:
-            if len(self._by_date) >= self.cfg.cache_origins:  # bounded memory: start over (cheap, rare)
-                self._by_date.clear()
-                self._by_snap.clear()
-                self._fast.clear()
-                self._path_drops.clear()
+            if len(self._by_date) >= self.cfg.cache_origins:
+                self.clear_caches()  # bounded memory: start over (cheap, rare)
+            elif self._holding >= self.cfg.cache_robots:
+                self._forget_parsed()
             snap, fallback = self.store.at(origin, date)
             if snap is None:
                 v = self._unknown
@@ -126,8 +129,32 @@ class ConsentFilter(DocFilter):
                 v = self._by_snap.get((snap.id, str(fallback)))
                 if v is None:
                     v = self._by_snap[(snap.id, str(fallback))] = self._compile(snap, fallback)
+                    self._holding += v.robots is not None
             self._by_date[key] = v
         return v
+
+    def clear_caches(self) -> None:
+        """Forget every cached verdict. What the caches hold is bounded by cache_origins entries and
+        cache_robots parsed robots.txt, never by the number of documents seen."""
+        self._by_date.clear()
+        self._by_snap.clear()
+        self._fast.clear()
+        self._path_drops.clear()
+        self._holding = 0
+
+    def _forget_parsed(self) -> None:
+        """Drop the cached verdicts that hold a parsed robots.txt (path checks); the cheap
+        origin-level verdicts stay. One scan per cache_robots new parsed verdicts."""
+        for cache in (self._by_date, self._by_snap, self._fast):
+            for k in [k for k, v in cache.items() if getattr(v, "robots", None) is not None]:
+                del cache[k]
+        self._path_drops.clear()
+        self._holding = 0
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries held per cache (a test checks that they stop growing with the documents)."""
+        return {"by_date": len(self._by_date), "by_snap": len(self._by_snap), "fast": len(self._fast),
+                "path_drops": len(self._path_drops), "days": len(self._days), "holding_robots": self._holding}
 
     def _verdict_without_snapshot(self) -> Verdict:
         if self.cfg.unknown_host == "drop":
@@ -184,7 +211,7 @@ class ConsentFilter(DocFilter):
         """crawl_date -> `YYYY-MM-DD`, '' when unreadable (see dates.py); memoised, bounded."""
         day = parse_day(raw) or ""
         if isinstance(raw, str):
-            if len(self._days) >= 1 << 20:
+            if len(self._days) >= 1 << 16:  # distinct raw timestamps can be one per document
                 self._days.clear()
             self._days[raw] = day
         return day
