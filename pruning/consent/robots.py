@@ -54,6 +54,12 @@ IMPORTANT_DIRS = ("/admin", "/private", "/confidential")  # the paper's "importa
 
 USAGE_FIELD = "content-usage"  # IETF AIPREF (draft-ietf-aipref-attach): `Content-Usage: train-ai=n`
 _TOKEN = re.compile(r"[A-Za-z0-9_-]*")
+# Matchers and rule walks shared by every robots.txt whose selected group has the same rules
+# (with line numbers, so the evidence is the same); bounded, cleared when full.
+MAX_SHARED = 4096
+MEMO_PATHS = 256  # path-prefix answers remembered per shared rule set
+_MATCHERS: dict[tuple, Protego] = {}
+_RULESETS: dict[tuple, object] = {}
 
 
 def normalise_agent(value: str) -> str:
@@ -226,12 +232,19 @@ class Robots:
         return any(f == "disallow" for f, _, _ in self.rules_for(agent))
 
     def _matcher(self, key: str) -> Protego:
-        """protego, fed only the merged rules of one group, so its group selection plays no role."""
+        """protego, fed only the merged rules of one group, so its group selection plays no role.
+        Shared by every robots.txt with the same rules (CMS defaults differ only in Sitemap lines)."""
         m = self._matchers.get(key)
         if m is None:
-            rules = [r for g in self.by_agent.get(key, []) for r in g.rules]
-            text = "User-agent: *\n" + "\n".join(f"{'Allow' if f == 'allow' else 'Disallow'}: {v}" for f, v, _ in rules)
-            m = self._matchers[key] = Protego.parse(text)
+            rules = tuple(r for g in self.by_agent.get(key, []) for r in g.rules)
+            m = _MATCHERS.get(rules)
+            if m is None:
+                text = "User-agent: *\n" + "\n".join(f"{'Allow' if f == 'allow' else 'Disallow'}: {v}" for f, v, _ in rules)
+                m = Protego.parse(text)
+                if len(_MATCHERS) >= MAX_SHARED:
+                    _MATCHERS.clear()
+                _MATCHERS[rules] = m
+            self._matchers[key] = m
         return m
 
     def rules_for(self, agent: str) -> list[tuple[str, str, int]]:
@@ -272,8 +285,9 @@ class Robots:
             hit = memo.get(key)
             if hit is None:
                 hit = self._walk(url, ruleset, prefixes, lines, needs)
-                if len(memo) < 1 << 16:
-                    memo[key] = hit
+                if len(memo) >= MEMO_PATHS:  # keyed by path prefixes: bounded, or it follows the documents
+                    memo.clear()
+                memo[key] = hit
             return hit
         return self._walk(url, ruleset, prefixes, lines, needs)
 
@@ -303,6 +317,17 @@ class Robots:
         return True, ""
 
     def _ruleset(self, agent: str):
+        key = self.select(agent)
+        shared_key = tuple(r for g in self.by_agent.get(key, []) for r in g.rules) if key else None
+        hit = _RULESETS.get(shared_key) if key else None
+        if hit is None and key:
+            hit = self._ruleset_uncached(agent)
+            if len(_RULESETS) >= MAX_SHARED:
+                _RULESETS.clear()
+            _RULESETS[shared_key] = hit
+        return hit
+
+    def _ruleset_uncached(self, agent: str):
         try:
             key = self.select(agent)
             rs = self._matcher(key)._get_matching_rule_set("x") if key else None
