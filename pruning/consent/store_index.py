@@ -12,7 +12,9 @@ evicts (least recently loaded first), which pays off when documents come grouped
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import shutil
 import time
 from collections import OrderedDict
@@ -23,18 +25,50 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from glotta.data.manifest import atomic_write_text
-from glotta.errors import DataError
-from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore, store_fingerprint
+from glotta.config import StrictModel
+from glotta.errors import ConfigError, DataError
+from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
 from glotta.pruning.consent.urls import owner
 
 INDEX = "index"
+log = logging.getLogger(__name__)
 FIELDS = [f.name for f in fields(Snapshot)]
 SCHEMA = pa.schema([(f.name, pa.int64() if f.type in ("int", int) else pa.string()) for f in fields(Snapshot)])
 
 
+def store_hash(store: Path) -> str:
+    """sha256 over the JSONL parts: name, size and the first and last 64 KiB of each. Appends
+    (fetch, import) change the size and the tail; copies keep it (unlike mtimes); reading the
+    whole store (~12 GiB at 10^6 origins) on every filter start would cost more than the check."""
+    h = hashlib.sha256()
+    for f in sorted(Path(store).glob("*.jsonl")):
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 16))
+            if size > 1 << 17:
+                fh.seek(size - (1 << 16))
+            h.update(fh.read(1 << 16))
+    return h.hexdigest()
+
+
+def index_state(store: Path) -> tuple[str, dict]:
+    """('missing' | 'stale' | 'current', the index's meta.json or {})."""
+    meta_path = Path(store) / INDEX / "meta.json"
+    if not meta_path.is_file():
+        return "missing", {}
+    meta = json.loads(meta_path.read_text())
+    return ("current" if meta.get("store_hash") == store_hash(store) else "stale"), meta
+
+
 def index_current(store: Path) -> bool:
-    meta = store / INDEX / "meta.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == store_fingerprint(store)
+    return index_state(store)[0] == "current"
+
+
+def stale_message(store: Path, meta: dict) -> str:
+    return (f"{store}/{INDEX} is stale: it was built from another state of the store (index of "
+            f"{meta.get('store_hash', '?')[:12]}, store now {store_hash(store)[:12]}: JSONL parts were added or changed "
+            f"since it was built). Rebuild it once, before the filter: glotta consent index --store {store}")
 
 
 def build_index(store: Path, buckets: int | None = None) -> dict:
@@ -43,7 +77,8 @@ def build_index(store: Path, buckets: int | None = None) -> dict:
     store = Path(store)
     if not store.is_dir():
         raise DataError(f"{store}: the origin index needs a store directory")
-    fp = store_fingerprint(store)
+    t0 = time.monotonic()
+    fp = store_hash(store)
     full = SnapshotStore.load(store)
     if buckets is None:
         buckets = max(1, min(1024, len(full.by_origin) // 1000))
@@ -55,8 +90,8 @@ def build_index(store: Path, buckets: int | None = None) -> dict:
     for b, snaps in enumerate(rows):
         cols = {name: [getattr(s, name) for s in snaps] for name in FIELDS}
         pq.write_table(pa.table(cols, schema=SCHEMA), tmp / f"bucket-{b:05d}.parquet", compression="zstd")
-    meta = {"buckets": buckets, "fingerprint": fp, "captures": len(full), "origins": len(full.by_origin),
-            "torn_lines": full.torn_lines}
+    meta = {"buckets": buckets, "store_hash": fp, "captures": len(full), "origins": len(full.by_origin),
+            "torn_lines": full.torn_lines, "parts": len(list(store.glob("*.jsonl")))}
     atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
     old = store / INDEX
     if old.exists():
@@ -65,15 +100,21 @@ def build_index(store: Path, buckets: int | None = None) -> dict:
         tmp.rename(old)
     except OSError:  # another rank renamed its (identical) index first
         shutil.rmtree(tmp, ignore_errors=True)
-    return meta
+    return meta | {"seconds": round(time.monotonic() - t0, 2), "index": str(old)}
 
 
 def wait_for_index(store: Path, timeout_s: float) -> None:
+    """Ranks other than 0 wait for rank 0 to build a missing index."""
     deadline = time.monotonic() + timeout_s
-    while not index_current(store):
+    while True:
+        state, meta = index_state(store)
+        if state == "current":
+            return
+        if state == "stale":
+            raise DataError(stale_message(store, meta))
         if time.monotonic() > deadline:
-            raise DataError(f"{store}/{INDEX}: not built after {timeout_s:g} s (rank 0 builds it; "
-                            "or run `glotta consent index --store` first)")
+            raise DataError(f"{store}/{INDEX}: not built after {timeout_s:g} s (rank 0 builds a missing one; "
+                            f"or run `glotta consent index --store {store}` first)")
         time.sleep(0.5)
 
 
@@ -122,15 +163,40 @@ class IndexedStore(SnapshotStore):
 
 def open_store(store: Path, rank: int = 0, world_size: int = 1, lazy: bool = True, wait_s: float = 3600.0,
                max_buckets: int = 1024) -> SnapshotStore:
-    """The store for one rank: indexed by origin (built by rank 0 when missing or stale) or whole."""
+    """The store for one rank: through its origin index, or whole (lazy=False, or a single .jsonl
+    file). A missing index is built by rank 0 (the others wait); a stale one is refused:
+    `glotta consent index` rebuilds it, so a fetch still appending cannot change decisions midway."""
     store = Path(store)
     if not lazy or not store.is_dir():
         return SnapshotStore.load(store)
-    if not index_current(store):
+    state, meta = index_state(store)
+    if state == "stale":
+        raise DataError(stale_message(store, meta))
+    if state == "missing":
         if rank == 0:
+            log.info("%s: no origin index yet, building it (`glotta consent index` does this ahead of a run)", store)
             build_index(store)
         else:
             wait_for_index(store, wait_s)
     return IndexedStore(store, max_buckets)
 
 
+class IndexConfig(StrictModel):
+    store: Path | None = None  # the snapshot store directory (JSONL parts)
+    buckets: int | None = None  # Parquet buckets by origin hash; default one per ~1,000 origins, at most 1,024
+    strict: bool = False  # a torn last line in a JSONL part (a killed fetch) is an error instead of a counted skip
+
+
+def run_index(cfg: IndexConfig) -> dict:
+    """`glotta consent index`: (re)build the origin index of a store, once per store change."""
+    if cfg.store is None:
+        raise ConfigError("consent index needs store (e.g. --store snapshots/)")
+    if cfg.buckets is not None and not 1 <= cfg.buckets <= 65536:
+        raise ConfigError(f"buckets: expected 1..65536, got {cfg.buckets}")
+    before, _ = index_state(cfg.store) if Path(cfg.store).is_dir() else ("missing", {})
+    if cfg.strict:
+        torn = SnapshotStore.load(cfg.store).torn_lines
+        if torn:
+            raise DataError(f"{cfg.store}: {torn} torn last line(s) in JSONL parts (a killed fetch; strict). "
+                            "Rerun the fetch to resume it, or build without --strict to skip them (counted).")
+    return build_index(Path(cfg.store), cfg.buckets) | {"was": before}
