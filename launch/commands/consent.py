@@ -189,12 +189,15 @@ def check_(
     from glotta.pruning.consent.decide import explain
     from glotta.pruning.consent.filter import FilterConfig
     from glotta.pruning.consent.snapshots import SnapshotStore
+    from glotta.pruning.consent.store_index import IndexedStore, index_current
 
     cfg = load_config(FilterConfig, config, cli_overrides(sets, store=store, agents=agents, as_of=as_of),
                       section="consent_filter")
     if cfg.store is None:
         raise ConfigError("consent check needs --store")
-    res = explain(SnapshotStore.load(cfg.store), url, date, cfg)
+    # One URL needs one origin: through the index when it is current (one bucket), else the whole store.
+    whole = not cfg.store.is_dir() or not index_current(cfg.store)
+    res = explain(SnapshotStore.load(cfg.store) if whole else IndexedStore(cfg.store), url, date, cfg)
     if json_out:
         print_json(res)
         return

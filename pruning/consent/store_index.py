@@ -91,7 +91,9 @@ def build_index(store: Path, buckets: int | None = None) -> dict:
         cols = {name: [getattr(s, name) for s in snaps] for name in FIELDS}
         pq.write_table(pa.table(cols, schema=SCHEMA), tmp / f"bucket-{b:05d}.parquet", compression="zstd")
     meta = {"buckets": buckets, "store_hash": fp, "captures": len(full), "origins": len(full.by_origin),
-            "torn_lines": full.torn_lines, "parts": len(list(store.glob("*.jsonl")))}
+            "torn_lines": full.torn_lines, "parts": len(list(store.glob("*.jsonl"))),
+            "first_date": min((lst[0].date for lst in full.by_origin.values()), default=None),
+            "last_date": max((lst[-1].date for lst in full.by_origin.values()), default=None)}
     atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
     old = store / INDEX
     if old.exists():
