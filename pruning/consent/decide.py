@@ -30,7 +30,7 @@ from glotta.config import StrictModel
 from glotta.pruning.consent.agents import AgentPolicy, resolve_policy
 from glotta.pruning.consent.base import Decision, DocFilter
 from glotta.pruning.consent.dates import parse_day
-from glotta.pruning.consent.robots import Robots
+from glotta.pruning.consent.robots import PathRules
 from glotta.pruning.consent.signals import (TOS_RESTRICTING, TdmRep, TosLabels, doc_content_usage, doc_noai,
                                             doc_tdm_reservation, license_match)
 from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
@@ -48,14 +48,14 @@ class DecideConfig(StrictModel):
     no_url: Literal["keep", "drop"] = "drop"  # documents whose url is missing or not http(s)
     drop_licenses: list[str] = []  # license tokens that drop a document, e.g. [NC, ND] (CC-BY-NC-4.0 -> nc)
     cache_origins: int = 100_000  # (origin, date) verdicts kept (~1 KiB each); all caches are cleared past it
-    cache_robots: int = 4096  # verdicts holding a parsed robots.txt (path checks, ~4-40 KiB each); those verdicts are dropped past it
+    cache_robots: int = 32_768  # verdicts holding path rules (~0.5 KiB + their rule set, shared when identical); those are dropped past it
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     fixed: Decision | None  # decides every document of the origin before path checks
     path_agents: tuple[str, ...]
-    robots: Robots | None
+    robots: PathRules | None  # only when path_agents: the rule walks of their groups
     tdm: TdmRep | None
     keep: Decision
     tos: Decision | None  # drop (enforce) for a restricting label
@@ -109,7 +109,7 @@ class ConsentFilter(DocFilter):
         self._fast: dict[tuple[str, str], Decision | Verdict] = {}
         self._path_drops: dict[tuple[int, str, str], Decision] = {}  # verdicts live as long as the filter
         self._days: dict[str, str] = {}  # raw crawl_date -> YYYY-MM-DD or '' (unreadable)
-        self._holding = 0  # cached verdicts that keep a parsed robots.txt alive (bounded by cache_robots)
+        self._holding = 0  # cached verdicts that hold path rules (bounded by cache_robots)
         self._licenses = frozenset(t.lower() for t in self.cfg.drop_licenses)
         self._unknown = self._verdict_without_snapshot()
 
@@ -121,7 +121,7 @@ class ConsentFilter(DocFilter):
             if len(self._by_date) >= self.cfg.cache_origins:
                 self.clear_caches()  # bounded memory: start over (cheap, rare)
             elif self._holding >= self.cfg.cache_robots:
-                self._forget_parsed()
+                self._forget_path_rules()
             snap, fallback = self.store.at(origin, date)
             if snap is None:
                 v = self._unknown
@@ -142,9 +142,9 @@ class ConsentFilter(DocFilter):
         self._path_drops.clear()
         self._holding = 0
 
-    def _forget_parsed(self) -> None:
-        """Drop the cached verdicts that hold a parsed robots.txt (path checks); the cheap
-        origin-level verdicts stay. One scan per cache_robots new parsed verdicts."""
+    def _forget_path_rules(self) -> None:
+        """Drop the cached verdicts that hold path rules (their rule sets may be held by nothing
+        else); the origin-level verdicts stay. One scan per cache_robots new such verdicts."""
         for cache in (self._by_date, self._by_snap, self._fast):
             for k in [k for k, v in cache.items() if getattr(v, "robots", None) is not None]:
                 del cache[k]
@@ -204,7 +204,8 @@ class ConsentFilter(DocFilter):
             return _verdict(signal, (), robots, tdm, signal, tos, snap.date, snap.sha256)
         reason = "robots_path_allowed" if path_agents else "robots_none"
         keep = Decision(True, reason, snapshot=snap.date, sha256=snap.sha256, flags=flags)
-        return _verdict(None, tuple(path_agents), robots, tdm, keep, tos, snap.date, snap.sha256)
+        rules = PathRules(robots, path_agents) if path_agents else None  # not the parsed file: memory
+        return _verdict(None, tuple(path_agents), rules, tdm, keep, tos, snap.date, snap.sha256)
 
     # ---- per document -------------------------------------------------------------------
     def _day(self, raw) -> str:

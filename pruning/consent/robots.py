@@ -422,6 +422,48 @@ class Robots:
         return "", 0
 
 
+class PathRules:
+    """What a cached per-origin verdict needs to match document paths, without the parsed file:
+    per agent the rule walk (shared by every robots.txt whose group has the same rules) and the
+    group evidence. A few hundred bytes, so verdicts of many origins can stay cached."""
+
+    __slots__ = ("rules", "evidence", "robots")
+
+    def __init__(self, robots: "Robots", agents) -> None:
+        self.rules = {}
+        for a in agents:
+            rs = robots._rulesets.get(a, False)
+            self.rules[a] = robots._ruleset(a) if rs is False else rs
+        self.evidence = {a: robots.group_evidence(a) for a in agents}
+        # protego internals not as expected ("public"): fall back to the parsed file (never with 0.7)
+        self.robots = robots if any(r == "public" for r in self.rules.values()) else None
+
+    quote = staticmethod(lambda path: _quote_path(path) if _quote_path is not None else path)
+
+    def group_evidence(self, agent: str) -> str:
+        return self.evidence[agent]
+
+    def path_decision(self, path: str, agent: str, quoted: str | None = None) -> tuple[bool, str]:
+        """Robots.path_decision for a parsed file, from the shared rule walk."""
+        rs = self.rules[agent]
+        if rs is None or path == "/robots.txt":  # no group; /robots.txt is always allowed (RFC 9309 2.2.2)
+            return True, ""
+        if rs == "public":
+            return self.robots.path_decision(path, agent, quoted)
+        ruleset, prefixes, lines, needs, plain_len, memo = rs
+        url = quoted if quoted is not None else _quote_path(path)
+        if plain_len:
+            key = url[:plain_len]
+            hit = memo.get(key)
+            if hit is None:
+                hit = Robots._walk(url, ruleset, prefixes, lines, needs)
+                if len(memo) >= MEMO_PATHS:
+                    memo.clear()
+                memo[key] = hit
+            return hit
+        return Robots._walk(url, ruleset, prefixes, lines, needs)
+
+
 def _yes_no(value: str) -> str:
     v = value.strip().lower()
     return "no" if v in ("no", "n") else "yes" if v in ("yes", "y") else ""
