@@ -47,7 +47,7 @@ class DecideConfig(StrictModel):
     unknown_host: Literal["keep", "drop"] = "keep"  # an origin with no snapshot at all
     no_url: Literal["keep", "drop"] = "drop"  # documents whose url is missing or not http(s)
     drop_licenses: list[str] = []  # license tokens that drop a document, e.g. [NC, ND] (CC-BY-NC-4.0 -> nc)
-    cache_origins: int = 100_000  # (origin, date) verdicts kept (~1 KiB each); all caches are cleared past it
+    cache_origins: int = 200_000  # (origin, date) verdicts kept (~0.7 KiB each); all caches are cleared past it
     cache_robots: int = 32_768  # verdicts holding path rules (~0.5 KiB + their rule set, shared when identical); those are dropped past it
 
 
@@ -118,19 +118,23 @@ class ConsentFilter(DocFilter):
         key = (origin, date)
         v = self._by_date.get(key)
         if v is None:
-            if len(self._by_date) >= self.cfg.cache_origins:
-                self.clear_caches()  # bounded memory: start over (cheap, rare)
-            elif self._holding >= self.cfg.cache_robots:
-                self._forget_path_rules()
-            snap, fallback = self.store.at(origin, date)
-            if snap is None:
-                v = self._unknown
-            else:
-                v = self._by_snap.get((snap.id, str(fallback)))
-                if v is None:
-                    v = self._by_snap[(snap.id, str(fallback))] = self._compile(snap, fallback)
-                    self._holding += v.robots is not None
-            self._by_date[key] = v
+            v = self._by_date[key] = self._capture_verdict(origin, date)
+        return v
+
+    def _capture_verdict(self, origin: str, date: str | None) -> Verdict:
+        """The verdict of the capture that applies, compiled once per capture (cached by capture)."""
+        if len(self._by_date) >= self.cfg.cache_origins or len(self._fast) >= self.cfg.cache_origins:
+            self.clear_caches()  # bounded memory: start over (cheap, rare)
+        elif self._holding >= self.cfg.cache_robots:
+            self._forget_path_rules()
+        snap, fallback = self.store.at(origin, date)
+        if snap is None:
+            return self._unknown
+        key = (snap.origin, snap.date, fallback)
+        v = self._by_snap.get(key)
+        if v is None:
+            v = self._by_snap[key] = self._compile(snap, fallback)
+            self._holding += v.robots is not None
         return v
 
     def clear_caches(self) -> None:
@@ -250,9 +254,10 @@ class ConsentFilter(DocFilter):
             return Decision(self.cfg.no_url == "keep", e.reason, rule=str(e))
         as_of = self.cfg.as_of
         if as_of == "crawl" and day:  # the common case: two dict lookups for most documents
-            v = self._by_date.get((origin, day)) or self.verdict(origin, day)
+            # one cache entry per (raw scheme://netloc, day): the fast path above finds it next time
+            v = self._capture_verdict(origin, day)
             head = _head(meta["url"])
-            if head is not None and len(self._fast) < 4 * self.cfg.cache_origins:
+            if head is not None:
                 self._fast[(head, day)] = v.fast if v.fast is not None else v
             if v.fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
                 return v.fast
