@@ -66,9 +66,12 @@ def index_current(store: Path) -> bool:
 
 
 def stale_message(store: Path, meta: dict) -> str:
-    return (f"{store}/{INDEX} is stale: it was built from another state of the store (index of "
-            f"{meta.get('store_hash', '?')[:12]}, store now {store_hash(store)[:12]}: JSONL parts were added or changed "
-            f"since it was built). Rebuild it once, before the filter: glotta consent index --store {store}")
+    if "store_hash" not in meta:
+        why = "it was built by an older glotta, without a store hash"
+    else:
+        why = (f"it was built from another state of the store (index of {meta['store_hash'][:12]}, store now "
+               f"{store_hash(store)[:12]}: JSONL parts were added or changed since it was built)")
+    return f"{store}/{INDEX} is stale: {why}. Rebuild it once, before the filter: glotta consent index --store {store}"
 
 
 def build_index(store: Path, buckets: int | None = None) -> dict:
