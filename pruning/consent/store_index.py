@@ -74,29 +74,85 @@ def stale_message(store: Path, meta: dict) -> str:
     return f"{store}/{INDEX} is stale: {why}. Rebuild it once, before the filter: glotta consent index --store {store}"
 
 
-def build_index(store: Path, buckets: int | None = None) -> dict:
+def _lines(store: Path, torn: list[int]):
+    """(file, line number, text) of every capture line, parts in name order (SnapshotStore.load's
+    order, so the later of two lines for one origin and date still wins); torn last lines counted."""
+    for file in sorted(store.glob("*.jsonl")):
+        with open(file, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if not line.endswith("\n"):  # the torn last line of a killed fetch
+                    torn[0] += 1
+                    continue
+                yield file, n, line
+
+
+def _snapshot(file: Path, n: int, line: str) -> Snapshot:
+    try:
+        return Snapshot(**json.loads(line))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise DataError(f"{file}:{n}: not a snapshot record: {e}") from None
+
+
+def build_index(store: Path, buckets: int | None = None, spill_bytes: int = 256 << 20) -> dict:
     """JSONL parts -> Parquet buckets by origin hash (written aside, then renamed into place).
-    Default bucket count: one per ~1,000 origins, at most 1,024."""
+    Default bucket count: one per ~1,000 origins, at most 1,024.
+
+    Streaming, so a 10^6-origin store (~12 GiB of JSONL) never sits in memory: pass 1 counts
+    origins (8-byte hashes) and dates; pass 2 routes each line to its bucket, spilling buffered
+    lines to per-bucket files past `spill_bytes`; then each bucket is sorted and written alone."""
     store = Path(store)
     if not store.is_dir():
         raise DataError(f"{store}: the origin index needs a store directory")
     t0 = time.monotonic()
     fp = store_hash(store)
-    full = SnapshotStore.load(store)
+    hashes: set[int] = set()
+    captures, first, last, torn = 0, None, None, [0]
+    for file, n, line in _lines(store, torn):
+        snap = _snapshot(file, n, line)
+        hashes.add(owner(snap.origin, 1 << 63))
+        captures += 1
+        first = snap.date if first is None or snap.date < first else first
+        last = snap.date if last is None or snap.date > last else last
+    origins = len(hashes)
+    del hashes
     if buckets is None:
-        buckets = max(1, min(1024, len(full.by_origin) // 1000))
+        buckets = max(1, min(1024, origins // 1000))
     tmp = store / f".{INDEX}.tmp{time.time_ns()}"
     tmp.mkdir()
-    rows: list[list[Snapshot]] = [[] for _ in range(buckets)]
-    for origin, snaps in full.by_origin.items():
-        rows[owner(origin, buckets)].extend(snaps)
-    for b, snaps in enumerate(rows):
-        cols = {name: [getattr(s, name) for s in snaps] for name in FIELDS}
+    held: list[list[str]] = [[] for _ in range(buckets)]
+    held_bytes, spilled = 0, set()
+
+    def spill() -> None:
+        for b, lines in enumerate(held):
+            if lines:
+                with open(tmp / f"spill-{b:05d}.jsonl", "a", encoding="utf-8") as f:
+                    f.writelines(lines)
+                spilled.add(b)
+                lines.clear()
+
+    for file, n, line in _lines(store, [0]):
+        origin = json.loads(line)["origin"]
+        held[owner(origin, buckets)].append(line)
+        held_bytes += len(line)
+        if held_bytes > spill_bytes:
+            spill()
+            held_bytes = 0
+    for b in range(buckets):
+        lines = held[b]
+        if b in spilled:  # spilled lines came first: keep the global order
+            path = tmp / f"spill-{b:05d}.jsonl"
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True) + lines
+            path.unlink()
+        part = SnapshotStore([_snapshot(tmp, i, line) for i, line in enumerate(lines, 1)])  # sorted per origin
+        held[b] = []
+        snaps = [x for lst in part.by_origin.values() for x in lst]
+        cols = {name: [getattr(x, name) for x in snaps] for name in FIELDS}
         pq.write_table(pa.table(cols, schema=SCHEMA), tmp / f"bucket-{b:05d}.parquet", compression="zstd")
-    meta = {"buckets": buckets, "store_hash": fp, "captures": len(full), "origins": len(full.by_origin),
-            "torn_lines": full.torn_lines, "parts": len(list(store.glob("*.jsonl"))),
-            "first_date": min((lst[0].date for lst in full.by_origin.values()), default=None),
-            "last_date": max((lst[-1].date for lst in full.by_origin.values()), default=None)}
+    meta = {"buckets": buckets, "store_hash": fp, "captures": captures, "origins": origins,
+            "torn_lines": torn[0], "parts": len(list(store.glob("*.jsonl"))), "first_date": first, "last_date": last,
+            "spilled_buckets": len(spilled)}
     atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
     old = store / INDEX
     if old.exists():
@@ -200,7 +256,10 @@ def run_index(cfg: IndexConfig) -> dict:
         raise ConfigError(f"buckets: expected 1..65536, got {cfg.buckets}")
     before, _ = index_state(cfg.store) if Path(cfg.store).is_dir() else ("missing", {})
     if cfg.strict:
-        torn = SnapshotStore.load(cfg.store).torn_lines
+        counted = [0]
+        for _ in _lines(Path(cfg.store), counted):  # no parsing: only the torn last lines are counted
+            pass
+        torn = counted[0]
         if torn:
             raise DataError(f"{cfg.store}: {torn} torn last line(s) in JSONL parts (a killed fetch; strict). "
                             "Rerun the fetch to resume it, or build without --strict to skip them (counted).")

@@ -23,8 +23,8 @@ def test_indexed_store_decides_like_the_whole_store(tmp_path):
     store = tmp_path / "store"
     SnapshotStore.append(store / "import.jsonl", snaps)
     assert not index_current(store)
-    meta = build_index(store, buckets=16)
-    assert meta["origins"] == 300 and index_current(store)
+    meta = build_index(store, buckets=16, spill_bytes=2048)  # spills many times on the way: same index
+    assert meta["origins"] == 300 and meta["spilled_buckets"] == 16 and index_current(store)
     lazy = IndexedStore(store, max_buckets=2)
     full = SnapshotStore.load(store)
     cfg = DecideConfig(cache_origins=50)  # tiny caches: cleared many times on the way
