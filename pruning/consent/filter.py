@@ -34,12 +34,14 @@ URL_REASONS = {"no_url", "bad_scheme", "no_host", "bad_host"}
 
 class FilterConfig(DecideConfig):
     shards: Path | None = None  # input shard set (directory with manifest.json or *.tar)
-    store: Path | None = None  # snapshots.jsonl
+    store: Path | None = None  # snapshot store: a directory of JSONL parts (indexed) or one .jsonl file (read whole)
     out: Path | None = None  # output directory
     rewrite: bool = False  # also write the kept documents as a new shard set under out/shards
     strict: bool = False  # a document without a usable url, or a corrupt shard, is an error
     shard_samples: int = 10_000  # samples per rewritten shard
-    index: bool = True  # load the store through its origin-hash Parquet index (built by rank 0 if stale)
+    # load the store through its origin-hash Parquet index (rank 0 builds a missing one; a stale one
+    # is refused: `glotta consent index` rebuilds it)
+    index: bool = True
     max_buckets: int = 1024  # index buckets a rank keeps loaded (1024 = all: loads only those its docs touch, never evicts)
 
 
@@ -66,7 +68,7 @@ def _fingerprint(run_id: str, shards: list[Path]) -> str:
 
 def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | None = None) -> dict:
     if cfg.shards is None or cfg.store is None or cfg.out is None:
-        raise ConfigError("consent filter needs shards, store and out (e.g. --store snapshots.jsonl --out consent/)")
+        raise ConfigError("consent filter needs shards, store and out (e.g. shards/ --store snapshots/ --out consent/)")
     if rank is None or world_size is None:
         rank, world_size = rank_world()
     shards = list_shards(cfg.shards)
