@@ -47,7 +47,7 @@ class DecideConfig(StrictModel):
     unknown_host: Literal["keep", "drop"] = "keep"  # an origin with no snapshot at all
     no_url: Literal["keep", "drop"] = "drop"  # documents whose url is missing or not http(s)
     drop_licenses: list[str] = []  # license tokens that drop a document, e.g. [NC, ND] (CC-BY-NC-4.0 -> nc)
-    cache_origins: int = 200_000  # (origin, date) verdicts kept (~0.7 KiB each); all caches are cleared past it
+    cache_origins: int = 200_000  # (netloc, day) entries kept (~1.1 KiB each with their verdict); all caches are cleared past it
     cache_robots: int = 32_768  # verdicts holding path rules (~0.5 KiB + their rule set, shared when identical); those are dropped past it
 
 
