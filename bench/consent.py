@@ -11,8 +11,11 @@ as of crawl time.
 End to end (`--e2e-docs`, default 1,000,000): `run_filter` on real shards in a child process
 (reading tar shards, deciding, writing the Parquet audit and exclude list), CPU time and peak RSS
 of that process; with the origin-indexed store (ours) vs loading the whole store (baseline), and
-ours again on a quarter of the documents, to show that memory does not follow the document count.
-Run: python bench/consent.py [--docs N] [--origins N] [--e2e-docs N]
+ours again on a quarter of the documents, to show that memory does not follow the document count
+(printed as the ratio of the two peaks). With --before DIR (a folder holding an older source tree
+as glotta/, e.g. `git archive <commit>` laid out like the installed package) that code runs on the
+same shards too, for a before/after figure.
+Run: python bench/consent.py [--docs N] [--origins N] [--e2e-docs N] [--before DIR]
 """
 from __future__ import annotations
 
