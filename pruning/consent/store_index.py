@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import time
 from collections import OrderedDict
@@ -88,6 +89,15 @@ def _lines(store: Path, torn: list[int]):
                 yield file, n, line
 
 
+_ORIGIN = re.compile(r'\{"origin": "([^"\\]*)"')  # how SnapshotStore.append writes a line
+
+
+def _origin_of(file: Path, n: int, line: str) -> str:
+    """The origin of a capture line without parsing the rest (its body can be 500 KiB)."""
+    m = _ORIGIN.match(line)
+    return m.group(1) if m else _snapshot(file, n, line).origin
+
+
 def _snapshot(file: Path, n: int, line: str) -> Snapshot:
     try:
         return Snapshot(**json.loads(line))
@@ -110,11 +120,7 @@ def build_index(store: Path, buckets: int | None = None, spill_bytes: int = 256 
     hashes: set[int] = set()
     captures, first, last, torn = 0, None, None, [0]
     for file, n, line in _lines(store, torn):
-        snap = _snapshot(file, n, line)
-        hashes.add(owner(snap.origin, 1 << 63))
-        captures += 1
-        first = snap.date if first is None or snap.date < first else first
-        last = snap.date if last is None or snap.date > last else last
+        hashes.add(owner(_origin_of(file, n, line), 1 << 63))
     origins = len(hashes)
     del hashes
     if buckets is None:
@@ -133,8 +139,7 @@ def build_index(store: Path, buckets: int | None = None, spill_bytes: int = 256 
                 lines.clear()
 
     for file, n, line in _lines(store, [0]):
-        origin = json.loads(line)["origin"]
-        held[owner(origin, buckets)].append(line)
+        held[owner(_origin_of(file, n, line), buckets)].append(line)
         held_bytes += len(line)
         if held_bytes > spill_bytes:
             spill()
@@ -148,6 +153,10 @@ def build_index(store: Path, buckets: int | None = None, spill_bytes: int = 256 
         part = SnapshotStore([_snapshot(tmp, i, line) for i, line in enumerate(lines, 1)])  # sorted per origin
         held[b] = []
         snaps = [x for lst in part.by_origin.values() for x in lst]
+        captures += len(snaps)
+        for lst in part.by_origin.values():
+            first = lst[0].date if first is None or lst[0].date < first else first
+            last = lst[-1].date if last is None or lst[-1].date > last else last
         cols = {name: [getattr(x, name) for x in snaps] for name in FIELDS}
         pq.write_table(pa.table(cols, schema=SCHEMA), tmp / f"bucket-{b:05d}.parquet", compression="zstd")
     meta = {"buckets": buckets, "store_hash": fp, "captures": captures, "origins": origins,
