@@ -11,8 +11,11 @@ as of crawl time.
 End to end (`--e2e-docs`, default 1,000,000): `run_filter` on real shards in a child process
 (reading tar shards, deciding, writing the Parquet audit and exclude list), CPU time and peak RSS
 of that process; with the origin-indexed store (ours) vs loading the whole store (baseline), and
-ours again on a quarter of the documents, to show that memory does not follow the document count.
-Run: python bench/consent.py [--docs N] [--origins N] [--e2e-docs N]
+ours again on a quarter of the documents, to show that memory does not follow the document count
+(printed as the ratio of the two peaks). With --before DIR (a folder holding an older source tree
+as glotta/, e.g. `git archive <commit>` laid out like the installed package) that code runs on the
+same shards too, for a before/after figure.
+Run: python bench/consent.py [--docs N] [--origins N] [--e2e-docs N] [--before DIR]
 """
 from __future__ import annotations
 
@@ -129,8 +132,10 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True)
+def run_child(*args: str, code: str | None = None) -> dict:
+    """A fresh process; with `code`, a source tree of an older glotta put first on the path (before/after)."""
+    env = dict(os.environ, PYTHONPATH=code) if code else None
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -156,6 +161,8 @@ def main() -> None:
     ap.add_argument("--naive-docs", type=int, default=4_000)
     ap.add_argument("--repeat", type=int, default=3, help="warm passes; the best is reported")
     ap.add_argument("--e2e-docs", type=int, default=1_000_000, help="documents of the end-to-end run (0: skip)")
+    ap.add_argument("--before", default=None, help="a folder holding an older source tree as glotta/ (e.g. from "
+                    "`git archive`), run end to end on the same shards for a before/after figure")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -241,13 +248,20 @@ def end_to_end(store: SnapshotStore, args) -> None:
                 "ours, 1/4 of the docs": run_child(str(small), str(st), str(root / "o2"), "1"),
                 "baseline (whole store)": run_child(str(big), str(st), str(root / "o3"), "0"),
             }
+            if args.before:
+                runs["before this change"] = run_child(str(big), str(st), str(root / "o4"), "1", code=args.before)
         print(f"end to end `consent filter` (read shards, decide, write audit), {args.origins:,} origins, one process:")
         for name, r in runs.items():
             print(f"  {name:<24}: {r['docs']:>10,} docs  {r['docs'] / r['cpu_s']:10,.0f} docs/s per core  "
                   f"peak RSS {r['maxrss_mib']:8,.0f} MiB  (index buckets loaded: {r['bucket_loads']:,})")
-        a, b = runs["ours (origin index)"], runs["baseline (whole store)"]
-        print(f"  ratio ours / baseline: speed {(a['docs'] / a['cpu_s']) / (b['docs'] / b['cpu_s']):.2f}x, "
-              f"peak memory {a['maxrss_mib'] / b['maxrss_mib']:.2f}x")
+        a, b, q = runs["ours (origin index)"], runs["baseline (whole store)"], runs["ours, 1/4 of the docs"]
+        rate = lambda r: r["docs"] / r["cpu_s"]  # noqa: E731
+        print(f"  ratio ours / baseline: speed {rate(a) / rate(b):.2f}x, peak memory {a['maxrss_mib'] / b['maxrss_mib']:.2f}x")
+        print(f"  peak memory, {a['docs']:,} docs / {q['docs']:,} docs: {a['maxrss_mib'] / q['maxrss_mib']:.3f}x "
+              "(1.00 = independent of the number of documents)")
+        if "before this change" in runs:
+            c = runs["before this change"]
+            print(f"  ratio ours / before: speed {rate(a) / rate(c):.2f}x, peak memory {a['maxrss_mib'] / c['maxrss_mib']:.2f}x")
 
 
 if __name__ == "__main__":

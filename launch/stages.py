@@ -237,15 +237,19 @@ def consent_stage(cfg: PipelineConfig, run: RunLayout, origins: Origins) -> Stag
 
     c, out = cfg.consent, run.consent
     check_sets(FilterConfig, c.set, "consent.set", origins, "glotta consent filter")
-    cmds, inputs = [], [run.data]
+    cmds, names, inputs = [], [], [run.data]
     store = c.store
     if c.robots is not None:
         store = out / "store"
         files = sorted(str(p) for p in Path(c.robots).glob("*/*.txt"))
         cmds.append(glotta_cmd("consent", "import", *files, "--store", store, "--json"))
+        names.append("consent-import")
         inputs += files
     else:
         inputs.append(store)
+    if Path(store).suffix != ".jsonl":  # a store directory: index it once, before the ranks read it
+        cmds.append(glotta_cmd("consent", "index", "--store", store, "--json"))
+        names.append("consent-index")
     cmds.append(
         torchrun_cmd(
             cfg.nproc, "consent", "filter", run.data, "--store", store, "--out", out, "--agents", c.agents,
@@ -253,10 +257,9 @@ def consent_stage(cfg: PipelineConfig, run: RunLayout, origins: Origins) -> Stag
         )
     )  # fmt: skip
     cmds.append(glotta_cmd("consent", "report", out, "--store", store, "--png", out / "consent.png", "--json"))
-    n = len(cmds)
+    names += ["consent-filter", "consent-report"]
     return Stage("consent", cmds, outputs=[run.consent_shards, run.consent_exclude], inputs=inputs,
-                 reports=[out / "summary.json", out / "consent.png"],
-                 report_names={**({0: "consent-import"} if n == 3 else {}), n - 2: "consent-filter", n - 1: "consent-report"})
+                 reports=[out / "summary.json", out / "consent.png"], report_names=dict(enumerate(names)))
 
 
 def tokenizer_stage(cfg: PipelineConfig, run: RunLayout, shards: Path, origins: Origins) -> Stage:

@@ -102,6 +102,31 @@ def fetch_(
     print_json(res) if json_out else print_counters(f"consent fetch -> {res['store']} ({res['date']})", res["counters"])
 
 
+@app.command("index")
+@guarded
+def index_(
+    store: StoreOpt = None,
+    buckets: Annotated[Optional[int], typer.Option(help="Buckets by origin hash (default: one per ~1,000 origins, <= 1,024).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    strict: StrictOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build the origin-hash Parquet index of a snapshot store (run after fetch/import, before filter/report).
+
+    `consent filter` reads the store through it and refuses a stale one."""
+    from glotta.pruning.consent.store_index import IndexConfig, run_index
+
+    cfg = load_config(IndexConfig, config, cli_overrides(sets, store=store, buckets=buckets, strict=strict or None), section="consent_index")
+    res = run_index(cfg)
+    if json_out:
+        print_json(res)
+        return
+    print_counters(f"consent index ({res['was']} before)",
+                   {k: res[k] for k in ("origins", "captures", "buckets", "parts", "torn_lines")})
+    print(f"{res['index']}: store hash {res['store_hash'][:16]}, built in {res['seconds']:.1f} s")
+
+
 @app.command("filter")
 @guarded
 def filter_(
@@ -164,12 +189,15 @@ def check_(
     from glotta.pruning.consent.decide import explain
     from glotta.pruning.consent.filter import FilterConfig
     from glotta.pruning.consent.snapshots import SnapshotStore
+    from glotta.pruning.consent.store_index import IndexedStore, index_current
 
     cfg = load_config(FilterConfig, config, cli_overrides(sets, store=store, agents=agents, as_of=as_of),
                       section="consent_filter")
     if cfg.store is None:
         raise ConfigError("consent check needs --store")
-    res = explain(SnapshotStore.load(cfg.store), url, date, cfg)
+    # One URL needs one origin: through the index when it is current (one bucket), else the whole store.
+    whole = not cfg.store.is_dir() or not index_current(cfg.store)
+    res = explain(SnapshotStore.load(cfg.store) if whole else IndexedStore(cfg.store), url, date, cfg)
     if json_out:
         print_json(res)
         return

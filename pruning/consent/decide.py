@@ -30,7 +30,7 @@ from glotta.config import StrictModel
 from glotta.pruning.consent.agents import AgentPolicy, resolve_policy
 from glotta.pruning.consent.base import Decision, DocFilter
 from glotta.pruning.consent.dates import parse_day
-from glotta.pruning.consent.robots import Robots
+from glotta.pruning.consent.robots import PathRules
 from glotta.pruning.consent.signals import (TOS_RESTRICTING, TdmRep, TosLabels, doc_content_usage, doc_noai,
                                             doc_tdm_reservation, license_match)
 from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
@@ -47,14 +47,15 @@ class DecideConfig(StrictModel):
     unknown_host: Literal["keep", "drop"] = "keep"  # an origin with no snapshot at all
     no_url: Literal["keep", "drop"] = "drop"  # documents whose url is missing or not http(s)
     drop_licenses: list[str] = []  # license tokens that drop a document, e.g. [NC, ND] (CC-BY-NC-4.0 -> nc)
-    cache_origins: int = 200_000  # (origin, date) verdicts kept; all caches are cleared past it
+    cache_origins: int = 200_000  # (netloc, day) entries kept (~1.1 KiB each with their verdict); all caches are cleared past it
+    cache_robots: int = 32_768  # verdicts holding path rules (~0.5 KiB + their rule set, shared when identical); those are dropped past it
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     fixed: Decision | None  # decides every document of the origin before path checks
     path_agents: tuple[str, ...]
-    robots: Robots | None
+    robots: PathRules | None  # only when path_agents: the rule walks of their groups
     tdm: TdmRep | None
     keep: Decision
     tos: Decision | None  # drop (enforce) for a restricting label
@@ -64,6 +65,8 @@ class Verdict:
 
 
 def _verdict(fixed, path_agents, robots, tdm, keep, tos, snap_date, sha256) -> Verdict:
+    if not path_agents:  # only path checks read the parsed robots.txt: do not keep it alive (memory)
+        robots = None
     if fixed is not None and not fixed.keep:
         fast = fixed
     elif not path_agents and tdm is None:
@@ -106,6 +109,7 @@ class ConsentFilter(DocFilter):
         self._fast: dict[tuple[str, str], Decision | Verdict] = {}
         self._path_drops: dict[tuple[int, str, str], Decision] = {}  # verdicts live as long as the filter
         self._days: dict[str, str] = {}  # raw crawl_date -> YYYY-MM-DD or '' (unreadable)
+        self._holding = 0  # cached verdicts that hold path rules (bounded by cache_robots)
         self._licenses = frozenset(t.lower() for t in self.cfg.drop_licenses)
         self._unknown = self._verdict_without_snapshot()
 
@@ -114,20 +118,47 @@ class ConsentFilter(DocFilter):
         key = (origin, date)
         v = self._by_date.get(key)
         if v is None:
-            if len(self._by_date) >= self.cfg.cache_origins:  # bounded memory: start over (cheap, rare)
-                self._by_date.clear()
-                self._by_snap.clear()
-                self._fast.clear()
-                self._path_drops.clear()
-            snap, fallback = self.store.at(origin, date)
-            if snap is None:
-                v = self._unknown
-            else:
-                v = self._by_snap.get((snap.id, str(fallback)))
-                if v is None:
-                    v = self._by_snap[(snap.id, str(fallback))] = self._compile(snap, fallback)
-            self._by_date[key] = v
+            v = self._by_date[key] = self._capture_verdict(origin, date)
         return v
+
+    def _capture_verdict(self, origin: str, date: str | None) -> Verdict:
+        """The verdict of the capture that applies, compiled once per capture (cached by capture)."""
+        if len(self._by_date) >= self.cfg.cache_origins or len(self._fast) >= self.cfg.cache_origins:
+            self.clear_caches()  # bounded memory: start over (cheap, rare)
+        elif self._holding >= self.cfg.cache_robots:
+            self._forget_path_rules()
+        snap, fallback = self.store.at(origin, date)
+        if snap is None:
+            return self._unknown
+        key = (snap.origin, snap.date, fallback)
+        v = self._by_snap.get(key)
+        if v is None:
+            v = self._by_snap[key] = self._compile(snap, fallback)
+            self._holding += v.robots is not None
+        return v
+
+    def clear_caches(self) -> None:
+        """Forget every cached verdict. What the caches hold is bounded by cache_origins entries and
+        cache_robots parsed robots.txt, never by the number of documents seen."""
+        self._by_date.clear()
+        self._by_snap.clear()
+        self._fast.clear()
+        self._path_drops.clear()
+        self._holding = 0
+
+    def _forget_path_rules(self) -> None:
+        """Drop the cached verdicts that hold path rules (their rule sets may be held by nothing
+        else); the origin-level verdicts stay. One scan per cache_robots new such verdicts."""
+        for cache in (self._by_date, self._by_snap, self._fast):
+            for k in [k for k, v in cache.items() if getattr(v, "robots", None) is not None]:
+                del cache[k]
+        self._path_drops.clear()
+        self._holding = 0
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries held per cache (a test checks that they stop growing with the documents)."""
+        return {"by_date": len(self._by_date), "by_snap": len(self._by_snap), "fast": len(self._fast),
+                "path_drops": len(self._path_drops), "days": len(self._days), "holding_robots": self._holding}
 
     def _verdict_without_snapshot(self) -> Verdict:
         if self.cfg.unknown_host == "drop":
@@ -177,14 +208,15 @@ class ConsentFilter(DocFilter):
             return _verdict(signal, (), robots, tdm, signal, tos, snap.date, snap.sha256)
         reason = "robots_path_allowed" if path_agents else "robots_none"
         keep = Decision(True, reason, snapshot=snap.date, sha256=snap.sha256, flags=flags)
-        return _verdict(None, tuple(path_agents), robots, tdm, keep, tos, snap.date, snap.sha256)
+        rules = PathRules(robots, path_agents) if path_agents else None  # not the parsed file: memory
+        return _verdict(None, tuple(path_agents), rules, tdm, keep, tos, snap.date, snap.sha256)
 
     # ---- per document -------------------------------------------------------------------
     def _day(self, raw) -> str:
         """crawl_date -> `YYYY-MM-DD`, '' when unreadable (see dates.py); memoised, bounded."""
         day = parse_day(raw) or ""
         if isinstance(raw, str):
-            if len(self._days) >= 1 << 20:
+            if len(self._days) >= 1 << 16:  # distinct raw timestamps can be one per document
                 self._days.clear()
             self._days[raw] = day
         return day
@@ -222,9 +254,10 @@ class ConsentFilter(DocFilter):
             return Decision(self.cfg.no_url == "keep", e.reason, rule=str(e))
         as_of = self.cfg.as_of
         if as_of == "crawl" and day:  # the common case: two dict lookups for most documents
-            v = self._by_date.get((origin, day)) or self.verdict(origin, day)
+            # one cache entry per (raw scheme://netloc, day): the fast path above finds it next time
+            v = self._capture_verdict(origin, day)
             head = _head(meta["url"])
-            if head is not None and len(self._fast) < 4 * self.cfg.cache_origins:
+            if head is not None:
                 self._fast[(head, day)] = v.fast if v.fast is not None else v
             if v.fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
                 return v.fast

@@ -14,17 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from glotta.data.manifest import atomic_write_text, merge_parts, save_part
 from glotta.data.shards import ShardWriter, iter_samples, list_shards
 from glotta.errors import ConfigError, DataError
 from glotta.progress import track
+from glotta.pruning.consent.audit import AUDIT_SCHEMA, AuditWriter  # noqa: F401 (AUDIT_SCHEMA: re-exported)
 from glotta.pruning.consent.decide import ConsentFilter, DecideConfig
 from glotta.pruning.consent.snapshots import store_fingerprint
 from glotta.pruning.consent.store_index import open_store
@@ -32,23 +31,17 @@ from glotta.pruning.consent.urls import BadURL, registrable_domain, split_url
 
 URL_REASONS = {"no_url", "bad_scheme", "no_host", "bad_host"}
 
-AUDIT_SCHEMA = pa.schema([
-    ("shard", pa.string()), ("key", pa.string()), ("url", pa.string()), ("origin", pa.string()),
-    ("reg_domain", pa.string()), ("lang", pa.string()), ("bytes", pa.int64()), ("crawl_date", pa.string()),
-    ("decision", pa.string()), ("reason", pa.string()), ("agent", pa.string()), ("rule", pa.string()),
-    ("snapshot_date", pa.string()), ("snapshot_sha256", pa.string()), ("flags", pa.string()),
-    ("policy", pa.string()), ("policy_version", pa.string()), ("as_of", pa.string()), ("group", pa.string()),
-])
-
 
 class FilterConfig(DecideConfig):
     shards: Path | None = None  # input shard set (directory with manifest.json or *.tar)
-    store: Path | None = None  # snapshots.jsonl
+    store: Path | None = None  # snapshot store: a directory of JSONL parts (indexed) or one .jsonl file (read whole)
     out: Path | None = None  # output directory
     rewrite: bool = False  # also write the kept documents as a new shard set under out/shards
     strict: bool = False  # a document without a usable url, or a corrupt shard, is an error
     shard_samples: int = 10_000  # samples per rewritten shard
-    index: bool = True  # load the store through its origin-hash Parquet index (built by rank 0 if stale)
+    # load the store through its origin-hash Parquet index (rank 0 builds a missing one; a stale one
+    # is refused: `glotta consent index` rebuilds it)
+    index: bool = True
     max_buckets: int = 1024  # index buckets a rank keeps loaded (1024 = all: loads only those its docs touch, never evicts)
 
 
@@ -75,7 +68,7 @@ def _fingerprint(run_id: str, shards: list[Path]) -> str:
 
 def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | None = None) -> dict:
     if cfg.shards is None or cfg.store is None or cfg.out is None:
-        raise ConfigError("consent filter needs shards, store and out (e.g. --store snapshots.jsonl --out consent/)")
+        raise ConfigError("consent filter needs shards, store and out (e.g. shards/ --store snapshots/ --out consent/)")
     if rank is None or world_size is None:
         rank, world_size = rank_world()
     shards = list_shards(cfg.shards)
@@ -98,54 +91,39 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
     tmp_audit, tmp_excl = audit_path.with_name("." + audit_path.name + ".tmp"), excl_path.with_name("." + excl_path.name + ".tmp")
     read = Counter()
     rewriter = ShardWriter(out / "shards", prefix="consent", rank=rank, max_samples=cfg.shard_samples) if cfg.rewrite else None
-    policy, version, as_of = filt.policy.name, filt.policy.version, cfg.as_of
-    cols: dict[str, list] = {name: [] for name in AUDIT_SCHEMA.names}
+    policy, version = filt.policy.name, filt.policy.version
     examples: dict[str, list[str]] = {}  # counter -> the first documents it counted, named
-    with pq.ParquetWriter(tmp_audit, AUDIT_SCHEMA, compression="zstd") as writer, open(tmp_excl, "w", encoding="utf-8") as excl:
-
-        def flush() -> None:
-            if cols["key"]:
-                writer.write_table(pa.table(cols, schema=AUDIT_SCHEMA))
-                for v in cols.values():
-                    v.clear()
-
-        try:
+    audit = AuditWriter(tmp_audit, policy, version, cfg.as_of)
+    # Nothing per document is kept: each row goes to a bounded record batch, each drop to the
+    # exclude file, each kept document (with --rewrite) to the shard writer.
+    try:
+        with open(tmp_excl, "w", encoding="utf-8") as excl:
             for shard in track(mine, "consent filter"):
                 for s in iter_samples(shard, counters=read, strict=cfg.strict):
                     d = filt(s)
-                    if cfg.strict and d.reason in URL_REASONS:
-                        raise DataError(f"{s.id}: {d.rule or d.reason} (strict: every document needs an http(s) url)")
+                    meta = s.meta
                     if d.flags and "bad_crawl_date" in d.flags:
                         if cfg.strict:
-                            raise DataError(f"{s.id}: crawl_date {s.meta.get('crawl_date')!r} is not ISO 8601, "
+                            raise DataError(f"{s.id}: crawl_date {meta.get('crawl_date')!r} is not ISO 8601, "
                                             "RFC 2822, YYYYMMDD or a 14-digit Wayback timestamp (strict)")
-                        _example(examples, "bad_crawl_date", s.id, s.meta.get("crawl_date"))
+                        _example(examples, "bad_crawl_date", s.id, meta.get("crawl_date"))
                     elif d.reason in URL_REASONS:
-                        _example(examples, d.reason, s.id, s.meta.get("url"))
-                    url = s.meta.get("url")
-                    try:
-                        origin = split_url(url)[0]
-                        reg = registrable_domain(origin)
-                    except BadURL:
-                        origin = reg = ""
-                    crawl = s.meta.get("crawl_date")
-                    row = (s.shard, s.key, url if isinstance(url, str) else None, origin, reg, s.lang,
-                           len(s.text.encode("utf-8")), crawl if isinstance(crawl, str) else None,
-                           "keep" if d.keep else "drop", d.reason, d.agent, d.rule, d.snapshot, d.sha256,
-                           ",".join(d.flags), policy, version, as_of, d.group)
-                    for name, value in zip(AUDIT_SCHEMA.names, row):
-                        cols[name].append(value)
-                    if len(cols["key"]) >= 8192:
-                        flush()
+                        if cfg.strict:
+                            raise DataError(f"{s.id}: {d.rule or d.reason} (strict: every document needs an http(s) url)")
+                        _example(examples, d.reason, s.id, meta.get("url"))
+                    text = s.text
+                    audit.add(s.shard, s.key, meta.get("url"), meta.get("lang") or "und",
+                              len(text) if text.isascii() else len(text.encode("utf-8")), meta.get("crawl_date"), d)
                     if not d.keep:
-                        excl.write(s.id + "\n")
+                        excl.write(f"{s.shard}/{s.key}\n")
                     elif rewriter is not None:
                         rewriter.write(s)
-            flush()
-        except BaseException:
-            if rewriter is not None:
-                rewriter.abort()
-            raise
+        audit.close()
+    except BaseException:
+        audit.writer.close()
+        if rewriter is not None:
+            rewriter.abort()
+        raise
     os.replace(tmp_audit, audit_path)
     os.replace(tmp_excl, excl_path)
     if rewriter is not None:
@@ -163,6 +141,19 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
                                               "counters": dict(counters), "examples": examples}, indent=1) + "\n")
     atomic_write_text(done, fp + "\n")
     return _finish(out, world_size, rank, counters, run_id, skipped=False)
+
+
+def _concat_atomic(parts: list[Path], target: Path) -> None:
+    """Concatenate the ranks' exclude parts into `target` without holding them in memory
+    (10^9 lines at the largest scale), then rename into place."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as dst:
+        for p in parts:
+            with open(p, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, target)
 
 
 def _example(examples: dict[str, list[str]], counter: str, doc_id: str, value) -> None:
@@ -189,10 +180,7 @@ def _finish(out: Path, world_size: int, rank: int, counters: Counter, run_id: st
         total.update(st["counters"])
         for k, v in st.get("examples", {}).items():
             examples.setdefault(k, []).extend(v[: 20 - len(examples.get(k, []))])
-    lines = []
-    for r in range(world_size):
-        lines.extend((out / "exclude" / f"part-{r:05d}.txt").read_text(encoding="utf-8").splitlines())
-    atomic_write_text(out / "exclude.txt", "".join(line + "\n" for line in lines))
+    _concat_atomic([out / "exclude" / f"part-{r:05d}.txt" for r in range(world_size)], out / "exclude.txt")
     atomic_write_text(out / "summary.json", json.dumps({"world_size": world_size, "counters": dict(total),
                                                         "examples": examples}, indent=1) + "\n")
     result.update(merged=True, total=dict(total), exclude=str(out / "exclude.txt"), examples=examples)

@@ -21,11 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from glotta.config import StrictModel
 from glotta.errors import ConfigError, DataError
 from glotta.pruning.consent.agents import ORGANISATIONS, STAR, TRAINING
-from glotta.pruning.consent.snapshots import SnapshotStore
+from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
+from glotta.pruning.consent.store_index import INDEX, build_index, index_state, stale_message
+from glotta.pruning.consent.urls import owner
 
 RANK = {"no_snapshot": 0, "no_robots": 1, "none": 2, "some": 3, "unreachable": 4, "all": 5}
 STATUSES = ("all", "unreachable", "some", "none", "no_robots", "no_snapshot")
@@ -121,32 +124,57 @@ def decisions(dataset: ds.Dataset) -> dict:
     }
 
 
-def monthly(dataset: ds.Dataset, store: SnapshotStore, months: int) -> list[dict]:
+def _captures(store: Path, origins: set[str]):
+    """(first capture date, last capture date, iterator of (origin, its captures sorted by date)) for
+    the audited origins. A store directory is read through its origin index, one bucket at a time
+    and only the buckets of those origins; a single .jsonl file (small stores) is read whole."""
+    store = Path(store)
+    if not store.is_dir():
+        whole = SnapshotStore.load(store)
+        dates = [s.date for lst in whole.by_origin.values() for s in lst]
+        items = ((o, whole.by_origin[o]) for o in sorted(origins) if o in whole.by_origin)
+        return (min(dates) if dates else None), (max(dates) if dates else None), items, whole
+    state, meta = index_state(store)
+    if state == "stale":
+        raise DataError(stale_message(store, meta))
+    if state == "missing" or "first_date" not in meta:  # none yet, or built before the date range was recorded
+        meta = build_index(store)
+    root, n = store / INDEX, int(meta["buckets"])
+    files = [root / f"bucket-{b:05d}.parquet" for b in range(n)]
+    lo, hi = meta.get("first_date"), meta.get("last_date")  # the month axis spans every capture of the store
+    parser = SnapshotStore()  # parses robots.txt (cached by content, bounded); holds no captures
+
+    def items():
+        wanted: dict[int, list[str]] = defaultdict(list)
+        for o in origins:
+            wanted[owner(o, n)].append(o)
+        for b in sorted(wanted):
+            t = pq.read_table(files[b])
+            t = t.filter(pc.is_in(t["origin"], value_set=pa.array(wanted[b], pa.string())))
+            part = SnapshotStore([Snapshot(**row) for row in t.to_pylist()])  # sorted per origin as the filter sees them
+            yield from part.by_origin.items()
+
+    return lo, hi, items(), parser
+
+
+def monthly(dataset: ds.Dataset, store: Path, months: int) -> list[dict]:
     """Byte-weighted share of each status per (month, group) and per (month, language) for the
     training group. Each capture is classified once; it holds from its month to the month before
-    the origin's next capture, so bytes enter a difference array over months (no month x origin loop)."""
+    the origin's next capture, so bytes enter a difference array over months (no month x origin
+    loop). The store is read by origin-hash bucket, only for the origins of the audit."""
     per = _group_sums(dataset.to_batches(columns=["origin", "lang", "bytes"]), ["origin", "lang"], ["bytes"]).to_pandas()
     total = float(per["bytes"].sum())
     per = per[per["origin"] != ""]
-    dates = [s.date for lst in store.by_origin.values() for s in lst]
-    if not dates or per.empty:
+    if per.empty:
         return []
-    ends = _month_ends(min(dates), max(dates), months)
+    by_origin = per.groupby("origin")["bytes"].sum()
+    first, last, captures, parser = _captures(store, set(by_origin.index))
+    if first is None:
+        return []
+    ends = _month_ends(first, last, months)
     index = {e[:7]: i for i, e in enumerate(ends)}
     first_month = ends[0][:7]
     groups = agent_groups()
-    by_origin = per.groupby("origin")["bytes"].sum()
-    # one row per (origin, capture interval): the months [start, stop) in which the capture is the latest
-    rows = []
-    for origin in by_origin.index:
-        snaps = store.by_origin.get(origin, [])
-        # the capture of a month is the latest one dated on or before the month's end
-        month_of = [max(s.date[:7], first_month) for s in snaps]
-        for i, s in enumerate(snaps):
-            start = index.get(month_of[i], len(ends))
-            stop = index.get(month_of[i + 1], len(ends)) if i + 1 < len(snaps) else len(ends)
-            if stop > start:
-                rows.append((origin, start, stop, s))
     n = len(ends)
     acc: dict[tuple[str, str], np.ndarray] = defaultdict(lambda: np.zeros(n + 1))
     lang_acc: dict[tuple[str, str], np.ndarray] = defaultdict(lambda: np.zeros(n + 1))
@@ -156,22 +184,29 @@ def monthly(dataset: ds.Dataset, store: SnapshotStore, months: int) -> list[dict
     for (origin, lang), b in langs.items():
         lang_of[origin].append((lang, float(b)))
     lang_tot = per.groupby("lang")["bytes"].sum().to_dict()
-    for origin, start, stop, snap in rows:
+    for origin, snaps in captures:
         nbytes = float(by_origin[origin])
-        robots = store.robots(snap)
-        covered[start] += nbytes
-        covered[stop] -= nbytes
-        for name, agents in groups.items():
-            st = max((robots.classify(a).status for a in agents), key=RANK.get)
-            acc[(name, st)][start] += nbytes
-            acc[(name, st)][stop] -= nbytes
-            if any(robots.classify(a).ai_train == "no" for a in agents):
-                acc[(name, "ai_train_no")][start] += nbytes
-                acc[(name, "ai_train_no")][stop] -= nbytes
-            if name == "training (combined)":
-                for lang, b in lang_of[origin]:
-                    lang_acc[(lang, st)][start] += b
-                    lang_acc[(lang, st)][stop] -= b
+        # the capture of a month is the latest one dated on or before the month's end
+        month_of = [max(s.date[:7], first_month) for s in snaps]
+        for i, snap in enumerate(snaps):
+            start = index.get(month_of[i], n)
+            stop = index.get(month_of[i + 1], n) if i + 1 < len(snaps) else n
+            if stop <= start:
+                continue
+            robots = parser.robots(snap)
+            covered[start] += nbytes
+            covered[stop] -= nbytes
+            for name, agents in groups.items():
+                st = max((robots.classify(a).status for a in agents), key=RANK.get)
+                acc[(name, st)][start] += nbytes
+                acc[(name, st)][stop] -= nbytes
+                if any(robots.classify(a).ai_train == "no" for a in agents):
+                    acc[(name, "ai_train_no")][start] += nbytes
+                    acc[(name, "ai_train_no")][stop] -= nbytes
+                if name == "training (combined)":
+                    for lang, b in lang_of[origin]:
+                        lang_acc[(lang, st)][start] += b
+                        lang_acc[(lang, st)][stop] -= b
     audited = float(by_origin.sum())
     no_snap = audited - np.cumsum(covered)[:n]  # origins without a capture yet that month
     lang_cov = {k: np.cumsum(v)[:n] for k, v in lang_acc.items()}
@@ -208,7 +243,7 @@ def build_report(cfg: ReportConfig) -> dict:
     report = {"weight": "utf8_bytes", **decisions(audit)}
     report["domains"] = report["domains"][: cfg.top]
     report["policies"] = sorted(_group_sums(audit.to_batches(columns=["policy"]), ["policy"], [])["policy"].to_pylist())
-    report["months"] = monthly(audit, SnapshotStore.load(cfg.store), cfg.months) if cfg.store else []
+    report["months"] = monthly(audit, cfg.store, cfg.months) if cfg.store else []
     if cfg.png is not None:
         if not report["months"]:
             raise DataError("the chart needs the monthly view: pass --store with the snapshots")

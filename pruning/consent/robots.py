@@ -54,6 +54,12 @@ IMPORTANT_DIRS = ("/admin", "/private", "/confidential")  # the paper's "importa
 
 USAGE_FIELD = "content-usage"  # IETF AIPREF (draft-ietf-aipref-attach): `Content-Usage: train-ai=n`
 _TOKEN = re.compile(r"[A-Za-z0-9_-]*")
+# Matchers and rule walks shared by every robots.txt whose selected group has the same rules
+# (with line numbers, so the evidence is the same); bounded, cleared when full.
+MAX_SHARED = 4096
+MEMO_PATHS = 256  # path-prefix answers remembered per shared rule set
+_MATCHERS: dict[tuple, Protego] = {}
+_RULESETS: dict[tuple, object] = {}
 
 
 def normalise_agent(value: str) -> str:
@@ -226,12 +232,19 @@ class Robots:
         return any(f == "disallow" for f, _, _ in self.rules_for(agent))
 
     def _matcher(self, key: str) -> Protego:
-        """protego, fed only the merged rules of one group, so its group selection plays no role."""
+        """protego, fed only the merged rules of one group, so its group selection plays no role.
+        Shared by every robots.txt with the same rules (CMS defaults differ only in Sitemap lines)."""
         m = self._matchers.get(key)
         if m is None:
-            rules = [r for g in self.by_agent.get(key, []) for r in g.rules]
-            text = "User-agent: *\n" + "\n".join(f"{'Allow' if f == 'allow' else 'Disallow'}: {v}" for f, v, _ in rules)
-            m = self._matchers[key] = Protego.parse(text)
+            rules = tuple(r for g in self.by_agent.get(key, []) for r in g.rules)
+            m = _MATCHERS.get(rules)
+            if m is None:
+                text = "User-agent: *\n" + "\n".join(f"{'Allow' if f == 'allow' else 'Disallow'}: {v}" for f, v, _ in rules)
+                m = Protego.parse(text)
+                if len(_MATCHERS) >= MAX_SHARED:
+                    _MATCHERS.clear()
+                _MATCHERS[rules] = m
+            self._matchers[key] = m
         return m
 
     def rules_for(self, agent: str) -> list[tuple[str, str, int]]:
@@ -272,8 +285,9 @@ class Robots:
             hit = memo.get(key)
             if hit is None:
                 hit = self._walk(url, ruleset, prefixes, lines, needs)
-                if len(memo) < 1 << 16:
-                    memo[key] = hit
+                if len(memo) >= MEMO_PATHS:  # keyed by path prefixes: bounded, or it follows the documents
+                    memo.clear()
+                memo[key] = hit
             return hit
         return self._walk(url, ruleset, prefixes, lines, needs)
 
@@ -303,6 +317,17 @@ class Robots:
         return True, ""
 
     def _ruleset(self, agent: str):
+        key = self.select(agent)
+        shared_key = tuple(r for g in self.by_agent.get(key, []) for r in g.rules) if key else None
+        hit = _RULESETS.get(shared_key) if key else None
+        if hit is None and key:
+            hit = self._ruleset_uncached(agent)
+            if len(_RULESETS) >= MAX_SHARED:
+                _RULESETS.clear()
+            _RULESETS[shared_key] = hit
+        return hit
+
+    def _ruleset_uncached(self, agent: str):
         try:
             key = self.select(agent)
             rs = self._matcher(key)._get_matching_rule_set("x") if key else None
@@ -395,6 +420,48 @@ class Robots:
                 if key in g.signals:
                     return g.signals[key]
         return "", 0
+
+
+class PathRules:
+    """What a cached per-origin verdict needs to match document paths, without the parsed file:
+    per agent the rule walk (shared by every robots.txt whose group has the same rules) and the
+    group evidence. A few hundred bytes, so verdicts of many origins can stay cached."""
+
+    __slots__ = ("rules", "evidence", "robots")
+
+    def __init__(self, robots: "Robots", agents) -> None:
+        self.rules = {}
+        for a in agents:
+            rs = robots._rulesets.get(a, False)
+            self.rules[a] = robots._ruleset(a) if rs is False else rs
+        self.evidence = {a: robots.group_evidence(a) for a in agents}
+        # protego internals not as expected ("public"): fall back to the parsed file (never with 0.7)
+        self.robots = robots if any(r == "public" for r in self.rules.values()) else None
+
+    quote = staticmethod(lambda path: _quote_path(path) if _quote_path is not None else path)
+
+    def group_evidence(self, agent: str) -> str:
+        return self.evidence[agent]
+
+    def path_decision(self, path: str, agent: str, quoted: str | None = None) -> tuple[bool, str]:
+        """Robots.path_decision for a parsed file, from the shared rule walk."""
+        rs = self.rules[agent]
+        if rs is None or path == "/robots.txt":  # no group; /robots.txt is always allowed (RFC 9309 2.2.2)
+            return True, ""
+        if rs == "public":
+            return self.robots.path_decision(path, agent, quoted)
+        ruleset, prefixes, lines, needs, plain_len, memo = rs
+        url = quoted if quoted is not None else _quote_path(path)
+        if plain_len:
+            key = url[:plain_len]
+            hit = memo.get(key)
+            if hit is None:
+                hit = Robots._walk(url, ruleset, prefixes, lines, needs)
+                if len(memo) >= MEMO_PATHS:
+                    memo.clear()
+                memo[key] = hit
+            return hit
+        return Robots._walk(url, ruleset, prefixes, lines, needs)
 
 
 def _yes_no(value: str) -> str:

@@ -120,7 +120,8 @@ def test_messy_corpus_runs_and_every_loss_is_counted(first):
         assert 0 < r["cat docs"] < r["train docs"] <= r["consent docs"] <= r["import docs"]
     assert {r["lang"] for r in summary["premiums"]} >= {"en", "de", "ja"}
     assert set(reports_parse(base / "run")) == {
-        "import", "import-inspect", "consent-import", "consent-filter", "consent-report", "holdout", "tokenizer-parallel",
+        "import", "import-inspect", "consent-import", "consent-index", "consent-filter", "consent-report", "holdout",
+        "tokenizer-parallel",
         "tokenizer-build", "tokenizer-eval", "stage1", "cat-score", "cat-select", "stage2", "stage2-generate",
     }  # fmt: skip
     gens = {g["lang"]: g for g in summary["generations"]}  # one held-out line continued per language

@@ -6,9 +6,12 @@ import random
 from collections import defaultdict
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.dataset as ds
 
 from glotta.pruning.consent import Snapshot, SnapshotStore
+from glotta.pruning.consent.store_index import build_index
+from glotta.pruning.consent.urls import owner
 from glotta.pruning.consent.report import RANK, STATUSES, _month_ends, agent_groups, decisions, monthly
 
 BODIES = [None, "User-agent: *\nDisallow: /\n", "User-agent: GPTBot\nDisallow: /\n", "User-agent: *\nDisallow: /x\n",
@@ -50,7 +53,7 @@ def _loop_monthly(t: pa.Table, store: SnapshotStore, months: int) -> list[dict]:
     return out
 
 
-def test_report_matches_the_loop():
+def test_report_matches_the_loop(tmp_path):
     rnd = random.Random(7)
     snaps = []
     for o in range(50):
@@ -60,12 +63,23 @@ def test_report_matches_the_loop():
             snaps.append(Snapshot(f"https://h{o}.example", date, 404 if body is None else rnd.choice([200, 200, 503]),
                                   body, "s", "t"))
     store = SnapshotStore(snaps)
+    root = tmp_path / "store"
+    SnapshotStore.append(root / "import.jsonl", snaps)
+    build_index(root, buckets=8)
     rows = [{"origin": f"https://h{o}.example" if o < 55 else "", "lang": rnd.choice(["de", "fr", "zh"]),
              "bytes": rnd.randint(1, 1000), "reg_domain": f"h{o % 20}.example", "decision": rnd.choice(["keep", "drop"]),
              "reason": rnd.choice(["robots_full", "robots_none", "no_url"])} for o in (rnd.randint(0, 60) for _ in range(3000))]
     t = pa.Table.from_pylist(rows)
     dataset = ds.dataset(t)
-    ours, ref = monthly(dataset, store, 30), _loop_monthly(t, store, 30)
+    ours, ref = monthly(dataset, root, 30), _loop_monthly(t, store, 30)
+    # The report reads the store through its origin index, only the buckets of audited origins:
+    # for an audit of 3 origins, delete every other bucket and the answer must not change.
+    few = t.filter(pa.compute.is_in(t["origin"], value_set=pa.array(["https://h1.example", "https://h2.example", "https://h3.example"])))
+    whole = monthly(ds.dataset(few), root / "import.jsonl", 30)  # a single .jsonl file is read whole
+    gone = [b for b in range(8) if b not in {owner(f"https://h{o}.example", 8) for o in (1, 2, 3)}]
+    for b in gone:
+        (root / "index" / f"bucket-{b:05d}.parquet").unlink()
+    assert len(gone) >= 5 and monthly(ds.dataset(few), root, 30) == whole and len(whole) > 30
     assert len(ours) == len(ref) > 100
     for a, b in zip(ours, ref):
         assert a.keys() == b.keys()
