@@ -276,20 +276,24 @@ class Robots:
         if rs == "public" or path == "/robots.txt":
             ok = self.can_fetch(path, agent)
             return ok, "" if ok else self.matched_rule(path, agent)
+        return self._match(rs, quoted if quoted is not None else _quote_path(path))
+
+    @staticmethod
+    def _match(rs, url: str) -> tuple[bool, str]:
+        """(allowed, evidence) of one agent's rule walk `rs` (from `_ruleset`) for a quoted path."""
         ruleset, prefixes, lines, needs, plain_len, memo = rs
-        url = quoted if quoted is not None else _quote_path(path)
         if plain_len:
             # Only plain prefix rules (no `*`, no `$`): whether a rule matches depends on the first
             # plain_len characters alone, so the answer for that prefix is remembered.
             key = url[:plain_len]
             hit = memo.get(key)
             if hit is None:
-                hit = self._walk(url, ruleset, prefixes, lines, needs)
+                hit = Robots._walk(url, ruleset, prefixes, lines, needs)
                 if len(memo) >= MEMO_PATHS:  # keyed by path prefixes: bounded, or it follows the documents
                     memo.clear()
                 memo[key] = hit
             return hit
-        return self._walk(url, ruleset, prefixes, lines, needs)
+        return Robots._walk(url, ruleset, prefixes, lines, needs)
 
     @staticmethod
     def _walk(url, ruleset, prefixes, lines, needs) -> tuple[bool, str]:
@@ -450,18 +454,7 @@ class PathRules:
             return True, ""
         if rs == "public":
             return self.robots.path_decision(path, agent, quoted)
-        ruleset, prefixes, lines, needs, plain_len, memo = rs
-        url = quoted if quoted is not None else _quote_path(path)
-        if plain_len:
-            key = url[:plain_len]
-            hit = memo.get(key)
-            if hit is None:
-                hit = Robots._walk(url, ruleset, prefixes, lines, needs)
-                if len(memo) >= MEMO_PATHS:
-                    memo.clear()
-                memo[key] = hit
-            return hit
-        return Robots._walk(url, ruleset, prefixes, lines, needs)
+        return Robots._match(rs, quoted if quoted is not None else _quote_path(path))
 
 
 def _yes_no(value: str) -> str:
