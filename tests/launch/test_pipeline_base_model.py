@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from test_pipeline import glotta, status  # the pipeline tests' CLI runner (tests/launch is on sys.path)
 
 pytestmark = pytest.mark.slow
 
@@ -71,17 +70,6 @@ def recipe(base: Path, model_dir: Path, **over) -> Path:
     path = base / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def glotta(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "glotta.launch.cli", *map(str, args)], capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError(f"glotta {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-4000:]}")
-    return r
-
-
-def status(summary: dict) -> dict[str, str]:
-    return {s["stage"]: s["status"] for s in summary["stages"]}
 
 
 @pytest.fixture(scope="module")
