@@ -115,6 +115,10 @@ def test_messy_corpus_runs_and_every_loss_is_counted(first):
     assert counters[("import", "missing_url")] >= 12 and counters[("import", "missing_lang")] >= 9
     assert any(stage == "consent" and "url" in name and v >= 12 for (stage, name), v in counters.items())
     rows = {r["lang"]: r for r in summary["corpus"]}
+    # CAT scoring's own counters: the held-out documents it skipped, every training document scored
+    held = json.loads((base / "run/reports/holdout.json").read_text())["held_out"]
+    assert counters[("cat-score", "excluded")] == sum(held.values()) > 0
+    assert counters[("cat-score", "scored_docs")] == sum(r["train docs"] for r in rows.values())
     assert {"en", "de", "ja"} <= set(rows)  # EN, en-US, de-DE, ja_JP normalized
     for r in (rows["en"], rows["de"], rows["ja"]):
         assert 0 < r["cat docs"] < r["train docs"] <= r["consent docs"] <= r["import docs"]
@@ -130,6 +134,8 @@ def test_messy_corpus_runs_and_every_loss_is_counted(first):
     assert "step · loss" in stderr and "OMP_NUM_THREADS" not in stderr  # progress shown, banner not
     val = {r["lang"]: r for r in summary["validation"]}
     assert all(math.isfinite(v) for r in val.values() for v in r.values() if isinstance(v, float))
+    assert {"en", "de", "ja", "all"} <= set(val)  # every held-out language has a loss after each stage
+    assert all(r[f"{c} val loss"] is not None for r in val.values() for c in ("untrained", "stage1", "stage2"))
 
 
 def test_one_mlflow_parent_with_every_stage_and_no_empty_experiment(first):
