@@ -157,11 +157,16 @@ def test_one_mlflow_parent_with_every_stage_and_no_empty_experiment(first):
     assert len(client.get_metric_history(children["stage1"].info.run_id, "loss")) >= 3
 
 
+# The reruns keep 30% and skip stage 2's generation (shown by the first run; ~10 s a rerun)
+KEEP_03 = {"cat": {"keep": 0.3}, "stage2": {"generate_tokens": 0}}
+
+
 def test_changing_cat_keep_reruns_selection_and_stage2_not_scoring(first):
     base, before, _ = first
     scores = {p.name: p.stat().st_mtime_ns for p in (base / "run/cat-score").glob("*.parquet")}
-    after = json.loads(glotta("pipeline", "run", recipe(base, cat={"keep": 0.3}), "--json").stdout)
+    after = json.loads(glotta("pipeline", "run", recipe(base, **KEEP_03), "--json").stdout)
     assert status(after) == {**{n: "skipped" for n in STAGES[:6]}, "cat": "ran", "stage2": "ran"}
+    assert after["generations"] == [] and before["generations"]  # the old stage 2's report moved aside with it
     assert scores and {p.name: p.stat().st_mtime_ns for p in (base / "run/cat-score").glob("*.parquet")} == scores
     old = {r["lang"]: r for r in before["corpus"]}
     new = {r["lang"]: r for r in after["corpus"]}
@@ -175,7 +180,7 @@ def test_changing_cat_keep_reruns_selection_and_stage2_not_scoring(first):
 
 def test_from_stage2_retrains_from_scratch(first):
     base, _, _ = first
-    r = glotta("pipeline", "run", recipe(base, cat={"keep": 0.3}), "--from", "stage2", "--json")
+    r = glotta("pipeline", "run", recipe(base, **KEEP_03), "--from", "stage2", "--json")
     assert status(json.loads(r.stdout)) == {**{n: "current" for n in STAGES[:7]}, "stage2": "ran"}
     steps = [json.loads(x)["step"] for x in (base / "run/stage2/metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 2 and steps[-1] == 8  # trained again from step 0, not resumed at the end
