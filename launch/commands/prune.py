@@ -125,6 +125,6 @@ def score(
         return
     print_table(f"prune score: run {result['run_id']}, TP={result['tp']} PP={result['pp']} DP={result['dp']}",
                 result["throughput"], ["step", "tokens", "seconds", "tokens_per_s", "tokens_per_s_per_device"])
-    print_counters("counters (documents read by this job)", {k: v for k, v in result["counters"].items() if v})
+    print_counters("counters", {k: v for k, v in result["counters"].items() if v})
     print(f"wrote {result['shards_written']} shard score files to {result['out_dir']} "
           f"({result['shards']} shards, checkpoints {result['checkpoint_steps']})")
