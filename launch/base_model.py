@@ -82,6 +82,27 @@ def inspect_base(cfg, stage1_cfg, origins: Origins):
     return src.model
 
 
+def check_target_langs(target_langs: list[str], have: list[str], where: str) -> None:
+    """tokenizer.target_langs must be languages of the corpus: `tokenizer extend` learns their pieces
+    and adapt-checkpoint measures them. Checked on the recipe (data.demo_corpus.langs) and again on the
+    shard set's manifest right after import (and consent), before base/tokenizer spend time."""
+    missing = [lang for lang in target_langs if lang not in have]
+    if missing:
+        raise ConfigError(f"tokenizer.target_langs: {', '.join(missing)} not in {where}, which has "
+                          f"{', '.join(sorted(have)) or 'no language'}; name languages of the corpus")
+
+
+def check_corpus_langs(target_langs: list[str], shards: Path, stage: str):
+    """The runner's check after the import (or consent) stage: the languages with documents in `shards`."""
+    from glotta.data.manifest import Manifest
+
+    def check() -> None:
+        have = [lang for lang, e in Manifest.load(shards).langs().items() if e["samples"] > 0]
+        check_target_langs(target_langs, have, f"the corpus after {stage} ({shards})")
+
+    return check
+
+
 def base_stage(cfg, run: RunLayout, stage1_cfg, origins: Origins) -> Stage:
     from glotta.train.hf_import import ImportConfig
 

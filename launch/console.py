@@ -18,6 +18,13 @@ def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
+def print_json_if(json_out: bool, obj: Any) -> bool:
+    """`--json`: print obj as JSON and return True (the command is done); otherwise False (print tables)."""
+    if json_out:
+        print_json(obj)
+    return json_out
+
+
 def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, console=None) -> None:
     columns = list(columns or (rows[0].keys() if rows else []))
     table = Table(title=title, title_justify="left")

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, TypeVar
 
 import typer
+from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[
@@ -15,6 +18,24 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first bad input instead of counting and skipping it.")]
 MlflowUriOpt = Annotated[Optional[str], typer.Option("--mlflow-uri", help="Log to this MLflow tracking URI.")]
 MlflowRunOpt = Annotated[Optional[str], typer.Option("--mlflow-run", help="Log into this existing MLflow run.")]
+
+# Options several commands spell the same way (same flag, same help).
+OutDirOpt = Annotated[Optional[Path], typer.Option("--out", help="Output folder.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")]
+RunTokenizerOpt = Annotated[Optional[Path], typer.Option("--tokenizer", help="SentencePiece model (default: the run's).")]
+CheckpointArg = Annotated[Optional[Path], typer.Argument(help="Checkpoint directory, or a root with `latest`.")]
+LangsOpt = Annotated[Optional[list[str]], typer.Option("--lang", help="Language to include (repeatable; default all).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Sampling seed.")]
+ContinueTpOpt = Annotated[Optional[int], typer.Option("--tp", help="Tensor-parallel size of the run that continues.")]
+
+
+def command_config(model: type[M], config: Path | None, sets: list[str] | None, section: str | None, **given) -> M:
+    """Every command's prologue: `--config FILE` (its `section`, or the whole file with None), then
+    `--set key=value`, then the options typed on the command line (cli_overrides), validated as
+    `model` (a bad key is one ConfigError naming it)."""
+    from glotta.config import load_config
+
+    return load_config(model, config, cli_overrides(sets, **given), section=section)
 
 
 def cli_overrides(sets: list[str] | None, **given) -> list[str]:

@@ -24,6 +24,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,10 @@ class Stage:
     reports: list[Path] = field(default_factory=list)  # files/folders attached to the stage's MLflow run
     report_names: dict[int, str] = field(default_factory=dict)  # command index -> reports/<name>.json
     total_steps: int | None = None  # training stages: steps, for the progress bar's ETA
+    # A check of the stage's outputs that later stages rely on (e.g. the corpus has the languages
+    # the recipe names), run when it ran, was skipped or is current; a ConfigError stops the pipeline
+    # before the next stage spends time.
+    check: Callable[[], None] | None = None
 
 
 @dataclass
@@ -176,6 +181,7 @@ class Runner:
                         console.print(f"[yellow]{stage.name} is stale (its commands or inputs changed) and --from "
                                       f"{start} does not rerun it; later stages read its old outputs[/]", soft_wrap=True)
                     self.results.append(res)
+                    self._check(stage, res.status == "current" and i < lo)
                     continue
                 action, fp, digests = self.decide(stage, forced=start is not None)
                 if action == "skip" and self.dry_run and upstream_changed:
@@ -184,13 +190,19 @@ class Runner:
                 if action == "skip":
                     console.print(f"[green]✓ {stage.name}[/] inputs unchanged, outputs verified: skipped")
                     self.results.append(StageResult(stage.name, "skipped", fingerprint=fp))
+                    self._check(stage, not self.dry_run)
                     continue
                 upstream_changed = True
                 self.results.append(self._run_stage(stage, action, fp, digests))
+                self._check(stage, not self.dry_run)
         finally:
             if self.mlflow is not None:
                 self.mlflow.close(failed=any(r.status == "failed" for r in self.results))
         return self.results
+
+    def _check(self, stage: Stage, outputs_there: bool) -> None:
+        if stage.check is not None and outputs_there:
+            stage.check()
 
     def _outside(self, stage: Stage, upstream_changed: bool) -> StageResult:
         """A stage before --from or after --until: current, stale (its inputs moved on) or not run."""
@@ -237,7 +249,8 @@ class Runner:
         seconds = time.time() - t0
         rec = {"status": "done", "fingerprint": fp, "inputs": digests,
                "outputs": record_outputs(self.run_dir, stage.outputs), "seconds": seconds,
-               "commands": [" ".join(map(shlex.quote, c)) for c in stage.commands]}  # fmt: skip
+               "commands": [" ".join(map(shlex.quote, c)) for c in stage.commands],
+               "reports": sorted(stage.report_names.values())}  # fmt: skip
         atomic_write_text(self.layout.marker(stage.name), json.dumps(rec, indent=1))
         if self.mlflow:
             self.mlflow.finish_child(child, stage, seconds)
@@ -264,7 +277,8 @@ class Runner:
             dest.mkdir(parents=True, exist_ok=True)
             src.rename(dest / src.name)
             moved.append(src.name)
-        for n in stage.report_names.values():
+        old = (self.marker(stage) or {}).get("reports", [])  # a command the stage no longer runs left one too
+        for n in sorted(set(stage.report_names.values()) | set(old)):
             rep = self.layout.report(n)
             if rep.is_file():
                 (dest / "reports").mkdir(parents=True, exist_ok=True)

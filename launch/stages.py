@@ -18,7 +18,9 @@ from rich.markup import escape
 
 from glotta.config import StrictModel
 from glotta.errors import ConfigError
-from glotta.launch.base_model import adapt_stage, architecture_sets, base_stage, extend_commands, inspect_base
+from glotta.launch.base_model import (
+    adapt_stage, architecture_sets, base_stage, check_corpus_langs, check_target_langs, extend_commands, inspect_base,
+)  # fmt: skip
 from glotta.launch.checks import Origins, check_sets
 from glotta.launch.layout import RunLayout
 from glotta.launch.pipeline import Stage, glotta_cmd, torchrun_cmd
@@ -164,6 +166,9 @@ class PipelineConfig(StrictModel):
                 missing.append(f"{key}: {t.config}")
         if self.stage2 is not None and self.stage1 is None:
             raise ConfigError("stage2 needs stage1 (CAT scores stage 1's checkpoints across time)")
+        demo = self.data.demo_corpus
+        if self.tokenizer.base_model is not None and demo is not None and demo.langs:
+            check_target_langs(self.tokenizer.target_langs, demo.langs, "data.demo_corpus.langs")
         for i, item in enumerate(self.data.inputs):
             if not glob.glob(item) and not Path(item).exists():
                 missing.append(f"data.inputs[{i}]: {item}")
@@ -203,6 +208,11 @@ def build_stages(cfg: PipelineConfig, origins: Origins | None = None) -> list[St
             errors.append(str(e))
     if errors:
         raise ConfigError("\n".join(errors))
+    if cfg.tokenizer.base_model is not None:  # the corpus' own languages, before base/tokenizer spend time
+        shard_sets = {"import": run.data, "consent": run.consent_shards}
+        for s in stages:
+            if s.name in shard_sets:
+                s.check = check_corpus_langs(cfg.tokenizer.target_langs, shard_sets[s.name], s.name)
     return stages
 
 

@@ -62,6 +62,9 @@ def counter_table(run: RunLayout, current: set[str]) -> list[dict]:
     c = _read_json(run.consent / "summary.json") if "consent" in current else None
     if c:
         rows += [{"stage": "consent", "counter": k, "value": v} for k, v in sorted(c.get("counters", {}).items())]
+    score = _read_json(run.report("cat-score")) if "cat-score" in current else None
+    if score:  # scored_docs is a size, but the one figure that says CAT saw the corpus: shown too
+        rows += [{"stage": "cat-score", "counter": k, "value": v} for k, v in sorted(score.get("counters", {}).items())]
     cat = _read_json(run.cat_report) if "cat" in current else None
     if cat:
         rows += [{"stage": "cat", "counter": k, "value": v} for k, v in sorted(cat.get("counters", {}).items())]

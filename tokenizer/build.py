@@ -50,6 +50,10 @@ class BuildConfig(StrictModel):
     sample: SampleConfig = SampleConfig()
 
 
+# BuildConfig keys that SentencePieceTrainer takes under the same name and meaning.
+SAME_IN_SENTENCEPIECE = ("vocab_size", "model_type", "byte_fallback", "split_digits", "character_coverage")
+
+
 def trainer_args(cfg: BuildConfig, langs: list[str]) -> dict:
     """SentencePiece trainer options for `cfg` (shared with the benchmark so both train alike)."""
     symbols = ([cfg.eod] if cfg.eod else []) + [f"<lang:{x}>" for x in langs if cfg.lang_tags] + list(cfg.user_symbols)
@@ -57,11 +61,7 @@ def trainer_args(cfg: BuildConfig, langs: list[str]) -> dict:
     if dupes:
         raise ConfigError(f"user_symbols: {sorted(dupes)} given twice (eod/lang_tags add their own symbols)")
     return dict(
-        vocab_size=cfg.vocab_size,
-        model_type=cfg.model_type,
-        byte_fallback=cfg.byte_fallback,
-        split_digits=cfg.split_digits,
-        character_coverage=cfg.character_coverage,
+        **{k: getattr(cfg, k) for k in SAME_IN_SENTENCEPIECE},
         normalization_rule_name=cfg.normalization,
         remove_extra_whitespaces=cfg.normalization != "identity",
         allow_whitespace_only_pieces=True,

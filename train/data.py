@@ -40,6 +40,7 @@ class TrainData:
     vocab_size: int
     valid_langs: list[str] = field(default_factory=list)
     byte_lengths: torch.Tensor | None = None  # UTF-8 bytes per token id (for bits per byte)
+    told_own_batch: bool = False  # evaluate() said once that languages got a validation batch of their own
     _iter: Any = None
 
     def iterators(self, vpp: int | None):
@@ -53,7 +54,7 @@ class TrainData:
         return list(itertools.tee(self._iter, vpp))
 
 
-def _make_loader(cfg, dims, sources: list[str], seed: int, dp_rank: int, dp_size: int):
+def _make_loader(cfg, dims, sources: list[str], seed: int, dp_rank: int, dp_size: int, mix: dict | None = None):
     from glotta.data.loader import TokenLoader
 
     extra = dict(cfg.data.loader)
@@ -65,7 +66,7 @@ def _make_loader(cfg, dims, sources: list[str], seed: int, dp_rank: int, dp_size
         cfg.data.tokenizer,
         seq_len=cfg.model.seq_length,
         micro_batch_size=cfg.micro_batch_size,
-        mix=cfg.data.mix,
+        mix=mix if mix is not None else cfg.data.mix,
         seed=seed,
         dp_rank=dp_rank,
         dp_size=dp_size,
@@ -102,11 +103,13 @@ def _broadcast_object(obj):
     return box[0]
 
 
-def valid_iterator(cfg, dims, batches: int):
-    """A fresh, deterministic validation stream for one evaluation (same batches every time)."""
+def valid_iterator(cfg, dims, batches: int, lang: str | None = None):
+    """A fresh, deterministic validation stream for one evaluation (same batches every time): the
+    configured mix of held-out languages, or with `lang` that language's documents only."""
     if not dims.loads_data:
         return None
-    loader = _make_loader(cfg, dims, cfg.data.valid, cfg.seed, dims.dp_rank, dims.dp)
+    mix = {"langs": [lang]} if lang is not None else None
+    loader = _make_loader(cfg, dims, cfg.data.valid, cfg.seed, dims.dp_rank, dims.dp, mix)
     return _cycle(loader, batches)
 
 

@@ -139,35 +139,59 @@ def _train(cfg: TrainConfig, dims) -> dict:
 
 
 def evaluate(cfg: TrainConfig, dims, model, data) -> dict:
-    """Forward-only over eval_iters global batches of held-out shards: val/loss and val/bpb per language."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
+    """Forward-only over eval_iters global batches of held-out shards: val/loss and val/bpb per language.
 
-    nmb, nl = cfg.num_microbatches(dims.dp), len(data.valid_langs)
-    iters = valid_iterator(cfg, dims, cfg.eval_iters * nmb)
-    if dims.vpp:  # every model chunk reads the same batches in the same order
-        import itertools
-
-        iters = list(itertools.tee(iters, dims.vpp)) if iters is not None else [None] * dims.vpp
+    val/loss is the configured mix's. A held-out language the mixed batches did not reach (few
+    batches, many languages) gets one global batch of its own documents, so every language has a
+    per-language loss; val/langs_own_batch counts those, val/langs_missing any still without one."""
+    nl = len(data.valid_langs)
     for m in model:
         m.eval()
-    mbs, seq = cfg.micro_batch_size, cfg.model.seq_length
-    step_fn = partial(forward_step, (mbs, seq), dims.device, nl, data.byte_lengths, **_layout(cfg, dims))
-    fb_seq, fb_mbs = (mbs * seq, 1) if uses_thd(cfg.model, dims) else (seq, mbs)
-    reports = []
     with torch.no_grad():
-        for _ in range(cfg.eval_iters):
-            reports += get_forward_backward_func()(
-                forward_step_func=step_fn, data_iterator=iters, model=model, num_microbatches=nmb,
-                seq_length=fb_seq, micro_batch_size=fb_mbs, forward_only=True)
+        loss_sum, ntok, lang = _reduce(_forward_only(cfg, dims, model, data, cfg.eval_iters), dims, nl, width=3)
+        unreached = [i for i in range(nl) if lang[nl + i] == 0]  # all-reduced: every rank agrees
+        for i in unreached:  # a one-language loader: its language id 0 is valid_langs[i]
+            _, _, own = _reduce(_forward_only(cfg, dims, model, data, 1, data.valid_langs[i]), dims, 1, width=3)
+            lang[i], lang[nl + i], lang[2 * nl + i] = own
     for m in model:
         m.train()
-    loss_sum, ntok, lang = _reduce(reports, dims, nl, width=3)
-    out = {"val/loss": loss_sum / max(ntok, 1)}
+    out = {"val/loss": loss_sum / max(ntok, 1), "val/langs_own_batch": len(unreached)}
+    missing = [name for i, name in enumerate(data.valid_langs) if lang[nl + i] == 0]
     for i, name in enumerate(data.valid_langs):
         if lang[nl + i] > 0:
             out[f"val/loss/{name}"] = lang[i] / lang[nl + i]
             out[f"val/bpb/{name}"] = bits_per_byte(lang[i], lang[2 * nl + i])
+    if missing:  # no scored token even in a batch of its own (e.g. documents shorter than one token)
+        out["val/langs_missing"] = len(missing)
+    if dims.rank == 0 and (missing or (unreached and not data.told_own_batch)):
+        data.told_own_batch = True  # said once per run; the metric is logged at every evaluation
+        names = ", ".join(data.valid_langs[i] for i in unreached)
+        print(f"glotta train: validation: {len(unreached)} held-out language(s) not in the {cfg.eval_iters} mixed "
+              f"batch(es) got one batch of their own ({names}; raise eval_iters to mix them)"
+              + (f"; no scored token at all for {', '.join(missing)}" if missing else ""), flush=True)
     return out
+
+
+def _forward_only(cfg: TrainConfig, dims, model, data, batches: int, lang: str | None = None) -> list:
+    """The loss reports of `batches` global validation batches (of one language's documents with `lang`)."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    nmb = cfg.num_microbatches(dims.dp)
+    iters = valid_iterator(cfg, dims, batches * nmb, lang)
+    if dims.vpp:  # every model chunk reads the same batches in the same order
+        import itertools
+
+        iters = list(itertools.tee(iters, dims.vpp)) if iters is not None else [None] * dims.vpp
+    mbs, seq = cfg.micro_batch_size, cfg.model.seq_length
+    nl = 1 if lang is not None else len(data.valid_langs)
+    step_fn = partial(forward_step, (mbs, seq), dims.device, nl, data.byte_lengths, **_layout(cfg, dims))
+    fb_seq, fb_mbs = (mbs * seq, 1) if uses_thd(cfg.model, dims) else (seq, mbs)
+    reports = []
+    for _ in range(batches):
+        reports += get_forward_backward_func()(
+            forward_step_func=step_fn, data_iterator=iters, model=model, num_microbatches=nmb,
+            seq_length=fb_seq, micro_batch_size=fb_mbs, forward_only=True)
+    return reports
 
 
 def _layout(cfg, dims) -> dict:

@@ -117,6 +117,11 @@ def bf16(cfg: ModelConfig, dims: ParallelDims) -> bool:
     return cfg.precision == "bf16" or (cfg.precision == "auto" and dims.backend == "nccl")
 
 
+# ModelConfig keys that megatron's TransformerConfig takes under the same name and meaning.
+SAME_IN_MEGATRON = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "normalization",
+                    "add_bias_linear", "init_method_std")
+
+
 def transformer_config(cfg: ModelConfig, dims: ParallelDims):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -125,16 +130,10 @@ def transformer_config(cfg: ModelConfig, dims: ParallelDims):
     recompute = {"none": {}, "selective": {"recompute_granularity": "selective"},
                  "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}}
     return TransformerConfig(
-        num_layers=cfg.num_layers,
-        hidden_size=cfg.hidden_size,
-        num_attention_heads=cfg.num_attention_heads,
-        num_query_groups=cfg.num_query_groups,
+        **{k: getattr(cfg, k) for k in SAME_IN_MEGATRON},
         ffn_hidden_size=cfg.ffn_size(),
-        normalization=cfg.normalization,
         gated_linear_unit=cfg.activation == "swiglu",
         activation_func=F.silu if cfg.activation == "swiglu" else F.gelu,
-        add_bias_linear=cfg.add_bias_linear,
-        init_method_std=cfg.init_method_std,
         hidden_dropout=cfg.dropout,
         attention_dropout=cfg.dropout,
         tensor_model_parallel_size=dims.tp,

@@ -43,6 +43,10 @@ class OptimConfig(StrictModel):
         return self
 
 
+# OptimConfig keys that megatron's OptimizerConfig takes under the same name and meaning.
+SAME_IN_MEGATRON = ("lr", "min_lr", "weight_decay", "clip_grad")
+
+
 def build_optimizer(chunks, cfg: OptimConfig, dims: ParallelDims, train_iters: int, bf16: bool):
     """Wrap chunks in megatron DDP, build the megatron optimizer and OptimizerParamScheduler.
 
@@ -70,13 +74,10 @@ def build_optimizer(chunks, cfg: OptimConfig, dims: ParallelDims, train_iters: i
     opt = get_megatron_optimizer(
         OptimizerConfig(
             optimizer="adam",
-            lr=cfg.lr,
-            min_lr=cfg.min_lr,
-            weight_decay=cfg.weight_decay,
+            **{k: getattr(cfg, k) for k in SAME_IN_MEGATRON},
             adam_beta1=cfg.beta1,
             adam_beta2=cfg.beta2,
             adam_eps=cfg.eps,
-            clip_grad=cfg.clip_grad,
             bf16=bf16,
             params_dtype=tcfg.params_dtype,
             use_distributed_optimizer=dist_opt,

@@ -7,10 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from glotta.config import load_config
-from glotta.launch.console import print_json, print_table
+from glotta.launch.console import print_json_if, print_table
 from glotta.launch.errors import guarded
-from glotta.launch.options import ConfigOpt, JsonOpt, SetOpt, StrictOpt, cli_overrides
+from glotta.launch.options import (
+    CheckpointArg, ConfigOpt, ContinueTpOpt, JsonOpt, OverwriteOpt, RunTokenizerOpt, SeedOpt, SetOpt, StrictOpt,
+    command_config,
+)  # fmt: skip
 
 app = typer.Typer(no_args_is_help=True, help="Hugging Face export and import of glotta checkpoints.")
 
@@ -23,12 +25,12 @@ def _rows(d: dict, skip: tuple[str, ...] = ()) -> list[dict]:
 @app.command("export-hf")
 @guarded
 def export_hf(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint directory, or a root with `latest`.")] = None,
+    checkpoint: CheckpointArg = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="HF model directory to write.")] = None,
-    tokenizer: Annotated[Optional[Path], typer.Option(help="SentencePiece model (default: the run's).")] = None,
+    tokenizer: RunTokenizerOpt = None,
     dtype: Annotated[Optional[str], typer.Option(help="auto (the checkpoint's), float32, bfloat16 or float16.")] = None,
     max_shard_bytes: Annotated[Optional[int], typer.Option(help="Largest safetensors file in bytes.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     strict: StrictOpt = False,
@@ -39,14 +41,12 @@ def export_hf(
     from glotta.train.hf_export import ExportConfig
     from glotta.train.hf_export import export_hf as run
 
-    overrides = cli_overrides(sets, checkpoint=checkpoint, out=out, tokenizer=tokenizer, dtype=dtype,
-                              max_shard_bytes=max_shard_bytes, overwrite=overwrite or None)
-    cfg = load_config(ExportConfig, config, overrides, section="export_hf")
+    cfg = command_config(ExportConfig, config, sets, "export_hf", checkpoint=checkpoint, out=out, tokenizer=tokenizer,
+                         dtype=dtype, max_shard_bytes=max_shard_bytes, overwrite=overwrite or None)
     result = run(cfg).as_dict()
     if strict and not result["tokenizer"].get("fast_tokenizer"):
         raise DataError(f"--strict: tokenizer.json was not written ({result['tokenizer'].get('fast_reason')})")
-    if json_out:
-        print_json(result)
+    if print_json_if(json_out, result):
         return
     print_table("export-hf", _rows(result, skip=("tokenizer",)), ["counter", "value"])
     print_table("tokenizer", _rows(result["tokenizer"]), ["counter", "value"])
@@ -57,10 +57,10 @@ def export_hf(
 def import_hf(
     source: Annotated[Optional[Path], typer.Argument(help="Local HF model directory (Llama/Mistral, safetensors).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint root to write.")] = None,
-    tp: Annotated[Optional[int], typer.Option("--tp", help="Tensor-parallel size of the run that continues.")] = None,
+    tp: ContinueTpOpt = None,
     pp: Annotated[Optional[int], typer.Option("--pp", help="Pipeline-parallel size of the run that continues.")] = None,
     seq_length: Annotated[Optional[int], typer.Option(help="model.seq_length (default max_position_embeddings).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     json_out: JsonOpt = False,
@@ -69,12 +69,10 @@ def import_hf(
     from glotta.train.hf_import import ImportConfig
     from glotta.train.hf_import import import_hf as run
 
-    overrides = cli_overrides(sets, source=source, out=out, tp=tp, pp=pp, seq_length=seq_length,
-                              overwrite=overwrite or None)
-    cfg = load_config(ImportConfig, config, overrides, section="import_hf")
+    cfg = command_config(ImportConfig, config, sets, "import_hf", source=source, out=out, tp=tp, pp=pp,
+                         seq_length=seq_length, overwrite=overwrite or None)
     result = run(cfg).as_dict()
-    if json_out:
-        print_json(result)
+    if print_json_if(json_out, result):
         return
     print_table("import-hf", _rows(result), ["counter", "value"])
     print(f"continue training with: --set checkpoint.init_from={result['out']} --set data.tokenizer={result['tokenizer']}")
@@ -82,15 +80,15 @@ def import_hf(
 
 @guarded
 def generate(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint directory, or a root with `latest`.")] = None,
+    checkpoint: CheckpointArg = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option(help="Prompts, one per line (or JSONL with \"prompt\").")] = None,
     prompts_shards: Annotated[Optional[Path], typer.Option(help="Shard set: one prompt per language (start of its first document).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="New tokens per prompt at most.")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="0 = greedy.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
-    tokenizer: Annotated[Optional[Path], typer.Option(help="SentencePiece model (default: the run's).")] = None,
+    seed: SeedOpt = None,
+    tokenizer: RunTokenizerOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     json_out: JsonOpt = False,
@@ -99,9 +97,8 @@ def generate(
     from glotta.train.generate import GenerateConfig, prompts_from_shards, read_prompts
     from glotta.train.generate import generate as run
 
-    overrides = cli_overrides(sets, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                              tokenizer=tokenizer)
-    cfg = load_config(GenerateConfig, config, overrides, section="generate")
+    cfg = command_config(GenerateConfig, config, sets, "generate", max_tokens=max_tokens, temperature=temperature,
+                         top_p=top_p, seed=seed, tokenizer=tokenizer)
     prompts = list(prompt or []) + (read_prompts(prompts_file) if prompts_file else [])
     langs = [""] * len(prompts)
     if prompts_shards:
@@ -115,8 +112,7 @@ def generate(
     outs = run(checkpoint, prompts, cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    if json_out:
-        print_json([{**({"lang": lang} if lang else {}), **g.as_dict()} for lang, g in zip(langs, outs)])
+    if print_json_if(json_out, [{**({"lang": lang} if lang else {}), **g.as_dict()} for lang, g in zip(langs, outs)]):
         return
     cols = (["lang"] if any(langs) else []) + ["prompt", "continuation", "tokens", "stopped"]
     print_table("generate", [{"lang": lang, "prompt": g.prompt, "continuation": g.text, "tokens": len(g.tokens),
@@ -126,7 +122,7 @@ def generate(
 @app.command("eval-hf")
 @guarded
 def eval_hf(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint directory, or a root with `latest`.")] = None,
+    checkpoint: CheckpointArg = None,
     hf: Annotated[Optional[Path], typer.Option("--hf", help="Its export-hf directory.")] = None,
     shards: Annotated[Optional[Path], typer.Option(help="Held-out shard set.")] = None,
     max_docs: Annotated[Optional[int], typer.Option(help="Documents per language at most.")] = None,
@@ -138,11 +134,9 @@ def eval_hf(
     """Held-out loss and bits per byte per language through glotta's model and through its HF export."""
     from glotta.train.hf_eval import EvalHFConfig, run
 
-    overrides = cli_overrides(sets, checkpoint=checkpoint, hf=hf, shards=shards, max_docs=max_docs,
-                              max_windows=max_windows)
-    cfg = load_config(EvalHFConfig, config, overrides, section="eval_hf")
+    cfg = command_config(EvalHFConfig, config, sets, "eval_hf", checkpoint=checkpoint, hf=hf, shards=shards,
+                         max_docs=max_docs, max_windows=max_windows)
     rows = [r.as_dict() for r in run(cfg)]
-    if json_out:
-        print_json(rows)
+    if print_json_if(json_out, rows):
         return
     print_table("held-out loss (nats/token) and bits per byte: glotta vs exported HF model", rows)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from glotta.errors import ConfigError
-from glotta.launch.console import print_json
+from glotta.launch.console import print_json_if
 from glotta.launch.errors import guarded
 from glotta.launch.options import JsonOpt, SetOpt
 
@@ -41,18 +41,14 @@ def run_pipeline(path: Path, sets, start, until, dry_run, json_out) -> None:
     t0 = time.time()
     results = runner.run(stages, start=start, until=until)
     if dry_run:  # what would run, after every check passed
-        if json_out:
-            print_json({"dry_run": True, "stages": [r.to_json() for r in results]})
-        else:
+        if not print_json_if(json_out, {"dry_run": True, "stages": [r.to_json() for r in results]}):
             for r in results:
                 print(f"{r.stage}: {r.status}")
         return
     summary = pipeline_summary(cfg, results, time.time() - t0, runner.tracking_uri)
     if runner.mlflow is not None:
         runner.mlflow.summary(summary, summary_text(summary), summary_figures(cfg))
-    if json_out:
-        print_json(summary)
-    else:
+    if not print_json_if(json_out, summary):
         print_summary(summary)
 
 

@@ -6,10 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from glotta.config import load_config
-from glotta.launch.console import print_counters, print_json, print_table
+from glotta.launch.console import print_counters, print_json_if, print_table
 from glotta.launch.errors import guarded
-from glotta.launch.options import ConfigOpt, JsonOpt, MlflowRunOpt, MlflowUriOpt, SetOpt, StrictOpt, cli_overrides
+from glotta.launch.options import (
+    ConfigOpt, JsonOpt, MlflowRunOpt, MlflowUriOpt, OutDirOpt, RunTokenizerOpt, SetOpt, StrictOpt, command_config,
+)  # fmt: skip
 
 app = typer.Typer(no_args_is_help=True, help="Checkpoints-Across-Time scoring and per-language selection.")
 
@@ -19,7 +20,7 @@ app = typer.Typer(no_args_is_help=True, help="Checkpoints-Across-Time scoring an
 def select_(
     scores: Annotated[Optional[list[Path]], typer.Option("--scores", help="Scores file or folder (repeatable).")] = None,
     shards: Annotated[Optional[Path], typer.Option(help="The shard set the scores were computed on.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder.")] = None,
+    out_dir: OutDirOpt = None,
     method: Annotated[Optional[str], typer.Option(help="cat, std, mean_abs_change, drop, nll_var, cv, rank_change, "
                                                        "zscore; baselines random, ppl_low, ppl_mid, ppl_high, length, "
                                                        "early_loss, dsir (needs --target).")] = None,
@@ -48,18 +49,15 @@ def select_(
     """Keep the top fraction of documents by a score; write an exclude list, a report and optionally shards."""
     from glotta.pruning.cat.select import SelectConfig, run
 
-    overrides = cli_overrides(
-        sets, scores=scores, shards=shards, out_dir=out_dir, method=method,
-        seed=seed, exclude=exclude, tokenizer=tokenizer,
-        materialize=materialize, target=target,
+    cfg = command_config(
+        SelectConfig, config, sets, "prune_select", scores=scores, shards=shards, out_dir=out_dir, method=method,
+        seed=seed, exclude=exclude, tokenizer=tokenizer, materialize=materialize, target=target,
         **{"dedup.mode": dedup, "selection.fraction": keep, "selection.unit": unit, "selection.scope": scope,
            "selection.allocation": allocation, "selection.floor": floor, "selection.cap": cap,
            "mlflow.tracking_uri": mlflow_uri, "mlflow.run_id": mlflow_run, "mlflow.enabled": mlflow},
-    )
-    cfg = load_config(SelectConfig, config, overrides, section="prune_select")
+    )  # fmt: skip
     result = run(cfg, strict=strict)
-    if json_out:
-        print_json(result)
+    if print_json_if(json_out, result):
         return
     stats = result["text_stats"]
     rows = []
@@ -98,7 +96,7 @@ def score(
                                                               "one checkpoint root: its kept early steps.")] = None,
     shards: Annotated[Optional[Path], typer.Option(help="Shard set to score.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (one Parquet per shard).")] = None,
-    tokenizer: Annotated[Optional[Path], typer.Option(help="SentencePiece model (default: the run's).")] = None,
+    tokenizer: RunTokenizerOpt = None,
     exclude: Annotated[Optional[list[Path]], typer.Option(help="Exclude list to apply (repeatable).")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Window length (default: the model's).")] = None,
     micro_batch_size: Annotated[Optional[int], typer.Option(help="Rows of seq_len per forward.")] = None,
@@ -116,21 +114,17 @@ def score(
 
     from glotta.pruning.cat.score import ScoreConfig, run
 
-    overrides = cli_overrides(
-        sets, checkpoints=checkpoints, shards=shards, out_dir=out_dir,
-        tokenizer=tokenizer, exclude=exclude, seq_len=seq_len,
-        micro_batch_size=micro_batch_size,
+    cfg = command_config(
+        ScoreConfig, config, sets, "prune_score", checkpoints=checkpoints, shards=shards, out_dir=out_dir,
+        tokenizer=tokenizer, exclude=exclude, seq_len=seq_len, micro_batch_size=micro_batch_size,
         **{"parallel.tensor_parallel": tp, "parallel.pipeline_parallel": pp,
            "mlflow.tracking_uri": mlflow_uri, "mlflow.run_id": mlflow_run},
-    )
-    cfg = load_config(ScoreConfig, config, overrides, section="prune_score")
+    )  # fmt: skip
     result = run(cfg, strict=strict)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    if json_out:
-        print_json(result)
+    if int(os.environ.get("RANK", "0")) != 0 or print_json_if(json_out, result):
         return
     print_table(f"prune score: run {result['run_id']}, TP={result['tp']} PP={result['pp']} DP={result['dp']}",
                 result["throughput"], ["step", "tokens", "seconds", "tokens_per_s", "tokens_per_s_per_device"])
+    print_counters("counters", {k: v for k, v in result["counters"].items() if v})
     print(f"wrote {result['shards_written']} shard score files to {result['out_dir']} "
           f"({result['shards']} shards, checkpoints {result['checkpoint_steps']})")

@@ -6,21 +6,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from glotta.config import load_config
-from glotta.launch.console import print_counters, print_json, print_table
+from glotta.launch.console import print_counters, print_json_if, print_table
 from glotta.launch.errors import guarded
-from glotta.launch.options import ConfigOpt, JsonOpt, SetOpt, StrictOpt, cli_overrides
+from glotta.launch.options import (
+    ConfigOpt, ContinueTpOpt, JsonOpt, LangsOpt, OutDirOpt, SeedOpt, SetOpt, StrictOpt, command_config,
+)  # fmt: skip
 
 app = typer.Typer(no_args_is_help=True, help="Build, evaluate and extend SentencePiece tokenizers; adapt checkpoints to them.")
-
-LangsOpt = Annotated[Optional[list[str]], typer.Option("--lang", help="Language to include (repeatable; default all).")]
 
 
 @app.command()
 @guarded
 def build(
     shards: Annotated[Optional[Path], typer.Option(help="Shard set to sample from.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder.")] = None,
+    out_dir: OutDirOpt = None,
     name: Annotated[Optional[str], typer.Option(help="File name stem of .model/.vocab/.card.json.")] = None,
     vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size.")] = None,
     model_type: Annotated[Optional[str], typer.Option(help="unigram or bpe.")] = None,
@@ -28,7 +27,7 @@ def build(
     method: Annotated[Optional[str], typer.Option(help="temperature or unimax.")] = None,
     sample_bytes: Annotated[Optional[int], typer.Option(help="Size of the training sample in UTF-8 bytes.")] = None,
     langs: LangsOpt = None,
-    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+    seed: SeedOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     strict: StrictOpt = False,
@@ -38,15 +37,13 @@ def build(
     from glotta.tokenizer.build import BuildConfig
     from glotta.tokenizer.build import build as run_build
 
-    overrides = cli_overrides(
-        sets, shards=shards, out_dir=out_dir, name=name, vocab_size=vocab_size, model_type=model_type,
-        **{"sample.alpha": alpha, "sample.method": method, "sample.sample_bytes": sample_bytes,
-           "sample.langs": langs, "sample.seed": seed},
-    )
-    cfg = load_config(BuildConfig, config, overrides, section="tokenizer")
+    cfg = command_config(
+        BuildConfig, config, sets, "tokenizer", shards=shards, out_dir=out_dir, name=name, vocab_size=vocab_size,
+        model_type=model_type, **{"sample.alpha": alpha, "sample.method": method, "sample.sample_bytes": sample_bytes,
+                                  "sample.langs": langs, "sample.seed": seed},
+    )  # fmt: skip
     card = run_build(cfg, strict=strict)
-    if json_out:
-        print_json(card)
+    if print_json_if(json_out, card):
         return
     names = {"available_bytes": "avail_B", "target_bytes": "target_B", "sampled_bytes": "bytes",
              "sampled_chars": "chars", "sampled_lines": "lines"}
@@ -73,12 +70,10 @@ def eval_(
     """Fertility, continued words, bytes/token, unk/byte-fallback rates and token premiums per language."""
     from glotta.tokenizer.evaluate import EvalConfig, evaluate, table_rows
 
-    overrides = cli_overrides(sets, tokenizers=[str(t) for t in tokenizers or []] or None, parallel=parallel,
-                              shards=shards, reference=reference, chart=chart, langs=langs)
-    cfg = load_config(EvalConfig, config, overrides, section="tokenizer_eval")
+    cfg = command_config(EvalConfig, config, sets, "tokenizer_eval", tokenizers=[str(t) for t in tokenizers or []] or None,
+                         parallel=parallel, shards=shards, reference=reference, chart=chart, langs=langs)
     result = evaluate(cfg)
-    if json_out:
-        print_json(result)
+    if print_json_if(json_out, result):
         return
     print_table(f"tokenizer eval (premium vs {cfg.reference}; kind par = parallel lines, byte = per byte)",
                 table_rows(result))
@@ -103,12 +98,9 @@ def parallel(
     """Write parallel text {id, lang, text} from this machine's gettext catalogs (for `eval`)."""
     from glotta.tokenizer.parallel import ParallelConfig, write_parallel
 
-    overrides = cli_overrides(sets, out=out, langs=langs, max_ids=max_ids)
-    cfg = load_config(ParallelConfig, config, overrides, section="tokenizer_parallel")
+    cfg = command_config(ParallelConfig, config, sets, "tokenizer_parallel", out=out, langs=langs, max_ids=max_ids)
     counts = write_parallel(cfg)
-    if json_out:
-        print_json({"out": str(cfg.out), "lines": counts})
-    else:
+    if not print_json_if(json_out, {"out": str(cfg.out), "lines": counts}):
         print(f"wrote {cfg.out}: {next(iter(counts.values()))} parallel lines in {len(counts)} languages")
 
 
@@ -118,7 +110,7 @@ def extend(
     base: Annotated[Optional[Path], typer.Option(help="Base SentencePiece .model.")] = None,
     shards: Annotated[Optional[Path], typer.Option(help="Shard set with target-language text.")] = None,
     langs: LangsOpt = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder.")] = None,
+    out_dir: OutDirOpt = None,
     name: Annotated[Optional[str], typer.Option(help="File name stem of the extended model.")] = None,
     add: Annotated[Optional[int], typer.Option(help="Most pieces to append.")] = None,
     score_mode: Annotated[Optional[str], typer.Option(help="auto, below-min, target or zero.")] = None,
@@ -132,12 +124,10 @@ def extend(
     from glotta.tokenizer.extend import ExtendConfig
     from glotta.tokenizer.extend import extend as run_extend
 
-    overrides = cli_overrides(sets, base=base, shards=shards, langs=langs, out_dir=out_dir, name=name, add=add,
-                              score_mode=score_mode, allocate=allocate, parallel=parallel)
-    cfg = load_config(ExtendConfig, config, overrides, section="tokenizer_extend")
+    cfg = command_config(ExtendConfig, config, sets, "tokenizer_extend", base=base, shards=shards, langs=langs,
+                         out_dir=out_dir, name=name, add=add, score_mode=score_mode, allocate=allocate, parallel=parallel)
     report = run_extend(cfg)
-    if json_out:
-        print_json(report)
+    if print_json_if(json_out, report):
         return
     short = {"lines_changed": "changed", "lines_more_tokens": "longer", "tokens_before": "tok0",
              "tokens_after": "tok1", "token_change_pct": "change_%", "old_ids_decode_same": "same_text",
@@ -162,7 +152,7 @@ def adapt_checkpoint(
     old_tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer the checkpoint was trained with.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Root of the adapted checkpoint.")] = None,
     init: Annotated[Optional[str], typer.Option(help="mean, align, script, mean-all, random or mean-below.")] = None,
-    tp: Annotated[Optional[int], typer.Option(help="Tensor-parallel size of the run that continues.")] = None,
+    tp: ContinueTpOpt = None,
     text: Annotated[Optional[Path], typer.Option(help="Target text: parallel JSONL or shard set.")] = None,
     langs: LangsOpt = None,
     base_langs: Annotated[Optional[list[str]], typer.Option("--base-lang", help="Base language of --text (repeatable; default: the non-target ones).")] = None,
@@ -173,12 +163,11 @@ def adapt_checkpoint(
     """Resize a checkpoint's embeddings (and untied output layer) to an extended vocabulary."""
     from glotta.tokenizer.adapt import AdaptConfig, adapt
 
-    overrides = cli_overrides(sets, checkpoint=checkpoint, new_tokenizer=new_tokenizer, old_tokenizer=old_tokenizer,
-                              out=out, init=init, tp=tp, text=text, langs=langs, base_langs=base_langs)
-    cfg = load_config(AdaptConfig, config, overrides, section="tokenizer_adapt")
+    cfg = command_config(AdaptConfig, config, sets, "tokenizer_adapt", checkpoint=checkpoint, new_tokenizer=new_tokenizer,
+                         old_tokenizer=old_tokenizer, out=out, init=init, tp=tp, text=text, langs=langs,
+                         base_langs=base_langs)
     report = adapt(cfg)
-    if json_out:
-        print_json(report)
+    if print_json_if(json_out, report):
         return
     rows = [{"name": m, "bpb": r["bpb"], "old_logits_max_abs_diff": r["old_logits_max_abs_diff"],
              "base_loss_rise": r.get("base_loss_rise_mean")} for m, r in report["methods"].items()]

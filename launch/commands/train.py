@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from glotta.launch.console import print_json, print_table
+from glotta.launch.console import print_json, print_json_if, print_table
 from glotta.launch.errors import guarded
 from glotta.launch.options import ConfigOpt, JsonOpt, SetOpt, cli_overrides
 
@@ -31,9 +31,7 @@ def train(
     summary = run(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    if json_out:
-        print_json(summary)
-    else:
+    if not print_json_if(json_out, summary):
         rows = [{"counter": k, "value": str(v).lower() if isinstance(v, bool) else v} for k, v in summary.items()]
         print_table("train", rows, ["counter", "value"])
 

@@ -92,6 +92,7 @@ def read_shard(path: Path, sp, excluded: set[str], counters: Counter, strict: bo
         texts.append(s.text)
         nbytes.append(len(s.text.encode("utf-8")))
     ids = sp.encode(texts, out_type=int) if texts else []
+    counters["scored_docs"] += len(keys)
     return ShardDocs(path.name, keys, langs, np.asarray(nbytes, np.int64), ids)
 
 

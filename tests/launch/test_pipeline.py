@@ -115,6 +115,10 @@ def test_messy_corpus_runs_and_every_loss_is_counted(first):
     assert counters[("import", "missing_url")] >= 12 and counters[("import", "missing_lang")] >= 9
     assert any(stage == "consent" and "url" in name and v >= 12 for (stage, name), v in counters.items())
     rows = {r["lang"]: r for r in summary["corpus"]}
+    # CAT scoring's own counters: the held-out documents it skipped, every training document scored
+    held = json.loads((base / "run/reports/holdout.json").read_text())["held_out"]
+    assert counters[("cat-score", "excluded")] == sum(held.values()) > 0
+    assert counters[("cat-score", "scored_docs")] == sum(r["train docs"] for r in rows.values())
     assert {"en", "de", "ja"} <= set(rows)  # EN, en-US, de-DE, ja_JP normalized
     for r in (rows["en"], rows["de"], rows["ja"]):
         assert 0 < r["cat docs"] < r["train docs"] <= r["consent docs"] <= r["import docs"]
@@ -130,6 +134,8 @@ def test_messy_corpus_runs_and_every_loss_is_counted(first):
     assert "step · loss" in stderr and "OMP_NUM_THREADS" not in stderr  # progress shown, banner not
     val = {r["lang"]: r for r in summary["validation"]}
     assert all(math.isfinite(v) for r in val.values() for v in r.values() if isinstance(v, float))
+    assert {"en", "de", "ja", "all"} <= set(val)  # every held-out language has a loss after each stage
+    assert all(r[f"{c} val loss"] is not None for r in val.values() for c in ("untrained", "stage1", "stage2"))
 
 
 def test_one_mlflow_parent_with_every_stage_and_no_empty_experiment(first):
@@ -151,11 +157,16 @@ def test_one_mlflow_parent_with_every_stage_and_no_empty_experiment(first):
     assert len(client.get_metric_history(children["stage1"].info.run_id, "loss")) >= 3
 
 
+# The reruns keep 30% and skip stage 2's generation (shown by the first run; ~10 s a rerun)
+KEEP_03 = {"cat": {"keep": 0.3}, "stage2": {"generate_tokens": 0}}
+
+
 def test_changing_cat_keep_reruns_selection_and_stage2_not_scoring(first):
     base, before, _ = first
     scores = {p.name: p.stat().st_mtime_ns for p in (base / "run/cat-score").glob("*.parquet")}
-    after = json.loads(glotta("pipeline", "run", recipe(base, cat={"keep": 0.3}), "--json").stdout)
+    after = json.loads(glotta("pipeline", "run", recipe(base, **KEEP_03), "--json").stdout)
     assert status(after) == {**{n: "skipped" for n in STAGES[:6]}, "cat": "ran", "stage2": "ran"}
+    assert after["generations"] == [] and before["generations"]  # the old stage 2's report moved aside with it
     assert scores and {p.name: p.stat().st_mtime_ns for p in (base / "run/cat-score").glob("*.parquet")} == scores
     old = {r["lang"]: r for r in before["corpus"]}
     new = {r["lang"]: r for r in after["corpus"]}
@@ -169,7 +180,7 @@ def test_changing_cat_keep_reruns_selection_and_stage2_not_scoring(first):
 
 def test_from_stage2_retrains_from_scratch(first):
     base, _, _ = first
-    r = glotta("pipeline", "run", recipe(base, cat={"keep": 0.3}), "--from", "stage2", "--json")
+    r = glotta("pipeline", "run", recipe(base, **KEEP_03), "--from", "stage2", "--json")
     assert status(json.loads(r.stdout)) == {**{n: "current" for n in STAGES[:7]}, "stage2": "ran"}
     steps = [json.loads(x)["step"] for x in (base / "run/stage2/metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 2 and steps[-1] == 8  # trained again from step 0, not resumed at the end

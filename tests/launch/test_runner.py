@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from glotta.errors import ConfigError
 from glotta.launch.pipeline import Runner, Stage, StageFailed
 
 
@@ -111,3 +112,18 @@ def test_summary_leaves_out_stale_stages(tmp_path):
     stale = [StageResult("stage1", "skipped"), StageResult("cat", "ran"), StageResult("stage2", "stale")]
     cols = pipeline_summary(cfg, stale, 1.0, "sqlite://")["validation"][0]
     assert "stage2 val loss" not in cols and cols["stage1 val loss"] == 6.0
+
+
+def test_a_stage_check_stops_the_run_before_the_next_stage(tmp_path, demo_shards):
+    """tokenizer.target_langs is checked on the imported corpus' manifest before later stages spend time."""
+    from glotta.launch.base_model import check_corpus_langs
+
+    run, src = tmp_path / "run", tmp_path / "in.txt"
+    src.write_text("hello")
+    a, b = stages(run, src)
+    a.check = check_corpus_langs(["el", "xx", "yy"], demo_shards, "import")
+    with pytest.raises(ConfigError, match=r"target_langs: xx, yy not in the corpus after import .*which has .*de, el, en"):
+        Runner(run).run([a, b])
+    assert (run / "a/out.txt").is_file() and not (run / "b").exists()
+    a.check = check_corpus_langs(["el"], demo_shards, "import")  # the recipe fixed: import is not redone
+    assert {x.stage: x.status for x in Runner(run).run([a, b])} == {"a": "skipped", "b": "ran"}

@@ -14,6 +14,7 @@ import pytest
 import megatron.core
 
 from glotta.train import cpu
+from trainrun import STEP_SCRIPT_HEAD
 
 # Hard-coded CUDA allocations / asserts that break a CPU run.
 CUDA_PATTERN = re.compile(r"device=['\"]cuda['\"]|torch\.cuda\.current_device\(\)|torch\.cuda\.synchronize\(\)|torch.cuda.FloatTensor")
@@ -59,26 +60,13 @@ def test_no_new_cuda_hardcodes_on_the_training_path():
         assert len(hits) <= allowed.get(rel, 0), f"new CUDA hard-code in megatron/core/{rel}: {hits}"
 
 
-SCRIPT = r"""
-import torch
-from functools import partial
-from glotta.train.parallel import init_parallel, destroy_parallel, ParallelConfig
-from glotta.train.model import ModelConfig, build_model
-from glotta.train.optim import OptimConfig, build_optimizer
-from glotta.train.step import forward_step
+SCRIPT = STEP_SCRIPT_HEAD + r"""
 from glotta.train import cpu
-from megatron.core.pipeline_parallel import get_forward_backward_func
 dims = init_parallel(ParallelConfig(), seed=3)
 assert cpu.enabled()
 chunks = build_model(ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16), dims, 100)
 model, opt, sched = build_optimizer(chunks, OptimConfig(clip_grad=1e-3, warmup_iters=2), dims, 10, False)
 sched.step(1)  # lr > 0 for the first update
-def batches():
-    g = torch.Generator().manual_seed(0)
-    while True:
-        t = torch.randint(0, 100, (2, 17), generator=g)
-        yield dict(tokens=t[:, :-1], labels=t[:, 1:], loss_mask=torch.ones(2, 16), position_ids=torch.arange(16).repeat(2, 1),
-                   cu_seqlens=torch.tensor([0, 10, 16, 32], dtype=torch.int32), lang_ids=torch.zeros(2, 16, dtype=torch.long))
 before = [p.detach().clone() for p in chunks[0].parameters()]
 out = get_forward_backward_func()(forward_step_func=partial(forward_step, (2, 16), dims.device, 1, None),
     data_iterator=batches(), model=model, num_microbatches=2, seq_length=16, micro_batch_size=2, forward_only=False)

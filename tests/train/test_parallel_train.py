@@ -83,6 +83,14 @@ def test_tp2_pp2_trains_and_survives_mlflow_server_death(train_data, tmp_path):
     assert "cannot log to" in err  # one warning, training went on
     assert max(m["step"] for m in metrics(run_dir)) == 16
     assert_loss_falls(run_dir)
+    # every evaluation has a loss for every held-out language (one batch of 8 rows cannot hold all 10)
+    from glotta.data import iter_samples, list_shards
+
+    held_out = {s.lang for p in list_shards(train_data.valid) for s in iter_samples(p)}
+    evals = [m for m in metrics(run_dir) if "val/loss" in m]
+    assert len(evals) == 4 and all({k.removeprefix("val/loss/") for k in m if k.startswith("val/loss/")} == held_out
+                                   for m in evals)
+    assert any(m["val/langs_own_batch"] > 0 for m in evals)
 
     # What reached the server, read from its SQLite store.
     client = MlflowClient(f"sqlite:///{store / 'db.sqlite'}")

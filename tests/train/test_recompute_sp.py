@@ -6,23 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from trainrun import STEP_SCRIPT_HEAD
 
-SCRIPT = r"""
-import torch
-from functools import partial
-from glotta.train.parallel import init_parallel, destroy_parallel, ParallelConfig
-from glotta.train.model import ModelConfig, build_model
-from glotta.train.optim import OptimConfig, build_optimizer
-from glotta.train.step import forward_step
-from megatron.core.pipeline_parallel import get_forward_backward_func
-
-def batches():
-    g = torch.Generator().manual_seed(0)
-    while True:
-        t = torch.randint(0, 100, (2, 17), generator=g)
-        yield dict(tokens=t[:, :-1], labels=t[:, 1:], loss_mask=torch.ones(2, 16), position_ids=torch.arange(16).repeat(2, 1),
-                   cu_seqlens=torch.tensor([0, 10, 16, 32], dtype=torch.int32), lang_ids=torch.zeros(2, 16, dtype=torch.long))
-
+SCRIPT = STEP_SCRIPT_HEAD + r"""
 results = {}
 for mode in ("none", "full", "selective"):
     dims = init_parallel(ParallelConfig(), seed=3)

@@ -16,6 +16,25 @@ TINY = [
     "optim.lr=3e-3", "optim.warmup_iters=4", "log_interval=1", "eval_interval=0",
 ]
 
+# For scripts run with `python -c`: the imports of a hand-driven Megatron step on CPU and `batches()`,
+# an endless stream of seeded random micro-batches (2 x 16 tokens, vocabulary 100, one language).
+STEP_SCRIPT_HEAD = r"""
+import torch
+from functools import partial
+from glotta.train.parallel import init_parallel, destroy_parallel, ParallelConfig
+from glotta.train.model import ModelConfig, build_model
+from glotta.train.optim import OptimConfig, build_optimizer
+from glotta.train.step import forward_step
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+def batches():
+    g = torch.Generator().manual_seed(0)
+    while True:
+        t = torch.randint(0, 100, (2, 17), generator=g)
+        yield dict(tokens=t[:, :-1], labels=t[:, 1:], loss_mask=torch.ones(2, 16), position_ids=torch.arange(16).repeat(2, 1),
+                   cu_seqlens=torch.tensor([0, 10, 16, 32], dtype=torch.int32), lang_ids=torch.zeros(2, 16, dtype=torch.long))
+"""
+
 
 def torchrun_cmd(nproc: int, sets: list[str], max_restarts: int = 0) -> list[str]:
     # c10d rendezvous on a free local port (--standalone): a restarted round gets fresh store keys.
