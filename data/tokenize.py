@@ -138,15 +138,19 @@ class Encoder:
                 texts[i] = t
             status[pos] = st
         arrays = self._encode(texts)
-        # Vectorised (no numpy scalar per document): every document's ids back to back, then one
-        # EOD inserted after each non-empty one; an empty one (status EMPTY) keeps length 0.
-        ids = np.fromiter(map(len, arrays), np.int64, n)
+        # One copy, no numpy scalar per document: each kept document's ids followed by a shared
+        # one-element EOD array, concatenated and narrowed to the token dtype in one pass; an empty
+        # document (status EMPTY) keeps length 0.
         keep = status != EMPTY
-        lengths = np.where(keep, ids + 1, 0)
+        lengths = np.where(keep, np.fromiter(map(len, arrays), np.int64, n) + 1, 0)
         if not keep.any():
             return np.zeros(0, self.dtype), lengths, status
-        cat = np.concatenate(arrays) if n else np.zeros(0, np.int32)
-        flat = np.insert(cat, np.cumsum(ids)[keep], self.info.eod_id).astype(self.dtype, copy=False)
+        eod = np.full(1, self.info.eod_id, arrays[0].dtype if isinstance(arrays[0], np.ndarray) else np.int32)
+        parts = [eod] * (2 * n)
+        parts[0::2] = arrays
+        if not keep.all():
+            parts = [p for i, p in enumerate(parts) if keep[i >> 1]]
+        flat = np.concatenate(parts, dtype=self.dtype, casting="unsafe")  # ids < vocab size: fits the dtype
         return flat, lengths, status
 
     def _encode(self, texts: list[bytes]) -> list[np.ndarray]:
