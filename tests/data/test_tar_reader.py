@@ -6,6 +6,7 @@ import json
 import tarfile
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from glotta._native import TarError, TarReader
@@ -218,3 +219,41 @@ def test_missing_and_empty_inputs(tmp_path):
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(DataError, match="no \\*.tar shards"):
         list_shards(tmp_path / "emptydir")
+
+
+def test_loader_utf8_check_agrees_with_python(tmp_path):
+    """TarReader.texts (the loader's read path) flags exactly the texts Python cannot decode:
+    every boundary of the UTF-8 byte ranges, then seeded random bytes biased to multi-byte leads."""
+    import random
+
+    edge = [
+        b"", b"ascii only", b"\x7f", b"\x80", b"\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xc2\x80", b"\xdf\xbf", b"\xc2",
+        b"\xe0\x80\x80", b"\xe0\x9f\xbf", b"\xe0\xa0\x80", b"\xed\x9f\xbf", b"\xed\xa0\x80", b"\xed\xbf\xbf",
+        b"\xee\x80\x80", b"\xef\xbf\xbf", b"\xef\xbf", b"\xe1\x80\x7f", b"\xf0\x8f\xbf\xbf", b"\xf0\x90\x80\x80",
+        b"\xf4\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff", b"\xf0\x90\x80", b"abcdefg\xe2\x82",
+        "Grüße, Привет, 你好, नमस्ते, 🙂".encode(), b"12345678\xc3\xa912345678\xe2\x82\xac",
+    ]
+    rng = random.Random(7)
+    alphabet = [*range(0x20, 0x7F), *range(0x80, 0xC0), *range(0xC0, 0x100)] + [0xC3, 0xE2, 0xF0, 0x80, 0xBF] * 20
+    payloads = edge + [bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
+    path = make_tar(tmp_path / "u.tar", [(f"k{i:05d}.txt", b"x" + p) for i, p in enumerate(payloads)])
+    r = TarReader(str(path), False)
+    offsets, keys = [], []
+    while True:
+        at = r.offset
+        got = r.read(1)
+        if not got:
+            break
+        offsets.append(at)
+        keys.append(got[0][0].encode())
+    ends = np.cumsum([len(k) for k in keys])
+    texts, status = r.texts(np.asarray(offsets, np.uint64), b"".join(keys), ends)
+    assert len(texts) == len(payloads)
+    for p, t, st in zip(payloads, texts, status.tolist()):
+        try:
+            (b"x" + p).decode("utf-8")
+            ok = True
+        except UnicodeDecodeError:
+            ok = False
+        assert (st != 1) == ok, (p, st)
+        assert st == 1 or t == b"x" + p
