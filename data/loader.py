@@ -100,10 +100,6 @@ def _shards(sources: list[str]) -> list[tuple[Path, ShardInfo | None]]:
     return out
 
 
-def _sha(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 class DocIds(Sequence):
     """`shard.tar/KEY` of each segment of a batch (`""` for padding), as a read-only sequence.
 
@@ -230,7 +226,7 @@ class TokenLoader:
             "documents": self.index.documents,
             "shards": self.index.shard_list_hash(),  # a hash, not the names: 16 characters at any size
             "exclude": hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest()[:16],
-            "tokenizer": _sha(cfg.tokenizer),
+            "tokenizer": tok.sha256,
         }
 
     # ---- setup ----------------------------------------------------------------------------

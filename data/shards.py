@@ -193,10 +193,9 @@ def list_shards(directory: str | Path, verify: bool = False) -> list[Path]:
 def shard_entries(directory: str | Path) -> list[tuple[Path, ShardInfo | None]]:
     """list_shards with each shard's manifest entry (None without manifest.json)."""
     d = Path(directory)
-    paths = list_shards(d)
-    if (d / MANIFEST).is_file():
-        return list(zip(paths, Manifest.load(d).shards))
-    return [(p, None) for p in paths]
+    if d.is_dir() and (d / MANIFEST).is_file():  # parsed once (10,000 shards: a few MB of JSON at start-up)
+        return [(d / s.name, s) for s in Manifest.load(d).shards]
+    return [(p, None) for p in list_shards(d)]
 
 
 Utf8Policy = Literal["replace", "skip"]

@@ -10,6 +10,7 @@ This module must not import torch: spawned workers import it.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -39,6 +40,7 @@ class TokenizerInfo:
     vocab_size: int
     eod_id: int
     pad_id: int
+    sha256: str = ""  # of the model file, first 16 hex digits (the loader's resume fingerprint)
 
 
 _OPEN: dict[tuple, tuple[spm.SentencePieceProcessor, "TokenizerInfo"]] = {}
@@ -71,7 +73,9 @@ def _load(p: Path) -> tuple[spm.SentencePieceProcessor, TokenizerInfo]:
     if eod < 0:
         raise DataError(f"{p}: the SentencePiece model has no EOS piece (train it with eos_id >= 0); it marks document ends")
     pad = sp.pad_id() if sp.pad_id() >= 0 else eod  # padding is masked out of the loss either way
-    return sp, TokenizerInfo(str(p), sp.get_piece_size(), eod, pad)
+    # Hashed here, once per process while the file is unchanged, not by every loader built.
+    sha = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    return sp, TokenizerInfo(str(p), sp.get_piece_size(), eod, pad, sha)
 
 
 # ---- reading + encoding (runs in workers, or in-process with num_workers=0) -----------------
