@@ -510,6 +510,12 @@ class TarReader {
   Counters counters_;
 };
 
+// The next samples with the GIL released: read() and scan() parse whole batches of members.
+std::vector<RawSample> parse_released(TarReader& r, size_t max_samples) {
+  py::gil_scoped_release release;
+  return r.parse(max_samples);
+}
+
 }  // namespace
 
 void register_tar(py::module_& m) {
@@ -520,11 +526,7 @@ void register_tar(py::module_& m) {
       .def(
           "read",
           [](TarReader& r, size_t max_samples) {
-            std::vector<RawSample> raw;
-            {
-              py::gil_scoped_release release;
-              raw = r.parse(max_samples);
-            }
+            const std::vector<RawSample> raw = parse_released(r, max_samples);
             py::list out(raw.size());
             for (size_t i = 0; i < raw.size(); ++i) {
               py::dict fields;
@@ -537,11 +539,7 @@ void register_tar(py::module_& m) {
       .def(
           "scan",
           [](TarReader& r, size_t max_samples, const std::string& want) {
-            std::vector<RawSample> raw;
-            {
-              py::gil_scoped_release release;
-              raw = r.parse(max_samples);
-            }
+            const std::vector<RawSample> raw = parse_released(r, max_samples);
             py::list out(raw.size());
             for (size_t i = 0; i < raw.size(); ++i) {
               py::dict sizes;
