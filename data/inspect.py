@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from glotta.config import StrictModel
-from glotta.data.manifest import MANIFEST, Manifest
-from glotta.data.shards import iter_samples, list_shards
+from glotta.data.manifest import MANIFEST
+from glotta.data.shards import iter_samples, list_shards, load_manifest
 from glotta.errors import DataError
 from glotta.progress import track
 
@@ -64,11 +64,7 @@ def inspect_shards(path: str | Path, verify: bool = False, strict: bool = False)
     if not d.is_dir():
         raise DataError(f"shard directory not found: {d}")
     if (d / MANIFEST).is_file():
-        manifest = Manifest.load(d)
-        if verify:
-            problems = manifest.verify(d)
-            if problems:
-                raise DataError(f"{len(problems)} shard(s) do not match {d / MANIFEST}:\n  " + "\n  ".join(problems))
+        manifest = load_manifest(d, verify)
         meta = {k: v for k, v in manifest.meta.items() if k != "counters"}
         return InspectReport(
             str(d), "manifest", len(manifest.shards), manifest.langs(), verify,

@@ -38,7 +38,7 @@ from glotta.config import StrictModel
 from glotta.data.exclude import read_exclude
 from glotta.data.loader_state import STATE_VERSION, check_fingerprint, merge_states
 from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
-from glotta.data.native import assemble, deal
+from glotta.data.native import assemble_i32, assemble_u16, deal, token_dtype
 from glotta.data.packing import BestFitLane, ConcatLane, Doc, RowStats
 from glotta.data.corpus_index import CorpusIndex, cached_corpus_index
 from glotta.data.manifest import ShardInfo
@@ -98,10 +98,6 @@ def _shards(sources: list[str]) -> list[tuple[Path, ShardInfo | None]]:
     if dup:
         raise DataError(f"shard names must be unique across sources (exclude lists use them): {dup[:5]}")
     return out
-
-
-def _sha(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 class DocIds(Sequence):
@@ -195,6 +191,7 @@ class TokenLoader:
 
         _, tok = open_tokenizer(cfg.tokenizer)
         self.vocab_size, self.eod_id, self.pad_id = tok.vocab_size, tok.eod_id, tok.pad_id
+        self._no_tokens = np.zeros(0, token_dtype(tok.vocab_size))
         shards = _shards(cfg.sources)
         exclude = read_exclude(cfg.exclude)
         self.index: CorpusIndex = cached_corpus_index(shards, exclude, cfg.strict)
@@ -229,7 +226,7 @@ class TokenLoader:
             "documents": self.index.documents,
             "shards": self.index.shard_list_hash(),  # a hash, not the names: 16 characters at any size
             "exclude": hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest()[:16],
-            "tokenizer": _sha(cfg.tokenizer),
+            "tokenizer": tok.sha256,
         }
 
     # ---- setup ----------------------------------------------------------------------------
@@ -395,8 +392,10 @@ class TokenLoader:
         return batch
 
     def _assemble(self, rows: list) -> dict:
+        """The batch dict from rows of (Doc, start, n) segments: one C++ pass writes every array.
+        Per segment this is a few list appends; the columns go to C++ as one int64 array."""
         S1 = self.row_len
-        pieces, segs = [], []  # segs: (row, start in flat, length, lang, document) per segment
+        pieces, segs = [], []  # segs: row, start in flat, length, lang, document (flattened, 5 per segment)
         at = replaced = 0
         for b, row in enumerate(rows):
             fill = 0
@@ -405,39 +404,31 @@ class TokenLoader:
                 row = ()
             for d, start, n in row:
                 pieces.append(d.tokens[start : start + n])
-                segs.append((b, at, n, d.lang, d.index))
+                segs += (b, at, n, d.lang, d.index)
                 if start == 0 and d.status == UTF8_REPLACED:
                     replaced += 1
                 at += n
                 fill += n
             if fill < S1:
-                segs.append((b, -1, S1 - fill, -1, -1))
+                segs += (b, -1, S1 - fill, -1, -1)
         if replaced:
             self._counts["utf8_replaced"] += replaced
-        flat = np.concatenate(pieces) if pieces else np.zeros(0, np.uint16)
-        cols = np.array(segs, np.int64).reshape(-1, 5)
-        out = assemble(
-            flat,
-            cols[:, 0],
-            cols[:, 1],
-            cols[:, 2],
-            cols[:, 3],
-            len(rows),
-            S1,
-            self.pad_id,
-            self.eod_id,
-            self.cfg.reset_position_ids,
-            self.cfg.eod_mask_loss,
-            len(self.langs),
-        )
+        flat = np.concatenate(pieces) if pieces else self._no_tokens
+        # Columns as contiguous rows of one array (no copy per column on the way to C++).
+        cols = np.array(segs, np.int64).reshape(-1, 5).T.copy()
+        fn = assemble_u16 if flat.dtype == np.uint16 else assemble_i32
+        out = fn(
+            flat, cols[0].astype(np.int32), cols[1], cols[2], cols[3].astype(np.int32), len(rows), S1,
+            self.pad_id, self.eod_id, self.cfg.reset_position_ids, self.cfg.eod_mask_loss, len(self.langs),
+        )  # fmt: skip
         kept = out.pop("segments")
         counts = out.pop("lang_tokens")
         self._lang_tokens += counts
         self._counts["pad_tokens"] += len(rows) * (S1 - 1) - int(counts.sum())
         self._counts["rows"] += len(rows)
         batch = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}
-        batch["doc_langs"] = self._lang_names[cols[kept, 3]].tolist()  # index -1 is "" (padding)
-        batch["doc_ids"] = DocIds(self.index, cols[kept, 4])
+        batch["doc_langs"] = self._lang_names[cols[3, kept]].tolist()  # index -1 is "" (padding)
+        batch["doc_ids"] = DocIds(self.index, cols[4, kept])
         return batch
 
     # ---- stats and state ------------------------------------------------------------------

@@ -145,19 +145,19 @@ class Manifest:
 
 
 # ---- per-rank parts ---------------------------------------------------------------------
-def part_path(directory: str | Path, rank: int, world_size: int) -> Path:
-    return Path(directory) / PARTS_DIR / f"rank-{rank:05d}-of-{world_size:05d}.json"
+def part_path(directory: str | Path, rank: int, world_size: int, parts_dir: str = PARTS_DIR) -> Path:
+    return Path(directory) / parts_dir / f"rank-{rank:05d}-of-{world_size:05d}.json"
 
 
-def load_part(directory: str | Path, rank: int, world_size: int) -> dict[str, Any] | None:
-    p = part_path(directory, rank, world_size)
+def load_part(directory: str | Path, rank: int, world_size: int, parts_dir: str = PARTS_DIR) -> dict[str, Any] | None:
+    p = part_path(directory, rank, world_size, parts_dir)
     if not p.is_file():
         return None
     return json.loads(p.read_text(encoding="utf-8"))
 
 
-def save_part(directory: str | Path, rank: int, world_size: int, part: dict[str, Any]) -> None:
-    p = part_path(directory, rank, world_size)
+def save_part(directory: str | Path, rank: int, world_size: int, part: dict[str, Any], parts_dir: str = PARTS_DIR) -> None:
+    p = part_path(directory, rank, world_size, parts_dir)
     p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(p, json.dumps(part, indent=1, ensure_ascii=False) + "\n")
 

@@ -9,8 +9,7 @@ import numpy as np
 
 try:
     from glotta._native import BlendSchedule, TarError, TarReader, collapse_ws, tar_sample
-    from glotta._native import assemble_i32 as _assemble_i32
-    from glotta._native import assemble_u16 as _assemble_u16
+    from glotta._native import assemble_i32, assemble_u16  # the loader's per-batch call (arrays already typed)
     from glotta._native import best_fit_pack as _best_fit_pack
     from glotta._native import deal as _deal
     from glotta._native import permutation as _permutation
@@ -21,7 +20,7 @@ except ImportError as e:  # pragma: no cover - only when the package was not ins
         "(needs a C++17 compiler and the Python headers)"
     ) from e
 
-__all__ = ["BlendSchedule", "TarError", "TarReader", "assemble", "collapse_ws", "best_fit_pack", "deal", "permutation", "permute", "tar_sample", "token_dtype"]
+__all__ = ["BlendSchedule", "TarError", "TarReader", "assemble", "assemble_i32", "assemble_u16", "collapse_ws", "best_fit_pack", "deal", "permutation", "permute", "tar_sample", "token_dtype"]
 
 _MASK63 = (1 << 63) - 1
 
@@ -82,9 +81,9 @@ def assemble(
     `segments` (input segment of each cu_seqlens segment) and `lang_tokens` (tokens per language
     in the token region; languages must be in [0, n_langs), or n_langs >= max language + 1)."""
     if flat.dtype == np.uint16:
-        fn = _assemble_u16
+        fn = assemble_u16
     elif flat.dtype == np.int32:
-        fn = _assemble_i32
+        fn = assemble_i32
     else:
         raise TypeError(f"token buffer must be uint16 or int32, got {flat.dtype}")
     seg_start = np.ascontiguousarray(seg_start, dtype=np.int64)

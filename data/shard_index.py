@@ -27,15 +27,16 @@ import json
 import logging
 import mmap
 import os
+import shutil
 import struct
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from glotta.data.manifest import ShardInfo, atomic_write_bytes
+from glotta.data.manifest import ShardInfo, atomic_write_bytes, load_part, save_part
 from glotta.data.shards import PROBLEMS, add_reader_counters, check_expected, open_reader
 from glotta.errors import DataError
 
@@ -335,28 +336,43 @@ class IndexReport:
     built: int = 0  # indexes written by this run (missing, stale or --force)
     reused: int = 0  # indexes that already matched their shard
     docs: int = 0
-    manifest: str = ""  # "updated" (index hashes added), "written" (none existed), "unchanged"
+    manifest: str = ""  # "updated" (index hashes added), "written" (none existed), "unchanged", or "left to the last rank"
     counters: dict[str, int] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def index_shard_set(directory: str | Path, force: bool = False, strict: bool = False) -> IndexReport:
+INDEX_PARTS_DIR = "index.d"  # per-rank results of a multi-rank `glotta data index`, merged by the last rank
+
+
+def index_shard_set(
+    directory: str | Path, force: bool = False, strict: bool = False, rank: int | None = None, world_size: int | None = None
+) -> IndexReport:
     """Write (or refresh) NAME.tar.idx for every shard of a set and record the index hashes in
     manifest.json. A set without manifest.json (shards from elsewhere) gets one from the scan,
-    so the loader can later check truncations against it."""
+    so the loader can later check truncations against it.
+
+    Work is split by RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS: rank r indexes
+    shards r, r + W, r + 2W, ... and saves what the manifest needs of them in `index.d/`; the
+    rank that finds every part present and current writes manifest.json (so no rank waits on
+    another). A rerun of a rank reuses its indexes that still match their shards."""
+    from glotta.data.importer import rank_world
     from glotta.data.manifest import MANIFEST, Manifest, sha256_file
     from glotta.data.shards import shard_entries
     from glotta.progress import track
 
+    rank, world = rank_world(rank, world_size)
     d = Path(directory)
     entries = shard_entries(d)
     had_manifest = (d / MANIFEST).is_file()
-    rep = IndexReport(str(d), shards=len(entries))
+    mine = entries[rank::world]
+    rep = IndexReport(str(d), shards=len(mine), rank=rank, world_size=world)
     counters: Counter = Counter()
     infos: list[ShardInfo] = []
-    for shard, expected in track(entries, f"index {d.name}"):
+    for shard, expected in track(mine, f"index {d.name}" + (f" (rank {rank}/{world})" if world > 1 else "")):
         path = index_path(shard)
         fresh = False
         if not force and path.is_file():
@@ -383,6 +399,13 @@ def index_shard_set(directory: str | Path, force: bool = False, strict: bool = F
             info.bytes = sum(e["bytes"] for e in info.langs.values())
         info.index_sha256 = sha256_file(path)
         infos.append(info)
+    rep.counters = {k: int(v) for k, v in sorted(counters.items()) if v}
+    if world > 1:
+        merged = _merge_index_parts(d, rank, world, entries, infos, counters)
+        if merged is None:
+            rep.manifest = "left to the last rank"
+            return rep
+        infos, counters = merged
     if had_manifest:
         manifest = Manifest.load(d)
         before = [s.index_sha256 for s in manifest.shards]
@@ -393,5 +416,34 @@ def index_shard_set(directory: str | Path, force: bool = False, strict: bool = F
         rep.manifest = "written"
     if rep.manifest != "unchanged":
         manifest.save(d)
-    rep.counters = {k: int(v) for k, v in sorted(counters.items()) if v}
+    if world > 1:
+        shutil.rmtree(d / INDEX_PARTS_DIR, ignore_errors=True)  # merged: a later run starts clean
     return rep
+
+
+def _stamp(shard: Path) -> list[int]:
+    """What says a part still describes the files: shard size, index size and mtime."""
+    i = index_path(shard).stat()
+    return [shard.stat().st_size, i.st_size, i.st_mtime_ns]
+
+
+def _merge_index_parts(d: Path, rank: int, world: int, entries, infos, counters):
+    """Save this rank's part; when every rank's part is there and still matches the files (a
+    stat per shard), return all ranks' (infos in manifest order, summed counters), else None."""
+    names = [p.name for p, _ in entries]
+    mine = [p for p, _ in entries[rank::world]]
+    part = {"complete": True, "names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
+            "shards": [asdict(i) for i in infos], "stamps": [_stamp(p) for p in mine], "counters": dict(counters)}  # fmt: skip
+    save_part(d, rank, world, part, parts_dir=INDEX_PARTS_DIR)
+    by_name: dict[str, ShardInfo] = {}
+    total: Counter = Counter()
+    for r in range(world):
+        other = part if r == rank else load_part(d, r, world, parts_dir=INDEX_PARTS_DIR)
+        if other is None or other.get("names_sha256") != part["names_sha256"]:
+            return None
+        theirs = [p for p, _ in entries[r::world]]
+        if r != rank and other["stamps"] != [_stamp(p) if index_path(p).is_file() else None for p in theirs]:
+            return None  # that rank's shards or indexes changed since it ran: it must run again
+        by_name.update((s["name"], ShardInfo(**s)) for s in other["shards"])
+        total.update(other["counters"])
+    return [by_name[n] for n in names], total

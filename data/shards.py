@@ -167,18 +167,24 @@ class ShardWriter:
             self.abort()
 
 
+def load_manifest(d: Path, verify: bool = False) -> Manifest:
+    """A shard set's manifest.json; with `verify`, every shard is checked against it first and a
+    mismatch is one DataError listing each shard at fault."""
+    manifest = Manifest.load(d)
+    if verify:
+        problems = manifest.verify(d)
+        if problems:
+            raise DataError(f"{len(problems)} shard(s) do not match {d / MANIFEST}:\n  " + "\n  ".join(problems))
+    return manifest
+
+
 def list_shards(directory: str | Path, verify: bool = False) -> list[Path]:
     """Shards of a set in order: from manifest.json when present, else every *.tar (sorted)."""
     d = Path(directory)
     if not d.is_dir():
         raise DataError(f"shard directory not found: {d}")
     if (d / MANIFEST).is_file():
-        manifest = Manifest.load(d)
-        if verify:
-            problems = manifest.verify(d)
-            if problems:
-                raise DataError("shard set does not match its manifest:\n  " + "\n  ".join(problems))
-        return [d / s.name for s in manifest.shards]
+        return [d / s.name for s in load_manifest(d, verify).shards]
     shards = sorted(p for p in d.glob("*.tar") if not p.name.startswith("."))
     packed = sorted(p.name for pat in COMPRESSED for p in d.glob(pat) if not p.name.startswith("."))
     if packed and not shards:
@@ -193,10 +199,9 @@ def list_shards(directory: str | Path, verify: bool = False) -> list[Path]:
 def shard_entries(directory: str | Path) -> list[tuple[Path, ShardInfo | None]]:
     """list_shards with each shard's manifest entry (None without manifest.json)."""
     d = Path(directory)
-    paths = list_shards(d)
-    if (d / MANIFEST).is_file():
-        return list(zip(paths, Manifest.load(d).shards))
-    return [(p, None) for p in paths]
+    if d.is_dir() and (d / MANIFEST).is_file():  # parsed once (10,000 shards: a few MB of JSON at start-up)
+        return [(d / s.name, s) for s in Manifest.load(d).shards]
+    return [(p, None) for p in list_shards(d)]
 
 
 Utf8Policy = Literal["replace", "skip"]

@@ -10,6 +10,7 @@ This module must not import torch: spawned workers import it.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -39,6 +40,7 @@ class TokenizerInfo:
     vocab_size: int
     eod_id: int
     pad_id: int
+    sha256: str = ""  # of the model file, first 16 hex digits (the loader's resume fingerprint)
 
 
 _OPEN: dict[tuple, tuple[spm.SentencePieceProcessor, "TokenizerInfo"]] = {}
@@ -71,7 +73,9 @@ def _load(p: Path) -> tuple[spm.SentencePieceProcessor, TokenizerInfo]:
     if eod < 0:
         raise DataError(f"{p}: the SentencePiece model has no EOS piece (train it with eos_id >= 0); it marks document ends")
     pad = sp.pad_id() if sp.pad_id() >= 0 else eod  # padding is masked out of the loss either way
-    return sp, TokenizerInfo(str(p), sp.get_piece_size(), eod, pad)
+    # Hashed here, once per process while the file is unchanged, not by every loader built.
+    sha = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    return sp, TokenizerInfo(str(p), sp.get_piece_size(), eod, pad, sha)
 
 
 # ---- reading + encoding (runs in workers, or in-process with num_workers=0) -----------------
@@ -138,15 +142,19 @@ class Encoder:
                 texts[i] = t
             status[pos] = st
         arrays = self._encode(texts)
-        # Vectorised (no numpy scalar per document): every document's ids back to back, then one
-        # EOD inserted after each non-empty one; an empty one (status EMPTY) keeps length 0.
-        ids = np.fromiter(map(len, arrays), np.int64, n)
+        # One copy, no numpy scalar per document: each kept document's ids followed by a shared
+        # one-element EOD array, concatenated and narrowed to the token dtype in one pass; an empty
+        # document (status EMPTY) keeps length 0.
         keep = status != EMPTY
-        lengths = np.where(keep, ids + 1, 0)
+        lengths = np.where(keep, np.fromiter(map(len, arrays), np.int64, n) + 1, 0)
         if not keep.any():
             return np.zeros(0, self.dtype), lengths, status
-        cat = np.concatenate(arrays) if n else np.zeros(0, np.int32)
-        flat = np.insert(cat, np.cumsum(ids)[keep], self.info.eod_id).astype(self.dtype, copy=False)
+        eod = np.full(1, self.info.eod_id, arrays[0].dtype if isinstance(arrays[0], np.ndarray) else np.int32)
+        parts = [eod] * (2 * n)
+        parts[0::2] = arrays
+        if not keep.all():
+            parts = [p for i, p in enumerate(parts) if keep[i >> 1]]
+        flat = np.concatenate(parts, dtype=self.dtype, casting="unsafe")  # ids < vocab size: fits the dtype
         return flat, lengths, status
 
     def _encode(self, texts: list[bytes]) -> list[np.ndarray]:

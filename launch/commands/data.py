@@ -136,6 +136,7 @@ def index(
     """Write the per-shard index (NAME.tar.idx) the loader memory-maps, and its hashes in manifest.json.
 
     The import writes indexes itself; use this for shard sets made elsewhere (a manifest.json is written when there is none).
+    Work is split by RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS: each rank indexes every WORLD_SIZE-th shard and the last rank to finish writes manifest.json.
     """
     from glotta.data.shard_index import index_shard_set
 
@@ -146,7 +147,8 @@ def index(
     if json_out:
         print_json(rep.to_json())
         return
-    stdout.print(f"{rep.path}: {rep.shards} shard(s), {rep.docs:,} docs; indexes built {rep.built}, "
+    who = f" (rank {rep.rank} of {rep.world_size})" if rep.world_size > 1 else ""
+    stdout.print(f"{rep.path}{who}: {rep.shards} shard(s), {rep.docs:,} docs; indexes built {rep.built}, "
                  f"reused {rep.reused}; manifest.json {rep.manifest}", highlight=False)
     if rep.counters:
         print_counters("read problems (counted)", rep.counters)

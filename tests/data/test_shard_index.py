@@ -3,6 +3,7 @@ index` for shard sets from elsewhere; `glotta data show`."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tarfile
 
@@ -84,3 +85,31 @@ def test_show_prints_samples_of_a_language(demo_shards):
     assert res.exit_code == 0 and res.output.count("lang=") == 2
     res = runner.invoke(app, ["data", "show", str(demo_shards), "--lang", "tlh"])
     assert res.exit_code == 2 and "no sample with language 'tlh'" in res.output
+
+
+def test_data_index_split_over_ranks_gives_the_single_rank_manifest(demo_shards, tmp_path, monkeypatch):
+    """RANK/WORLD_SIZE: each rank indexes every 2nd shard, the last one writes the manifest, which
+    equals a one-rank run's; a part that no longer matches its files is not merged."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for d in (one, two):
+        d.mkdir()
+        for p in list_shards(demo_shards):
+            shutil.copy(p, d / p.name)
+    assert json.loads(runner.invoke(app, ["data", "index", str(one), "--json"]).stdout)["manifest"] == "written"
+    shards = list_shards(two)
+    assert len(shards) >= 3
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    rep = json.loads(runner.invoke(app, ["data", "index", str(two), "--json"]).stdout)
+    assert (rep["rank"], rep["world_size"], rep["shards"], rep["manifest"]) == (1, 2, len(shards) // 2, "left to the last rank")
+    assert [index_path(p).is_file() for p in shards] == [i % 2 == 1 for i in range(len(shards))]
+    assert not (two / "manifest.json").exists()
+    monkeypatch.setenv("RANK", "0")
+    os.utime(shards[1], ns=(1, 1))  # a shard of rank 1 rewritten (same size) after it ran ...
+    index_path(shards[1]).write_bytes(index_path(shards[1]).read_bytes())  # ... and its index: part stale
+    rep = json.loads(runner.invoke(app, ["data", "index", str(two), "--json"]).stdout)
+    assert rep["manifest"] == "left to the last rank" and not (two / "manifest.json").exists()
+    monkeypatch.setenv("RANK", "1")
+    assert json.loads(runner.invoke(app, ["data", "index", str(two), "--json"]).stdout)["manifest"] == "written"
+    assert Manifest.load(two).shards == Manifest.load(one).shards
+    assert not (two / "index.d").exists()

@@ -6,6 +6,7 @@ import json
 import tarfile
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from glotta._native import TarError, TarReader
@@ -142,18 +143,24 @@ def _good_shard(tmp_path, n=20, text="Ein kurzer deutscher Satz über Daten."):
     return tmp_path / w.written[0].name
 
 
+def _counted_then_strict(path, strict_match):
+    """The samples and counters of a damaged shard read leniently; strict=True must raise."""
+    counters = Counter()
+    got = list(iter_samples(path, counters))
+    with pytest.raises(DataError, match=strict_match):
+        list(iter_samples(path, strict=True))
+    return got, counters
+
+
 def test_truncated_shard_yields_complete_samples_then_counts(tmp_path):
     path = _good_shard(tmp_path)
     data = path.read_bytes()
     cut = tmp_path / "cut.tar"
     cut.write_bytes(data[: len(data) // 2 + 100])
-    counters = Counter()
-    got = list(iter_samples(cut, counters))
+    got, counters = _counted_then_strict(cut, r"cut\.tar at byte \d+: .*truncated")
     assert 0 < len(got) < 20
     assert [s.text for s in got] == [f"Ein kurzer deutscher Satz über Daten. {i}" for i in range(len(got))]
     assert counters["truncated"] == 1
-    with pytest.raises(DataError, match=r"cut\.tar at byte \d+: .*truncated"):
-        list(iter_samples(cut, strict=True))
 
 
 def test_corrupt_header_checksum(tmp_path):
@@ -164,14 +171,11 @@ def test_corrupt_header_checksum(tmp_path):
     data[headers[10] + 3] ^= 0xFF
     bad = tmp_path / "bad.tar"
     bad.write_bytes(bytes(data))
-    counters = Counter()
-    got = list(iter_samples(bad, counters))
+    got, counters = _counted_then_strict(bad, "bad header checksum")
     # The damaged header (d005.txt) is skipped and the reader resumes at the next valid one:
     # d005 is a half sample (counted), every later sample is kept.
     assert [s.key for s in got] == [f"d{i:03d}" for i in range(20) if i != 5]
     assert counters["damaged"] == 1 and counters["missing_text"] == 1
-    with pytest.raises(DataError, match="bad header checksum"):
-        list(iter_samples(bad, strict=True))
 
 
 def test_text_and_metadata_problems_are_counted(tmp_path):
@@ -218,3 +222,41 @@ def test_missing_and_empty_inputs(tmp_path):
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(DataError, match="no \\*.tar shards"):
         list_shards(tmp_path / "emptydir")
+
+
+def test_loader_utf8_check_agrees_with_python(tmp_path):
+    """TarReader.texts (the loader's read path) flags exactly the texts Python cannot decode:
+    every boundary of the UTF-8 byte ranges, then seeded random bytes biased to multi-byte leads."""
+    import random
+
+    edge = [
+        b"", b"ascii only", b"\x7f", b"\x80", b"\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xc2\x80", b"\xdf\xbf", b"\xc2",
+        b"\xe0\x80\x80", b"\xe0\x9f\xbf", b"\xe0\xa0\x80", b"\xed\x9f\xbf", b"\xed\xa0\x80", b"\xed\xbf\xbf",
+        b"\xee\x80\x80", b"\xef\xbf\xbf", b"\xef\xbf", b"\xe1\x80\x7f", b"\xf0\x8f\xbf\xbf", b"\xf0\x90\x80\x80",
+        b"\xf4\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff", b"\xf0\x90\x80", b"abcdefg\xe2\x82",
+        "Grüße, Привет, 你好, नमस्ते, 🙂".encode(), b"12345678\xc3\xa912345678\xe2\x82\xac",
+    ]
+    rng = random.Random(7)
+    alphabet = [*range(0x20, 0x7F), *range(0x80, 0xC0), *range(0xC0, 0x100)] + [0xC3, 0xE2, 0xF0, 0x80, 0xBF] * 20
+    payloads = edge + [bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
+    path = make_tar(tmp_path / "u.tar", [(f"k{i:05d}.txt", b"x" + p) for i, p in enumerate(payloads)])
+    r = TarReader(str(path), False)
+    offsets, keys = [], []
+    while True:
+        at = r.offset
+        got = r.read(1)
+        if not got:
+            break
+        offsets.append(at)
+        keys.append(got[0][0].encode())
+    ends = np.cumsum([len(k) for k in keys])
+    texts, status = r.texts(np.asarray(offsets, np.uint64), b"".join(keys), ends)
+    assert len(texts) == len(payloads)
+    for p, t, st in zip(payloads, texts, status.tolist()):
+        try:
+            (b"x" + p).decode("utf-8")
+            ok = True
+        except UnicodeDecodeError:
+            ok = False
+        assert (st != 1) == ok, (p, st)
+        assert st == 1 or t == b"x" + p
