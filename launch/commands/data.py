@@ -6,17 +6,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from glotta.config import StrictModel, load_config
+from glotta.config import StrictModel
 from glotta.launch.console import out as stdout
-from glotta.launch.console import print_counters, print_json, print_table
+from glotta.launch.console import print_counters, print_json_if, print_table
 from glotta.launch.errors import guarded
-from glotta.launch.options import ConfigOpt, JsonOpt, SetOpt, StrictOpt, cli_overrides
+from glotta.launch.options import ConfigOpt, JsonOpt, SetOpt, StrictOpt, command_config
 from glotta.progress import console as err_console
 from glotta.progress import set_quiet
 
 app = typer.Typer(no_args_is_help=True, help="Import, inspect and build webdataset text shard sets.")
 
 Str = Optional[str]
+ShardDirArg = Annotated[Optional[Path], typer.Argument(help="Shard directory.", show_default=False)]
 
 
 def _opt(*names: str, help: str) -> typer.models.OptionInfo:
@@ -61,18 +62,16 @@ def import_(
     from glotta.data.importer import ImportConfig, run_import
     from glotta.data.inspect import InspectReport
 
-    overrides = cli_overrides(
-        sets, inputs=inputs or None, out=out, text_field=text_field, url_field=url_field, lang_field=lang_field,
+    cfg = command_config(
+        ImportConfig, config, sets, None, inputs=inputs or None, out=out, text_field=text_field, url_field=url_field, lang_field=lang_field,
         id_field=id_field, source_field=source_field, date_field=date_field, license_field=license_field,
         keep_fields=[k.strip() for k in keep_fields.split(",") if k.strip()] if keep_fields else None,
         format=fmt, text_split=text_split, shard_samples=shard_samples, shard_mb=shard_mb, prefix=prefix,
         utf8=utf8, lid=lid, lid_backend=lid_backend, lid_threshold=lid_threshold, strict=strict or None,
     )  # fmt: skip
-    cfg = load_config(ImportConfig, config, overrides)
     set_quiet(json_out)
     res = run_import(cfg)
-    if json_out:
-        print_json(res.to_json())
+    if print_json_if(json_out, res.to_json()):
         return
     if res.status == "nothing to do":
         err_console.print(f"nothing to do: rank {res.rank}'s shards in {res.out} are complete and verified")
@@ -89,7 +88,7 @@ def import_(
 @app.command("inspect")
 @guarded
 def inspect(
-    path: Annotated[Optional[Path], typer.Argument(help="Shard directory.", show_default=False)] = None,
+    path: ShardDirArg = None,
     verify: Annotated[bool, typer.Option("--verify", help="Check every shard's size and sha256 against manifest.json.")] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -99,12 +98,10 @@ def inspect(
     """Per-language docs, bytes and shares of a shard set (from manifest.json, else by scanning)."""
     from glotta.data.inspect import InspectConfig, inspect_shards
 
-    overrides = cli_overrides(sets, path=str(path) if path else None, verify=verify or None, strict=strict or None)
-    cfg = load_config(InspectConfig, config, overrides)
+    cfg = command_config(InspectConfig, config, sets, None, path=str(path) if path else None, verify=verify or None, strict=strict or None)
     set_quiet(json_out)
     report = inspect_shards(cfg.path, verify=cfg.verify, strict=cfg.strict)
-    if json_out:
-        print_json(report.to_json())
+    if print_json_if(json_out, report.to_json()):
         return
     how = "from manifest.json" if report.source == "manifest" else "no manifest.json: scanned every sample"
     title = f"{report.path}: {report.samples:,} docs, {report.bytes:,} bytes, {report.shards} shard(s), {len(report.langs)} language(s) ({how})"
@@ -126,7 +123,7 @@ class IndexConfig(StrictModel):
 @app.command("index")
 @guarded
 def index(
-    path: Annotated[Optional[Path], typer.Argument(help="Shard directory.", show_default=False)] = None,
+    path: ShardDirArg = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild every index, also those that match their shard.")] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -140,12 +137,10 @@ def index(
     """
     from glotta.data.shard_index import index_shard_set
 
-    overrides = cli_overrides(sets, path=str(path) if path else None, force=force or None, strict=strict or None)
-    cfg = load_config(IndexConfig, config, overrides)
+    cfg = command_config(IndexConfig, config, sets, None, path=str(path) if path else None, force=force or None, strict=strict or None)
     set_quiet(json_out)
     rep = index_shard_set(cfg.path, force=cfg.force, strict=cfg.strict)
-    if json_out:
-        print_json(rep.to_json())
+    if print_json_if(json_out, rep.to_json()):
         return
     who = f" (rank {rep.rank} of {rep.world_size})" if rep.world_size > 1 else ""
     stdout.print(f"{rep.path}{who}: {rep.shards} shard(s), {rep.docs:,} docs; indexes built {rep.built}, "
@@ -157,7 +152,7 @@ def index(
 @app.command("show")
 @guarded
 def show(
-    path: Annotated[Optional[Path], typer.Argument(help="Shard directory.", show_default=False)] = None,
+    path: ShardDirArg = None,
     lang: Annotated[Str, _opt("--lang", help="Only samples of this language.")] = None,
     n: Annotated[Optional[int], _opt("-n", help="Number of samples (default: 5).")] = None,
     lines: Annotated[Optional[int], _opt("--lines", help="First lines of text per sample (default: 3).")] = None,
@@ -169,12 +164,10 @@ def show(
     """Print a few samples (id, language, URL, first lines) so you can look at your data."""
     from glotta.data.show import ShowConfig, show_samples
 
-    overrides = cli_overrides(sets, path=str(path) if path else None, lang=lang, n=n, lines=lines, strict=strict or None)
-    cfg = load_config(ShowConfig, config, overrides)
+    cfg = command_config(ShowConfig, config, sets, None, path=str(path) if path else None, lang=lang, n=n, lines=lines, strict=strict or None)
     set_quiet(json_out)
     shown, counters = show_samples(cfg)
-    if json_out:
-        print_json({"samples": [s.to_json() for s in shown], "counters": counters})
+    if print_json_if(json_out, {"samples": [s.to_json() for s in shown], "counters": counters}):
         return
     for s in shown:
         stdout.print(f"[bold]{s.id}[/bold]  lang={s.lang}  url={s.url or '-'}  chars={s.chars:,}")
@@ -213,19 +206,17 @@ def demo_corpus(
     def split(s: str | None) -> list[str] | None:
         return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
-    overrides = cli_overrides(
-        sets, out=out, langs=split(langs), max_docs_per_lang=max_docs_per_lang,
+    cfg = command_config(
+        DemoCorpusConfig, config, sets, None, out=out, langs=split(langs), max_docs_per_lang=max_docs_per_lang,
         shard_samples=shard_samples, locale_dirs=split(locale_dirs),
     )  # fmt: skip
-    cfg = load_config(DemoCorpusConfig, config, overrides)
     set_quiet(json_out)
     build_demo_corpus(
         cfg.out, langs=cfg.langs, doc_chars=cfg.doc_chars, max_docs_per_lang=cfg.max_docs_per_lang,
         shard_samples=cfg.shard_samples, locale_dirs=tuple(cfg.locale_dirs or LOCALE_DIRS),
     )  # fmt: skip
     report = inspect_shards(cfg.out)
-    if json_out:
-        print_json(report.to_json())
+    if print_json_if(json_out, report.to_json()):
         return
     stdout.print(f"{cfg.out}: {report.samples:,} docs, {report.bytes:,} bytes, {report.shards} shard(s), {len(report.langs)} language(s)", highlight=False)
     print_table("", _lang_rows(report.rows()), ["lang", "docs", "bytes", "docs_share", "bytes_share"])
@@ -247,16 +238,14 @@ def holdout(
     """Hold out validation documents per language (stable hash) and write the exclude list that keeps them out of training."""
     from glotta.data.holdout import HoldoutConfig, run_holdout
 
-    overrides = cli_overrides(
-        sets, shards=str(shards) if shards else None, out=str(out) if out else None, fraction=fraction,
+    cfg = command_config(
+        HoldoutConfig, config, sets, None, shards=str(shards) if shards else None, out=str(out) if out else None, fraction=fraction,
         max_docs_per_lang=max_docs_per_lang, exclude=[str(e) for e in exclude] if exclude else None,
         strict=strict or None,
     )  # fmt: skip
-    cfg = load_config(HoldoutConfig, config, overrides)
     set_quiet(json_out)
     res = run_holdout(cfg)
-    if json_out:
-        print_json(res)
+    if print_json_if(json_out, res):
         return
     print_table(f"held out -> {res['valid']}", [{"lang": k, "docs": v} for k, v in res["held_out"].items()], ["lang", "docs"])
     stdout.print(f"training exclude list: {res['exclude']}", highlight=False)
