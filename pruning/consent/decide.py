@@ -31,6 +31,7 @@ from glotta.pruning.consent.agents import AgentPolicy, resolve_policy
 from glotta.pruning.consent.base import Decision, DocFilter
 from glotta.pruning.consent.dates import parse_day
 from glotta.pruning.consent.robots import PathRules
+from glotta.pruning.consent.rulematch import quote_path
 from glotta.pruning.consent.signals import (TOS_RESTRICTING, TdmRep, TosLabels, doc_content_usage, doc_noai,
                                             doc_tdm_reservation, license_match)
 from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
@@ -278,10 +279,24 @@ class ConsentFilter(DocFilter):
     def _apply(self, v: Verdict, path: str, meta: dict) -> Decision:
         if v.fixed is not None and not v.fixed.keep:
             return v.fixed
-        quoted = v.robots.quote(path) if v.path_agents else None
-        for agent in v.path_agents:
-            allowed, rule = v.robots.path_decision(path, agent, quoted)
-            if not allowed:
+        rules = v.robots  # None when no agent needs a path check
+        if rules is not None and path != "/robots.txt":  # /robots.txt is always allowed (RFC 9309 2.2.2)
+            quoted = quote_path(path)
+            drop = None
+            if rules.checks is not None:  # one compiled regex per distinct group of the policy
+                for agent, decide in rules.checks:
+                    allowed, rule = decide(quoted)
+                    if not allowed:
+                        drop = agent, rule
+                        break
+            else:  # pragma: no cover - protego's internals not readable: the parsed file decides
+                for agent in v.path_agents:
+                    allowed, rule = rules.path_decision(path, agent, quoted)
+                    if not allowed:
+                        drop = agent, rule
+                        break
+            if drop is not None:
+                agent, rule = drop
                 key = (id(v), agent, rule)  # one Decision object per deciding rule, reused
                 d = self._path_drops.get(key)
                 if d is None:
