@@ -31,7 +31,7 @@ from glotta.config import StrictModel
 from glotta.pruning.consent.agents import AgentPolicy, resolve_policy
 from glotta.pruning.consent.base import Decision, DocFilter
 from glotta.pruning.consent.dates import parse_day
-from glotta.pruning.consent.robots import PathRules
+from glotta.pruning.consent.robots import PathRules, Robots
 from glotta.pruning.consent.rulematch import always_allowed, quote_path
 from glotta.pruning.consent.signals import (TOS_RESTRICTING, TdmRep, TosLabels, doc_content_usage, doc_noai,
                                             doc_tdm_reservation, license_match)
@@ -197,7 +197,26 @@ class ConsentFilter(DocFilter):
         if robots.kind == "unavailable":
             keep = Decision(True, "no_robots", rule=f"{snap.kind} (allow): HTTP {snap.status}" if snap.kind else f"HTTP {snap.status}", snapshot=snap.date, sha256=snap.sha256, flags=flags)
             return _verdict(None, (), robots, tdm, keep, tos, snap.date, snap.sha256)
-        path_agents, groups, signal = [], set(), None
+        full, signal, path_agents, rules = self._policy_view(robots)
+        if full is not None:
+            d = Decision(False, "robots_full", agent=full.agent, rule=full.rule, group=full.group_lines, **ev)
+            return _verdict(d, (), None, tdm, d, tos, snap.date, snap.sha256)
+        if signal is not None:
+            d = Decision(False, "content_signal", agent=signal.agent, rule=signal.signal_rule, group=signal.group_lines, **ev)
+            return _verdict(d, (), None, tdm, d, tos, snap.date, snap.sha256)
+        reason = "robots_path_allowed" if path_agents else "robots_none"
+        keep = Decision(True, reason, snapshot=snap.date, sha256=snap.sha256, flags=flags)
+        return _verdict(None, path_agents, rules, tdm, keep, tos, snap.date, snap.sha256)
+
+    def _policy_view(self, robots: Robots) -> tuple:
+        """What the policy's agents make of one parsed robots.txt, whatever the capture: (the first
+        agent status that blocks all, the first ai-train=no status, the agents whose paths must be
+        matched, their PathRules). Computed once per parsed file and held on it, so the many
+        origins (and captures) sharing byte-identical files share it; verdicts add the evidence."""
+        view = robots.policy_views.get(self.policy.version)
+        if view is not None:
+            return view
+        path_agents, groups, signal, full = [], set(), None, None
         for agent in self.policy.agents:
             key = robots.select(agent)
             if key in groups:  # an earlier agent of the policy had this group: same class, same answer
@@ -205,20 +224,18 @@ class ConsentFilter(DocFilter):
             groups.add(key)
             st = robots.classify(agent)
             if st.status == "all":
-                d = Decision(False, "robots_full", agent=agent, rule=st.rule, group=st.group_lines, **ev)
-                return _verdict(d, (), robots, tdm, d, tos, snap.date, snap.sha256)
+                full = st
+                break
             if st.ai_train == "no" and signal is None:
-                signal = Decision(False, "content_signal", agent=agent, rule=st.signal_rule, group=st.group_lines, **ev)
+                signal = st
             # `?` rules do not count for the class but still bind: a `none` origin with
             # `Disallow: /*?sort=` is matched per path like a `some` origin.
             if st.status == "some" or robots.needs_path_check(agent):
                 path_agents.append(agent)
-        if signal is not None:
-            return _verdict(signal, (), robots, tdm, signal, tos, snap.date, snap.sha256)
-        reason = "robots_path_allowed" if path_agents else "robots_none"
-        keep = Decision(True, reason, snapshot=snap.date, sha256=snap.sha256, flags=flags)
-        rules = PathRules(robots, path_agents) if path_agents else None  # not the parsed file: memory
-        return _verdict(None, tuple(path_agents), rules, tdm, keep, tos, snap.date, snap.sha256)
+        decided = full is not None or signal is not None
+        rules = PathRules(robots, path_agents) if path_agents and not decided else None  # not the parsed file: memory
+        view = robots.policy_views[self.policy.version] = (full, signal, () if decided else tuple(path_agents), rules)
+        return view
 
     # ---- per document -------------------------------------------------------------------
     def _day(self, raw) -> str:
@@ -231,7 +248,10 @@ class ConsentFilter(DocFilter):
         return day
 
     def decide(self, doc) -> Decision:
-        meta = doc.meta
+        return self.decide_meta(doc.meta)
+
+    def decide_meta(self, meta: dict) -> Decision:
+        """The decision for a document given its metadata (url, crawl_date, signals, license)."""
         if self._licenses and "license" in meta:
             lic = license_match(meta["license"], self._licenses)
             if lic:

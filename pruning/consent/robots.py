@@ -136,6 +136,7 @@ class Robots:
         self._status: dict[str, AgentStatus] = {}
         self._select: dict[str, str] = {}
         self._rulesets: dict[str, object] = {}
+        self.policy_views: dict[str, tuple] = {}  # policy version -> ConsentFilter._policy_view (decide.py)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
