@@ -109,12 +109,13 @@ class ConsentFilter(DocFilter):
         self._crawl = self.cfg.as_of == "crawl"
         # As of crawl: "https://Host:443" (the raw URL head) -> (the origin's capture dates, one slot
         # per interval between them). A document's day finds its slot by bisection; the slot holds
-        # the Decision for any path, or the Verdict whose agents match paths (None: not compiled
-        # yet). One entry per origin, not per (origin, day): memory follows the origins only.
+        # the capture's Verdict (None: not compiled yet). One entry per origin and one verdict per
+        # capture, not per (origin, day): memory follows the origins and their captures only.
         self._plans: dict[str, tuple[tuple[str, ...], list]] = {}
         self._path_drops: dict[tuple[int, str, str], Decision] = {}  # verdicts live as long as the filter
         self._days: dict[str, str] = {}  # raw crawl_date -> YYYY-MM-DD or '' (unreadable)
         self._holding = 0  # cached verdicts that hold path rules (bounded by cache_robots)
+        self._shared_rules: dict[tuple, PathRules] = {}  # see _path_rules
         self._licenses = frozenset(t.lower() for t in self.cfg.drop_licenses)
         self._unknown = self._verdict_without_snapshot()
 
@@ -126,8 +127,10 @@ class ConsentFilter(DocFilter):
             v = self._by_date[key] = self._capture_verdict(origin, date)
         return v
 
-    def _capture_verdict(self, origin: str, date: str | None) -> Verdict:
-        """The verdict of the capture that applies, compiled once per capture (cached by capture)."""
+    def _capture_verdict(self, origin: str, date: str | None, share: bool = True) -> Verdict:
+        """The verdict of the capture that applies, compiled once per capture: cached by capture
+        (share=True), or only in the caller's plan (as of crawl: a plan slot is one capture, and
+        not holding the verdict twice keeps memory per capture small)."""
         if len(self._by_date) >= self.cfg.cache_origins or len(self._plans) >= self.cfg.cache_origins:
             self.clear_caches()  # bounded memory: start over (cheap, rare)
         elif self._holding >= self.cfg.cache_robots:
@@ -135,6 +138,10 @@ class ConsentFilter(DocFilter):
         snap, fallback = self.store.at(origin, date)
         if snap is None:
             return self._unknown
+        if not share:
+            v = self._compile(snap, fallback)
+            self._holding += v.robots is not None
+            return v
         key = (snap.origin, snap.date, fallback)
         v = self._by_snap.get(key)
         if v is None:
@@ -233,9 +240,20 @@ class ConsentFilter(DocFilter):
             if st.status == "some" or robots.needs_path_check(agent):
                 path_agents.append(agent)
         decided = full is not None or signal is not None
-        rules = PathRules(robots, path_agents) if path_agents and not decided else None  # not the parsed file: memory
+        rules = self._path_rules(robots, path_agents) if path_agents and not decided else None
         view = robots.policy_views[self.policy.version] = (full, signal, () if decided else tuple(path_agents), rules)
         return view
+
+    def _path_rules(self, robots: Robots, agents: list[str]) -> PathRules:
+        """PathRules (not the parsed file: memory), one object for every robots.txt whose groups
+        have the same compiled rules and evidence (CMS files differing only in a Sitemap line)."""
+        key = tuple((a, id(robots.compiled(a)), robots.group_evidence(a)) for a in agents)  # ids stay valid: held below
+        rules = self._shared_rules.get(key)
+        if rules is None:
+            if len(self._shared_rules) >= 4096:
+                self._shared_rules.clear()
+            rules = self._shared_rules[key] = PathRules(robots, agents)
+        return rules
 
     # ---- per document -------------------------------------------------------------------
     def _day(self, raw) -> str:
@@ -273,11 +291,10 @@ class ConsentFilter(DocFilter):
                     plan = self._plans.get(url[:j])
                     hit = plan[1][bisect_right(plan[0], day)] if plan is not None else None
                     if hit is not None:
-                        if hit.__class__ is Decision:
-                            if not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
-                                return hit
-                        else:  # a verdict that needs the path: skip re-parsing the origin
-                            return self._apply(hit, path_of(url[j:]), meta)
+                        fast = hit.fast  # the Decision for every path, unless the document carries signals
+                        if fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
+                            return fast
+                        return self._apply(hit, path_of(url[j:]), meta)  # the path or the document's own signals decide
         try:
             origin, path = split_url(meta.get("url"))
         except BadURL as e:
@@ -285,14 +302,14 @@ class ConsentFilter(DocFilter):
         as_of = self.cfg.as_of
         if as_of == "crawl" and day:  # the common case: two dict lookups for most documents
             # the origin's plan under its raw scheme://netloc: the fast path above finds it next time
-            v = self._capture_verdict(origin, day)
             head = _head(meta["url"])
+            v = self._capture_verdict(origin, day, share=head is None)
             if head is not None:
                 plan = self._plans.get(head)
                 if plan is None:
                     dates = self.store.capture_dates(origin)
                     plan = self._plans[head] = (dates, [None] * (len(dates) + 1))
-                plan[1][bisect_right(plan[0], day)] = v.fast if v.fast is not None else v
+                plan[1][bisect_right(plan[0], day)] = v
             if v.fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
                 return v.fast
             return self._apply(v, path, meta)
