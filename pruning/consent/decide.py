@@ -31,7 +31,7 @@ from glotta.config import StrictModel
 from glotta.pruning.consent.agents import AgentPolicy, resolve_policy
 from glotta.pruning.consent.base import Decision, DocFilter
 from glotta.pruning.consent.dates import parse_day
-from glotta.pruning.consent.robots import PathRules, Robots
+from glotta.pruning.consent.robots import PathRules, Robots, shared
 from glotta.pruning.consent.rulematch import always_allowed, quote_path
 from glotta.pruning.consent.signals import (TOS_RESTRICTING, TdmRep, TosLabels, doc_content_usage, doc_noai,
                                             doc_tdm_reservation, license_match)
@@ -248,12 +248,7 @@ class ConsentFilter(DocFilter):
         """PathRules (not the parsed file: memory), one object for every robots.txt whose groups
         have the same compiled rules and evidence (CMS files differing only in a Sitemap line)."""
         key = tuple((a, id(robots.compiled(a)), robots.group_evidence(a)) for a in agents)  # ids stay valid: held below
-        rules = self._shared_rules.get(key)
-        if rules is None:
-            if len(self._shared_rules) >= 4096:
-                self._shared_rules.clear()
-            rules = self._shared_rules[key] = PathRules(robots, agents)
-        return rules
+        return shared(self._shared_rules, key, lambda: PathRules(robots, agents))
 
     # ---- per document -------------------------------------------------------------------
     def _day(self, raw) -> str:

@@ -63,6 +63,17 @@ _MATCHERS: dict[tuple, Protego] = {}
 _RULESETS: dict[tuple, object] = {}
 
 
+def shared(cache: dict, key, build):
+    """The entry of a cache shared by every parsed file (matchers, compiled rules), built on first
+    use; the cache is cleared when it holds MAX_SHARED entries (bounded memory)."""
+    hit = cache.get(key)
+    if hit is None:
+        if len(cache) >= MAX_SHARED:
+            cache.clear()
+        hit = cache[key] = build()
+    return hit
+
+
 def normalise_agent(value: str) -> str:
     """The product token of a `User-agent` value, lowercased, read as Google's reference parser
     reads it: the leading run of `[A-Za-z0-9_-]` (RFC 9309 2.2.1 allows letters, `_` and `-`; we
@@ -239,14 +250,8 @@ class Robots:
         m = self._matchers.get(key)
         if m is None:
             rules = tuple(r for g in self.by_agent.get(key, []) for r in g.rules)
-            m = _MATCHERS.get(rules)
-            if m is None:
-                text = "User-agent: *\n" + "\n".join(f"{'Allow' if f == 'allow' else 'Disallow'}: {v}" for f, v, _ in rules)
-                m = Protego.parse(text)
-                if len(_MATCHERS) >= MAX_SHARED:
-                    _MATCHERS.clear()
-                _MATCHERS[rules] = m
-            self._matchers[key] = m
+            m = self._matchers[key] = shared(_MATCHERS, rules, lambda: Protego.parse(
+                "User-agent: *\n" + "\n".join(f"{'Allow' if f == 'allow' else 'Disallow'}: {v}" for f, v, _ in rules)))
         return m
 
     def rules_for(self, agent: str) -> list[tuple[str, str, int]]:
@@ -294,13 +299,8 @@ class Robots:
             if not key:
                 rs = None
             else:
-                shared_key = tuple(r for g in self.by_agent.get(key, []) for r in g.rules)
-                rs = _RULESETS.get(shared_key)
-                if rs is None:
-                    rs = self._compile(agent)
-                    if len(_RULESETS) >= MAX_SHARED:
-                        _RULESETS.clear()
-                    _RULESETS[shared_key] = rs
+                rules = tuple(r for g in self.by_agent.get(key, []) for r in g.rules)
+                rs = shared(_RULESETS, rules, lambda: self._compile(agent))
             self._rulesets[agent] = rs
         return rs
 
