@@ -39,6 +39,7 @@ from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
 from glotta.pruning.consent.urls import BadURL, host_of, path_of, registrable_domain, split_url
 
 SIGNAL_KEYS = ("html_meta", "http_headers", "headers")
+PATH_DROPS = 1 << 14  # path-drop Decisions kept for reuse (~0.2 KiB each)
 
 
 class DecideConfig(StrictModel):
@@ -112,7 +113,9 @@ class ConsentFilter(DocFilter):
         # the capture's Verdict (None: not compiled yet). One entry per origin and one verdict per
         # capture, not per (origin, day): memory follows the origins and their captures only.
         self._plans: dict[str, tuple[tuple[str, ...], list]] = {}
-        self._path_drops: dict[tuple[int, str, str], Decision] = {}  # verdicts live as long as the filter
+        # (id(verdict), agent, rule) -> the one Decision reused for those drops; every verdict is held
+        # by a cache until this is cleared too, so an id is never reused while its entry exists
+        self._path_drops: dict[tuple[int, str, str], Decision] = {}
         self._days: dict[str, str] = {}  # raw crawl_date -> YYYY-MM-DD or '' (unreadable)
         self._holding = 0  # cached verdicts that hold path rules (bounded by cache_robots)
         self._shared_rules: dict[tuple, PathRules] = {}  # see _path_rules
@@ -345,6 +348,8 @@ class ConsentFilter(DocFilter):
                 key = (id(v), agent, rule)  # one Decision object per deciding rule, reused
                 d = self._path_drops.get(key)
                 if d is None:
+                    if len(self._path_drops) >= PATH_DROPS:  # one per (capture, deciding rule): bounded
+                        self._path_drops.clear()
                     d = self._path_drops[key] = Decision(False, "robots_path", agent=agent, rule=rule,
                                                          snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags,
                                                          group=v.robots.group_evidence(agent))
