@@ -40,8 +40,7 @@ class AuditWriter:
         self.writer = pq.ParquetWriter(path, AUDIT_SCHEMA, compression="zstd")
         self.consts = (policy, policy_version, as_of)
         self.batch_rows = batch_rows
-        self.cols: tuple[list, ...] = tuple([] for _ in DOC_COLUMNS)
-        self.decision_idx: list[int] = []
+        self._pending: list[tuple] = []  # one tuple per row: DOC_COLUMNS + the index of its Decision
         self.decisions: list[Decision] = []  # distinct Decisions of this batch (held so their ids stay valid)
         self._ids: dict[int, int] = {}
         self._heads: dict[str, tuple[str, str]] = {}  # "https://Host" -> (origin, registrable domain)
@@ -67,30 +66,26 @@ class AuditWriter:
         return origin, registrable_domain(origin)
 
     def add(self, shard: str, key: str, url, lang: str, nbytes: int, crawl, d: Decision) -> None:
-        c = self.cols
-        c[0].append(shard)
-        c[1].append(key)
-        c[2].append(url if url.__class__ is str else None)
-        c[3].append(lang)
-        c[4].append(nbytes)
-        c[5].append(crawl if crawl.__class__ is str else None)
         i = self._ids.get(id(d))
         if i is None:
             i = self._ids[id(d)] = len(self.decisions)
             self.decisions.append(d)
-        self.decision_idx.append(i)
-        if len(self.decision_idx) >= self.batch_rows:
+        rows = self._pending  # one append per row; columns are made by one transpose per batch
+        rows.append((shard, key, url if url.__class__ is str else None, lang, nbytes,
+                     crawl if crawl.__class__ is str else None, i))
+        if len(rows) >= self.batch_rows:
             self.flush()
 
     def buffered(self) -> int:
         """Python objects this writer holds for rows not yet written (bounded by batch_rows)."""
-        return sum(len(c) for c in self.cols) + len(self.decision_idx) + len(self.decisions) + len(self._heads)
+        return len(self._pending) * (len(DOC_COLUMNS) + 1) + len(self.decisions) + len(self._heads)
 
     def flush(self) -> None:
-        n = len(self.decision_idx)
+        n = len(self._pending)
         if not n:
             return
-        idx = pa.array(self.decision_idx, pa.int32())
+        *cols, decision_idx = zip(*self._pending)
+        idx = pa.array(decision_idx, pa.int32())
         ds = self.decisions
         per_decision = {
             "decision": ["keep" if d.keep else "drop" for d in ds], "reason": [d.reason for d in ds],
@@ -98,15 +93,13 @@ class AuditWriter:
             "snapshot_sha256": [d.sha256 for d in ds], "flags": [",".join(d.flags) for d in ds],
             "group": [d.group for d in ds],
         }
-        arrays = {name: pa.array(col, AUDIT_SCHEMA.field(name).type) for name, col in zip(DOC_COLUMNS, self.cols)}
+        arrays = {name: pa.array(col, AUDIT_SCHEMA.field(name).type) for name, col in zip(DOC_COLUMNS, cols)}
         arrays["origin"], arrays["reg_domain"] = self._origin_columns(arrays["url"])
         arrays.update({name: pa.array(vals, pa.string()).take(idx) for name, vals in per_decision.items()})
         for name, value in zip(("policy", "policy_version", "as_of"), self.consts):
             arrays[name] = pa.repeat(pa.scalar(value, pa.string()), n)
         self.writer.write_batch(pa.record_batch([arrays[f.name] for f in AUDIT_SCHEMA], schema=AUDIT_SCHEMA))
-        for c in self.cols:
-            c.clear()
-        self.decision_idx.clear()
+        self._pending.clear()
         self.decisions.clear()
         self._ids.clear()
         self.rows += n
