@@ -287,8 +287,12 @@ class ConsentFilter(DocFilter):
             if url.__class__ is str:
                 i = 8 if url.startswith("https://") else 7 if url.startswith("http://") else 0
                 if i:
-                    m = _END.search(url, i)
-                    j = m.start() if m else len(url)
+                    # The head ends at the first `/`, `?` or `#`; plans are keyed by exact heads
+                    # (`_head`), so cutting at the first `/` alone can only miss (a `?`/`#` before
+                    # it), never find another origin's plan: such rare URLs take the slow path.
+                    j = url.find("/", i)
+                    if j < 0:
+                        j = len(url)
                     plan = self._plans.get(url[:j])
                     hit = plan[1][bisect_right(plan[0], day)] if plan is not None else None
                     if hit is not None:
