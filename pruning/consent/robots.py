@@ -1,7 +1,8 @@
 """robots.txt: RFC 9309 groups and agents, rule matching through protego, the paper's taxonomy.
 
 Group selection is ours (protego's prefix matching applies `User-agent: Applebot` to
-Applebot-Extended); rule matching inside a group (longest match, `*`/`$`) is protego's:
+Applebot-Extended); rule matching inside a group (longest match, `*`/`$`, quoting) has protego's
+semantics: protego parses and sorts the group's rules, rulematch.py compiles them into one regex:
   * a group is a run of `User-agent` lines followed by rules; only Allow/Disallow lines end a
     run (RFC 9309 2.2, Google's parser): Crawl-delay, Sitemap, Content-Signal or unknown lines
     between two `User-agent` lines do not split it;
