@@ -100,13 +100,14 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
     try:
         with open(tmp_excl, "w", encoding="utf-8") as excl:
             decide, count, add = filt.decide_meta, filt.count, audit.add
+            current: list = [None]  # with --rewrite: the Sample whose metadata is being decided
             for shard in track(mine, "consent filter"):
                 name = shard.name
                 if rewriter is None:  # metadata and text sizes only (the C++ reader's index pass): no text copied
-                    docs = ((key, nbytes, meta, None) for key, nbytes, meta in iter_meta(shard, read, cfg.strict))
+                    docs = iter_meta(shard, read, cfg.strict)
                 else:  # the kept documents are written again: read them whole
-                    docs = ((s.key, _utf8_len(s.text), s.meta, s) for s in iter_samples(shard, counters=read, strict=cfg.strict))
-                for key, nbytes, meta, sample in docs:
+                    docs = _whole(shard, read, cfg.strict, current)
+                for key, nbytes, meta in docs:
                     d = count(decide(meta))
                     if d.flags and "bad_crawl_date" in d.flags:
                         if cfg.strict:
@@ -120,8 +121,8 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
                     add(name, key, meta.get("url"), meta.get("lang") or "und", nbytes, meta.get("crawl_date"), d)
                     if not d.keep:
                         excl.write(f"{name}/{key}\n")
-                    elif sample is not None:
-                        rewriter.write(sample)
+                    elif rewriter is not None:
+                        rewriter.write(current[0])
         audit.close()
     except BaseException:
         audit.writer.close()
@@ -147,8 +148,12 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
     return _finish(out, world_size, rank, counters, run_id, skipped=False)
 
 
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
+def _whole(shard: Path, read: Counter, strict: bool, current: list):
+    """iter_meta's (key, text bytes, metadata) from whole samples, each Sample left in current[0]."""
+    for s in iter_samples(shard, counters=read, strict=strict):
+        current[0] = s
+        text = s.text
+        yield s.key, len(text) if text.isascii() else len(text.encode("utf-8")), s.meta
 
 
 def _concat_atomic(parts: list[Path], target: Path) -> None:
