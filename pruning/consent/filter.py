@@ -28,7 +28,6 @@ from glotta.pruning.consent.decide import ConsentFilter, DecideConfig
 from glotta.pruning.consent.shard_meta import iter_meta
 from glotta.pruning.consent.snapshots import store_fingerprint
 from glotta.pruning.consent.store_index import open_store
-from glotta.pruning.consent.urls import BadURL, registrable_domain, split_url
 
 URL_REASONS = {"no_url", "bad_scheme", "no_host", "bad_host"}
 
