@@ -307,7 +307,10 @@ class Robots:
 
     def _compile(self, agent: str):
         key = self.select(agent)
-        rs = self._matcher(key)._get_matching_rule_set("x")
+        try:
+            rs = self._matcher(key)._get_matching_rule_set("x")
+        except AttributeError:  # pragma: no cover - protego's internals moved
+            return "public"
         if rs is None:  # a group with no rules (only `Allow:`/empty lines) allows everything
             return CompiledRules([], {})
         if _quote_path is None or not hasattr(rs, "_rules"):  # pragma: no cover - protego moved its internals
