@@ -69,30 +69,38 @@ def pattern_regex(pattern: str) -> str:
     return "".join(out)
 
 
+CHUNK = 32  # rules per capturing regex: `re` saves every group's mark at each alternative, so one
+# alternation over n rules with n groups costs O(n^2) per match (3.4 ms at 3,000 rules); chunks of
+# 32 keep each match linear, and a group-free regex over all rules rules out a no-match in one call
+
+
 class CompiledRules:
     """`decide(quoted_path) -> (allowed, evidence)` for one group: the first of protego's sorted
     rules that matches decides; no match allows. `evidence` maps a quoted Disallow pattern to the
     text shown in the audit (`Disallow: /x (line 4)`)."""
 
-    __slots__ = ("_match", "_results", "size")
+    __slots__ = ("_any", "_chunks", "size")
 
     def __init__(self, rules, evidence: dict[str, str]):
         """`rules`: (field, quoted pattern) in protego's order (`_RuleSet._rules` after finalize)."""
         self.size = len(rules)
-        self._results = [ALLOWED]  # group 0 is never a rule
-        alts = []
-        for fld, pat in rules:
-            alts.append(f"({pattern_regex(pat)})")
-            self._results.append(ALLOWED if fld == "allow" else
-                                 (False, evidence.get(pat) or f"Disallow: {pat}"))
-        self._results = tuple(self._results)
-        self._match = re.compile("|".join(alts), re.S).match if alts else None
+        pats = [pattern_regex(pat) for _, pat in rules]
+        results = [ALLOWED if fld == "allow" else (False, evidence.get(pat) or f"Disallow: {pat}") for fld, pat in rules]
+        # Chunks in protego's order: the first chunk with a match holds the first rule that matches,
+        # and inside it the alternation takes the first alternative that matches; `lastindex` names it.
+        self._chunks = tuple(
+            (re.compile("|".join(f"({p})" for p in pats[i:i + CHUNK]), re.S).match, (ALLOWED, *results[i:i + CHUNK]))
+            for i in range(0, len(pats), CHUNK))
+        self._any = re.compile("|".join(f"(?:{p})" for p in pats), re.S).match if len(self._chunks) > 1 else None
 
     def decide(self, quoted: str) -> tuple[bool, str]:
-        if self._match is None:
+        if self._any is not None and self._any(quoted) is None:
             return ALLOWED
-        m = self._match(quoted)
-        return ALLOWED if m is None else self._results[m.lastindex]
+        for match, results in self._chunks:
+            m = match(quoted)
+            if m is not None:
+                return results[m.lastindex]
+        return ALLOWED
 
     @classmethod
     def from_protego(cls, ruleset, evidence: dict[str, str]) -> "CompiledRules":

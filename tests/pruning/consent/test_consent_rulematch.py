@@ -71,3 +71,18 @@ def test_order_is_protegos_longest_first_allow_on_ties():
     assert rules.decide("/x/y.pdf") == (False, "Disallow: /*.pdf$ (line 6)")
     assert rules.decide("/pub/y.pdf") == (True, "")
     assert rules.decide("/pub/y.pdfx") == (True, "")
+
+
+def test_large_groups_are_chunked_and_agree_with_protego():
+    """Groups larger than one regex chunk (CHUNK rules): the first chunk with a match decides."""
+    from glotta.pruning.consent.rulematch import CHUNK
+
+    body = "User-agent: *\n" + "".join(f"Disallow: /p{i}/*x{i}*y$\nAllow: /p{i}/keep\nDisallow: /p{i}/\n" for i in range(60))
+    robots, ref = Robots.parse(body), Protego.parse(body)
+    rules = robots.compiled("GPTBot")
+    assert rules.size > 4 * CHUNK
+    for i in (0, 17, 59):
+        for path in (f"/p{i}/ax{i}by", f"/p{i}/keep", f"/p{i}/keepx{i}y", f"/p{i}/z", f"/p{i}", "/q", f"/p{i}/x{i}y"):
+            ok, evidence = rules.decide(quote_path(path))
+            assert ok is ref.can_fetch(path, "GPTBot"), path
+            assert ok or evidence == robots.matched_rule(path, "GPTBot"), (path, evidence)
