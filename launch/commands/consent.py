@@ -20,6 +20,15 @@ StoreOpt = Annotated[PathOpt, typer.Option("--store", help="Snapshot store: a di
 AgentsOpt = Annotated[Str, typer.Option("--agents", help="training | all-ai | * | comma-separated agent names.")]
 
 
+def _show(res: dict, json_out: bool, title: str, counters: dict) -> bool:
+    """`--json`: the whole result as JSON; else the counters as a table. True when the table was printed."""
+    if json_out:
+        print_json(res)
+        return False
+    print_counters(title, counters)
+    return True
+
+
 @app.command("agents")
 @guarded
 def agents_(policy: Annotated[Str, typer.Argument(help="training | all-ai | * | a comma-separated list.",
@@ -59,12 +68,9 @@ def import_(
     overrides = cli_overrides(sets, files=[str(f) for f in files] if files else None, store=store, date=date, scheme=scheme,
                               strict=strict or None)
     res = run_import(load_config(ImportConfig, config, overrides, section="consent_import"))
-    if json_out:
-        print_json(res)
-        return
-    print_counters(f"imported into {res['store']}", {"snapshots": res["snapshots"], "origins": res["origins"], **res["counters"]})
-    for e in res["errors"]:
-        print(f"  {e}")
+    if _show(res, json_out, f"imported into {res['store']}", {"snapshots": res["snapshots"], "origins": res["origins"], **res["counters"]}):
+        for e in res["errors"]:
+            print(f"  {e}")
 
 
 @app.command("fetch")
@@ -99,7 +105,7 @@ def fetch_(
     cfg = load_config(FetchConfig, config, overrides, section="consent_fetch")
     set_quiet(json_out)
     res = run_fetch(cfg, *rank_world())
-    print_json(res) if json_out else print_counters(f"consent fetch -> {res['store']} ({res['date']})", res["counters"])
+    _show(res, json_out, f"consent fetch -> {res['store']} ({res['date']})", res["counters"])
 
 
 @app.command("index")
@@ -119,12 +125,9 @@ def index_(
 
     cfg = load_config(IndexConfig, config, cli_overrides(sets, store=store, buckets=buckets, strict=strict or None), section="consent_index")
     res = run_index(cfg)
-    if json_out:
-        print_json(res)
-        return
-    print_counters(f"consent index ({res['was']} before)",
-                   {k: res[k] for k in ("origins", "captures", "buckets", "parts", "torn_lines")})
-    print(f"{res['index']}: store hash {res['store_hash'][:16]}, built in {res['seconds']:.1f} s")
+    if _show(res, json_out, f"consent index ({res['was']} before)",
+             {k: res[k] for k in ("origins", "captures", "buckets", "parts", "torn_lines")}):
+        print(f"{res['index']}: store hash {res['store_hash'][:16]}, built in {res['seconds']:.1f} s")
 
 
 @app.command("filter")

@@ -4,14 +4,17 @@ batches of a fixed number of rows, so a rank's memory never follows its document
 Per document only its own fields are appended (shard, key, url, origin, lang, bytes, date) plus
 the index of its Decision: most documents share one Decision object (one per origin verdict), so
 the nine decision columns are built once per distinct Decision in the batch and expanded with
-`take` in Arrow, not row by row in Python.
+`take` in Arrow, not row by row in Python. The origin and registrable-domain columns are
+computed per batch too: one Arrow regex pass cuts each URL's `scheme://netloc`, which is
+dictionary-encoded, so Python looks up each distinct head of the batch once (URLs without an
+http(s) head, rare, go the long way one by one).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from glotta.pruning.consent.base import Decision
@@ -24,10 +27,10 @@ AUDIT_SCHEMA = pa.schema([
     ("snapshot_date", pa.string()), ("snapshot_sha256", pa.string()), ("flags", pa.string()),
     ("policy", pa.string()), ("policy_version", pa.string()), ("as_of", pa.string()), ("group", pa.string()),
 ])
-DOC_COLUMNS = ("shard", "key", "url", "origin", "reg_domain", "lang", "bytes", "crawl_date")
+DOC_COLUMNS = ("shard", "key", "url", "lang", "bytes", "crawl_date")  # as added per row; origin and reg_domain come from url
 BATCH_ROWS = 32_768  # rows buffered before a record batch is written (~10 MB of Python objects)
 MAX_ORIGINS = 1 << 16  # url heads remembered with their origin and registrable domain
-_END = re.compile(r"[/?#]")
+_HEAD = r"^(?P<h>https?://[^/?#]*)"  # what ConsentFilter keys its plans on (decide.py)
 
 
 class AuditWriter:
@@ -37,26 +40,18 @@ class AuditWriter:
         self.writer = pq.ParquetWriter(path, AUDIT_SCHEMA, compression="zstd")
         self.consts = (policy, policy_version, as_of)
         self.batch_rows = batch_rows
-        self.cols: tuple[list, ...] = tuple([] for _ in DOC_COLUMNS)
-        self.decision_idx: list[int] = []
+        self._pending: list[tuple] = []  # one tuple per row: DOC_COLUMNS + the index of its Decision
         self.decisions: list[Decision] = []  # distinct Decisions of this batch (held so their ids stay valid)
         self._ids: dict[int, int] = {}
         self._heads: dict[str, tuple[str, str]] = {}  # "https://Host" -> (origin, registrable domain)
         self.rows = 0
         self.batches = 0
 
-    def origin(self, url) -> tuple[str, str]:
-        """(origin, registrable domain) of a document URL; ('', '') when it has none."""
-        if url.__class__ is not str:
-            return "", ""
-        i = 8 if url.startswith("https://") else 7 if url.startswith("http://") else 0
-        if not i:  # rare: odd schemes and letter cases go the long way, uncached
-            return self._lookup(url)
-        m = _END.search(url, i)
-        head = url[: m.start()] if m else url  # scheme://netloc: the path never changes the origin
+    def origin(self, head: str) -> tuple[str, str]:
+        """(origin, registrable domain) of a URL head `https://Host:443`, remembered (bounded)."""
         hit = self._heads.get(head)
         if hit is None:
-            hit = self._lookup(url)
+            hit = self._lookup(head)
             if len(self._heads) >= MAX_ORIGINS:
                 self._heads.clear()
             self._heads[head] = hit
@@ -71,33 +66,26 @@ class AuditWriter:
         return origin, registrable_domain(origin)
 
     def add(self, shard: str, key: str, url, lang: str, nbytes: int, crawl, d: Decision) -> None:
-        origin, reg = self.origin(url)
-        c = self.cols
-        c[0].append(shard)
-        c[1].append(key)
-        c[2].append(url if url.__class__ is str else None)
-        c[3].append(origin)
-        c[4].append(reg)
-        c[5].append(lang)
-        c[6].append(nbytes)
-        c[7].append(crawl if crawl.__class__ is str else None)
         i = self._ids.get(id(d))
         if i is None:
             i = self._ids[id(d)] = len(self.decisions)
             self.decisions.append(d)
-        self.decision_idx.append(i)
-        if len(self.decision_idx) >= self.batch_rows:
+        rows = self._pending  # one append per row; columns are made by one transpose per batch
+        rows.append((shard, key, url if url.__class__ is str else None, lang, nbytes,
+                     crawl if crawl.__class__ is str else None, i))
+        if len(rows) >= self.batch_rows:
             self.flush()
 
     def buffered(self) -> int:
         """Python objects this writer holds for rows not yet written (bounded by batch_rows)."""
-        return sum(len(c) for c in self.cols) + len(self.decision_idx) + len(self.decisions) + len(self._heads)
+        return len(self._pending) * (len(DOC_COLUMNS) + 1) + len(self.decisions) + len(self._heads)
 
     def flush(self) -> None:
-        n = len(self.decision_idx)
+        n = len(self._pending)
         if not n:
             return
-        idx = pa.array(self.decision_idx, pa.int32())
+        *cols, decision_idx = zip(*self._pending)
+        idx = pa.array(decision_idx, pa.int32())
         ds = self.decisions
         per_decision = {
             "decision": ["keep" if d.keep else "drop" for d in ds], "reason": [d.reason for d in ds],
@@ -105,18 +93,30 @@ class AuditWriter:
             "snapshot_sha256": [d.sha256 for d in ds], "flags": [",".join(d.flags) for d in ds],
             "group": [d.group for d in ds],
         }
-        arrays = {name: pa.array(col, AUDIT_SCHEMA.field(name).type) for name, col in zip(DOC_COLUMNS, self.cols)}
+        arrays = {name: pa.array(col, AUDIT_SCHEMA.field(name).type) for name, col in zip(DOC_COLUMNS, cols)}
+        arrays["origin"], arrays["reg_domain"] = self._origin_columns(arrays["url"])
         arrays.update({name: pa.array(vals, pa.string()).take(idx) for name, vals in per_decision.items()})
         for name, value in zip(("policy", "policy_version", "as_of"), self.consts):
             arrays[name] = pa.repeat(pa.scalar(value, pa.string()), n)
         self.writer.write_batch(pa.record_batch([arrays[f.name] for f in AUDIT_SCHEMA], schema=AUDIT_SCHEMA))
-        for c in self.cols:
-            c.clear()
-        self.decision_idx.clear()
+        self._pending.clear()
         self.decisions.clear()
         self._ids.clear()
         self.rows += n
         self.batches += 1
+
+    def _origin_columns(self, urls: pa.Array) -> tuple[pa.Array, pa.Array]:
+        heads = pc.extract_regex(urls, _HEAD)
+        enc = heads.field("h").dictionary_encode()  # a row without an http(s) head has "" here
+        pairs = [self.origin(h) if h else ("", "") for h in enc.dictionary.to_pylist()]
+        origin = pa.array([o for o, _ in pairs], pa.string()).take(enc.indices)
+        reg = pa.array([r for _, r in pairs], pa.string()).take(enc.indices)
+        odd = pc.invert(heads.is_valid())
+        if pc.any(odd).as_py():  # other schemes, letter cases, no url: one by one
+            fixed = [self._lookup(u) if u is not None else ("", "") for u in urls.filter(odd).to_pylist()]
+            origin = pc.replace_with_mask(origin, odd, pa.array([o for o, _ in fixed], pa.string()))
+            reg = pc.replace_with_mask(reg, odd, pa.array([r for _, r in fixed], pa.string()))
+        return origin, reg
 
     def close(self) -> None:
         self.flush()

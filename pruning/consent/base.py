@@ -41,7 +41,10 @@ class DocFilter(ABC):
     def decide(self, doc) -> Decision: ...
 
     def __call__(self, doc) -> Decision:
-        d = self.decide(doc)
+        return self.count(self.decide(doc))
+
+    def count(self, d: Decision) -> Decision:
+        """Add one decision to the counters (what __call__ does after decide)."""
         c = self.counters
         c["total"] += 1
         if d.keep:

@@ -22,6 +22,7 @@ Order of checks (the first drop wins, its reason code is recorded):
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -30,13 +31,15 @@ from glotta.config import StrictModel
 from glotta.pruning.consent.agents import AgentPolicy, resolve_policy
 from glotta.pruning.consent.base import Decision, DocFilter
 from glotta.pruning.consent.dates import parse_day
-from glotta.pruning.consent.robots import PathRules
+from glotta.pruning.consent.robots import PathRules, Robots, shared
+from glotta.pruning.consent.rulematch import always_allowed, quote_path
 from glotta.pruning.consent.signals import (TOS_RESTRICTING, TdmRep, TosLabels, doc_content_usage, doc_noai,
                                             doc_tdm_reservation, license_match)
 from glotta.pruning.consent.snapshots import Snapshot, SnapshotStore
 from glotta.pruning.consent.urls import BadURL, host_of, path_of, registrable_domain, split_url
 
 SIGNAL_KEYS = ("html_meta", "http_headers", "headers")
+PATH_DROPS = 1 << 14  # path-drop Decisions kept for reuse (~0.2 KiB each)
 
 
 class DecideConfig(StrictModel):
@@ -47,7 +50,7 @@ class DecideConfig(StrictModel):
     unknown_host: Literal["keep", "drop"] = "keep"  # an origin with no snapshot at all
     no_url: Literal["keep", "drop"] = "drop"  # documents whose url is missing or not http(s)
     drop_licenses: list[str] = []  # license tokens that drop a document, e.g. [NC, ND] (CC-BY-NC-4.0 -> nc)
-    cache_origins: int = 200_000  # (netloc, day) entries kept (~1.1 KiB each with their verdict); all caches are cleared past it
+    cache_origins: int = 200_000  # origins (URL heads) and captures with a cached verdict; all caches are cleared past it
     cache_robots: int = 32_768  # verdicts holding path rules (~0.5 KiB + their rule set, shared when identical); those are dropped past it
 
 
@@ -105,11 +108,17 @@ class ConsentFilter(DocFilter):
         self._by_date: dict[tuple[str, str | None], Verdict] = {}
         self._by_snap: dict[tuple[str, str], Verdict] = {}
         self._crawl = self.cfg.as_of == "crawl"
-        # ("https://Host:443", date) -> the Decision for any path, or the Verdict whose agents match paths
-        self._fast: dict[tuple[str, str], Decision | Verdict] = {}
-        self._path_drops: dict[tuple[int, str, str], Decision] = {}  # verdicts live as long as the filter
+        # As of crawl: "https://Host:443" (the raw URL head) -> (the origin's capture dates, one slot
+        # per interval between them). A document's day finds its slot by bisection; the slot holds
+        # the capture's Verdict (None: not compiled yet). One entry per origin and one verdict per
+        # capture, not per (origin, day): memory follows the origins and their captures only.
+        self._plans: dict[str, tuple[tuple[str, ...], list]] = {}
+        # (id(verdict), agent, rule) -> the one Decision reused for those drops; every verdict is held
+        # by a cache until this is cleared too, so an id is never reused while its entry exists
+        self._path_drops: dict[tuple[int, str, str], Decision] = {}
         self._days: dict[str, str] = {}  # raw crawl_date -> YYYY-MM-DD or '' (unreadable)
         self._holding = 0  # cached verdicts that hold path rules (bounded by cache_robots)
+        self._shared_rules: dict[tuple, PathRules] = {}  # see _path_rules
         self._licenses = frozenset(t.lower() for t in self.cfg.drop_licenses)
         self._unknown = self._verdict_without_snapshot()
 
@@ -121,15 +130,21 @@ class ConsentFilter(DocFilter):
             v = self._by_date[key] = self._capture_verdict(origin, date)
         return v
 
-    def _capture_verdict(self, origin: str, date: str | None) -> Verdict:
-        """The verdict of the capture that applies, compiled once per capture (cached by capture)."""
-        if len(self._by_date) >= self.cfg.cache_origins or len(self._fast) >= self.cfg.cache_origins:
+    def _capture_verdict(self, origin: str, date: str | None, share: bool = True) -> Verdict:
+        """The verdict of the capture that applies, compiled once per capture: cached by capture
+        (share=True), or only in the caller's plan (as of crawl: a plan slot is one capture, and
+        not holding the verdict twice keeps memory per capture small)."""
+        if len(self._by_date) >= self.cfg.cache_origins or len(self._plans) >= self.cfg.cache_origins:
             self.clear_caches()  # bounded memory: start over (cheap, rare)
         elif self._holding >= self.cfg.cache_robots:
             self._forget_path_rules()
         snap, fallback = self.store.at(origin, date)
         if snap is None:
             return self._unknown
+        if not share:
+            v = self._compile(snap, fallback)
+            self._holding += v.robots is not None
+            return v
         key = (snap.origin, snap.date, fallback)
         v = self._by_snap.get(key)
         if v is None:
@@ -142,22 +157,26 @@ class ConsentFilter(DocFilter):
         cache_robots parsed robots.txt, never by the number of documents seen."""
         self._by_date.clear()
         self._by_snap.clear()
-        self._fast.clear()
+        self._plans.clear()
         self._path_drops.clear()
         self._holding = 0
 
     def _forget_path_rules(self) -> None:
         """Drop the cached verdicts that hold path rules (their rule sets may be held by nothing
         else); the origin-level verdicts stay. One scan per cache_robots new such verdicts."""
-        for cache in (self._by_date, self._by_snap, self._fast):
+        for cache in (self._by_date, self._by_snap):
             for k in [k for k, v in cache.items() if getattr(v, "robots", None) is not None]:
                 del cache[k]
+        for _, slots in self._plans.values():
+            for i, v in enumerate(slots):
+                if getattr(v, "robots", None) is not None:
+                    slots[i] = None
         self._path_drops.clear()
         self._holding = 0
 
     def cache_sizes(self) -> dict[str, int]:
         """Entries held per cache (a test checks that they stop growing with the documents)."""
-        return {"by_date": len(self._by_date), "by_snap": len(self._by_snap), "fast": len(self._fast),
+        return {"by_date": len(self._by_date), "by_snap": len(self._by_snap), "plans": len(self._plans),
                 "path_drops": len(self._path_drops), "days": len(self._days), "holding_robots": self._holding}
 
     def _verdict_without_snapshot(self) -> Verdict:
@@ -188,7 +207,26 @@ class ConsentFilter(DocFilter):
         if robots.kind == "unavailable":
             keep = Decision(True, "no_robots", rule=f"{snap.kind} (allow): HTTP {snap.status}" if snap.kind else f"HTTP {snap.status}", snapshot=snap.date, sha256=snap.sha256, flags=flags)
             return _verdict(None, (), robots, tdm, keep, tos, snap.date, snap.sha256)
-        path_agents, groups, signal = [], set(), None
+        full, signal, path_agents, rules = self._policy_view(robots)
+        if full is not None:
+            d = Decision(False, "robots_full", agent=full.agent, rule=full.rule, group=full.group_lines, **ev)
+            return _verdict(d, (), None, tdm, d, tos, snap.date, snap.sha256)
+        if signal is not None:
+            d = Decision(False, "content_signal", agent=signal.agent, rule=signal.signal_rule, group=signal.group_lines, **ev)
+            return _verdict(d, (), None, tdm, d, tos, snap.date, snap.sha256)
+        reason = "robots_path_allowed" if path_agents else "robots_none"
+        keep = Decision(True, reason, snapshot=snap.date, sha256=snap.sha256, flags=flags)
+        return _verdict(None, path_agents, rules, tdm, keep, tos, snap.date, snap.sha256)
+
+    def _policy_view(self, robots: Robots) -> tuple:
+        """What the policy's agents make of one parsed robots.txt, whatever the capture: (the first
+        agent status that blocks all, the first ai-train=no status, the agents whose paths must be
+        matched, their PathRules). Computed once per parsed file and held on it, so the many
+        origins (and captures) sharing byte-identical files share it; verdicts add the evidence."""
+        view = robots.policy_views.get(self.policy.version)
+        if view is not None:
+            return view
+        path_agents, groups, signal, full = [], set(), None, None
         for agent in self.policy.agents:
             key = robots.select(agent)
             if key in groups:  # an earlier agent of the policy had this group: same class, same answer
@@ -196,20 +234,24 @@ class ConsentFilter(DocFilter):
             groups.add(key)
             st = robots.classify(agent)
             if st.status == "all":
-                d = Decision(False, "robots_full", agent=agent, rule=st.rule, group=st.group_lines, **ev)
-                return _verdict(d, (), robots, tdm, d, tos, snap.date, snap.sha256)
+                full = st
+                break
             if st.ai_train == "no" and signal is None:
-                signal = Decision(False, "content_signal", agent=agent, rule=st.signal_rule, group=st.group_lines, **ev)
+                signal = st
             # `?` rules do not count for the class but still bind: a `none` origin with
             # `Disallow: /*?sort=` is matched per path like a `some` origin.
             if st.status == "some" or robots.needs_path_check(agent):
                 path_agents.append(agent)
-        if signal is not None:
-            return _verdict(signal, (), robots, tdm, signal, tos, snap.date, snap.sha256)
-        reason = "robots_path_allowed" if path_agents else "robots_none"
-        keep = Decision(True, reason, snapshot=snap.date, sha256=snap.sha256, flags=flags)
-        rules = PathRules(robots, path_agents) if path_agents else None  # not the parsed file: memory
-        return _verdict(None, tuple(path_agents), rules, tdm, keep, tos, snap.date, snap.sha256)
+        decided = full is not None or signal is not None
+        rules = self._path_rules(robots, path_agents) if path_agents and not decided else None
+        view = robots.policy_views[self.policy.version] = (full, signal, () if decided else tuple(path_agents), rules)
+        return view
+
+    def _path_rules(self, robots: Robots, agents: list[str]) -> PathRules:
+        """PathRules (not the parsed file: memory), one object for every robots.txt whose groups
+        have the same compiled rules and evidence (CMS files differing only in a Sitemap line)."""
+        key = tuple((a, id(robots.compiled(a)), robots.group_evidence(a)) for a in agents)  # ids stay valid: held below
+        return shared(self._shared_rules, key, lambda: PathRules(robots, agents))
 
     # ---- per document -------------------------------------------------------------------
     def _day(self, raw) -> str:
@@ -222,7 +264,13 @@ class ConsentFilter(DocFilter):
         return day
 
     def decide(self, doc) -> Decision:
-        meta = doc.meta
+        return self.decide_meta(doc.meta)
+
+    def __call__(self, doc) -> Decision:  # DocFilter.__call__ without the decide -> decide_meta hop (hot)
+        return self.count(self.decide_meta(doc.meta))
+
+    def decide_meta(self, meta: dict) -> Decision:
+        """The decision for a document given its metadata (url, crawl_date, signals, license)."""
         if self._licenses and "license" in meta:
             lic = license_match(meta["license"], self._licenses)
             if lic:
@@ -239,26 +287,34 @@ class ConsentFilter(DocFilter):
             if url.__class__ is str:
                 i = 8 if url.startswith("https://") else 7 if url.startswith("http://") else 0
                 if i:
-                    m = _END.search(url, i)
-                    j = m.start() if m else len(url)
-                    hit = self._fast.get((url[:j], day))
+                    # The head ends at the first `/`, `?` or `#`; plans are keyed by exact heads
+                    # (`_head`), so cutting at the first `/` alone can only miss (a `?`/`#` before
+                    # it), never find another origin's plan: such rare URLs take the slow path.
+                    j = url.find("/", i)
+                    if j < 0:
+                        j = len(url)
+                    plan = self._plans.get(url[:j])
+                    hit = plan[1][bisect_right(plan[0], day)] if plan is not None else None
                     if hit is not None:
-                        if hit.__class__ is Decision:
-                            if not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
-                                return hit
-                        else:  # a verdict that needs the path: skip re-parsing the origin
-                            return self._apply(hit, path_of(url[j:]), meta)
+                        fast = hit.fast  # the Decision for every path, unless the document carries signals
+                        if fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
+                            return fast
+                        return self._apply(hit, path_of(url[j:]), meta)  # the path or the document's own signals decide
         try:
             origin, path = split_url(meta.get("url"))
         except BadURL as e:
             return Decision(self.cfg.no_url == "keep", e.reason, rule=str(e))
         as_of = self.cfg.as_of
         if as_of == "crawl" and day:  # the common case: two dict lookups for most documents
-            # one cache entry per (raw scheme://netloc, day): the fast path above finds it next time
-            v = self._capture_verdict(origin, day)
+            # the origin's plan under its raw scheme://netloc: the fast path above finds it next time
             head = _head(meta["url"])
+            v = self._capture_verdict(origin, day, share=head is None)
             if head is not None:
-                self._fast[(head, day)] = v.fast if v.fast is not None else v
+                plan = self._plans.get(head)
+                if plan is None:
+                    dates = self.store.capture_dates(origin)
+                    plan = self._plans[head] = (dates, [None] * (len(dates) + 1))
+                plan[1][bisect_right(plan[0], day)] = v
             if v.fast is not None and not ("html_meta" in meta or "http_headers" in meta or "headers" in meta):
                 return v.fast
             return self._apply(v, path, meta)
@@ -278,13 +334,29 @@ class ConsentFilter(DocFilter):
     def _apply(self, v: Verdict, path: str, meta: dict) -> Decision:
         if v.fixed is not None and not v.fixed.keep:
             return v.fixed
-        quoted = v.robots.quote(path) if v.path_agents else None
-        for agent in v.path_agents:
-            allowed, rule = v.robots.path_decision(path, agent, quoted)
-            if not allowed:
+        rules = v.robots  # None when no agent needs a path check
+        if rules is not None and not always_allowed(path):  # /robots.txt is always allowed (RFC 9309 2.2.2)
+            quoted = quote_path(path)
+            drop = None
+            if rules.checks is not None:  # one compiled regex per distinct group of the policy
+                for agent, decide in rules.checks:
+                    allowed, rule = decide(quoted)
+                    if not allowed:
+                        drop = agent, rule
+                        break
+            else:  # pragma: no cover - protego's internals not readable: the parsed file decides
+                for agent in v.path_agents:
+                    allowed, rule = rules.path_decision(path, agent, quoted)
+                    if not allowed:
+                        drop = agent, rule
+                        break
+            if drop is not None:
+                agent, rule = drop
                 key = (id(v), agent, rule)  # one Decision object per deciding rule, reused
                 d = self._path_drops.get(key)
                 if d is None:
+                    if len(self._path_drops) >= PATH_DROPS:  # one per (capture, deciding rule): bounded
+                        self._path_drops.clear()
                     d = self._path_drops[key] = Decision(False, "robots_path", agent=agent, rule=rule,
                                                          snapshot=v.snap_date, sha256=v.sha256, flags=v.keep.flags,
                                                          group=v.robots.group_evidence(agent))

@@ -25,9 +25,9 @@ from glotta.errors import ConfigError, DataError
 from glotta.progress import track
 from glotta.pruning.consent.audit import AUDIT_SCHEMA, AuditWriter  # noqa: F401 (AUDIT_SCHEMA: re-exported)
 from glotta.pruning.consent.decide import ConsentFilter, DecideConfig
+from glotta.pruning.consent.shard_meta import iter_meta
 from glotta.pruning.consent.snapshots import store_fingerprint
 from glotta.pruning.consent.store_index import open_store
-from glotta.pruning.consent.urls import BadURL, registrable_domain, split_url
 
 URL_REASONS = {"no_url", "bad_scheme", "no_host", "bad_host"}
 
@@ -98,26 +98,30 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
     # exclude file, each kept document (with --rewrite) to the shard writer.
     try:
         with open(tmp_excl, "w", encoding="utf-8") as excl:
+            decide, count, add = filt.decide_meta, filt.count, audit.add
+            current: list = [None]  # with --rewrite: the Sample whose metadata is being decided
             for shard in track(mine, "consent filter"):
-                for s in iter_samples(shard, counters=read, strict=cfg.strict):
-                    d = filt(s)
-                    meta = s.meta
+                name = shard.name
+                if rewriter is None:  # metadata and text sizes only (the C++ reader's index pass): no text copied
+                    docs = iter_meta(shard, read, cfg.strict)
+                else:  # the kept documents are written again: read them whole
+                    docs = _whole(shard, read, cfg.strict, current)
+                for key, nbytes, meta in docs:
+                    d = count(decide(meta))
                     if d.flags and "bad_crawl_date" in d.flags:
                         if cfg.strict:
-                            raise DataError(f"{s.id}: crawl_date {meta.get('crawl_date')!r} is not ISO 8601, "
+                            raise DataError(f"{name}/{key}: crawl_date {meta.get('crawl_date')!r} is not ISO 8601, "
                                             "RFC 2822, YYYYMMDD or a 14-digit Wayback timestamp (strict)")
-                        _example(examples, "bad_crawl_date", s.id, meta.get("crawl_date"))
+                        _example(examples, "bad_crawl_date", f"{name}/{key}", meta.get("crawl_date"))
                     elif d.reason in URL_REASONS:
                         if cfg.strict:
-                            raise DataError(f"{s.id}: {d.rule or d.reason} (strict: every document needs an http(s) url)")
-                        _example(examples, d.reason, s.id, meta.get("url"))
-                    text = s.text
-                    audit.add(s.shard, s.key, meta.get("url"), meta.get("lang") or "und",
-                              len(text) if text.isascii() else len(text.encode("utf-8")), meta.get("crawl_date"), d)
+                            raise DataError(f"{name}/{key}: {d.rule or d.reason} (strict: every document needs an http(s) url)")
+                        _example(examples, d.reason, f"{name}/{key}", meta.get("url"))
+                    add(name, key, meta.get("url"), meta.get("lang") or "und", nbytes, meta.get("crawl_date"), d)
                     if not d.keep:
-                        excl.write(f"{s.shard}/{s.key}\n")
+                        excl.write(f"{name}/{key}\n")
                     elif rewriter is not None:
-                        rewriter.write(s)
+                        rewriter.write(current[0])
         audit.close()
     except BaseException:
         audit.writer.close()
@@ -141,6 +145,14 @@ def run_filter(cfg: FilterConfig, rank: int | None = None, world_size: int | Non
                                               "counters": dict(counters), "examples": examples}, indent=1) + "\n")
     atomic_write_text(done, fp + "\n")
     return _finish(out, world_size, rank, counters, run_id, skipped=False)
+
+
+def _whole(shard: Path, read: Counter, strict: bool, current: list):
+    """iter_meta's (key, text bytes, metadata) from whole samples, each Sample left in current[0]."""
+    for s in iter_samples(shard, counters=read, strict=strict):
+        current[0] = s
+        text = s.text
+        yield s.key, len(text) if text.isascii() else len(text.encode("utf-8")), s.meta
 
 
 def _concat_atomic(parts: list[Path], target: Path) -> None:

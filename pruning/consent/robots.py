@@ -1,7 +1,8 @@
 """robots.txt: RFC 9309 groups and agents, rule matching through protego, the paper's taxonomy.
 
 Group selection is ours (protego's prefix matching applies `User-agent: Applebot` to
-Applebot-Extended); rule matching inside a group (longest match, `*`/`$`) is protego's:
+Applebot-Extended); rule matching inside a group (longest match, `*`/`$`, quoting) has protego's
+semantics: protego parses and sorts the group's rules, rulematch.py compiles them into one regex:
   * a group is a run of `User-agent` lines followed by rules; only Allow/Disallow lines end a
     run (RFC 9309 2.2, Google's parser): Crawl-delay, Sitemap, Content-Signal or unknown lines
     between two `User-agent` lines do not split it;
@@ -24,7 +25,9 @@ from dataclasses import dataclass, field
 
 from protego import Protego
 
-try:  # protego's URL normaliser: path_decision() walks protego's own sorted rules with it
+from glotta.pruning.consent.rulematch import ALLOWED, CompiledRules, always_allowed, quote_path
+
+try:  # protego's URL normaliser: rules and paths are quoted as protego quotes them
     from protego._utils import _quote_path, _quote_pattern
 except ImportError:  # pragma: no cover
     _quote_path = _quote_pattern = None
@@ -57,9 +60,19 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]*")
 # Matchers and rule walks shared by every robots.txt whose selected group has the same rules
 # (with line numbers, so the evidence is the same); bounded, cleared when full.
 MAX_SHARED = 4096
-MEMO_PATHS = 256  # path-prefix answers remembered per shared rule set
 _MATCHERS: dict[tuple, Protego] = {}
 _RULESETS: dict[tuple, object] = {}
+
+
+def shared(cache: dict, key, build):
+    """The entry of a cache shared by every parsed file (matchers, compiled rules), built on first
+    use; the cache is cleared when it holds MAX_SHARED entries (bounded memory)."""
+    hit = cache.get(key)
+    if hit is None:
+        if len(cache) >= MAX_SHARED:
+            cache.clear()
+        hit = cache[key] = build()
+    return hit
 
 
 def normalise_agent(value: str) -> str:
@@ -135,6 +148,7 @@ class Robots:
         self._status: dict[str, AgentStatus] = {}
         self._select: dict[str, str] = {}
         self._rulesets: dict[str, object] = {}
+        self.policy_views: dict[str, tuple] = {}  # policy version -> ConsentFilter._policy_view (decide.py)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -237,121 +251,78 @@ class Robots:
         m = self._matchers.get(key)
         if m is None:
             rules = tuple(r for g in self.by_agent.get(key, []) for r in g.rules)
-            m = _MATCHERS.get(rules)
-            if m is None:
-                text = "User-agent: *\n" + "\n".join(f"{'Allow' if f == 'allow' else 'Disallow'}: {v}" for f, v, _ in rules)
-                m = Protego.parse(text)
-                if len(_MATCHERS) >= MAX_SHARED:
-                    _MATCHERS.clear()
-                _MATCHERS[rules] = m
-            self._matchers[key] = m
+            m = self._matchers[key] = shared(_MATCHERS, rules, lambda: Protego.parse(
+                "User-agent: *\n" + "\n".join(f"{'Allow' if f == 'allow' else 'Disallow'}: {v}" for f, v, _ in rules)))
         return m
 
     def rules_for(self, agent: str) -> list[tuple[str, str, int]]:
         return [r for g in self.by_agent.get(self.select(agent), []) for r in g.rules]
 
     def can_fetch(self, url: str, agent: str) -> bool:
+        """protego's answer (its quoting, rule order and implicit /robots.txt), from the group's
+        compiled rules; `url` may be a full URL or a path."""
         if self.kind == "unavailable":
             return True
         if self.kind == "unreachable":
             return False
-        key = self.select(agent)
-        return True if not key else self._matcher(key).can_fetch(url, "x")
+        if always_allowed(url):  # RFC 9309 2.2.2, as protego
+            return True
+        rules = self.compiled(agent)
+        if rules is None:
+            return True
+        if isinstance(rules, str):
+            return self._matcher(self.select(agent)).can_fetch(url, "x")
+        return rules.decide(_quote_path(url))[0]
 
-    def quote(self, path: str) -> str:
-        """The path as protego compares it (once per document, shared by all agents)."""
-        return _quote_path(path) if _quote_path is not None else path
+    quote = staticmethod(quote_path)  # the path as protego compares it (once per document, shared by all agents)
 
     def path_decision(self, path: str, agent: str, quoted: str | None = None) -> tuple[bool, str]:
-        """(allowed, evidence) for a path in one pass: protego's can_fetch loop (rules sorted by
-        length, allow first on ties; the first match decides) returning the deciding rule too.
-        Falls back to can_fetch + matched_rule if protego's internals are not what 0.7 has."""
+        """(allowed, evidence) for a path in one regex call: protego's rule order (longest first,
+        allow first on ties; the first match decides), returning the deciding rule too. Falls
+        back to protego's can_fetch + matched_rule if its internals are not what 0.7 has."""
         if self.kind != "parsed":
             return self.can_fetch(path, agent), ""
-        rs = self._rulesets.get(agent, False)
-        if rs is False:
-            rs = self._rulesets[agent] = self._ruleset(agent)
-        if rs is None:
-            return True, ""
-        if rs == "public" or path == "/robots.txt":
+        rules = self.compiled(agent)
+        if rules is None or always_allowed(path):
+            return ALLOWED
+        if isinstance(rules, str):
             ok = self.can_fetch(path, agent)
             return ok, "" if ok else self.matched_rule(path, agent)
-        return self._match(rs, quoted if quoted is not None else _quote_path(path))
+        return rules.decide(quoted if quoted is not None else quote_path(path))
 
-    @staticmethod
-    def _match(rs, url: str) -> tuple[bool, str]:
-        """(allowed, evidence) of one agent's rule walk `rs` (from `_ruleset`) for a quoted path."""
-        ruleset, prefixes, lines, needs, plain_len, memo = rs
-        if plain_len:
-            # Only plain prefix rules (no `*`, no `$`): whether a rule matches depends on the first
-            # plain_len characters alone, so the answer for that prefix is remembered.
-            key = url[:plain_len]
-            hit = memo.get(key)
-            if hit is None:
-                hit = Robots._walk(url, ruleset, prefixes, lines, needs)
-                if len(memo) >= MEMO_PATHS:  # keyed by path prefixes: bounded, or it follows the documents
-                    memo.clear()
-                memo[key] = hit
-            return hit
-        return Robots._walk(url, ruleset, prefixes, lines, needs)
-
-    @staticmethod
-    def _walk(url, ruleset, prefixes, lines, needs) -> tuple[bool, str]:
-        if url.startswith(prefixes):
-            rules = ruleset._rules
-        else:
-            # Only wildcard/`$` rules can match now. Each needs its head as a prefix and its other
-            # literal parts somewhere in the URL; when no rule passes that necessary test, none
-            # matches and protego's default (allow) applies, so the rule walk is skipped.
-            for head, parts in needs:
-                if url.startswith(head):
-                    for p in parts:
-                        if p not in url:
-                            break
-                    else:
-                        break  # this rule may match: let protego's rules decide
-            else:
-                return True, ""
-            rules = ruleset._special_rules
-        for rule in rules:
-            if rule.value.match(url):
-                if rule.field == "allow":
-                    return True, ""
-                return False, lines.get(rule.value._pattern) or f"Disallow: {rule.value._pattern}"
-        return True, ""
-
-    def _ruleset(self, agent: str):
-        key = self.select(agent)
-        shared_key = tuple(r for g in self.by_agent.get(key, []) for r in g.rules) if key else None
-        hit = _RULESETS.get(shared_key) if key else None
-        if hit is None and key:
-            hit = self._ruleset_uncached(agent)
-            if len(_RULESETS) >= MAX_SHARED:
-                _RULESETS.clear()
-            _RULESETS[shared_key] = hit
-        return hit
-
-    def _ruleset_uncached(self, agent: str):
-        try:
+    def compiled(self, agent: str):
+        """The agent's group compiled (CompiledRules), None without a group, "public" when
+        protego's internals are not readable. Shared by every robots.txt whose group has the same
+        rules (with line numbers, so the evidence is the same too)."""
+        rs = self._rulesets.get(agent, False)
+        if rs is False:
             key = self.select(agent)
-            rs = self._matcher(key)._get_matching_rule_set("x") if key else None
-            if rs is None:
-                return None
-            if _quote_path is None:
-                return "public"
-            prefixes = rs._plain_prefixes if rs._plain_prefixes is not None else rs._build_index()
-            lines = {}  # protego's quoted pattern -> our raw rule and line, for the evidence
-            for f, v, n in self.rules_for(agent):
-                if f == "disallow":
-                    lines.setdefault(_quote_pattern(v), f"Disallow: {v} (line {n})")
-                    if "$" in v:
-                        lines.setdefault(_quote_pattern(v.replace("$", "%24")), f"Disallow: {v} (line {n})")
-            needs = []
-            for rule in rs._special_rules:
-                head, *parts = rule.value._pattern.removesuffix("$").split("*")
-                needs.append((head, [p for p in parts if p]))
-            plain_len = 0 if rs._special_rules or not rs._rules else max(len(r.value._pattern) for r in rs._rules)
-            return rs, prefixes, lines, needs, plain_len, {}
+            if not key:
+                rs = None
+            else:
+                rules = tuple(r for g in self.by_agent.get(key, []) for r in g.rules)
+                rs = shared(_RULESETS, rules, lambda: self._compile(agent))
+            self._rulesets[agent] = rs
+        return rs
+
+    def _compile(self, agent: str):
+        key = self.select(agent)
+        try:
+            rs = self._matcher(key)._get_matching_rule_set("x")
+        except AttributeError:  # pragma: no cover - protego's internals moved
+            return "public"
+        if rs is None:  # a group with no rules (only `Allow:`/empty lines) allows everything
+            return CompiledRules([], {})
+        if _quote_path is None or not hasattr(rs, "_rules"):  # pragma: no cover - protego moved its internals
+            return "public"
+        evidence = {}  # protego's quoted pattern -> our raw rule and line
+        for f, v, n in self.rules_for(agent):
+            if f == "disallow":
+                evidence.setdefault(_quote_pattern(v), f"Disallow: {v} (line {n})")
+                if "$" in v:
+                    evidence.setdefault(_quote_pattern(v.replace("$", "%24")), f"Disallow: {v} (line {n})")
+        try:
+            return CompiledRules.from_protego(rs, evidence)
         except AttributeError:  # pragma: no cover - protego's internals moved
             return "public"
 
@@ -428,33 +399,33 @@ class Robots:
 
 class PathRules:
     """What a cached per-origin verdict needs to match document paths, without the parsed file:
-    per agent the rule walk (shared by every robots.txt whose group has the same rules) and the
-    group evidence. A few hundred bytes, so verdicts of many origins can stay cached."""
+    per agent the compiled rules of its group (shared by every robots.txt whose group has the
+    same rules) and the group evidence. A few hundred bytes, so verdicts of many origins can stay
+    cached. `checks` is the per-document loop's input: (agent, decide) in policy order."""
 
-    __slots__ = ("rules", "evidence", "robots")
+    __slots__ = ("rules", "evidence", "robots", "checks")
 
     def __init__(self, robots: "Robots", agents) -> None:
-        self.rules = {}
-        for a in agents:
-            rs = robots._rulesets.get(a, False)
-            self.rules[a] = robots._ruleset(a) if rs is False else rs
+        self.rules = {a: robots.compiled(a) for a in agents}
         self.evidence = {a: robots.group_evidence(a) for a in agents}
         # protego internals not as expected ("public"): fall back to the parsed file (never with 0.7)
-        self.robots = robots if any(r == "public" for r in self.rules.values()) else None
+        public = any(isinstance(r, str) for r in self.rules.values())
+        self.robots = robots if public else None
+        self.checks = None if public else tuple((a, r.decide) for a, r in self.rules.items() if r is not None)
 
-    quote = staticmethod(lambda path: _quote_path(path) if _quote_path is not None else path)
+    quote = staticmethod(quote_path)
 
     def group_evidence(self, agent: str) -> str:
         return self.evidence[agent]
 
     def path_decision(self, path: str, agent: str, quoted: str | None = None) -> tuple[bool, str]:
-        """Robots.path_decision for a parsed file, from the shared rule walk."""
+        """Robots.path_decision for a parsed file, from the shared compiled rules."""
         rs = self.rules[agent]
-        if rs is None or path == "/robots.txt":  # no group; /robots.txt is always allowed (RFC 9309 2.2.2)
-            return True, ""
-        if rs == "public":
+        if rs is None or always_allowed(path):  # no group; /robots.txt is always allowed (RFC 9309 2.2.2)
+            return ALLOWED
+        if isinstance(rs, str):
             return self.robots.path_decision(path, agent, quoted)
-        return Robots._match(rs, quoted if quoted is not None else _quote_path(path))
+        return rs.decide(quoted if quoted is not None else quote_path(path))
 
 
 def _yes_no(value: str) -> str:

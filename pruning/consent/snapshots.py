@@ -131,10 +131,18 @@ class SnapshotStore:
                     return lst[j], "previous_capture"
         return snap, flag
 
+    def capture_dates(self, origin: str) -> tuple[str, ...]:
+        """The dates of the origin's captures, ascending (as `at` bisects them); () when none.
+        Between two of them (and before the first) `at` gives the same answer for every day."""
+        return tuple(self._dates.get(origin, ()))
+
     def robots(self, snap: Snapshot) -> Robots:
         # Keyed by content: many origins serve byte-identical robots.txt (CMS defaults), which
         # parse identically, so one parse serves them all.
-        key = (snap.status, snap.kind, snap.policy, snap.sha256) if snap.sha256 else snap.id
+        if not 200 <= snap.status < 300 or snap.kind:  # the body is not read: status and policy decide
+            key = (snap.status, snap.kind, snap.policy, "")
+        else:
+            key = (snap.status, snap.kind, snap.policy, snap.sha256) if snap.sha256 else snap.id
         r = self._robots.get(key)
         if r is None:
             if snap.kind and snap.policy == "allow":

@@ -203,6 +203,8 @@ class IndexedStore(SnapshotStore):
         self.bucket_loads = 0
 
     def _ensure(self, origin: str) -> None:
+        if origin in self.by_origin:  # its bucket is loaded (evicting a bucket drops its origins)
+            return
         b = owner(origin, self.buckets)
         if b in self.loaded:
             return

@@ -58,8 +58,9 @@ def split_url(url: object) -> tuple[str, str]:
                     origin = _origin(url[: i - 3], url[i:j])
                 except BadURL as e:
                     origin = e
-                if len(_FAST) < 1 << 20:
-                    _FAST[head] = origin
+                if len(_FAST) >= 1 << 18:  # bounded (~250 B a head): 10^6 origins would hold ~250 MB
+                    _FAST.clear()
+                _FAST[head] = origin
             if isinstance(origin, BadURL):
                 raise BadURL(origin.reason, url)
             return origin, path_of(url[j:])

@@ -200,3 +200,26 @@ def test_bad_input_is_decided_counted_and_strict_fails(tmp_path, multilingual_te
     assert keep["kept"] == len(BAD_URLS) + 1
     with pytest.raises(DataError, match="bad-00000-000000.tar/bad00"):
         run_filter(FilterConfig(shards=shards, store=store, out=tmp_path / "strict", strict=True), 0, 1)
+
+
+def test_audit_origin_columns_match_split_url(tmp_path):
+    """The audit computes origin / reg_domain per batch in Arrow (distinct URL heads looked up once);
+    every kind of URL gets what split_url + registrable_domain give it one by one."""
+    from glotta.pruning.consent.audit import AuditWriter
+    from glotta.pruning.consent.base import Decision
+    from glotta.pruning.consent.urls import BadURL, registrable_domain
+
+    urls = ["https://a.example/x", "http://B.Example:80/?q", None, "mailto:x@y", "HTTPS://c.example.co.uk/",
+            "https://a.example", "https://a.example#f", "https://alice.github.io/p", "https://bücher.example/",
+            "https:///nohost", "ftp://f.example/", "https://a.example:8443/x", 7]
+    w = AuditWriter(tmp_path / "a.parquet", "training", "v", "crawl", batch_rows=5)
+    for i, u in enumerate(urls):
+        w.add("s.tar", f"k{i}", u, "en", 1, None, Decision(True, "x"))
+    w.close()
+    t = pq.read_table(tmp_path / "a.parquet")
+    for u, o, r in zip(urls, t.column("origin").to_pylist(), t.column("reg_domain").to_pylist()):
+        try:
+            want = split_url(u)[0]
+        except BadURL:
+            want = ""
+        assert (o, r) == (want, registrable_domain(want) if want else ""), u

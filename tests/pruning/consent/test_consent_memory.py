@@ -63,7 +63,10 @@ def test_filter_memory_is_flat_in_the_number_of_documents(tmp_path):
     assert pq.read_metadata(tmp_path / "audit.parquet").num_rows == 4 * n  # every row written, none held
     for caches in (caches_n, caches_4n):
         assert caches["by_date"] <= cfg.cache_origins and caches["holding_robots"] <= cfg.cache_robots
-        assert caches["fast"] <= 4 * cfg.cache_origins
+        assert caches["plans"] <= cfg.cache_origins
+        # one plan per origin (URL head) and one verdict per capture, never one per (origin, day):
+        # 400 origins x 2 captures, documents on 2 days
+        assert caches["plans"] <= origins and caches["by_snap"] == caches["by_date"] == 0
     assert parsed_n <= 1000 and parsed_4n <= 1000
     assert buf_n == buf_4n or max(buf_n, buf_4n) <= 500 * 9 + 1024  # rows held only until the next record batch
     # 3N more documents (12,000 distinct URLs) add no retained Python memory (an unbounded
