@@ -83,6 +83,15 @@ class Encoder:
     # Open readers per process. A reader holds no file descriptor (csrc/tar.cpp closes it after
     # mmap), so this bounds mappings and address space, not fds: 10,000 shards stay mappable.
     MAX_OPEN = 64
+    # Pages of open readers stay mapped after their texts are copied out, so over an epoch each
+    # reader's share of RSS would grow towards its whole shard: 64 readers x 1 GB shards per
+    # worker. Clean file pages are reclaimable, but they count in RSS and in the OOM killer's
+    # score. Past MAPPED_BUDGET (estimated from above: a read maps ~128 KiB around each document,
+    # measured 120 KiB with 64 KiB fault-around, plus its bytes, at most the file) every open
+    # reader unmaps its pages; the page cache keeps them. A corpus smaller than the budget
+    # never drops (re-mapping costs: dropping every 16 MiB cost 6-8% of bench/loader.py's CPU).
+    MAPPED_BUDGET = 256 << 20
+    _PER_DOC = 128 << 10
 
     def __init__(self, shards: list[str], tokenizer: str, strict: bool = False):
         self.shards, self.strict = shards, strict
@@ -90,6 +99,8 @@ class Encoder:
         self.sp, self.info = open_tokenizer(tokenizer)
         self.dtype = token_dtype(self.info.vocab_size)
         self._readers: OrderedDict[int, TarReader] = OrderedDict()
+        self._mapped: dict[int, int] = {}  # shard -> estimated mapped bytes
+        self._mapped_total = 0
         self._numpy = True
 
     def _reader(self, shard: int) -> TarReader:
@@ -97,9 +108,22 @@ class Encoder:
         if reader is None:
             reader = open_reader(self.shards[shard], sequential=False)  # one document at a time
             while len(self._readers) >= self.MAX_OPEN:
-                self._readers.popitem(last=False)[1].close()
+                old, r = self._readers.popitem(last=False)
+                r.close()
+                self._mapped_total -= self._mapped.pop(old, 0)
         self._readers[shard] = reader
         return reader
+
+    def _account_mapped(self, shard: int, reader: TarReader, touched: int) -> None:
+        was = self._mapped.get(shard, 0)
+        now = min(reader.size, was + touched)
+        self._mapped[shard] = now
+        self._mapped_total += now - was
+        if self._mapped_total > self.MAPPED_BUDGET:
+            for r in self._readers.values():
+                r.drop_pages()
+            self._mapped.clear()
+            self._mapped_total = 0
 
     def _texts(self, shard: int, offsets: np.ndarray, key_blob: bytes, key_ends: np.ndarray) -> tuple[list[bytes], np.ndarray]:
         """Text bytes (valid UTF-8) and status of documents of one shard, read in one C++ call
@@ -112,6 +136,7 @@ class Encoder:
         if os.stat(self.shards[shard]).st_size < reader.size:
             raise DataError(f"{name}: the shard shrank while the loader was reading it (changed after indexing)")
         texts, codes = reader.texts(offsets, key_blob, key_ends)
+        self._account_mapped(shard, reader, len(offsets) * self._PER_DOC + sum(map(len, texts)))
         for i in np.flatnonzero((codes >= 1) & (codes <= 3)).tolist():
             t, c = texts[i], int(codes[i])
             if c >= 2:
@@ -170,6 +195,8 @@ class Encoder:
         for r in self._readers.values():
             r.close()
         self._readers.clear()
+        self._mapped.clear()
+        self._mapped_total = 0
 
 
 _WORKER: Encoder | None = None

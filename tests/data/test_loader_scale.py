@@ -81,3 +81,38 @@ def test_each_of_8_ranks_touches_only_its_own_documents(big_set, sp_model):
     assert len(st) < 2000  # the state holds a 16-character hash of the shard list, not 20 names
     assert states[0]["fingerprint"]["shards"] == states[1]["fingerprint"]["shards"]
     assert len(states[0]["fingerprint"]["shards"]) == 16
+
+
+def _mapped_kib(folder) -> int:
+    """RSS of this process's mappings of the shard files in `folder` (/proc/self/smaps)."""
+    total, ours = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):  # a mapping's first line
+                ours = len(head) > 5 and head[5].startswith(str(folder)) and head[5].endswith(".tar")
+            elif ours and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+def test_pages_of_open_shards_are_unmapped_past_the_budget(big_set, sp_model, monkeypatch):
+    # Open readers keep their mappings (LRU); what a read maps must not stay in RSS without
+    # bound. With no budget the read pages stay mapped; with a budget below one task's reads
+    # every open reader has dropped its pages after each read.
+    from glotta.data.tokenize import Encoder
+
+    mapped = {}
+    for budget in (1 << 40, 1):
+        monkeypatch.setattr(Encoder, "MAPPED_BUDGET", budget)
+        with TokenLoader(
+            str(big_set), str(sp_model), seq_len=128, micro_batch_size=2, global_batch_size=2,
+            num_workers=0, mix={"method": "natural"},
+        ) as ld:  # fmt: skip
+            it = iter(ld)
+            for _ in range(10):
+                next(it)
+            assert ld.tokenized_docs > 0
+            mapped[budget] = _mapped_kib(big_set)
+    assert mapped[1 << 40] > 0, mapped
+    assert mapped[1] == 0, mapped
