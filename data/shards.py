@@ -229,17 +229,9 @@ def iter_samples(
     counters = counters if counters is not None else Counter()
     path = Path(path)
     name = path.name
-
-    def skip(reason: str, msg: str, n: int = 1) -> None:
-        if strict:
-            raise DataError(msg)
-        counters[reason] += n
-        log.warning(msg)
-
-    try:
-        reader = open_reader(path)
-    except (OSError, RuntimeError) as e:
-        skip("unreadable_shard", f"{path}: {e}")
+    skip = counting_skip(counters, strict)
+    reader = open_counted(path, skip)
+    if reader is None:
         return
     seen = 0
     try:
@@ -247,8 +239,7 @@ def iter_samples(
             reader.seek(offset)
         while True:
             raw = reader.read(batch)
-            if strict and any(v for k, v in reader.counters().items() if k in PROBLEMS):
-                raise DataError("; ".join(reader.warnings() or [f"{path}: {reader.counters()}"]))
+            raise_if_damaged(reader, path, strict)
             if not raw:
                 break
             seen += len(raw)
@@ -260,10 +251,7 @@ def iter_samples(
         if expected is not None and not offset:
             check_expected(path, expected, reader.size, seen, skip)
     finally:
-        add_reader_counters(counters, reader)
-        for w in reader.warnings():
-            log.warning("%s", w)
-        reader.close()
+        close_counted(counters, reader)
 
 
 # Reader counters that mean data was damaged or dropped (the rest are skips by design).
@@ -279,6 +267,44 @@ def open_reader(path: str | Path, sequential: bool = True) -> TarReader:
         return TarReader(str(path), sequential)
     except TarError as e:  # the only TarError the constructor raises: a compressed stream
         raise DataError(str(e)) from None
+
+
+# ---- iter_samples' error policy, shared by every pass that reads shards sample by sample ----
+def counting_skip(counters: Counter, strict: bool):
+    """skip(reason, msg, n=1): count the problem under `reason` and log it, or raise DataError
+    when strict."""
+
+    def skip(reason: str, msg: str, n: int = 1) -> None:
+        if strict:
+            raise DataError(msg)
+        counters[reason] += n
+        log.warning(msg)
+
+    return skip
+
+
+def open_counted(path: Path, skip) -> TarReader | None:
+    """The shard's reader, or None after counting it as `unreadable_shard` (a compressed shard
+    still raises: open_reader's DataError names it)."""
+    try:
+        return open_reader(path)
+    except (OSError, RuntimeError) as e:
+        skip("unreadable_shard", f"{path}: {e}")
+        return None
+
+
+def raise_if_damaged(reader: TarReader, path: Path, strict: bool) -> None:
+    """strict: damage the reader counted (PROBLEMS) so far is an error naming the shard."""
+    if strict and any(v for k, v in reader.counters().items() if k in PROBLEMS):
+        raise DataError("; ".join(reader.warnings() or [f"{path}: {reader.counters()}"]))
+
+
+def close_counted(counters: Counter, reader: TarReader) -> None:
+    """End of a pass: the reader's own counters and warnings join the caller's; the mapping goes."""
+    add_reader_counters(counters, reader)
+    for w in reader.warnings():
+        log.warning("%s", w)
+    reader.close()
 
 
 def add_reader_counters(counters: Counter, reader: TarReader) -> None:

@@ -16,15 +16,12 @@ not counted here (`utf8_replaced`; the `data` stage and the loader count it), an
 """
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from glotta.data.shards import PROBLEMS, _json_decode, add_reader_counters, open_reader
-from glotta.errors import DataError
+from glotta.data.shards import _json_decode, close_counted, counting_skip, open_counted, raise_if_damaged
 
-log = logging.getLogger(__name__)
 BATCH = 1024  # samples per reader call
 
 
@@ -32,24 +29,15 @@ def iter_meta(path: str | Path, counters: Counter, strict: bool = False) -> Iter
     """(key, text bytes, metadata) of every sample of one shard, in order."""
     path = Path(path)
     name = path.name
-
-    def skip(reason: str, msg: str) -> None:
-        if strict:
-            raise DataError(msg)
-        counters[reason] += 1
-        log.warning(msg)
-
-    try:
-        reader = open_reader(path)
-    except (OSError, RuntimeError) as e:
-        skip("unreadable_shard", f"{path}: {e}")
+    skip = counting_skip(counters, strict)
+    reader = open_counted(path, skip)
+    if reader is None:
         return
     decode = _json_decode
     try:
         while True:
             batch = reader.scan(BATCH, "json")
-            if strict and any(v for k, v in reader.counters().items() if k in PROBLEMS):
-                raise DataError("; ".join(reader.warnings() or [f"{path}: {reader.counters()}"]))
+            raise_if_damaged(reader, path, strict)
             if not batch:
                 break
             for key, _, sizes, raw in batch:
@@ -72,7 +60,4 @@ def iter_meta(path: str | Path, counters: Counter, strict: bool = False) -> Iter
                 counters["samples"] += 1
                 yield key, nbytes, meta
     finally:
-        add_reader_counters(counters, reader)
-        for w in reader.warnings():
-            log.warning("%s", w)
-        reader.close()
+        close_counted(counters, reader)
