@@ -7,6 +7,7 @@ A document is held out when a stable hash of (seed, shard, key) falls below `fra
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pydantic import Field
@@ -32,7 +33,18 @@ class HoldoutConfig(StrictModel):
     strict: bool = False
 
 
-def run_holdout(cfg: HoldoutConfig) -> dict:
+@dataclass
+class HoldoutResult:
+    valid: str  # the validation shard set
+    exclude: str  # the exclude list that keeps those documents out of training
+    held_out: dict[str, int]  # documents per language
+    counters: dict[str, int]  # what reading the shards skipped, by reason
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def run_holdout(cfg: HoldoutConfig) -> HoldoutResult:
     if cfg.shards is None or cfg.out is None:
         raise ConfigError("holdout needs shards and out")
     out = Path(cfg.out)
@@ -45,6 +57,7 @@ def run_holdout(cfg: HoldoutConfig) -> dict:
         for path in track(list_shards(cfg.shards), "holdout"):
             for s in iter_samples(path, counters, strict=cfg.strict):
                 if s.id in excluded:
+                    counters["excluded"] += 1  # removed before (e.g. by consent filtering)
                     continue
                 if stable_seed(cfg.seed, s.shard, s.key) < threshold and held[s.lang] < cfg.max_docs_per_lang:
                     held[s.lang] += 1
@@ -52,5 +65,4 @@ def run_holdout(cfg: HoldoutConfig) -> dict:
                     w.write(s)
     Manifest(shards=w.written, meta={"holdout_of": str(cfg.shards), "fraction": cfg.fraction}).save(out / "valid")
     atomic_write_text(out / EXCLUDE, "".join(f"{i}\n" for i in ids))
-    return {"valid": str(out / "valid"), "exclude": str(out / EXCLUDE), "held_out": dict(sorted(held.items())),
-            "counters": dict(counters)}  # fmt: skip
+    return HoldoutResult(str(out / "valid"), str(out / EXCLUDE), dict(sorted(held.items())), dict(counters))

@@ -245,7 +245,9 @@ def holdout(
     )  # fmt: skip
     set_quiet(json_out)
     res = run_holdout(cfg)
-    if print_json_if(json_out, res):
+    if print_json_if(json_out, res.to_json()):
         return
-    print_table(f"held out -> {res['valid']}", [{"lang": k, "docs": v} for k, v in res["held_out"].items()], ["lang", "docs"])
-    stdout.print(f"training exclude list: {res['exclude']}", highlight=False)
+    print_table(f"held out -> {res.valid}", [{"lang": k, "docs": v} for k, v in res.held_out.items()], ["lang", "docs"])
+    if res.counters:
+        print_counters("counters", res.counters)
+    stdout.print(f"training exclude list: {res.exclude}", highlight=False)
