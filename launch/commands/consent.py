@@ -6,10 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from glotta.config import load_config
 from glotta.launch.console import print_counters, print_json, print_table
 from glotta.launch.errors import guarded
-from glotta.launch.options import ConfigOpt, JsonOpt, SetOpt, StrictOpt, cli_overrides
+from glotta.launch.options import ConfigOpt, JsonOpt, SetOpt, StrictOpt, command_config
 from glotta.progress import set_quiet
 
 app = typer.Typer(no_args_is_help=True, help="Consent-aware source filtering: robots.txt, TDMRep, content signals.")
@@ -38,7 +37,7 @@ def agents_(policy: Annotated[Str, typer.Argument(help="training | all-ai | * | 
     from glotta.pruning.consent.agents import ai_agents, resolve_policy
     from glotta.pruning.consent.filter import FilterConfig
 
-    cfg = load_config(FilterConfig, config, cli_overrides(sets, agents=policy), section="consent_filter")
+    cfg = command_config(FilterConfig, config, sets, "consent_filter", agents=policy)
     p = resolve_policy(cfg.agents)
     facts = {a["name"].lower(): a for a in ai_agents()["agents"]}
     rows = [{"name": a, "function": facts.get(a.lower(), {}).get("function", ""),
@@ -65,9 +64,9 @@ def import_(
     """Add robots.txt captures to the snapshot store: files, Common Crawl robots.txt WARC files, Wayback CDX + captures."""
     from glotta.pruning.consent.snapshots import ImportConfig, run_import
 
-    overrides = cli_overrides(sets, files=[str(f) for f in files] if files else None, store=store, date=date, scheme=scheme,
-                              strict=strict or None)
-    res = run_import(load_config(ImportConfig, config, overrides, section="consent_import"))
+    cfg = command_config(ImportConfig, config, sets, "consent_import", files=[str(f) for f in files] if files else None,
+                         store=store, date=date, scheme=scheme, strict=strict or None)
+    res = run_import(cfg)
     if _show(res, json_out, f"imported into {res['store']}", {"snapshots": res["snapshots"], "origins": res["origins"], **res["counters"]}):
         for e in res["errors"]:
             print(f"  {e}")
@@ -99,10 +98,9 @@ def fetch_(
     from glotta.pruning.consent.fetch import FetchConfig, run_fetch
     from glotta.pruning.consent.filter import rank_world
 
-    overrides = cli_overrides(sets, shards=shards, store=store, concurrency=concurrency, timeout_s=timeout, date=date,
-                              tdmrep=tdmrep, refetch=refetch, origins=origins, retries=retries, on_failure=on_failure,
-                              bot_wall=bot_wall, strict=strict or None)
-    cfg = load_config(FetchConfig, config, overrides, section="consent_fetch")
+    cfg = command_config(FetchConfig, config, sets, "consent_fetch", shards=shards, store=store, concurrency=concurrency,
+                         timeout_s=timeout, date=date, tdmrep=tdmrep, refetch=refetch, origins=origins, retries=retries,
+                         on_failure=on_failure, bot_wall=bot_wall, strict=strict or None)
     set_quiet(json_out)
     res = run_fetch(cfg, *rank_world())
     _show(res, json_out, f"consent fetch -> {res['store']} ({res['date']})", res["counters"])
@@ -123,7 +121,7 @@ def index_(
     `consent filter` reads the store through it and refuses a stale one."""
     from glotta.pruning.consent.store_index import IndexConfig, run_index
 
-    cfg = load_config(IndexConfig, config, cli_overrides(sets, store=store, buckets=buckets, strict=strict or None), section="consent_index")
+    cfg = command_config(IndexConfig, config, sets, "consent_index", store=store, buckets=buckets, strict=strict or None)
     res = run_index(cfg)
     if _show(res, json_out, f"consent index ({res['was']} before)",
              {k: res[k] for k in ("origins", "captures", "buckets", "parts", "torn_lines")}):
@@ -151,10 +149,9 @@ def filter_(
     """Decide every document: Parquet audit with reason and evidence, exclude list, optional rewritten shards."""
     from glotta.pruning.consent.filter import FilterConfig, run_filter
 
-    overrides = cli_overrides(sets, shards=shards, store=store, out=out, agents=agents, as_of=as_of, tos=tos,
-                              tos_labels=tos_labels, unknown_host=unknown_host, no_url=no_url, rewrite=rewrite,
-                              strict=strict or None)
-    cfg = load_config(FilterConfig, config, overrides, section="consent_filter")
+    cfg = command_config(FilterConfig, config, sets, "consent_filter", shards=shards, store=store, out=out, agents=agents,
+                         as_of=as_of, tos=tos, tos_labels=tos_labels, unknown_host=unknown_host, no_url=no_url,
+                         rewrite=rewrite, strict=strict or None)
     set_quiet(json_out)
     res = run_filter(cfg)
     if json_out:
@@ -194,8 +191,7 @@ def check_(
     from glotta.pruning.consent.snapshots import SnapshotStore
     from glotta.pruning.consent.store_index import IndexedStore, index_current
 
-    cfg = load_config(FilterConfig, config, cli_overrides(sets, store=store, agents=agents, as_of=as_of),
-                      section="consent_filter")
+    cfg = command_config(FilterConfig, config, sets, "consent_filter", store=store, agents=agents, as_of=as_of)
     if cfg.store is None:
         raise ConfigError("consent check needs --store")
     # One URL needs one origin: through the index when it is current (one bucket), else the whole store.
@@ -224,8 +220,7 @@ def report_(
     """Byte-weighted restricted share per reason, language, domain, and per agent group over snapshot months."""
     from glotta.pruning.consent.report import ReportConfig, build_report
 
-    overrides = cli_overrides(sets, out=out, store=store, png=png, top=top)
-    cfg = load_config(ReportConfig, config, overrides, section="consent_report")
+    cfg = command_config(ReportConfig, config, sets, "consent_report", out=out, store=store, png=png, top=top)
     rep = build_report(cfg)
     if json_out:
         print_json(rep)
