@@ -6,6 +6,7 @@ PYBIND11_MODULE(_native, m) {
   glotta::register_tar(m);
   glotta::register_tar_write(m);
   glotta::register_pack(m);
+  glotta::register_lanes(m);
   glotta::register_mix(m);
   glotta::register_text(m);
 }

@@ -6,6 +6,7 @@ namespace glotta {
 void register_tar(pybind11::module_& m);
 void register_tar_write(pybind11::module_& m);
 void register_pack(pybind11::module_& m);
+void register_lanes(pybind11::module_& m);
 void register_mix(pybind11::module_& m);
 void register_text(pybind11::module_& m);
 }  // namespace glotta

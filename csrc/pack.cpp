@@ -5,10 +5,11 @@
 // are then placed by Best-Fit-Decreasing: longest first, each into the open row whose free
 // space is the smallest that still fits (an ordered map keyed by free space, O(N log N)).
 //
-// assemble_*: turns rows described as segments (a slice of a flat token buffer, or padding)
-// into the Megatron batch arrays: tokens/labels shifted by one, loss_mask, position_ids
-// (optionally reset per segment), per-token language ids and cu_seqlens over the flattened
-// B*S token stream. Each row starts a new segment; padding is its own segment.
+// assemble_pieces: turns rows described as pieces (tokens of a document, or padding) into the
+// Megatron batch arrays: tokens/labels shifted by one, loss_mask, position_ids (optionally
+// reset per piece), per-token language ids and cu_seqlens over the flattened B*S token
+// stream. Each row starts a new segment; padding is its own segment. The loader's lanes
+// (lanes.cpp) call it once per micro-batch.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "module.h"
+#include "pack.h"
 
 namespace py = pybind11;
 
@@ -31,10 +33,7 @@ struct Item {
   int64_t doc, start, len;
 };
 
-struct Packed {
-  std::vector<int64_t> doc, start, len, bin;
-  int64_t n_bins = 0;
-};
+}  // namespace
 
 Packed best_fit(const int64_t* lengths, int64_t n, int64_t capacity) {
   if (capacity < 1) throw std::invalid_argument("capacity must be >= 1");
@@ -81,6 +80,8 @@ Packed best_fit(const int64_t* lengths, int64_t n, int64_t capacity) {
   return out;
 }
 
+namespace {
+
 template <typename V>
 py::array_t<int64_t> to_array(const std::vector<V>& v) {
   py::array_t<int64_t> a(static_cast<py::ssize_t>(v.size()));
@@ -88,114 +89,110 @@ py::array_t<int64_t> to_array(const std::vector<V>& v) {
   return a;
 }
 
-// Output buffers of one batch, [B, S] each (numpy memory, filled with the GIL released).
-struct BatchOut {
-  int64_t *tokens, *labels, *pos, *lang;
-  float* mask;
-  std::vector<int32_t> cu;
-  std::vector<int64_t> kept;  // input segment index of each output segment
-  int64_t max_seqlen = 0;
-  std::vector<int64_t> lang_tokens;  // tokens per language in the token region (stats)
-};
-
-// Writes straight into the numpy arrays: one pass over each row's tokens, no staging copies
-// of the whole batch (this runs on the loader's main thread, next to the tokenizer threads).
+// One row at a time through a staging row of S1 tokens and pad flags, then plain loops over
+// it: tokens = row[0:S], labels = row[1:S1], and the mask of position j needs only row[j],
+// pad[j] and pad[j+1]. No per-token branches on where a piece starts (the compiler vectorises
+// the copies), and the output arrays are written once each.
 template <typename T>
-void assemble_rows(const T* flat, int64_t flat_n, const int32_t* seg_row, const int64_t* seg_start,
-                   const int64_t* seg_len, const int32_t* seg_lang, int64_t n_seg, int64_t B, int64_t S1,
-                   int64_t pad_id, int64_t eod_id, bool reset_pos, bool eod_mask_loss, BatchOut* out) {
-  const int64_t S = S1 - 1;
-  out->cu.clear();
-  out->cu.push_back(0);
-  int64_t s = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t* tk = out->tokens + b * S;
-    int64_t* lb = out->labels + b * S;
-    int64_t* ps = out->pos + b * S;
-    int64_t* lg = out->lang + b * S;
-    float* mk = out->mask + b * S;
+void fill_rows(const std::vector<Piece<T>>& pieces, const AssembleOptions& o, int64_t* tokens, int64_t* labels,
+               int64_t* pos_ids, int64_t* lang_ids, float* mask, BatchArrays* out) {
+  const int64_t S1 = o.S1, S = S1 - 1;
+  std::vector<int64_t> row(static_cast<size_t>(S1));
+  std::vector<uint8_t> pad(static_cast<size_t>(S1));
+  out->cu.assign(1, 0);
+  size_t s = 0;
+  const size_t n = pieces.size();
+  for (int64_t b = 0; b < o.B; ++b) {
+    int64_t* ps = pos_ids + b * S;
+    int64_t* lg = lang_ids + b * S;
     int64_t fill = 0;
-    bool prev_pad = false;  // whether row token fill-1 is padding (for the mask of its label)
-    for (; s < n_seg && seg_row[s] == b; ++s) {
-      const int64_t len = seg_len[s], start = seg_start[s];
+    for (; s < n && pieces[s].row == b; ++s) {
+      const Piece<T>& p = pieces[s];
+      const int64_t len = p.len;
       if (len <= 0 || fill + len > S1)
         throw std::invalid_argument("segment " + std::to_string(s) + " does not fit row " + std::to_string(b));
-      const bool pad = start < 0;
-      if (!pad && start + len > flat_n) throw std::invalid_argument("segment " + std::to_string(s) + " past buffer");
-      const int64_t lang = pad ? -1 : seg_lang[s];
-      if (!pad && (lang < 0 || lang >= static_cast<int64_t>(out->lang_tokens.size())))
+      const bool is_pad = p.tokens == nullptr;
+      const int64_t lang = is_pad ? -1 : p.lang;
+      if (!is_pad && (lang < 0 || lang >= o.n_langs))
         throw std::invalid_argument("segment " + std::to_string(s) + " has language " + std::to_string(lang) +
                                     " outside [0, n_langs)");
-      if (!pad) out->lang_tokens[lang] += std::max<int64_t>(0, std::min(fill + len, S) - fill);
-      for (int64_t i = 0; i < len; ++i) {
-        const int64_t j = fill + i;  // position in the row of S+1 tokens
-        const int64_t t = pad ? pad_id : static_cast<int64_t>(flat[start + i]);
-        if (j < S) {
-          tk[j] = t;
-          ps[j] = reset_pos ? i : j;
-          lg[j] = lang;
-        }
-        if (j > 0) {  // token j is the label of position j-1
-          lb[j - 1] = t;
-          bool keep = !pad && !prev_pad;
-          if (eod_mask_loss && tk[j - 1] == eod_id) keep = false;
-          mk[j - 1] = keep ? 1.f : 0.f;
-        }
-        prev_pad = pad;
+      int64_t* r = row.data() + fill;
+      if (is_pad) {
+        std::fill(r, r + len, o.pad_id);
+      } else {
+        for (int64_t i = 0; i < len; ++i) r[i] = static_cast<int64_t>(p.tokens[i]);
       }
-      // The segment as seen in the token region [0, S) of the row.
-      const int64_t a = fill, e = std::min(fill + len, S);
-      if (e > a) {
+      std::fill(pad.begin() + fill, pad.begin() + fill + len, is_pad ? 1 : 0);
+      // The piece as seen in the token region [0, S) of the row.
+      const int64_t e = std::min(fill + len, S);
+      for (int64_t j = fill; j < e; ++j) {
+        ps[j] = o.reset_pos ? j - fill : j;
+        lg[j] = lang;
+      }
+      if (e > fill) {
+        if (!is_pad) out->lang_tokens[static_cast<size_t>(lang)] += e - fill;
         out->cu.push_back(static_cast<int32_t>(b * S + e));
-        out->kept.push_back(s);
-        out->max_seqlen = std::max(out->max_seqlen, e - a);
+        out->kept.push_back(static_cast<int64_t>(s));
+        out->max_seqlen = std::max(out->max_seqlen, e - fill);
       }
       fill += len;
     }
     if (fill != S1)
       throw std::invalid_argument("row " + std::to_string(b) + " holds " + std::to_string(fill) + " tokens, expected " +
                                   std::to_string(S1));
+    int64_t* tk = tokens + b * S;
+    int64_t* lb = labels + b * S;
+    float* mk = mask + b * S;
+    const int64_t* rw = row.data();
+    const uint8_t* pd = pad.data();
+    std::copy(rw, rw + S, tk);
+    std::copy(rw + 1, rw + S1, lb);
+    // Position j's label is token j+1: kept unless either is padding (or j is EOD, when asked).
+    for (int64_t j = 0; j < S; ++j) mk[j] = (pd[j] | pd[j + 1]) ? 0.f : 1.f;
+    if (o.eod_mask_loss)
+      for (int64_t j = 0; j < S; ++j)
+        if (rw[j] == o.eod_id) mk[j] = 0.f;
   }
-  if (s != n_seg) throw std::invalid_argument("segment rows must be sorted and < batch size");
-}
-
-template <typename T>
-py::dict assemble(py::array_t<T, py::array::c_style> flat, py::array_t<int32_t, py::array::c_style> seg_row,
-                  py::array_t<int64_t, py::array::c_style> seg_start, py::array_t<int64_t, py::array::c_style> seg_len,
-                  py::array_t<int32_t, py::array::c_style> seg_lang, int64_t B, int64_t S1, int64_t pad_id,
-                  int64_t eod_id, bool reset_pos, bool eod_mask_loss, int64_t n_langs) {
-  const int64_t n = seg_row.size();
-  if (seg_start.size() != n || seg_len.size() != n || seg_lang.size() != n)
-    throw std::invalid_argument("segment arrays differ in length");
-  if (S1 < 2) throw std::invalid_argument("rows need at least 2 tokens (seq_len >= 1)");
-  const int64_t S = S1 - 1;
-  py::array_t<int64_t> tokens({B, S}), labels({B, S}), pos({B, S}), lang({B, S});
-  py::array_t<float> mask({B, S});
-  if (n_langs < 0) throw std::invalid_argument("n_langs must be >= 0");
-  BatchOut out{tokens.mutable_data(), labels.mutable_data(), pos.mutable_data(), lang.mutable_data(),
-               mask.mutable_data()};
-  out.lang_tokens.assign(static_cast<size_t>(n_langs), 0);
-  {
-    py::gil_scoped_release release;
-    assemble_rows<T>(flat.data(), flat.size(), seg_row.data(), seg_start.data(), seg_len.data(), seg_lang.data(), n, B,
-                     S1, pad_id, eod_id, reset_pos, eod_mask_loss, &out);
-  }
-  py::array_t<int32_t> cu(static_cast<py::ssize_t>(out.cu.size()));
-  std::copy(out.cu.begin(), out.cu.end(), cu.mutable_data());
-  py::dict d;
-  d["tokens"] = tokens;
-  d["labels"] = labels;
-  d["loss_mask"] = mask;
-  d["position_ids"] = pos;
-  d["lang_ids"] = lang;
-  d["cu_seqlens"] = cu;
-  d["max_seqlen"] = out.max_seqlen;
-  d["segments"] = to_array(out.kept);
-  d["lang_tokens"] = to_array(out.lang_tokens);
-  return d;
+  if (s != n) throw std::invalid_argument("segment rows must be sorted and < batch size");
 }
 
 }  // namespace
+
+template <typename T>
+BatchArrays assemble_pieces(const std::vector<Piece<T>>& pieces, const AssembleOptions& o) {
+  if (o.S1 < 2) throw std::invalid_argument("rows need at least 2 tokens (seq_len >= 1)");
+  if (o.n_langs < 0) throw std::invalid_argument("n_langs must be >= 0");
+  const int64_t B = o.B, S = o.S1 - 1;
+  BatchArrays a{py::array_t<int64_t>({B, S}), py::array_t<int64_t>({B, S}), py::array_t<int64_t>({B, S}),
+                py::array_t<int64_t>({B, S}), py::array_t<float>({B, S})};
+  a.lang_tokens.assign(static_cast<size_t>(o.n_langs), 0);
+  int64_t *tk = a.tokens.mutable_data(), *lb = a.labels.mutable_data(), *ps = a.pos.mutable_data(),
+          *lg = a.lang.mutable_data();
+  float* mk = a.mask.mutable_data();
+  {
+    py::gil_scoped_release release;
+    fill_rows<T>(pieces, o, tk, lb, ps, lg, mk, &a);
+  }
+  return a;
+}
+
+template BatchArrays assemble_pieces<uint16_t>(const std::vector<Piece<uint16_t>>&, const AssembleOptions&);
+template BatchArrays assemble_pieces<int32_t>(const std::vector<Piece<int32_t>>&, const AssembleOptions&);
+
+py::dict batch_dict(BatchArrays& a) {
+  py::array_t<int32_t> cu(static_cast<py::ssize_t>(a.cu.size()));
+  std::copy(a.cu.begin(), a.cu.end(), cu.mutable_data());
+  py::dict d;
+  d["tokens"] = a.tokens;
+  d["labels"] = a.labels;
+  d["loss_mask"] = a.mask;
+  d["position_ids"] = a.pos;
+  d["lang_ids"] = a.lang;
+  d["cu_seqlens"] = cu;
+  d["max_seqlen"] = a.max_seqlen;
+  d["lang_tokens"] = to_array(a.lang_tokens);
+  return d;
+}
 
 void register_pack(py::module_& m) {
   m.def(
@@ -211,8 +208,6 @@ void register_pack(py::module_& m) {
       py::arg("lengths"), py::arg("capacity"),
       "Best-fit-decreasing of documents into rows of `capacity` tokens; only documents longer than a row are split. "
       "Returns (doc, start, len, row, n_rows), pieces grouped by row.");
-  m.def("assemble_u16", &assemble<uint16_t>, "Batch arrays from segments over a uint16 token buffer.");
-  m.def("assemble_i32", &assemble<int32_t>, "Batch arrays from segments over an int32 token buffer.");
 }
 
 }  // namespace glotta

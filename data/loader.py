@@ -38,12 +38,12 @@ from glotta.config import StrictModel
 from glotta.data.exclude import read_exclude
 from glotta.data.loader_state import STATE_VERSION, check_fingerprint, merge_states
 from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
-from glotta.data.native import assemble_i32, assemble_u16, deal, token_dtype
-from glotta.data.packing import BestFitLane, ConcatLane, Doc, RowStats
+from glotta.data.native import deal, token_dtype
+from glotta.data.packing import new_lanes, row_stats
 from glotta.data.corpus_index import CorpusIndex, cached_corpus_index
 from glotta.data.manifest import ShardInfo
 from glotta.data.shards import shard_entries
-from glotta.data.tokenize import UTF8_REPLACED, Encoder, open_tokenizer, thread_encode, worker_encode, worker_init
+from glotta.data.tokenize import Encoder, open_tokenizer, thread_encode, worker_encode, worker_init
 from glotta.errors import ConfigError, DataError
 from glotta.seeding import stable_seed
 
@@ -191,7 +191,7 @@ class TokenLoader:
 
         _, tok = open_tokenizer(cfg.tokenizer)
         self.vocab_size, self.eod_id, self.pad_id = tok.vocab_size, tok.eod_id, tok.pad_id
-        self._no_tokens = np.zeros(0, token_dtype(tok.vocab_size))
+        self._dtype = token_dtype(tok.vocab_size)
         shards = _shards(cfg.sources)
         exclude = read_exclude(cfg.exclude)
         self.index: CorpusIndex = cached_corpus_index(shards, exclude, cfg.strict)
@@ -200,12 +200,10 @@ class TokenLoader:
         L, D = self.global_batch, dp_size
         self.lane_ids = list(range(dp_rank * L // D, (dp_rank + 1) * L // D))
         self.groups = len(self.lane_ids) // cfg.micro_batch_size
-        self._lanes = {i: self._new_lane() for i in self.lane_ids}
+        self._lanes = self._new_lanes()
         self._micro = 0
-        self._stats = RowStats()
         self._counts: Counter = Counter()
         self._lang_tokens = np.zeros(len(self.langs), np.int64)
-        self._blocks: dict[int, dict[int, Doc | None]] = {}
         self._jobs: dict[int, Any] = {}
         self._collected: set[int] = set()
         self._low_block = 0  # the lowest block any lane still needs
@@ -259,25 +257,30 @@ class TokenLoader:
         self._schedule_args = (rates, n_docs, caps, stable_seed(cfg.seed, "schedule"), cfg.mix.shuffle)
         self.schedule = Schedule(*self._schedule_args)
 
-    def _new_lane(self, state=(0, 0, 0)):
-        if self.cfg.packing == "concat":
-            return ConcatLane(self.row_len, tuple(state))
-        return BestFitLane(self.row_len, self.cfg.best_fit_buffer, tuple(state))
+    def _new_lanes(self):
+        """This rank's lanes (local lane i is global lane lane_ids[i]), all at state (0, 0, 0)."""
+        cfg = self.cfg
+        return new_lanes(
+            self._dtype, len(self.lane_ids), self.row_len, cfg.packing, cfg.best_fit_buffer, self.pad_id, self.eod_id,
+            cfg.reset_position_ids, cfg.eod_mask_loss, len(self.langs),
+        )  # fmt: skip
 
     # ---- documents ------------------------------------------------------------------------
-    def _job_docs(self, job: int) -> tuple[list[tuple[int, int, int]], np.ndarray, np.ndarray]:
-        """(block, lane, global doc index or -1) for every owned lane of the job's blocks."""
+    def _job_docs(self, job: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+        """((block, local lane), language, global doc index or -1) for every owned lane of the
+        job's blocks, block-major."""
         L = self.global_batch
         b0, b1 = self._job_start(job), self._job_start(job + 1)
-        blocks = range(max(b0, self._low_block), b1)  # blocks below: no lane needs them
-        where = [(p, lane) for p in blocks for lane in self.lane_ids]
+        blocks = np.arange(max(b0, self._low_block), b1, dtype=np.int64)  # blocks below: no lane needs them
         # Block p's slot for each lane: permutation(L, seed of p)[lane], all blocks in one C++ call.
-        dealt = deal(L, [stable_seed(self.cfg.seed, "deal", p) for p in blocks], self.lane_ids)
-        slots = (np.asarray(blocks, np.int64)[:, None] * L + dealt).reshape(-1)
+        dealt = deal(L, [stable_seed(self.cfg.seed, "deal", p) for p in blocks.tolist()], self.lane_ids)
+        slots = (blocks[:, None] * L + dealt).reshape(-1)
         lang, doc, _ = self.schedule.lookup(slots)
         gidx = np.full(len(slots), -1, np.int64)
         ok = np.flatnonzero(lang >= 0)
         gidx[ok] = self._locate(lang[ok], doc[ok])
+        n = len(self.lane_ids)
+        where = (np.repeat(blocks, n), np.tile(np.arange(n, dtype=np.int64), len(blocks)))
         return where, lang, gidx
 
     def _job_start(self, job: int) -> int:
@@ -315,38 +318,21 @@ class TokenLoader:
             if self._encoder is None:
                 self._encoder = Encoder(self.index.shards, self.cfg.tokenizer, self.cfg.strict)
             flat, lengths, status = self._encoder.encode(*args)
-        ends = np.cumsum(lengths).tolist()
-        starts = (np.cumsum(lengths) - lengths).tolist()
-        status = status.tolist()
         self.tokenized_docs += len(lengths)
-        k = 0
-        blocks = self._blocks
-        for (p, lane), lg, g in zip(where, lang.tolist(), gidx.tolist()):
-            blk = blocks.get(p)
-            if blk is None:
-                blk = blocks[p] = {}
-            if g < 0:
-                blk[lane] = None
-                continue
-            blk[lane] = Doc(flat[starts[k] : ends[k]], lg, g, status[k])
-            k += 1
+        self._lanes.add(where[0], where[1], lang, gidx, flat, lengths, status)
 
-    def _get(self, lane: int, p: int) -> Doc | None:
-        blk = self._blocks.get(p)
-        if blk is None:
-            job = self._job_of(p)
-            ahead = 2 * self.cfg.num_workers if self._pool is not None else 0
-            for j in range(job, job + ahead + 1):  # keep the workers busy with the next jobs
-                if j not in self._jobs and j not in self._collected:
-                    self._submit(j)
-            self._collect(job)
-            blk = self._blocks[p]
-        return blk[lane]
+    def _deliver(self, block: int) -> None:
+        """Tokenize (or wait for) the job holding `block`, and submit the next ones."""
+        job = self._job_of(block)
+        ahead = 2 * self.cfg.num_workers if self._pool is not None else 0
+        for j in range(job, job + ahead + 1):  # keep the workers busy with the next jobs
+            if j not in self._jobs and j not in self._collected:
+                self._submit(j)
+        self._collect(job)
 
     def _evict(self) -> None:
-        low = min(lane.first_needed() for lane in self._lanes.values())
-        for p in [p for p in self._blocks if p < low]:
-            del self._blocks[p]
+        low = self._lanes.first_needed()
+        self._lanes.evict(low)
         self._low_block = low
         self.schedule.forget(low * self.global_batch)
         low_job = self._job_of(low)
@@ -380,62 +366,42 @@ class TokenLoader:
     def _next_batch(self) -> dict | None:
         B = self.cfg.micro_batch_size
         g = self._micro % self.groups
-        lanes = self.lane_ids[g * B : (g + 1) * B]
-        rows = []
-        for lane in lanes:
-            rows.append(self._lanes[lane].next_row(lambda p, lane=lane: self._get(lane, p), self._stats))
-        if all(r is None for r in rows) and self.cfg.num_batches is None:
+        group = list(range(g * B, (g + 1) * B))  # local lane numbers
+        while True:
+            out = self._lanes.next_batch(group)
+            if not isinstance(out, int):
+                break
+            self._deliver(out)  # a lane needs a block no task delivered yet; nothing changed
+        if out["dry"] and self.cfg.num_batches is None:
             return None
-        batch = self._assemble(rows)
+        batch = self._batch(out)
         self._micro += 1
         self._evict()
         return batch
 
-    def _assemble(self, rows: list) -> dict:
-        """The batch dict from rows of (Doc, start, n) segments: one C++ pass writes every array.
-        Per segment this is a few list appends; the columns go to C++ as one int64 array."""
-        S1 = self.row_len
-        pieces, segs = [], []  # segs: row, start in flat, length, lang, document (flattened, 5 per segment)
-        at = replaced = 0
-        for b, row in enumerate(rows):
-            fill = 0
-            if row is None:
-                self._counts["pad_rows"] += 1
-                row = ()
-            for d, start, n in row:
-                pieces.append(d.tokens[start : start + n])
-                segs += (b, at, n, d.lang, d.index)
-                if start == 0 and d.status == UTF8_REPLACED:
-                    replaced += 1
-                at += n
-                fill += n
-            if fill < S1:
-                segs += (b, -1, S1 - fill, -1, -1)
-        if replaced:
-            self._counts["utf8_replaced"] += replaced
-        flat = np.concatenate(pieces) if pieces else self._no_tokens
-        # Columns as contiguous rows of one array (no copy per column on the way to C++).
-        cols = np.array(segs, np.int64).reshape(-1, 5).T.copy()
-        fn = assemble_u16 if flat.dtype == np.uint16 else assemble_i32
-        out = fn(
-            flat, cols[0].astype(np.int32), cols[1], cols[2], cols[3].astype(np.int32), len(rows), S1,
-            self.pad_id, self.eod_id, self.cfg.reset_position_ids, self.cfg.eod_mask_loss, len(self.langs),
-        )  # fmt: skip
-        kept = out.pop("segments")
+    def _batch(self, out: dict) -> dict:
+        """The Megatron batch from Lanes.next_batch's arrays; counts what it holds."""
         counts = out.pop("lang_tokens")
         self._lang_tokens += counts
-        self._counts["pad_tokens"] += len(rows) * (S1 - 1) - int(counts.sum())
-        self._counts["rows"] += len(rows)
-        batch = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}
-        batch["doc_langs"] = self._lang_names[cols[3, kept]].tolist()  # index -1 is "" (padding)
-        batch["doc_ids"] = DocIds(self.index, cols[4, kept])
+        c = self._counts
+        c["pad_tokens"] += self.cfg.micro_batch_size * (self.row_len - 1) - int(counts.sum())
+        c["rows"] += self.cfg.micro_batch_size
+        if out["pad_rows"]:
+            c["pad_rows"] += out["pad_rows"]
+        if out["utf8_replaced"]:
+            c["utf8_replaced"] += out["utf8_replaced"]
+        doc_lang, doc_id = out["doc_lang"], out["doc_id"]
+        batch = {k: torch.from_numpy(out[k]) for k in ("tokens", "labels", "loss_mask", "position_ids", "lang_ids", "cu_seqlens")}
+        batch["max_seqlen"] = out["max_seqlen"]
+        batch["doc_langs"] = self._lang_names[doc_lang].tolist()  # index -1 is "" (padding)
+        batch["doc_ids"] = DocIds(self.index, doc_id)
         return batch
 
     # ---- stats and state ------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         tokens = int(self._lang_tokens.sum())
         total = tokens + self._counts["pad_tokens"]
-        st = self._stats
+        st = row_stats(self._lanes)
         return {
             "batches": self._micro,
             "rows": self._counts["rows"],
@@ -455,17 +421,18 @@ class TokenLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """State after the last yielded batch: small, versioned, plain types."""
+        st = row_stats(self._lanes)
         return {
             "version": STATE_VERSION,
             "fingerprint": dict(self._fingerprint),
             "dp_rank": self.dp_rank,
             "dp_size": self.dp_size,
-            "lanes": [[lane, *self._lanes[lane].state()] for lane in self.lane_ids],
+            "lanes": [[lane, *self._lanes.state(i)] for i, lane in enumerate(self.lane_ids)],
             "schedule": self.schedule.snapshot(),  # so a resume does not replay the schedule from slot 0
             "stats": {
-                "docs": self._stats.docs,
-                "split": self._stats.split,
-                "empty": self._stats.empty,
+                "docs": st.docs,
+                "split": st.split,
+                "empty": st.empty,
                 "counts": dict(self._counts),
                 "lang_tokens": self._lang_tokens.tolist(),
             },
@@ -516,16 +483,17 @@ class TokenLoader:
         ahead = sum(1 for r in group_rows if r == k + 1)
         if any(r not in (k, k + 1) for r in group_rows) or group_rows != sorted(group_rows, reverse=True):
             raise DataError("loader state was saved mid-step; resume with another dp_size needs a step boundary")
-        self._lanes = {i: self._new_lane(lanes[i]) for i in self.lane_ids}
+        self._lanes.clear()  # the documents delivered so far; the counters are set below
+        for i, lane in enumerate(self.lane_ids):
+            self._lanes.set_state(i, *lanes[lane])
         self._micro = k * self.groups + ahead
-        self._blocks.clear()
         for j in list(self._jobs):
             fut = self._jobs.pop(j)[3]
             if fut is not None:
                 fut.cancel()
         self._collected = set()
         self.schedule = Schedule(*self._schedule_args)  # a fresh window: the state may point backwards
-        first_slot = min(lane.first_needed() for lane in self._lanes.values()) * self.global_batch
+        first_slot = self._lanes.first_needed() * self.global_batch
         snap = state.get("schedule")
         if snap is not None and int(snap["pos"]) <= first_slot:
             self.schedule.restore(snap)
@@ -534,11 +502,11 @@ class TokenLoader:
         # Counters: a same-layout resume restores this rank's; an elastic one gives the totals to rank 0.
         st = state["stats"]
         if same_layout or self.dp_rank == 0:
-            self._stats = RowStats(st["docs"], st["split"], st["empty"])
+            self._lanes.counts = (st["docs"], st["split"], st["empty"])
             self._counts = Counter(st["counts"])
             self._lang_tokens = np.asarray(st["lang_tokens"], np.int64)
         else:
-            self._stats, self._counts = RowStats(), Counter()
+            self._lanes.counts, self._counts = (0, 0, 0), Counter()
             self._lang_tokens = np.zeros(len(self.langs), np.int64)
 
     # ---- lifetime -------------------------------------------------------------------------

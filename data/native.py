@@ -9,7 +9,7 @@ import numpy as np
 
 try:
     from glotta._native import BlendSchedule, TarError, TarReader, collapse_ws, tar_sample
-    from glotta._native import assemble_i32, assemble_u16  # the loader's per-batch call (arrays already typed)
+    from glotta._native import Lanes_i32, Lanes_u16  # the loader's lanes (data/packing.py)
     from glotta._native import best_fit_pack as _best_fit_pack
     from glotta._native import deal as _deal
     from glotta._native import permutation as _permutation
@@ -20,7 +20,7 @@ except ImportError as e:  # pragma: no cover - only when the package was not ins
         "(needs a C++17 compiler and the Python headers)"
     ) from e
 
-__all__ = ["BlendSchedule", "TarError", "TarReader", "assemble", "assemble_i32", "assemble_u16", "collapse_ws", "best_fit_pack", "deal", "permutation", "permute", "tar_sample", "token_dtype"]
+__all__ = ["BlendSchedule", "Lanes_i32", "Lanes_u16", "TarError", "TarReader", "collapse_ws", "best_fit_pack", "deal", "permutation", "permute", "tar_sample", "token_dtype"]
 
 _MASK63 = (1 << 63) - 1
 
@@ -61,48 +61,3 @@ def best_fit_pack(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.nd
     if lengths.size and lengths.min() < 0:
         raise ValueError("document lengths must be >= 0")
     return _best_fit_pack(lengths, int(capacity))
-
-
-def assemble(
-    flat: np.ndarray,
-    seg_row: np.ndarray,
-    seg_start: np.ndarray,
-    seg_len: np.ndarray,
-    seg_lang: np.ndarray,
-    rows: int,
-    row_len: int,
-    pad_id: int,
-    eod_id: int,
-    reset_position_ids: bool,
-    eod_mask_loss: bool,
-    n_langs: int = 0,
-) -> dict:
-    """Megatron batch arrays from rows given as segments of `flat` (start -1 = padding), plus
-    `segments` (input segment of each cu_seqlens segment) and `lang_tokens` (tokens per language
-    in the token region; languages must be in [0, n_langs), or n_langs >= max language + 1)."""
-    if flat.dtype == np.uint16:
-        fn = assemble_u16
-    elif flat.dtype == np.int32:
-        fn = assemble_i32
-    else:
-        raise TypeError(f"token buffer must be uint16 or int32, got {flat.dtype}")
-    seg_start = np.ascontiguousarray(seg_start, dtype=np.int64)
-    seg_len = np.ascontiguousarray(seg_len, dtype=np.int64)
-    seg_lang = np.ascontiguousarray(seg_lang, dtype=np.int32)
-    n_langs = max(int(n_langs), int(seg_lang.max(initial=-1)) + 1)
-    if (seg_start + seg_len)[seg_start >= 0].max(initial=0) > flat.size:
-        raise ValueError("a segment points past the token buffer")
-    return fn(
-        np.ascontiguousarray(flat),
-        np.ascontiguousarray(seg_row, dtype=np.int32),
-        seg_start,
-        seg_len,
-        seg_lang,
-        int(rows),
-        int(row_len),
-        int(pad_id),
-        int(eod_id),
-        bool(reset_position_ids),
-        bool(eod_mask_loss),
-        n_langs,
-    )

@@ -1,4 +1,4 @@
-"""C++ packing: best-fit-decreasing (Ding et al. 2024), concat-and-chunk lanes, batch assembly."""
+"""C++ packing: best-fit-decreasing (Ding et al. 2024), the loader's lanes (concat and best_fit), batch assembly."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ import pytest
 import sentencepiece as spm
 
 from glotta.data import iter_samples, list_shards
-from glotta.data.native import assemble, best_fit_pack
-from glotta.data.packing import BestFitLane, ConcatLane, Doc, RowStats
+from glotta.data.native import Lanes_u16, best_fit_pack
+from glotta.data.packing import new_lanes
 
 
 @pytest.fixture(scope="module")
@@ -61,56 +61,121 @@ def test_best_fit_rejects_bad_input():
         best_fit_pack(np.array([3]), 0)
 
 
-def _docs(real_docs, n):
-    return [Doc(real_docs[i], 0, i, 0) for i in range(n)]
+EOD, PAD = 2, 3
+
+
+def _lanes(row_len, packing="concat", buffer=0, n_lanes=1, n_langs=4, dtype=np.int32, **kw):
+    opts = dict(reset_position_ids=True, eod_mask_loss=False) | kw
+    return new_lanes(np.dtype(dtype), n_lanes, row_len, packing, buffer, PAD, EOD, opts["reset_position_ids"], opts["eod_mask_loss"], n_langs)
+
+
+def _feed(lanes, docs, lane=0, first=0, end=True, langs=None, status=None):
+    """Lane `lane`'s documents first, first+1, ... (one block each), then the end of its stream."""
+    n = len(docs)
+    blocks = np.arange(first, first + n + int(end), dtype=np.int64)
+    ids = np.arange(first, first + n + int(end), dtype=np.int64)
+    if end:
+        ids[-1] = -1
+    lang = np.zeros(len(ids), np.int64) if langs is None else np.asarray(list(langs) + [0] * int(end), np.int64)
+    dtype = np.uint16 if isinstance(lanes, Lanes_u16) else np.int32
+    flat = np.concatenate([np.asarray(d, dtype) for d in docs]) if docs else np.zeros(0, dtype)
+    lanes.add(blocks, np.full(len(ids), lane, np.int64), lang, ids, flat, np.array([len(d) for d in docs], np.int64),
+              np.zeros(n, np.int8) if status is None else np.asarray(status, np.int8))
+
+
+def _row(b):
+    """Row 0 of a batch: (its S+1 tokens, how many are not padding)."""
+    real = int((b["lang_ids"][0] >= 0).sum()) + int(b["loss_mask"][0, -1])  # the last label is real when kept
+    return np.concatenate([b["tokens"][0], b["labels"][0, -1:]]), real
+
+
+def _batches(lanes, lane=0):
+    """Lane `lane`'s batches until it is dry (blocks past the fed ones are past its end)."""
+    while True:
+        b = lanes.next_batch([lane])
+        if isinstance(b, int):
+            _feed(lanes, [], lane, first=b)
+        elif b["dry"]:
+            return
+        else:
+            yield b
+
+
+def _rows(lanes, lane=0):
+    """Every row of one lane until its stream is dry (blocks past the fed ones are past its end)."""
+    return [_row(b) for b in _batches(lanes, lane)]
 
 
 def test_concat_lane_windows_overlap_by_one_and_cover_the_stream(real_docs):
-    docs = _docs(real_docs, 60)
-    stream = np.concatenate([d.tokens for d in docs])
-    lane, stats, rows = ConcatLane(33), RowStats(), []
-    get = lambda p: docs[p] if p < len(docs) else None  # noqa: E731
-    while (segs := lane.next_row(get, stats)) is not None:
-        rows.append(np.concatenate([d.tokens[s : s + n] for d, s, n in segs]))
-    for k, r in enumerate(rows):
-        assert np.array_equal(r, stream[32 * k : 32 * k + 33])
+    docs = real_docs[:60]
+    stream = np.concatenate(docs)
+    lanes = _lanes(33)
+    _feed(lanes, docs)
+    rows = _rows(lanes)
+    for k, (r, n) in enumerate(rows):
+        want = stream[32 * k : 32 * k + 33]
+        assert n == len(want) and np.array_equal(r[:n], want)
+        assert np.all(r[n:] == PAD)
     assert len(rows) == math.ceil((len(stream) - 1) / 32)
-    assert stats.docs == 60
+    docs_placed, split, empty = lanes.counts
+    assert docs_placed == 60 and empty == 0
     # Documents that cross a window boundary are the split ones.
-    assert 0 < stats.split < 60
+    assert 0 < split < 60
+
+
+@pytest.mark.parametrize("packing,buffer", [("concat", 0), ("best_fit", 16)])
+def test_a_lane_waits_for_undelivered_blocks_and_changes_nothing(real_docs, packing, buffer):
+    # Delivered in one go, or in three tasks with next_batch asked in between: the same rows.
+    docs = real_docs[:50]
+    whole = _lanes(65, packing, buffer)
+    _feed(whole, docs)
+    want = _rows(whole)
+    lazy, got = _lanes(65, packing, buffer), []
+    parts = [(0, docs[:7]), (7, docs[7:30]), (30, docs[30:])]
+    while True:
+        b = lazy.next_batch([0])
+        if isinstance(b, int) and not parts:
+            _feed(lazy, [], first=b)  # past the end
+            continue
+        if isinstance(b, int):
+            first, part = parts.pop(0)
+            assert b == first  # the first block nobody delivered
+            assert lazy.state(0)[0] == len(got)  # nothing moved
+            _feed(lazy, part, first=first, end=not parts)
+            continue
+        if b["dry"]:
+            break
+        got.append(_row(b))
+    assert not parts and len(got) == len(want)
+    assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(got, want))
+    assert lazy.counts == whole.counts
 
 
 def test_best_fit_lane_state_restores_mid_buffer(real_docs):
-    docs = _docs(real_docs, 50)
-    get = lambda p: docs[p] if p < len(docs) else None  # noqa: E731
-    a, rows = BestFitLane(65, buffer=16), []
-    while (segs := a.next_row(get, RowStats())) is not None:
-        rows.append([(d.index, s, n) for d, s, n in segs])
+    docs = real_docs[:50]
+    a = _lanes(65, "best_fit", 16)
+    _feed(a, docs)
+    rows = []
+    for b in _batches(a):
+        rows.append((b["tokens"].copy(), b["doc_id"].tolist()))
         if len(rows) == 9:
-            state = a.state()
-    b = BestFitLane(65, buffer=16, state=state)
-    rest = []
-    while (segs := b.next_row(get, RowStats())) is not None:
-        rest.append([(d.index, s, n) for d, s, n in segs])
-    assert rest == rows[9:]
+            state = a.state(0)
+    assert 0 < state[2] < len(rows)  # mid-buffer: some rows of its buffer already emitted
+    b2 = _lanes(65, "best_fit", 16)
+    b2.set_state(0, *state)
+    _feed(b2, docs)
+    rest = [(b["tokens"].copy(), b["doc_id"].tolist()) for b in _batches(b2)]
+    assert len(rest) == len(rows) - 9
+    assert all(np.array_equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(rest, rows[9:]))
 
 
-def test_assemble_builds_megatron_fields():
-    # Two rows of S+1 = 6: [a a a | b b b] and [c c | pad pad pad pad].
-    flat = np.array([10, 11, 2, 20, 21, 2, 30, 2], np.uint16)
-    out = assemble(
-        flat,
-        seg_row=np.array([0, 0, 1, 1]),
-        seg_start=np.array([0, 3, 6, -1]),
-        seg_len=np.array([3, 3, 2, 4]),
-        seg_lang=np.array([0, 1, 2, -1]),
-        rows=2,
-        row_len=6,
-        pad_id=3,
-        eod_id=2,
-        reset_position_ids=True,
-        eod_mask_loss=False,
-    )
+def test_batch_has_the_megatron_fields():
+    # Two lanes, rows of S+1 = 6: lane 0 reads a (3 tokens) and b (3): [a a a | b b b];
+    # lane 1 reads c (2) and ends: [c c | pad pad pad pad].
+    lanes = _lanes(6, n_lanes=2)
+    _feed(lanes, [[10, 11, EOD], [20, 21, EOD]], lane=0, langs=[0, 1])
+    _feed(lanes, [[30, EOD]], lane=1, langs=[2], status=[1])  # 1: UTF-8 replaced when tokenized
+    out = lanes.next_batch([0, 1])
     assert out["tokens"].tolist() == [[10, 11, 2, 20, 21], [30, 2, 3, 3, 3]]
     assert out["labels"].tolist() == [[11, 2, 20, 21, 2], [2, 3, 3, 3, 3]]
     assert out["loss_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
@@ -118,21 +183,32 @@ def test_assemble_builds_megatron_fields():
     assert out["lang_ids"].tolist() == [[0, 0, 0, 1, 1], [2, 2, -1, -1, -1]]
     assert out["cu_seqlens"].tolist() == [0, 3, 5, 7, 10]
     assert out["max_seqlen"] == 3
-    assert out["segments"].tolist() == [0, 1, 2, 3]
-    assert out["lang_tokens"].tolist() == [3, 2, 2]  # token region only: row 0's last label is not counted
-    masked = assemble(flat, np.array([0, 0]), np.array([0, 3]), np.array([3, 3]), np.array([0, 1]), 1, 6, 3, 2, False, True)
-    assert masked["loss_mask"].tolist() == [[1, 1, 0, 1, 1]]
-    assert masked["position_ids"].tolist() == [[0, 1, 2, 3, 4]]
+    assert out["doc_lang"].tolist() == [0, 1, 2, -1] and out["doc_id"].tolist() == [0, 1, 0, -1]
+    assert out["lang_tokens"].tolist() == [3, 2, 2, 0]  # token region only: row 0's last label is not counted
+    assert out["utf8_replaced"] == 1 and out["pad_rows"] == 0 and not out["dry"]
+    # Lane 1 is dry now: a padding row, counted; with eod_mask_loss and no position reset.
+    masked = _lanes(6, n_lanes=2, reset_position_ids=False, eod_mask_loss=True, dtype=np.uint16)
+    _feed(masked, [[10, 11, EOD], [20, 21, EOD]], lane=0)
+    _feed(masked, [], lane=1)
+    out = masked.next_batch([0, 1])
+    assert out["loss_mask"].tolist() == [[1, 1, 0, 1, 1], [0, 0, 0, 0, 0]]
+    assert out["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+    assert out["pad_rows"] == 1 and out["tokens"].dtype == np.int64
 
 
-def test_assemble_rejects_rows_that_do_not_add_up():
-    flat = np.arange(8, dtype=np.int32)
-    with pytest.raises(ValueError, match="row 0"):
-        assemble(flat, np.array([0]), np.array([0]), np.array([5]), np.array([0]), 1, 6, 0, 1, True, False)
-    with pytest.raises(ValueError, match="past the token buffer"):
-        assemble(flat, np.array([0]), np.array([4]), np.array([6]), np.array([0]), 1, 6, 0, 1, True, False)
-    with pytest.raises(TypeError):
-        assemble(flat.astype(np.int64), np.array([0]), np.array([0]), np.array([6]), np.array([0]), 1, 6, 0, 1, True, False)
+def test_lanes_reject_bad_deliveries():
+    lanes = _lanes(6)
+    one = np.zeros(1, np.int64)
+    with pytest.raises(ValueError, match="add up"):
+        lanes.add(one, one, one, one, np.arange(4, dtype=np.int32), np.array([5]), np.zeros(1, np.int8))
+    with pytest.raises(ValueError, match="lane 3 out of range"):
+        lanes.add(one, one + 3, one, one, np.arange(4, dtype=np.int32), np.array([4]), np.zeros(1, np.int8))
+    with pytest.raises(ValueError, match="language"):
+        lanes.add(one, one, one + 9, one, np.arange(4, dtype=np.int32), np.array([4]), np.zeros(1, np.int8))
+    with pytest.raises(ValueError, match="one length per document"):
+        lanes.add(one, one, one, one, np.arange(4, dtype=np.int32), np.zeros(0, np.int64), np.zeros(0, np.int8))
+    with pytest.raises(TypeError):  # a uint16 lane set takes uint16 buffers only
+        _lanes(6, dtype=np.uint16).add(one, one, one, one, np.arange(4, dtype=np.int64), np.array([4]), np.zeros(1, np.int8))
 
 
 def test_deal_is_the_permutation_at_the_lanes():
@@ -146,10 +222,8 @@ def test_deal_is_the_permutation_at_the_lanes():
 def test_concat_counts_every_empty_document_once():
     # Empty documents (no text: skipped by the tokenizer) between, and after, real ones.
     lens = [5, 0, 0, 9, 0, 3, 0, 0]
-    docs = [Doc(np.arange(n, dtype=np.uint16), 0, i, 0) for i, n in enumerate(lens)]
-    lane, stats = ConcatLane(4), RowStats()
-    rows = 0
-    while lane.next_row(lambda p: docs[p] if p < len(docs) else None, stats) is not None:
-        rows += 1
-    assert stats.empty == lens.count(0) and rows == 6  # 17 tokens, windows of 4 advancing by 3
-    assert lane.next_row(lambda p: docs[p] if p < len(docs) else None, stats) is None and stats.empty == lens.count(0)
+    lanes = _lanes(4)
+    _feed(lanes, [np.arange(n) for n in lens])
+    rows = _rows(lanes)
+    assert lanes.counts[2] == lens.count(0) and len(rows) == 6  # 17 tokens, windows of 4 advancing by 3
+    assert lanes.next_batch([0])["dry"] and lanes.counts[2] == lens.count(0)
