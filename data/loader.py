@@ -332,6 +332,8 @@ class TokenLoader:
 
     def _evict(self) -> None:
         low = self._lanes.first_needed()
+        if low == self._low_block:  # most batches: no lane left a block
+            return
         self._lanes.evict(low)
         self._low_block = low
         self.schedule.forget(low * self.global_batch)

@@ -137,6 +137,8 @@ class Encoder:
             raise DataError(f"{name}: the shard shrank while the loader was reading it (changed after indexing)")
         texts, codes = reader.texts(offsets, key_blob, key_ends)
         self._account_mapped(shard, reader, len(offsets) * self._PER_DOC + sum(map(len, texts)))
+        if not codes.any():  # the common case: every text valid and not blank
+            return texts, codes
         for i in np.flatnonzero((codes >= 1) & (codes <= 3)).tolist():
             t, c = texts[i], int(codes[i])
             if c >= 2:
