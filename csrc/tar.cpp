@@ -94,13 +94,20 @@ bool parse_size(const unsigned char* p, size_t n, uint64_t* out) {
 bool checksum_ok(const unsigned char* h) {
   uint64_t stored = 0;
   if (!parse_octal(h + 148, 8, &stored)) return false;
-  uint64_t usum = 0;
-  int64_t ssum = 0;
+  // Sum of the block with the checksum field read as 8 spaces, unsigned and signed (old tars).
+  // Branch-free sums over the whole block (the compiler vectorises them), then the field is
+  // taken out: this runs for every header the loader reads.
+  uint32_t usum = 0, high = 0;
   for (size_t i = 0; i < kBlock; ++i) {
-    unsigned char c = (i >= 148 && i < 156) ? ' ' : h[i];
-    usum += c;
-    ssum += static_cast<signed char>(c);
+    usum += h[i];
+    high += h[i] >> 7;
   }
+  for (size_t i = 148; i < 156; ++i) {
+    usum -= h[i];
+    high -= h[i] >> 7;
+  }
+  usum += 8 * ' ';
+  const int64_t ssum = static_cast<int64_t>(usum) - 256 * static_cast<int64_t>(high);  // bytes >= 0x80 count 256 less
   return stored == usum || static_cast<int64_t>(stored) == ssum;
 }
 
@@ -110,47 +117,7 @@ bool is_zero_block(const unsigned char* h) {
   return true;
 }
 
-bool valid_utf8(std::string_view s) {
-  // Byte-range checks per lead byte (Unicode Table 3-7: no overlongs, no surrogates, nothing
-  // past U+10FFFF) without decoding the code point, and ASCII 8 bytes at a time: the loader
-  // validates every document it reads, and half of a multilingual corpus is multi-byte text.
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t i = 0;
-  const size_t n = s.size();
-  auto cont = [p](size_t k) { return (p[k] & 0xc0) == 0x80; };
-  while (i < n) {
-    const unsigned char c = p[i];
-    if (c < 0x80) {
-      ++i;
-      while (i + 8 <= n) {
-        uint64_t w;
-        std::memcpy(&w, p + i, 8);
-        if (w & 0x8080808080808080ULL) break;
-        i += 8;
-      }
-      continue;
-    }
-    if (c >= 0xc2 && c <= 0xdf) {
-      if (i + 2 > n || !cont(i + 1)) return false;
-      i += 2;
-    } else if (c >= 0xe0 && c <= 0xef) {
-      if (i + 3 > n || !cont(i + 2)) return false;
-      const unsigned char d = p[i + 1];
-      const unsigned char lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
-      if (d < lo || d > hi) return false;
-      i += 3;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-      if (i + 4 > n || !cont(i + 2) || !cont(i + 3)) return false;
-      const unsigned char d = p[i + 1];
-      const unsigned char lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
-      if (d < lo || d > hi) return false;
-      i += 4;
-    } else {
-      return false;  // a continuation byte without a lead, 0xc0/0xc1 (overlong), or 0xf5..0xff
-    }
-  }
-  return true;
-}
+bool utf8_ok(std::string_view s) { return valid_utf8(reinterpret_cast<const unsigned char*>(s.data()), s.size()); }
 
 std::string cstr(const unsigned char* p, size_t n) {
   const char* c = reinterpret_cast<const char*>(p);
@@ -189,7 +156,7 @@ std::string parse_pax(const unsigned char* p, uint64_t n, std::string* path, uin
     if (eq == std::string::npos) return "pax record without '='";
     std::string k = rec.substr(0, eq), v = rec.substr(eq + 1);
     if (k == "path") {
-      if (!valid_utf8(v)) return "pax path is not UTF-8";
+      if (!utf8_ok(v)) return "pax path is not UTF-8";
       *path = v;
     } else if (k == "size") {
       uint64_t s = 0;
@@ -267,10 +234,7 @@ class TarReader {
 
   void seek(uint64_t off) {
     if (off % kBlock || off > size_) throw std::invalid_argument(path_ + ": bad offset " + std::to_string(off));
-    pos_ = next_sample_start_ = off;
-    done_ = false;
-    pending_ = RawSample{};
-    seen_.clear();
+    restart(off);
     if (data_ && off < size_) {  // the sample is about to be read: ask for it now
       uint64_t n = std::min<uint64_t>(size_ - off, 16 * 1024);  // header + a typical document
       uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
@@ -327,6 +291,40 @@ class TarReader {
     return out;
   }
 
+  // Where the text of the sample starting at `off` lies, if that sample's key is `key`: the
+  // loader's random read. The same member walk as parse() (checked headers, skipped members),
+  // but it stops at the .txt member: no sample object, no look at the members after it.
+  struct TextAt {
+    int8_t status = 3;  // 0 found, 2 the sample has no .txt, 3 no sample with this key starts at `off`
+    uint64_t offset = 0, size = 0;
+    std::string found;  // status 3: the key found there ("" when no sample starts there)
+  };
+  TextAt text_at(uint64_t off, std::string_view key) {
+    TextAt t;
+    if (!data_ || off % kBlock || off >= size_) return t;
+    restart(off);
+    Member m;
+    while (next_member(&m)) {
+      if (m.skip) continue;
+      if (t.status == 3) {  // the sample's first member
+        if (m.key != key) {
+          t.found = m.key;
+          return t;
+        }
+        t.status = 2;
+      } else if (m.key != key) {
+        break;  // the next sample: this one has no .txt
+      }
+      if (m.ext == "txt") {  // a later duplicate .txt would be skipped by parse() too
+        t.status = 0;
+        t.offset = m.data_offset;
+        t.size = m.size;
+        break;
+      }
+    }
+    return t;
+  }
+
   py::bytes bytes_at(uint64_t off, uint64_t n) const {
     return py::bytes(reinterpret_cast<const char*>(data_ + off), n);
   }
@@ -362,6 +360,14 @@ class TarReader {
     uint64_t data_offset = 0, size = 0, header_at = 0;
     bool skip = false;
   };
+
+  // Read from `off` (a block boundary within the file) as if the reader had just been opened there.
+  void restart(uint64_t off) {
+    pos_ = next_sample_start_ = off;
+    done_ = false;
+    pending_ = RawSample{};
+    seen_.clear();
+  }
 
   void problem(uint64_t* counter, uint64_t at, const std::string& msg) {
     ++*counter;
@@ -470,7 +476,7 @@ class TarReader {
         ++counters_.nonregular;
         return true;
       }
-      if (!valid_utf8(name)) {
+      if (!utf8_ok(name)) {
         std::string shown;
         for (unsigned char c : name.substr(0, 80)) shown += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
         problem(&counters_.bad_name, header_at, "member name is not UTF-8 ('" + shown + "'); skipped");
@@ -579,44 +585,28 @@ void register_tar(py::module_& m) {
                 throw std::invalid_argument("key_ends must be non-decreasing and within the key blob");
             py::array_t<int8_t> status_a(static_cast<py::ssize_t>(n));
             int8_t* status = status_a.mutable_data();
-            std::vector<std::pair<uint64_t, uint64_t>> where(n, {0, 0});
-            std::vector<std::string> found(n);
-            {
-              // The GIL stays held: this is ~7 us per document and ~20 documents per call, and a
-              // tokenizer thread that released it here had to win it back from the loader's
-              // thread after every shard of every task (measured: 20-90 ms of waiting per epoch of
-              // bench/loader.py against 22 ms of work). SentencePiece's encode is the long
-              // GIL-free stretch of a task.
-              for (size_t i = 0; i < n; ++i) {
-                status[i] = 0;
-                const int64_t k0 = i ? key_ends[i - 1] : 0;
-                const std::string_view key(blob_p + k0, static_cast<size_t>(key_ends[i] - k0));
-                if (offsets[i] % kBlock || offsets[i] >= r.size()) {
-                  status[i] = 3;  // not a sample start: the shard changed
-                  continue;
-                }
-                r.seek(offsets[i]);
-                std::vector<RawSample> got = r.parse(1);
-                if (got.empty() || got[0].key != key) {
-                  status[i] = 3;
-                  if (!got.empty()) found[i] = got[0].key;
-                  continue;
-                }
-                status[i] = 2;  // no .txt
-                for (const auto& f : got[0].fields)
-                  if (f.ext == "txt") {
-                    where[i] = {f.offset, f.size};
-                    const auto* p = r.data() + f.offset;
-                    std::string_view v(reinterpret_cast<const char*>(p), f.size);
-                    status[i] = !valid_utf8(v) ? 1 : only_space(reinterpret_cast<const unsigned char*>(p), f.size) ? 4 : 0;
-                  }
-              }
-            }
             py::list texts(n);
-            for (size_t i = 0; i < n; ++i)
-              texts[i] = status[i] <= 1   ? py::object(r.bytes_at(where[i].first, where[i].second))
+            // The GIL stays held: this is a few microseconds per document and ~20 documents per
+            // call, and a tokenizer thread that released it here had to win it back from the
+            // loader's thread after every shard of every task (measured: 20-90 ms of waiting per
+            // epoch of bench/loader.py against 22 ms of work). SentencePiece's encode is the long
+            // GIL-free stretch of a task. Texts are copied straight from the mapping into the bytes.
+            for (size_t i = 0; i < n; ++i) {
+              const int64_t k0 = i ? key_ends[i - 1] : 0;
+              const std::string_view key(blob_p + k0, static_cast<size_t>(key_ends[i] - k0));
+              const TarReader::TextAt t = r.text_at(offsets[i], key);
+              status[i] = t.status;
+              if (t.status == 0) {
+                const unsigned char* p = r.data() + t.offset;
+                if (!valid_utf8(p, t.size))
+                  status[i] = 1;
+                else if (only_space(p, t.size))
+                  status[i] = 4;
+              }
+              texts[i] = status[i] <= 1   ? py::object(r.bytes_at(t.offset, t.size))
                          : status[i] == 4 ? py::object(py::bytes())
-                                          : py::object(py::str(found[i]));
+                                          : py::object(py::str(t.found));
+            }
             return py::make_tuple(texts, status_a);
           },
           py::arg("offsets"), py::arg("key_blob"), py::arg("key_ends"),

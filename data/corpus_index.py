@@ -94,23 +94,42 @@ class CorpusIndex:
     def fetch(self, ids: np.ndarray) -> tuple[int, list[tuple[int, np.ndarray, np.ndarray, bytes, np.ndarray]]]:
         """What a tokenizer worker needs, per shard: (shard, positions in `ids`, byte offsets, the
         keys as one blob, key end offsets). Gathered with numpy from the mapped index (no Python
-        str per document); small to pickle for a process pool."""
+        str per document); small to pickle for a process pool.
+
+        One stable argsort groups the task by shard (positions stay in task order inside a
+        group); lengths, blob ends and the byte gather index are computed once for the whole
+        task. What is left per shard is what must be: three gathers from its own mapped arrays
+        (offsets, key ends at j and j-1) and one of its key bytes."""
         ids = np.asarray(ids, np.int64)
-        shard = ids >> 32
-        local = ids & 0xFFFFFFFF
+        n = len(ids)
+        if not n:
+            return 0, []
+        order = np.argsort(ids >> 32, kind="stable")
+        sorted_ids = ids[order]
+        shard = sorted_ids >> 32
+        local = sorted_ids & 0xFFFFFFFF
+        cut = (np.flatnonzero(shard[1:] != shard[:-1]) + 1).tolist()
+        bounds = list(zip([0, *cut], [*cut, n]))
+        shards = shard[[0, *cut]].tolist()
+        cols = [self.indexes[s].cols() for s in shards]
+        offset, hi, lo = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+        before = local - 1  # key j starts where key j-1 ends; j == 0 wraps to the last, fixed below
+        for c, (a, b) in zip(cols, bounds):
+            j = local[a:b]
+            offset[a:b] = c["offset"][j]
+            hi[a:b] = c["key_end"][j]
+            lo[a:b] = c["key_end"][before[a:b]]
+        lo[local == 0] = 0
+        lens = hi - lo
+        ends = np.cumsum(lens)
+        # Byte i of the task's key bytes is keys[lo[d] + (i - start of d)] of its document d's shard.
+        gather = np.repeat(lo - (ends - lens), lens) + np.arange(int(ends[-1]))
         groups = []
-        for s in _distinct(shard):
-            pos = np.flatnonzero(shard == s)
-            j = local[pos]
-            c = self.indexes[s].cols()
-            hi = c["key_end"][j].astype(np.int64)
-            lo = np.where(j > 0, c["key_end"][np.maximum(j - 1, 0)], 0).astype(np.int64)
-            lens = hi - lo
-            ends = np.cumsum(lens)
-            # Byte i of the blob is keys[lo[d] + (i - start of d in the blob)] for its document d.
-            gather = np.repeat(lo - (ends - lens), lens) + np.arange(int(ends[-1]) if len(ends) else 0)
-            groups.append((int(s), pos, c["offset"][j].astype(np.int64), c["keys"][gather].tobytes(), ends))
-        return len(ids), groups
+        for s, c, (a, b) in zip(shards, cols, bounds):
+            base = int(ends[a - 1]) if a else 0
+            blob = c["keys"][gather[base : int(ends[b - 1])]].tobytes()
+            groups.append((s, order[a:b], offset[a:b], blob, ends[a:b] - base))
+        return n, groups
 
     def doc_ids(self):
         """Every loadable document's `shard.tar/KEY` (reads every index: for tools and tests, not start-up)."""

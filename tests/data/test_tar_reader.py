@@ -224,9 +224,90 @@ def test_missing_and_empty_inputs(tmp_path):
         list_shards(tmp_path / "emptydir")
 
 
-def test_loader_utf8_check_agrees_with_python(tmp_path):
+# Bytes at the edges of UTF-8's ranges (Unicode Table 3-7): ASCII ends, continuation sub-ranges
+# (80-8F / 90-9F / A0-BF decide E0, ED, F0, F4), overlong leads C0/C1, the first and last leads of
+# each length, the surrogate lead ED, F4 (U+10FFFF) and F5-FF (never UTF-8).
+EDGE_BYTES = bytes.fromhex("007f808f909fa0bfc0c1c2dfe0e1edeff0f1f4f5ff")
+UTF8_CASE_LIMIT = 10.0  # seconds per case; each takes well under a second
+
+
+def _python_utf8_ok(s: bytes) -> bool:
+    try:
+        s.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _utf8_cases(multilingual_text) -> list[tuple[str, list[bytes]]]:
+    """Named batches of byte strings for the differential test against Python's strict decoder."""
+    import itertools
+    import random
+
+    rng = random.Random(20261130)
+    seqs = [bytes(t) for k in range(1, 5) for t in itertools.product(EDGE_BYTES, repeat=k)]
+    real = [t.encode() * 3 for t in multilingual_text.values()] + ["Math 𝔘𝔫𝔦𝔠𝔬𝔡𝔢, emoji 🙂👍🏽, CJK Ext B 𠀀𪛖, U+10FFFF \U0010ffff.".encode()]
+    flips = []
+    for _ in range(3000):
+        b = bytearray(rng.choice(real))
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        flips.append(bytes(b))
+    alphabet = [*range(0x20, 0x7F), *range(0x80, 0x100)] + [0xC3, 0xD0, 0xE2, 0xE3, 0xF0, 0x80, 0xBF] * 20
+    return [
+        # every 1-4 byte sequence of edge bytes: alone (the first bytes and the end check), then
+        # inside ASCII at every alignment of the vectorised loop
+        ("edge sequences alone", seqs),
+        ("edge sequences inside ASCII", [b"a" * (i % 37) + q + b"z" * (i * 7 % 23) for i, q in enumerate(seqs)]),
+        ("real text, every truncation", [t[:k] for t in real for k in range(len(t) + 1)] + [t[k:] for t in real for k in range(len(t))]),
+        ("real text, bit flips", flips),
+        ("random bytes biased to leads", [bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 80))) for _ in range(3000)]),
+    ]
+
+
+def _utf8_child(conn, cases) -> None:
+    from glotta._native import valid_utf8
+
+    for i, (_, batch) in enumerate(cases):
+        ends = np.cumsum([len(b) for b in batch], dtype=np.int64)
+        ours = valid_utf8(b"".join(batch), ends).tolist()
+        conn.send((i, [b for b, o in zip(batch, ours) if o != _python_utf8_ok(b)][:5]))
+    conn.close()
+
+
+def test_utf8_check_agrees_with_python_decoder(multilingual_text):
+    """csrc/text.h's valid_utf8 accepts exactly what bytes.decode('utf-8') accepts (~420k strings).
+    Cases run in a forked child; the parent waits at most UTF8_CASE_LIMIT seconds per case."""
+    import multiprocessing as mp
+
+    cases = _utf8_cases(multilingual_text)
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_utf8_child, args=(child, cases), daemon=True)
+    proc.start()
+    child.close()
+    wrong = {}
+    try:
+        for name, _ in cases:
+            if not parent.poll(UTF8_CASE_LIMIT):
+                pytest.fail(f"valid_utf8 took > {UTF8_CASE_LIMIT}s (or crashed) on case {name!r}")
+            i, bad = parent.recv()
+            if bad:
+                wrong[cases[i][0]] = bad
+    finally:
+        proc.kill()
+        proc.join()
+    assert not wrong, wrong
+    # The cases hold both answers in quantity (a check that said "valid" or "invalid" to all would fail).
+    for name, batch in cases:
+        n_ok = sum(map(_python_utf8_ok, batch))
+        assert 0 < n_ok < len(batch), name
+
+
+def test_loader_utf8_check_agrees_with_python(tmp_path, multilingual_text):
     """TarReader.texts (the loader's read path) flags exactly the texts Python cannot decode:
-    every boundary of the UTF-8 byte ranges, then seeded random bytes biased to multi-byte leads."""
+    every boundary of the UTF-8 byte ranges, truncations of real text, then seeded random bytes
+    biased to multi-byte leads."""
     import random
 
     edge = [
@@ -238,7 +319,8 @@ def test_loader_utf8_check_agrees_with_python(tmp_path):
     ]
     rng = random.Random(7)
     alphabet = [*range(0x20, 0x7F), *range(0x80, 0xC0), *range(0xC0, 0x100)] + [0xC3, 0xE2, 0xF0, 0x80, 0xBF] * 20
-    payloads = edge + [bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
+    real = (multilingual_text["hi"] + "🙂").encode()
+    payloads = edge + [real[:k] for k in range(len(real))] + [bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(3000)]
     path = make_tar(tmp_path / "u.tar", [(f"k{i:05d}.txt", b"x" + p) for i, p in enumerate(payloads)])
     r = TarReader(str(path), False)
     offsets, keys = [], []
