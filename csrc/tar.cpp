@@ -567,52 +567,6 @@ void register_tar(py::module_& m) {
           },
           py::arg("max_samples") = 256, py::arg("want") = "json",
           "Index pass: [(key, start offset, {ext: size}, bytes of the `want` member or None)], no text copied.")
-      .def(
-          "texts",
-          [](TarReader& r, py::array_t<uint64_t, py::array::c_style | py::array::forcecast> offsets_a, py::bytes key_blob,
-             py::array_t<int64_t, py::array::c_style | py::array::forcecast> key_ends_a) {
-            // The loader's hot path: one call per shard and task instead of seek + read per document.
-            // Keys come as one blob + end offsets (no Python str per document).
-            const size_t n = static_cast<size_t>(offsets_a.size());
-            if (static_cast<size_t>(key_ends_a.size()) != n) throw std::invalid_argument("offsets and keys differ in length");
-            char* blob_p = nullptr;
-            Py_ssize_t blob_n = 0;
-            PyBytes_AsStringAndSize(key_blob.ptr(), &blob_p, &blob_n);
-            const uint64_t* offsets = offsets_a.data();
-            const int64_t* key_ends = key_ends_a.data();
-            for (size_t i = 0; i < n; ++i)
-              if (key_ends[i] < (i ? key_ends[i - 1] : 0) || key_ends[i] > blob_n)
-                throw std::invalid_argument("key_ends must be non-decreasing and within the key blob");
-            py::array_t<int8_t> status_a(static_cast<py::ssize_t>(n));
-            int8_t* status = status_a.mutable_data();
-            py::list texts(n);
-            // The GIL stays held: this is a few microseconds per document and ~20 documents per
-            // call, and a tokenizer thread that released it here had to win it back from the
-            // loader's thread after every shard of every task (measured: 20-90 ms of waiting per
-            // epoch of bench/loader.py against 22 ms of work). SentencePiece's encode is the long
-            // GIL-free stretch of a task. Texts are copied straight from the mapping into the bytes.
-            for (size_t i = 0; i < n; ++i) {
-              const int64_t k0 = i ? key_ends[i - 1] : 0;
-              const std::string_view key(blob_p + k0, static_cast<size_t>(key_ends[i] - k0));
-              const TarReader::TextAt t = r.text_at(offsets[i], key);
-              status[i] = t.status;
-              if (t.status == 0) {
-                const unsigned char* p = r.data() + t.offset;
-                if (!valid_utf8(p, t.size))
-                  status[i] = 1;
-                else if (only_space(p, t.size))
-                  status[i] = 4;
-              }
-              texts[i] = status[i] <= 1   ? py::object(r.bytes_at(t.offset, t.size))
-                         : status[i] == 4 ? py::object(py::bytes())
-                                          : py::object(py::str(t.found));
-            }
-            return py::make_tuple(texts, status_a);
-          },
-          py::arg("offsets"), py::arg("key_blob"), py::arg("key_ends"),
-          "Text bytes of the samples starting at `offsets` (keys: key_blob[key_ends[i-1]:key_ends[i]]), with a "
-          "status each (int8 array): 0 ok, 1 invalid UTF-8, 2 no .txt, 3 another key there (the item is then the "
-          "key found, or ''), 4 only whitespace (Python's str.isspace set; the item is b'').")
       .def("seek", &TarReader::seek, py::arg("offset"), "Restart at a sample boundary returned by `offset`.")
       .def("drop_pages", &TarReader::drop_pages,
            "Unmap the pages touched so far (they stay in the page cache; the next read maps them again).")
@@ -623,6 +577,81 @@ void register_tar(py::module_& m) {
       .def("counters", &TarReader::counters)
       .def("warnings", &TarReader::warnings)
       .def("close", &TarReader::close);
+
+  m.def(
+      "read_texts",
+      [](py::list readers_l, py::array_t<int32_t, py::array::c_style | py::array::forcecast> which_a,
+         py::array_t<int64_t, py::array::c_style | py::array::forcecast> pos_a,
+         py::array_t<uint64_t, py::array::c_style | py::array::forcecast> offsets_a, py::bytes key_blob,
+         py::array_t<int64_t, py::array::c_style | py::array::forcecast> key_ends_a) {
+        // The loader's read: one call per task, whatever the number of shards it touches (a
+        // call per shard and task cost ~15 us of Python each: 1,441 calls per epoch of
+        // bench/loader.py). Keys come as one blob + end offsets (no Python str per document).
+        const size_t n = static_cast<size_t>(offsets_a.size());
+        if (static_cast<size_t>(key_ends_a.size()) != n || static_cast<size_t>(which_a.size()) != n ||
+            static_cast<size_t>(pos_a.size()) != n)
+          throw std::invalid_argument("which, pos, offsets and keys differ in length");
+        std::vector<TarReader*> readers;
+        for (py::handle h : readers_l) readers.push_back(h.cast<TarReader*>());
+        char* blob_p = nullptr;
+        Py_ssize_t blob_n = 0;
+        PyBytes_AsStringAndSize(key_blob.ptr(), &blob_p, &blob_n);
+        const uint64_t* offsets = offsets_a.data();
+        const int64_t* key_ends = key_ends_a.data();
+        const int32_t* which = which_a.data();
+        const int64_t* pos = pos_a.data();
+        std::vector<char> placed(n, 0);
+        for (size_t i = 0; i < n; ++i) {
+          if (pos[i] < 0 || static_cast<size_t>(pos[i]) >= n || placed[static_cast<size_t>(pos[i])]++)
+            throw std::invalid_argument("pos must be a permutation of range(n)");
+          if (key_ends[i] < (i ? key_ends[i - 1] : 0) || key_ends[i] > blob_n)
+            throw std::invalid_argument("key_ends must be non-decreasing and within the key blob");
+          if (which[i] < 0 || static_cast<size_t>(which[i]) >= readers.size())
+            throw std::invalid_argument("which: reader index out of range");
+        }
+        py::array_t<int8_t> status_a(static_cast<py::ssize_t>(n));
+        py::array_t<int64_t> text_bytes_a(static_cast<py::ssize_t>(readers.size()));
+        int8_t* status = status_a.mutable_data();
+        int64_t* text_bytes = text_bytes_a.mutable_data();
+        std::fill(text_bytes, text_bytes + readers.size(), 0);
+        std::vector<TarReader::TextAt> at(n);
+        {
+          // Headers, key checks and the UTF-8/blank checks without the GIL: once per task, so the
+          // hand-off costs one wake-up of the loader's thread, not one per shard. The readers
+          // belong to this thread's Encoder; nothing else touches them meanwhile.
+          py::gil_scoped_release release;
+          for (size_t i = 0; i < n; ++i) {
+            TarReader& r = *readers[static_cast<size_t>(which[i])];
+            const int64_t k0 = i ? key_ends[i - 1] : 0;
+            at[i] = r.text_at(offsets[i], std::string_view(blob_p + k0, static_cast<size_t>(key_ends[i] - k0)));
+            int8_t& st = status[pos[i]];
+            st = at[i].status;
+            if (st == 0) {
+              const unsigned char* p = r.data() + at[i].offset;
+              if (!valid_utf8(p, at[i].size))
+                st = 1;
+              else if (only_space(p, at[i].size))
+                st = 4;
+              text_bytes[which[i]] += static_cast<int64_t>(at[i].size);
+            }
+          }
+        }
+        py::list texts(n);
+        for (size_t i = 0; i < n; ++i) {
+          const TarReader& r = *readers[static_cast<size_t>(which[i])];
+          const int8_t st = status[pos[i]];
+          texts[static_cast<size_t>(pos[i])] = st <= 1   ? py::object(r.bytes_at(at[i].offset, at[i].size))
+                                             : st == 4 ? py::object(py::bytes())
+                                                       : py::object(py::str(at[i].found));
+        }
+        return py::make_tuple(texts, status_a, text_bytes_a);
+      },
+      py::arg("readers"), py::arg("which"), py::arg("pos"), py::arg("offsets"), py::arg("key_blob"), py::arg("key_ends"),
+      "Text bytes of the samples starting at `offsets` in readers[which[i]] (keys: "
+      "key_blob[key_ends[i-1]:key_ends[i]]), as item pos[i] of the result (pos: a permutation of range(n)), with a "
+      "status each (int8 array, in the same order): 0 ok, 1 invalid UTF-8, 2 no .txt, "
+      "3 another key there (the item is then the key found, or ''), 4 only whitespace (Python's str.isspace set; "
+      "the item is b''); and the text bytes read per reader.");
 }
 
 }  // namespace glotta

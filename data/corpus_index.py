@@ -21,6 +21,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -91,19 +92,19 @@ class CorpusIndex:
         """`locate` for many languages in one call (the loader's per-task lookup)."""
         return Locator(self, langs)
 
-    def fetch(self, ids: np.ndarray) -> tuple[int, list[tuple[int, np.ndarray, np.ndarray, bytes, np.ndarray]]]:
-        """What a tokenizer worker needs, per shard: (shard, positions in `ids`, byte offsets, the
-        keys as one blob, key end offsets). Gathered with numpy from the mapped index (no Python
-        str per document); small to pickle for a process pool.
+    def fetch(self, ids: np.ndarray) -> "ReadTask":
+        """What a tokenizer worker needs to read the documents `ids` (a ReadTask): gathered with
+        numpy from the mapped index (no Python str per document); small to pickle for a process
+        pool.
 
-        One stable argsort groups the task by shard (positions stay in task order inside a
-        group); lengths, blob ends and the byte gather index are computed once for the whole
-        task. What is left per shard is what must be: three gathers from its own mapped arrays
-        (offsets, key ends at j and j-1) and one of its key bytes."""
+        One stable argsort groups the task by shard (task order inside a shard), so the reader
+        walks each shard's documents together; lengths, blob ends and the byte gather index are
+        computed once for the whole task. What is left per shard is what must be: three gathers
+        from its own mapped arrays (offsets, key ends at j and j-1) and one of its key bytes."""
         ids = np.asarray(ids, np.int64)
         n = len(ids)
         if not n:
-            return 0, []
+            return ReadTask(0, [], np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64), b"", np.zeros(0, np.int64))
         order = np.argsort(ids >> 32, kind="stable")
         sorted_ids = ids[order]
         shard = sorted_ids >> 32
@@ -114,22 +115,22 @@ class CorpusIndex:
         cols = [self.indexes[s].cols() for s in shards]
         offset, hi, lo = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
         before = local - 1  # key j starts where key j-1 ends; j == 0 wraps to the last, fixed below
-        for c, (a, b) in zip(cols, bounds):
+        which = np.empty(n, np.int32)
+        for k, (c, (a, b)) in enumerate(zip(cols, bounds)):
             j = local[a:b]
             offset[a:b] = c["offset"][j]
             hi[a:b] = c["key_end"][j]
             lo[a:b] = c["key_end"][before[a:b]]
+            which[a:b] = k
         lo[local == 0] = 0
         lens = hi - lo
         ends = np.cumsum(lens)
         # Byte i of the task's key bytes is keys[lo[d] + (i - start of d)] of its document d's shard.
         gather = np.repeat(lo - (ends - lens), lens) + np.arange(int(ends[-1]))
-        groups = []
-        for s, c, (a, b) in zip(shards, cols, bounds):
-            base = int(ends[a - 1]) if a else 0
-            blob = c["keys"][gather[base : int(ends[b - 1])]].tobytes()
-            groups.append((s, order[a:b], offset[a:b], blob, ends[a:b] - base))
-        return n, groups
+        blob = b"".join(
+            c["keys"][gather[(int(ends[a - 1]) if a else 0) : int(ends[b - 1])]].tobytes() for c, (a, b) in zip(cols, bounds)
+        )
+        return ReadTask(n, shards, which, order, offset, blob, ends)
 
     def doc_ids(self):
         """Every loadable document's `shard.tar/KEY` (reads every index: for tools and tests, not start-up)."""
@@ -149,6 +150,20 @@ class CorpusIndex:
     def doc_id(self, g: int) -> str:
         s, j = g >> 32, g & 0xFFFFFFFF
         return f"{self.names[s]}/{self.indexes[s].key(j)}"
+
+
+class ReadTask(NamedTuple):
+    """The documents of one tokenizer task, grouped by shard: entry i is the sample at byte
+    `offsets[i]` of shard `shards[which[i]]` with key key_blob[key_ends[i-1]:key_ends[i]], and it
+    is document `pos[i]` of the task (`data/tokenize.py` reads them all in one C++ call)."""
+
+    n: int
+    shards: list[int]
+    which: np.ndarray  # int32
+    pos: np.ndarray  # int64
+    offsets: np.ndarray  # int64
+    key_blob: bytes
+    key_ends: np.ndarray  # int64
 
 
 class Locator:
@@ -181,14 +196,22 @@ class Locator:
         e = np.searchsorted(self.ends, kk, side="right")
         rank = kk - np.where(e > 0, self.ends[np.maximum(e - 1, 0)], 0)
         shard = self.shard[e]
+        pos = self.start[e] + rank  # where each document is in its shard's by_lang (kept: its rank)
         out = np.empty(len(kk), np.int64)
-        for s in _distinct(shard):
-            sel = np.flatnonzero(shard == s)
+        if not len(kk):
+            return out
+        # One stable sort groups the call by shard (as fetch does); then one gather per shard.
+        order = np.argsort(shard, kind="stable")
+        sorted_shard = shard[order]
+        cut = (np.flatnonzero(sorted_shard[1:] != sorted_shard[:-1]) + 1).tolist()
+        for a, b in zip([0, *cut], [*cut, len(kk)]):
+            sel = order[a:b]
+            s = int(sorted_shard[a])
             kept = self.index.kept.get(s)
             if kept is not None:
                 j = np.array([kept[ll][r] for ll, r in zip(self.local[e[sel]].tolist(), rank[sel].tolist())], np.int64)
             else:
-                j = self.index.indexes[s].cols()["by_lang"][self.start[e[sel]] + rank[sel]].astype(np.int64)
+                j = self.index.indexes[s].cols()["by_lang"][pos[sel]].astype(np.int64)
             out[sel] = (s << 32) | j
         return out
 

@@ -207,6 +207,7 @@ class TokenLoader:
         self._jobs: dict[int, Any] = {}
         self._collected: set[int] = set()
         self._low_block = 0  # the lowest block any lane still needs
+        self._low_job = 0  # ... and its job
         self.tokenized_docs = 0  # by this process since start (depends on prefetch; not in the state)
         self._blocks_per_job = max(1, round(cfg.docs_per_task / len(self.lane_ids)))
         # Jobs ramp up 1, 2, 4, ... blocks to the full size, so the first batch waits for a small task.
@@ -299,15 +300,15 @@ class TokenLoader:
         where, lang, gidx = self._job_docs(job)
         ok = gidx >= 0
         sel = gidx[ok]
-        args = self.index.fetch(sel)
+        task = self.index.fetch(sel)
         if self._pool is not None:
-            fut = self._pool.submit(thread_encode if self.cfg.worker_type == "thread" else worker_encode, *args)
+            fut = self._pool.submit(thread_encode if self.cfg.worker_type == "thread" else worker_encode, task)
         else:
             fut = None
-        self._jobs[job] = (where, lang, gidx, fut, args)
+        self._jobs[job] = (where, lang, gidx, fut, task)
 
     def _collect(self, job: int) -> None:
-        where, lang, gidx, fut, args = self._jobs.pop(job)
+        where, lang, gidx, fut, task = self._jobs.pop(job)
         self._collected.add(job)
         if fut is not None:
             try:
@@ -317,7 +318,7 @@ class TokenLoader:
         else:
             if self._encoder is None:
                 self._encoder = Encoder(self.index.shards, self.cfg.tokenizer, self.cfg.strict)
-            flat, lengths, status = self._encoder.encode(*args)
+            flat, lengths, status = self._encoder.encode(task)
         self.tokenized_docs += len(lengths)
         self._lanes.add(where[0], where[1], lang, gidx, flat, lengths, status)
 
@@ -338,6 +339,9 @@ class TokenLoader:
         self._low_block = low
         self.schedule.forget(low * self.global_batch)
         low_job = self._job_of(low)
+        if low_job == self._low_job:
+            return
+        self._low_job = low_job
         self._collected = {j for j in self._collected if j >= low_job}
         for j in [j for j in self._jobs if j < low_job]:
             _, _, _, fut, _ = self._jobs.pop(j)
@@ -500,6 +504,7 @@ class TokenLoader:
         if snap is not None and int(snap["pos"]) <= first_slot:
             self.schedule.restore(snap)
         self._low_block = first_slot // self.global_batch
+        self._low_job = self._job_of(self._low_block)
         self.schedule.forget(first_slot)
         # Counters: a same-layout resume restores this rank's; an elastic one gives the totals to rank 0.
         st = state["stats"]

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from glotta.data.native import TarReader, token_dtype
+from glotta.data.corpus_index import ReadTask
+from glotta.data.native import TarReader, read_texts, token_dtype
 from glotta.data.shards import open_reader
 from glotta.errors import DataError
 
@@ -125,49 +126,49 @@ class Encoder:
             self._mapped.clear()
             self._mapped_total = 0
 
-    def _texts(self, shard: int, offsets: np.ndarray, key_blob: bytes, key_ends: np.ndarray) -> tuple[list[bytes], np.ndarray]:
-        """Text bytes (valid UTF-8) and status of documents of one shard, read in one C++ call
-        (which also checks each key and finds whitespace-only texts); Python only sees the
-        exceptions."""
-        name = self.names[shard]
-        reader = self._reader(shard)
-        # A mapped file that shrank would fault (SIGBUS) on access, killing the whole trainer when
-        # workers are threads: one stat per shard and task turns it into an error instead.
-        if os.stat(self.shards[shard]).st_size < reader.size:
-            raise DataError(f"{name}: the shard shrank while the loader was reading it (changed after indexing)")
-        texts, codes = reader.texts(offsets, key_blob, key_ends)
-        self._account_mapped(shard, reader, len(offsets) * self._PER_DOC + sum(map(len, texts)))
+    def _read(self, task: ReadTask) -> tuple[list[bytes], np.ndarray]:
+        """Text bytes (valid UTF-8) and status of the task's documents, in task order, read in one
+        C++ call (which also checks each key and finds whitespace-only texts); Python only sees
+        the exceptions."""
+        readers = [self._reader(s) for s in task.shards]
+        for s, reader in zip(task.shards, readers):
+            # A mapped file that shrank would fault (SIGBUS) on access, killing the whole trainer
+            # when workers are threads: one stat per shard and task turns it into an error instead.
+            if os.stat(self.shards[s]).st_size < reader.size:
+                raise DataError(f"{self.names[s]}: the shard shrank while the loader was reading it (changed after indexing)")
+        texts, codes, text_bytes = read_texts(readers, task.which, task.pos, task.offsets, task.key_blob, task.key_ends)
+        docs = np.bincount(task.which, minlength=len(readers)) if len(readers) > 1 else [task.n]
+        for s, reader, d, nb in zip(task.shards, readers, docs, text_bytes.tolist()):
+            self._account_mapped(s, reader, int(d) * self._PER_DOC + nb)
         if not codes.any():  # the common case: every text valid and not blank
             return texts, codes
+        entry = np.empty(task.n, np.int64)
+        entry[task.pos] = np.arange(task.n)  # task position -> entry of the grouped arrays
         for i in np.flatnonzero((codes >= 1) & (codes <= 3)).tolist():
-            t, c = texts[i], int(codes[i])
+            t, c, k = texts[i], int(codes[i]), int(entry[i])
+            name = self.names[task.shards[task.which[k]]]
+            key = task.key_blob[int(task.key_ends[k - 1]) if k else 0 : int(task.key_ends[k])].decode("utf-8", "replace")
             if c >= 2:
-                k = key_blob[int(key_ends[i - 1]) if i else 0 : int(key_ends[i])].decode("utf-8", "replace")
                 found = f"found {t!r}" if t else "no sample starts there"
-                raise DataError(f"{name}: expected document {k!r} at offset {int(offsets[i])} ({found}); the shard changed after indexing")
+                raise DataError(
+                    f"{name}: expected document {key!r} at offset {int(task.offsets[k])} ({found}); the shard changed after indexing"
+                )
             try:
                 t.decode("utf-8")
             except UnicodeDecodeError as e:
                 if self.strict:
-                    k = key_blob[int(key_ends[i - 1]) if i else 0 : int(key_ends[i])].decode("utf-8", "replace")
-                    raise DataError(f"{name}/{k}: invalid UTF-8 at byte {e.start}") from None
+                    raise DataError(f"{name}/{key}: invalid UTF-8 at byte {e.start}") from None
             texts[i] = t.decode("utf-8", errors="replace").encode("utf-8")  # U+FFFD: never whitespace-only
             codes[i] = UTF8_REPLACED
         codes[codes == _CPP_SPACE_ONLY] = EMPTY
         return texts, codes
 
-    def encode(self, n: int, groups: list[tuple[int, np.ndarray, np.ndarray, bytes, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(flat tokens, length per document, status per document) for the `n` documents of a
-        task, given per shard as (shard, positions in the task, byte offsets, key blob, key ends)
+    def encode(self, task: ReadTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(flat tokens, length per document, status per document) for the documents of a task
         (CorpusIndex.fetch); EOD ends every document. Texts go to SentencePiece as UTF-8 bytes:
         no decode to str and re-encode."""
-        texts: list[bytes] = [b""] * n
-        status = np.zeros(n, np.int8)
-        for s, pos, offs, key_blob, key_ends in groups:
-            got, st = self._texts(s, offs, key_blob, key_ends)
-            for i, t in zip(pos.tolist(), got):
-                texts[i] = t
-            status[pos] = st
+        n = task.n
+        texts, status = self._read(task)
         arrays = self._encode(texts)
         # One copy, no numpy scalar per document: each kept document's ids followed by a shared
         # one-element EOD array, concatenated and narrowed to the token dtype in one pass; an empty
@@ -215,11 +216,11 @@ def worker_init(shards: list[str], tokenizer: str, strict: bool) -> None:
         _THREAD.encoder = enc
 
 
-def worker_encode(n: int, groups: list):
+def worker_encode(task: ReadTask):
     assert _WORKER is not None, "worker_init did not run"
-    return _WORKER.encode(n, groups)
+    return _WORKER.encode(task)
 
 
-def thread_encode(n: int, groups: list):
+def thread_encode(task: ReadTask):
     """The same in a thread pool: SentencePiece and the tar reader release the GIL."""
-    return _THREAD.encoder.encode(n, groups)
+    return _THREAD.encoder.encode(task)

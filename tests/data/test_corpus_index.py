@@ -1,4 +1,4 @@
-"""CorpusIndex.fetch (the loader's per-task gather) against the per-shard loop it replaced."""
+"""CorpusIndex.fetch and the locator (the loader's per-task gathers) on a real corpus."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,38 +7,28 @@ from glotta.data import list_shards
 from glotta.data.corpus_index import build_corpus_index
 
 
-def fetch_per_shard(index, ids):
-    """The code before session 5: a dozen numpy calls per shard, each over the whole task."""
-    ids = np.asarray(ids, np.int64)
-    shard, local = ids >> 32, ids & 0xFFFFFFFF
-    groups = []
-    for s in sorted(set(shard.tolist())):
-        pos = np.flatnonzero(shard == s)
-        j = local[pos]
-        c = index.indexes[s].cols()
-        hi = c["key_end"][j].astype(np.int64)
-        lo = np.where(j > 0, c["key_end"][np.maximum(j - 1, 0)], 0).astype(np.int64)
-        lens = hi - lo
-        ends = np.cumsum(lens)
-        gather = np.repeat(lo - (ends - lens), lens) + np.arange(int(ends[-1]) if len(ends) else 0)
-        groups.append((int(s), pos, c["offset"][j].astype(np.int64), c["keys"][gather].tobytes(), ends))
-    return len(ids), groups
+def _check(index, ids, task) -> None:
+    """Every document of the task comes back once, at its task position, with its own shard,
+    key and byte offset from that shard's index; entries are grouped by shard."""
+    n = len(ids)
+    assert task.n == n and sorted(task.pos.tolist()) == list(range(n))
+    assert task.which.dtype == np.int32 and task.pos.dtype == np.int64
+    which = task.which.tolist()
+    assert which == sorted(which) and task.shards == sorted(set(task.shards))  # grouped, shards ascending
+    starts = [0, *task.key_ends[:-1].tolist()]
+    for i in range(n):
+        g = int(ids[task.pos[i]])
+        s, j = g >> 32, g & 0xFFFFFFFF
+        assert task.shards[which[i]] == s
+        assert task.key_blob[starts[i] : int(task.key_ends[i])].decode() == index.indexes[s].keys()[j]
+        assert int(task.offsets[i]) == int(index.indexes[s].cols()["offset"][j])
+    # Within a shard the task order is kept (the reader walks forward where the task does).
+    for k in set(which):
+        at = task.pos[task.which == k].tolist()
+        assert at == sorted(at)
 
 
-def _same(a, b) -> bool:
-    (na, ga), (nb, gb) = a, b
-    if na != nb or len(ga) != len(gb):
-        return False
-    for x, y in zip(ga, gb):
-        if x[0] != y[0] or x[3] != y[3] or not isinstance(x[3], bytes):
-            return False
-        for u, v in ((x[1], y[1]), (x[2], y[2]), (x[4], y[4])):
-            if u.dtype != v.dtype or u.tobytes() != v.tobytes():
-                return False
-    return True
-
-
-def test_fetch_equals_the_per_shard_loop_on_a_real_corpus(demo_shards):
+def test_fetch_returns_each_document_where_the_index_says(demo_shards):
     index = build_corpus_index([(p, None) for p in list_shards(demo_shards)], set())
     every = np.concatenate([(np.int64(s) << 32) | np.arange(idx.docs, dtype=np.int64) for s, idx in enumerate(index.indexes)])
     assert len(index.indexes) > 3 and len(every) > 500
@@ -46,13 +36,44 @@ def test_fetch_equals_the_per_shard_loop_on_a_real_corpus(demo_shards):
     sets = [every[:0], every[:1], every[-1:], every, every[::-1], np.repeat(every[:3], 4)]
     sets += [rng.choice(every, size=int(rng.integers(1, 300)), replace=bool(k % 2)) for k in range(40)]
     for ids in sets:
-        new, old = index.fetch(ids), fetch_per_shard(index, ids)
-        assert _same(new, old), ids[:8]
-    # Every document comes back once with its own key and offset (the oracle is not trivially equal).
-    n, groups = index.fetch(every[::-1])
-    assert n == len(every) and sorted(np.concatenate([g[1] for g in groups]).tolist()) == list(range(n))
-    s, pos, offs, blob, ends = groups[1]
-    keys = index.indexes[s].keys()
-    local = (every[::-1][pos] & 0xFFFFFFFF).tolist()
-    assert [blob[a:b].decode() for a, b in zip([0, *ends[:-1].tolist()], ends.tolist())] == [keys[j] for j in local]
-    assert offs.tolist() == index.indexes[s].cols()["offset"][local].astype(np.int64).tolist()
+        _check(index, ids, index.fetch(ids))
+
+
+def test_locator_finds_the_kth_document_of_each_language(demo_shards):
+    # Against a plain walk over the language tables: shard by shard, by_lang order.
+    paths = list_shards(demo_shards)
+    index = build_corpus_index([(p, None) for p in paths], set())
+    langs = sorted(index.tables)
+    locate = index.locator(langs)
+    want: dict[int, list[int]] = {}
+    for li, lang in enumerate(langs):
+        t = index.tables[lang]
+        for s, ll in zip(t.shards.tolist(), t.local.tolist()):
+            idx = index.indexes[s]
+            start = idx.lang_start(ll)
+            want.setdefault(li, []).extend((s << 32) | int(j) for j in idx.cols()["by_lang"][start : start + idx.header["lang_docs"][ll]])
+    rng = np.random.default_rng(3)
+    lang = rng.integers(0, len(langs), 500)
+    k = np.array([rng.integers(0, len(want[int(li)])) for li in lang])
+    assert locate(lang, k).tolist() == [want[int(li)][int(kk)] for li, kk in zip(lang, k)]
+    assert locate(lang[:0], k[:0]).tolist() == []
+
+
+def test_one_read_per_task_returns_texts_in_task_order(demo_shards, sp_model):
+    # Documents of many shards, interleaved and shuffled: each text is the one iter_samples reads.
+    from glotta.data import iter_samples
+    from glotta.data.tokenize import Encoder
+
+    paths = list_shards(demo_shards)
+    index = build_corpus_index([(p, None) for p in paths], set())
+    text = {(s, k): smp.text.encode() for s, p in enumerate(paths) for k, smp in enumerate(iter_samples(p))}
+    keys = {(s, smp.key): k for s, p in enumerate(paths) for k, smp in enumerate(iter_samples(p))}
+    every = np.concatenate([(np.int64(s) << 32) | np.arange(idx.docs, dtype=np.int64) for s, idx in enumerate(index.indexes)])
+    ids = np.random.default_rng(9).permutation(every)[:200]
+    enc = Encoder(index.shards, str(sp_model))
+    texts, status = enc._read(index.fetch(ids))
+    assert status.tolist() == [0] * len(ids)
+    for g, t in zip(ids.tolist(), texts):
+        s, j = g >> 32, g & 0xFFFFFFFF
+        assert t == text[(s, keys[(s, index.indexes[s].keys()[j])])]
+    enc.close()

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from glotta._native import TarError, TarReader
+from glotta._native import TarError, TarReader, read_texts
 from glotta.data import Manifest, Sample, ShardWriter, iter_samples, list_shards
 from glotta.errors import DataError
 
@@ -332,8 +332,10 @@ def test_loader_utf8_check_agrees_with_python(tmp_path, multilingual_text):
         offsets.append(at)
         keys.append(got[0][0].encode())
     ends = np.cumsum([len(k) for k in keys])
-    texts, status = r.texts(np.asarray(offsets, np.uint64), b"".join(keys), ends)
+    n = len(offsets)
+    texts, status, text_bytes = read_texts([r], np.zeros(n, np.int32), np.arange(n), np.asarray(offsets, np.uint64), b"".join(keys), ends)
     assert len(texts) == len(payloads)
+    assert text_bytes.tolist() == [sum(1 + len(p) for p in payloads)]  # every sample has its .txt
     for p, t, st in zip(payloads, texts, status.tolist()):
         try:
             (b"x" + p).decode("utf-8")
