@@ -385,11 +385,48 @@ void bind_lanes(py::module_& m, const char* name) {
           });
 }
 
+// A task's token buffer from SentencePiece's per-text id arrays: each kept text's ids then EOD,
+// back to back, narrowed to the token type (ids < vocab size fit it). Replaces a Python list of
+// 2n arrays, a length per text and a numpy concatenate per task.
+template <typename T>
+py::tuple join_documents(const py::list& ids, py::array_t<int8_t, py::array::c_style | py::array::forcecast> keep_a,
+                         int64_t eod) {
+  const size_t n = static_cast<size_t>(py::len(ids));
+  if (static_cast<size_t>(keep_a.size()) != n) throw std::invalid_argument("one keep flag per text expected");
+  const int8_t* keep = keep_a.data();
+  std::vector<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> arrays;
+  arrays.reserve(n);
+  py::array_t<int64_t> lengths_a(static_cast<py::ssize_t>(n));
+  int64_t* lengths = lengths_a.mutable_data();
+  int64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    arrays.push_back(py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(ids[i]));
+    if (!arrays.back()) throw std::invalid_argument("ids: each item must be an integer array");
+    lengths[i] = keep[i] ? static_cast<int64_t>(arrays.back().size()) + 1 : 0;
+    total += lengths[i];
+  }
+  py::array_t<T> flat_a(static_cast<py::ssize_t>(total));
+  T* out = flat_a.mutable_data();
+  for (size_t i = 0; i < n; ++i) {
+    if (!keep[i]) continue;
+    const int32_t* src = arrays[i].data();
+    const int64_t m = arrays[i].size();
+    for (int64_t k = 0; k < m; ++k) out[k] = static_cast<T>(src[k]);
+    out[m] = static_cast<T>(eod);
+    out += m + 1;
+  }
+  return py::make_tuple(flat_a, lengths_a);
+}
+
 }  // namespace
 
 void register_lanes(py::module_& m) {
   bind_lanes<uint16_t>(m, "Lanes_u16");
   bind_lanes<int32_t>(m, "Lanes_i32");
+  m.def("join_documents_u16", &join_documents<uint16_t>, py::arg("ids"), py::arg("keep"), py::arg("eod"),
+        "(flat uint16 tokens, length per text): each kept text's ids + EOD; a dropped text has length 0.");
+  m.def("join_documents_i32", &join_documents<int32_t>, py::arg("ids"), py::arg("keep"), py::arg("eod"),
+        "(flat int32 tokens, length per text): each kept text's ids + EOD; a dropped text has length 0.");
 }
 
 }  // namespace glotta

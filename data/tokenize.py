@@ -22,7 +22,7 @@ import numpy as np
 import sentencepiece as spm
 
 from glotta.data.corpus_index import ReadTask
-from glotta.data.native import TarReader, read_texts, token_dtype
+from glotta.data.native import TarReader, join_documents_i32, join_documents_u16, read_texts, token_dtype
 from glotta.data.shards import open_reader
 from glotta.errors import DataError
 
@@ -103,6 +103,7 @@ class Encoder:
         self._mapped: dict[int, int] = {}  # shard -> estimated mapped bytes
         self._mapped_total = 0
         self._numpy = True
+        self._join = join_documents_u16 if self.dtype == np.uint16 else join_documents_i32
 
     def _reader(self, shard: int) -> TarReader:
         reader = self._readers.pop(shard, None)
@@ -167,22 +168,11 @@ class Encoder:
         """(flat tokens, length per document, status per document) for the documents of a task
         (CorpusIndex.fetch); EOD ends every document. Texts go to SentencePiece as UTF-8 bytes:
         no decode to str and re-encode."""
-        n = task.n
         texts, status = self._read(task)
         arrays = self._encode(texts)
-        # One copy, no numpy scalar per document: each kept document's ids followed by a shared
-        # one-element EOD array, concatenated and narrowed to the token dtype in one pass; an empty
+        # One C++ pass: each kept document's ids + EOD, narrowed to the token dtype; an empty
         # document (status EMPTY) keeps length 0.
-        keep = status != EMPTY
-        lengths = np.where(keep, np.fromiter(map(len, arrays), np.int64, n) + 1, 0)
-        if not keep.any():
-            return np.zeros(0, self.dtype), lengths, status
-        eod = np.full(1, self.info.eod_id, arrays[0].dtype if isinstance(arrays[0], np.ndarray) else np.int32)
-        parts = [eod] * (2 * n)
-        parts[0::2] = arrays
-        if not keep.all():
-            parts = [p for i, p in enumerate(parts) if keep[i >> 1]]
-        flat = np.concatenate(parts, dtype=self.dtype, casting="unsafe")  # ids < vocab size: fits the dtype
+        flat, lengths = self._join(arrays, status != EMPTY, self.info.eod_id)
         return flat, lengths, status
 
     def _encode(self, texts: list[bytes]) -> list[np.ndarray]:
