@@ -89,23 +89,26 @@ py::array_t<int64_t> to_array(const std::vector<V>& v) {
   return a;
 }
 
-// One row at a time through a staging row of S1 tokens and pad flags, then plain loops over
-// it: tokens = row[0:S], labels = row[1:S1], and the mask of position j needs only row[j],
-// pad[j] and pad[j+1]. No per-token branches on where a piece starts (the compiler vectorises
-// the copies), and the output arrays are written once each.
+// Each piece writes its own stretch of every array directly: its tokens at [fill, fill+len) of
+// the token region, and, shifted by one, the labels of positions [fill-1, fill+len-1). The loss
+// mask of position j is 0 when token j or its label j+1 is padding, so inside a piece it is the
+// piece's own flag and only the first label of a piece (position fill-1) also looks at the
+// piece before. Plain loops over contiguous ranges: the compiler vectorises them.
 template <typename T>
 void fill_rows(const std::vector<Piece<T>>& pieces, const AssembleOptions& o, int64_t* tokens, int64_t* labels,
                int64_t* pos_ids, int64_t* lang_ids, float* mask, BatchArrays* out) {
   const int64_t S1 = o.S1, S = S1 - 1;
-  std::vector<int64_t> row(static_cast<size_t>(S1));
-  std::vector<uint8_t> pad(static_cast<size_t>(S1));
   out->cu.assign(1, 0);
   size_t s = 0;
   const size_t n = pieces.size();
   for (int64_t b = 0; b < o.B; ++b) {
+    int64_t* tk = tokens + b * S;
+    int64_t* lb = labels + b * S;
     int64_t* ps = pos_ids + b * S;
     int64_t* lg = lang_ids + b * S;
+    float* mk = mask + b * S;
     int64_t fill = 0;
+    bool prev_pad = false;
     for (; s < n && pieces[s].row == b; ++s) {
       const Piece<T>& p = pieces[s];
       const int64_t len = p.len;
@@ -116,42 +119,41 @@ void fill_rows(const std::vector<Piece<T>>& pieces, const AssembleOptions& o, in
       if (!is_pad && (lang < 0 || lang >= o.n_langs))
         throw std::invalid_argument("segment " + std::to_string(s) + " has language " + std::to_string(lang) +
                                     " outside [0, n_langs)");
-      int64_t* r = row.data() + fill;
+      const int64_t e = std::min(fill + len, S);  // the piece as seen in the token region [0, S)
+      const T* t = p.tokens - fill;  // t[j]: the piece's token at row position j
       if (is_pad) {
-        std::fill(r, r + len, o.pad_id);
+        std::fill(tk + fill, tk + e, o.pad_id);
       } else {
-        for (int64_t i = 0; i < len; ++i) r[i] = static_cast<int64_t>(p.tokens[i]);
+        for (int64_t j = fill; j < e; ++j) tk[j] = static_cast<int64_t>(t[j]);
       }
-      std::fill(pad.begin() + fill, pad.begin() + fill + len, is_pad ? 1 : 0);
-      // The piece as seen in the token region [0, S) of the row.
-      const int64_t e = std::min(fill + len, S);
       for (int64_t j = fill; j < e; ++j) {
         ps[j] = o.reset_pos ? j - fill : j;
         lg[j] = lang;
       }
+      // Labels of positions [l0, l1): tokens fill .. fill+len-1 shifted by one.
+      const int64_t l0 = std::max<int64_t>(fill - 1, 0), l1 = std::min(fill + len - 1, S);
+      if (is_pad) {
+        std::fill(lb + l0, lb + l1, o.pad_id);
+      } else {
+        for (int64_t j = l0; j < l1; ++j) lb[j] = static_cast<int64_t>(t[j + 1]);
+      }
+      std::fill(mk + l0, mk + l1, is_pad ? 0.f : 1.f);
+      if (fill > 0 && prev_pad) mk[fill - 1] = 0.f;  // its token is the padding before
       if (e > fill) {
         if (!is_pad) out->lang_tokens[static_cast<size_t>(lang)] += e - fill;
         out->cu.push_back(static_cast<int32_t>(b * S + e));
         out->kept.push_back(static_cast<int64_t>(s));
         out->max_seqlen = std::max(out->max_seqlen, e - fill);
       }
+      prev_pad = is_pad;
       fill += len;
     }
     if (fill != S1)
       throw std::invalid_argument("row " + std::to_string(b) + " holds " + std::to_string(fill) + " tokens, expected " +
                                   std::to_string(S1));
-    int64_t* tk = tokens + b * S;
-    int64_t* lb = labels + b * S;
-    float* mk = mask + b * S;
-    const int64_t* rw = row.data();
-    const uint8_t* pd = pad.data();
-    std::copy(rw, rw + S, tk);
-    std::copy(rw + 1, rw + S1, lb);
-    // Position j's label is token j+1: kept unless either is padding (or j is EOD, when asked).
-    for (int64_t j = 0; j < S; ++j) mk[j] = (pd[j] | pd[j + 1]) ? 0.f : 1.f;
-    if (o.eod_mask_loss)
+    if (o.eod_mask_loss)  // no loss on the label after an EOD (the next document's first token)
       for (int64_t j = 0; j < S; ++j)
-        if (rw[j] == o.eod_id) mk[j] = 0.f;
+        if (tk[j] == o.eod_id) mk[j] = 0.f;
   }
   if (s != n) throw std::invalid_argument("segment rows must be sorted and < batch size");
 }
