@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
@@ -44,6 +45,12 @@ namespace {
 
 constexpr uint64_t kBlock = 512;
 constexpr size_t kMaxWarnings = 100;
+// pread sizes of random readers: a sample's header with a typical document behind it (texts),
+// and larger reads when a random reader is read through sample by sample (read / scan).
+constexpr uint64_t kDocRead = 4096;
+constexpr uint64_t kScanRead = 256 << 10;
+// Documents a random reader serves with pread before it maps its file (see TarReader).
+constexpr uint64_t kMapAfter = 32;
 
 struct Field {
   std::string ext;
@@ -190,9 +197,27 @@ struct Counters {
   uint64_t damaged = 0, skipped_bytes = 0, truncated = 0;
 };
 
+// Two ways to reach the bytes, one parser over both (`at`):
+//   * mapped: the file is memory-mapped (read-ahead advice for a full scan: the index pass,
+//     iter_samples; random advice otherwise);
+//   * pread: nothing is mapped. Each call opens the file, `pread`s the header block(s) of a sample
+//     and its text straight into the Python bytes object, and closes it again; between calls the
+//     reader holds neither a descriptor nor a mapping, and a file that shrank is an error naming
+//     it, not a SIGBUS.
+// Random readers (the loader's document-by-document reads) start with pread and map their file
+// once they have served kMapAfter documents (Mapping::kAdaptive). Measured on the bench corpus
+// (bench/read_shards.py): a mapping faults ~64-128 KiB around every document into the process's
+// RSS (fault-around) and costs an mmap + munmap per reader, so when a task's documents are spread
+// over many shards and readers leave the loader's LRU after a document or two (the corpus-scale
+// case: 1,000 shards), pread is ~2.4x cheaper in CPU and maps nothing (bench/loader_scale.py: +15
+// MB instead of +88 MB); when a shard is read densely (19 shards of 500 documents) the kernel's
+// copy makes pread ~0.5 us per document dearer than reading the mapping, so a reader that keeps
+// being asked maps its file.
+enum class Mapping { kAlways, kNever, kAdaptive };
+
 class TarReader {
  public:
-  TarReader(const std::string& path, bool sequential) : path_(path) {
+  TarReader(const std::string& path, bool sequential, Mapping mapping) : path_(path), mapping_(mapping) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
     struct stat st{};
@@ -201,34 +226,79 @@ class TarReader {
       throw std::runtime_error(path + ": cannot stat");
     }
     size_ = static_cast<uint64_t>(st.st_size);
-    if (size_ > 0) {
-      void* m = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (m == MAP_FAILED) {
-        ::close(fd);
-        throw std::runtime_error(path + ": mmap failed: " + std::strerror(errno));
-      }
-      // A full scan reads ahead; document-by-document access must not drag whole shards in.
-      madvise(m, size_, sequential ? MADV_SEQUENTIAL : MADV_RANDOM);
-      data_ = static_cast<const unsigned char*>(m);
+    if (mapping == Mapping::kAlways && !map_file(fd, sequential)) {
+      ::close(fd);
+      throw std::runtime_error(path + ": mmap failed: " + std::strerror(errno));
     }
-    ::close(fd);  // the mapping stays valid: a reader holds no file descriptor
-    if (const char* kind = compression(data_, size_)) {
+    const char* kind = nullptr;
+    if (data_) {
+      kind = compression(data_, size_);
+    } else if (size_ > 0) {
+      unsigned char head[8] = {};
+      const ssize_t got = ::pread(fd, head, sizeof head, 0);
+      kind = got > 0 ? compression(head, static_cast<uint64_t>(got)) : nullptr;
+    }
+    ::close(fd);  // a mapping stays valid without it; pread reads open the file per call
+    if (kind) {
       close();
       throw TarError(path + ": unsupported: compressed shard (" + kind +
                      "); glotta reads plain .tar shards (decompress it, e.g. `" +
                      (std::string(kind) == "gzip" ? "gunzip" : kind) + " -d`)");
     }
   }
-  ~TarReader() { close(); }
+  ~TarReader() {
+    close();
+    if (fd_ >= 0) ::close(fd_);
+  }
 
   void close() {
     if (data_) munmap(const_cast<unsigned char*>(data_), size_);
     data_ = nullptr;
+    closed_ = true;
+    std::vector<unsigned char>().swap(buf_);
+    buf_len_ = 0;
+  }
+
+  // Keeps the file open for random reads during one call (RAII; nested calls share it).
+  class Session {
+   public:
+    Session(TarReader& r, uint64_t read_ahead) : r_(r), saved_(r.read_ahead_) {
+      r.read_ahead_ = read_ahead;
+      if (!r.data_ && !r.closed_ && r.size_ > 0 && r.fd_ < 0) {
+        r.open_for_reads();
+        opened_ = true;
+      }
+    }
+    ~Session() {
+      r_.read_ahead_ = saved_;
+      if (!opened_) return;
+      ::close(r_.fd_);
+      r_.fd_ = -1;
+      r_.buf_len_ = 0;  // the file may change before the next call
+      if (r_.buf_.size() > (64u << 10)) std::vector<unsigned char>().swap(r_.buf_);  // 64 open readers per worker
+    }
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+   private:
+    TarReader& r_;
+    uint64_t saved_;
+    bool opened_ = false;
+  };
+
+  // A random reader asked for `docs` more documents (texts): past kMapAfter it maps its file
+  // (inside a Session, with its descriptor; if mmap fails it keeps reading with pread).
+  void served(size_t docs) {
+    served_ += docs;
+    if (mapping_ == Mapping::kAdaptive && !data_ && !closed_ && fd_ >= 0 && served_ >= kMapAfter) {
+      map_file(fd_, false);
+      buf_len_ = 0;
+    }
   }
 
   uint64_t offset() const { return next_sample_start_; }
   uint64_t size() const { return size_; }
-  const unsigned char* data() const { return data_; }
+  bool mapped() const { return data_ != nullptr; }
   bool done() const { return done_; }
   const std::string& path() const { return path_; }
 
@@ -246,7 +316,7 @@ class TarReader {
   // Up to `max_samples` samples (GIL released by the caller). Damage is counted, never thrown.
   std::vector<RawSample> parse(size_t max_samples) {
     std::vector<RawSample> out;
-    if (!data_) {
+    if (closed_ || size_ == 0) {
       done_ = true;
       return out;
     }
@@ -301,7 +371,7 @@ class TarReader {
   };
   TextAt text_at(uint64_t off, std::string_view key) {
     TextAt t;
-    if (!data_ || off % kBlock || off >= size_) return t;
+    if (closed_ || off % kBlock || off >= size_) return t;
     restart(off);
     Member m;
     while (next_member(&m)) {
@@ -325,14 +395,26 @@ class TarReader {
     return t;
   }
 
-  py::bytes bytes_at(uint64_t off, uint64_t n) const {
-    return py::bytes(reinterpret_cast<const char*>(data_ + off), n);
+  // bytes [off, off + n) of the file (within its size) as a Python bytes object: copied from
+  // the mapping, or read straight into the object (what the read buffer already holds is copied).
+  py::bytes bytes_at(uint64_t off, uint64_t n) {
+    if (data_) return py::bytes(reinterpret_cast<const char*>(data_ + off), n);
+    py::bytes out = py::reinterpret_steal<py::bytes>(PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n)));
+    if (!out) throw py::error_already_set();
+    auto* dst = reinterpret_cast<unsigned char*>(PyBytes_AS_STRING(out.ptr()));
+    uint64_t have = 0;
+    if (off >= buf_off_ && off - buf_off_ < buf_len_) {
+      have = std::min(n, buf_len_ - (off - buf_off_));
+      std::memcpy(dst, buf_.data() + (off - buf_off_), have);
+    }
+    if (have < n) pread_all(dst + have, n - have, off + have);
+    return out;
   }
 
   // Unmap the pages read so far (they stay in the page cache). The kernel maps up to 64 KiB
   // around each page touched (fault-around), so a worker's LRU of open shards would otherwise
   // hold most of each shard's pages in its RSS long after the texts were copied out.
-  void drop_pages() const {
+  void drop_pages() const {  // random readers map nothing: a no-op
     if (data_) madvise(const_cast<unsigned char*>(data_), size_, MADV_DONTNEED);
   }
 
@@ -361,6 +443,58 @@ class TarReader {
     bool skip = false;
   };
 
+  bool map_file(int fd, bool sequential) {
+    if (size_ == 0) return true;
+    void* m = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED) return false;
+    madvise(m, size_, sequential ? MADV_SEQUENTIAL : MADV_RANDOM);
+    data_ = static_cast<const unsigned char*>(m);
+    return true;
+  }
+
+  // Bytes [off, off + n) of the file (off + n <= size_): a pointer into the mapping, or into the
+  // read buffer, refilled from `off` with at least `read_ahead_` bytes when it does not hold them.
+  // A buffer pointer is valid until the next call.
+  const unsigned char* at(uint64_t off, uint64_t n) {
+    if (data_) return data_ + off;
+    if (off >= buf_off_ && n <= buf_len_ && off - buf_off_ <= buf_len_ - n) return buf_.data() + (off - buf_off_);
+    const uint64_t want = std::min(size_ - off, std::max(n, read_ahead_));
+    if (buf_.size() < want) buf_.resize(want);
+    buf_len_ = 0;
+    pread_all(buf_.data(), want, off);
+    buf_off_ = off;
+    buf_len_ = want;
+    return buf_.data();
+  }
+
+  void open_for_reads() {
+    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) throw TarError(path_ + ": cannot open: " + std::strerror(errno));
+    struct stat st{};
+    if (fstat(fd_, &st) != 0 || static_cast<uint64_t>(st.st_size) < size_) {
+      const uint64_t now = static_cast<uint64_t>(st.st_size);
+      ::close(fd_);
+      fd_ = -1;
+      throw TarError(path_ + ": the shard shrank to " + std::to_string(now) + " bytes from " + std::to_string(size_) +
+                     " while it was being read (changed after indexing)");
+    }
+  }
+
+  void pread_all(unsigned char* dst, uint64_t n, uint64_t off) {
+    if (fd_ < 0) throw std::logic_error(path_ + ": read outside a session (bug)");
+    while (n) {
+      const ssize_t got = ::pread(fd_, dst, static_cast<size_t>(std::min<uint64_t>(n, 1u << 30)), static_cast<off_t>(off));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) throw TarError(path_ + ": read failed at byte " + std::to_string(off) + ": " + std::strerror(errno));
+      if (got == 0)
+        throw TarError(path_ + ": the shard ends at byte " + std::to_string(off) + ", before its size " + std::to_string(size_) +
+                       " when opened (it shrank: changed after indexing)");
+      dst += got;
+      n -= static_cast<uint64_t>(got);
+      off += static_cast<uint64_t>(got);
+    }
+  }
+
   // Read from `off` (a block boundary within the file) as if the reader had just been opened there.
   void restart(uint64_t off) {
     pos_ = next_sample_start_ = off;
@@ -380,16 +514,16 @@ class TarReader {
   }
 
   // Damage at `at`: skip block by block to the next header that passes its checksum.
-  void resync(uint64_t at, const std::string& why) {
-    problem(&counters_.damaged, at, why + "; skipping to the next valid header");
-    uint64_t p = at + kBlock;
+  void resync(uint64_t from, const std::string& why) {
+    problem(&counters_.damaged, from, why + "; skipping to the next valid header");
+    uint64_t p = from + kBlock;
     while (p + kBlock <= size_) {
-      const unsigned char* h = data_ + p;
+      const unsigned char* h = at(p, kBlock);
       if (!is_zero_block(h) && std::memcmp(h + 257, "ustar", 5) == 0 && checksum_ok(h)) break;
       p += kBlock;
     }
     if (p + kBlock > size_) p = size_;
-    counters_.skipped_bytes += p - at;
+    counters_.skipped_bytes += p - from;
     move_to(p);
   }
 
@@ -411,7 +545,7 @@ class TarReader {
         pos_ = size_;
         return false;
       }
-      const unsigned char* h = data_ + pos_;
+      const unsigned char* h = at(pos_, kBlock);  // valid until the next at()
       if (is_zero_block(h)) {
         ended_ = true;
         return false;
@@ -439,7 +573,7 @@ class TarReader {
           ended_ = true;
           return false;
         }
-        const unsigned char* p = data_ + data_at;
+        const unsigned char* p = at(data_at, size);  // h is not used after this
         if (type == 'L') long_name = cstr(p, size);
         if (type == 'x') {
           std::string err = parse_pax(p, size, &long_name, &pax_size, &has_pax_size);
@@ -514,9 +648,15 @@ class TarReader {
   }
 
   std::string path_;
-  const unsigned char* data_ = nullptr;
+  const unsigned char* data_ = nullptr;  // the mapping (sequential readers)
   uint64_t size_ = 0, pos_ = 0, next_sample_start_ = 0;
-  bool done_ = false, ended_ = false;
+  bool done_ = false, ended_ = false, closed_ = false;
+  Mapping mapping_;
+  uint64_t served_ = 0;  // documents asked for through texts()
+  // Random readers: the descriptor during a call (Session), the read buffer and what it holds.
+  int fd_ = -1;
+  std::vector<unsigned char> buf_;
+  uint64_t buf_off_ = 0, buf_len_ = 0, read_ahead_ = kScanRead;
   RawSample pending_;
   std::unordered_set<std::string> seen_;
   std::vector<std::string> warnings_;
@@ -533,12 +673,22 @@ std::vector<RawSample> parse_released(TarReader& r, size_t max_samples) {
 
 void register_tar(py::module_& m) {
   py::register_exception<TarError>(m, "TarError", PyExc_ValueError);
-  py::class_<TarReader>(m, "TarReader", "mmap reader of one webdataset tar shard; damage is counted, never thrown.")
-      .def(py::init<const std::string&, bool>(), py::arg("path"), py::arg("sequential") = true,
-           "sequential=False for document-by-document access (random read-ahead advice).")
+  py::class_<TarReader>(m, "TarReader",
+                        "Reader of one webdataset tar shard (memory-mapped for scans, pread for random reads); damage is "
+                        "counted, never thrown.")
+      .def(py::init([](const std::string& path, bool sequential, std::optional<bool> mapped) {
+             const Mapping how = mapped ? (*mapped ? Mapping::kAlways : Mapping::kNever)
+                                        : (sequential ? Mapping::kAlways : Mapping::kAdaptive);
+             return new TarReader(path, sequential, how);
+           }),
+           py::arg("path"), py::arg("sequential") = true, py::arg("mapped") = py::none(),
+           "sequential=False for document-by-document access. mapped: True memory-maps the file (read-ahead advice "
+           "when sequential, random advice otherwise), False preads what each call needs (nothing mapped); the "
+           "default maps sequential readers, and random ones once they have served 32 documents through texts().")
       .def(
           "read",
           [](TarReader& r, size_t max_samples) {
+            TarReader::Session session(r, kScanRead);
             const std::vector<RawSample> raw = parse_released(r, max_samples);
             py::list out(raw.size());
             for (size_t i = 0; i < raw.size(); ++i) {
@@ -552,6 +702,7 @@ void register_tar(py::module_& m) {
       .def(
           "scan",
           [](TarReader& r, size_t max_samples, const std::string& want) {
+            TarReader::Session session(r, kScanRead);
             const std::vector<RawSample> raw = parse_released(r, max_samples);
             py::list out(raw.size());
             for (size_t i = 0; i < raw.size(); ++i) {
@@ -586,26 +737,30 @@ void register_tar(py::module_& m) {
             py::array_t<int8_t> status_a(static_cast<py::ssize_t>(n));
             int8_t* status = status_a.mutable_data();
             py::list texts(n);
+            TarReader::Session session(r, kDocRead);
+            r.served(n);
             // The GIL stays held: this is a few microseconds per document and ~20 documents per
             // call, and a tokenizer thread that released it here had to win it back from the
             // loader's thread after every shard of every task (measured: 20-90 ms of waiting per
             // epoch of bench/loader.py against 22 ms of work). SentencePiece's encode is the long
-            // GIL-free stretch of a task. Texts are copied straight from the mapping into the bytes.
+            // GIL-free stretch of a task. A text goes straight into its bytes object (one copy),
+            // which is then checked.
             for (size_t i = 0; i < n; ++i) {
               const int64_t k0 = i ? key_ends[i - 1] : 0;
               const std::string_view key(blob_p + k0, static_cast<size_t>(key_ends[i] - k0));
               const TarReader::TextAt t = r.text_at(offsets[i], key);
               status[i] = t.status;
-              if (t.status == 0) {
-                const unsigned char* p = r.data() + t.offset;
-                if (!valid_utf8(p, t.size))
-                  status[i] = 1;
-                else if (only_space(p, t.size))
-                  status[i] = 4;
+              if (t.status != 0) {
+                texts[i] = py::str(t.found);
+                continue;
               }
-              texts[i] = status[i] <= 1   ? py::object(r.bytes_at(t.offset, t.size))
-                         : status[i] == 4 ? py::object(py::bytes())
-                                          : py::object(py::str(t.found));
+              py::bytes text = r.bytes_at(t.offset, t.size);
+              const auto* p = reinterpret_cast<const unsigned char*>(PyBytes_AS_STRING(text.ptr()));
+              if (!valid_utf8(p, t.size))
+                status[i] = 1;
+              else if (only_space(p, t.size))
+                status[i] = 4;
+              texts[i] = status[i] == 4 ? py::bytes() : std::move(text);
             }
             return py::make_tuple(texts, status_a);
           },
@@ -615,9 +770,11 @@ void register_tar(py::module_& m) {
           "key found, or ''), 4 only whitespace (Python's str.isspace set; the item is b'').")
       .def("seek", &TarReader::seek, py::arg("offset"), "Restart at a sample boundary returned by `offset`.")
       .def("drop_pages", &TarReader::drop_pages,
-           "Unmap the pages touched so far (they stay in the page cache; the next read maps them again).")
+           "Unmap the pages touched so far (they stay in the page cache; the next read maps them again). "
+           "A random reader maps nothing: a no-op.")
       .def_property_readonly("offset", &TarReader::offset, "Byte offset of the first sample not yet returned.")
       .def_property_readonly("size", &TarReader::size)
+      .def_property_readonly("mapped", &TarReader::mapped, "True for a sequential reader (its file is memory-mapped).")
       .def_property_readonly("done", &TarReader::done)
       .def_property_readonly("path", &TarReader::path)
       .def("counters", &TarReader::counters)
