@@ -16,14 +16,21 @@ set (--sparse-docs paragraphs in --sparse-shards shards, as in bench/loader_scal
             the default (pread, mapping after 32 documents), always mapped, always pread; vs
             Python: os.pread of the headers, tarfile.TarInfo.frombuf, os.pread of the text,
             decode, isspace
+With --baseline-site DIR (an older glotta installed with `pip install --no-deps --target DIR`),
+an epoch of texts with the loader's default random readers also runs under that glotta and under
+this one, each in its own process, alternating (--repeat times each); the best CPU figures are
+compared (a code-vs-code comparison in the same run).
 
     python bench/read_shards.py [SHARD_DIR] [--repeat 3] [--sparse-docs 100000] [--sparse-shards 1000]
+                                [--baseline-site DIR]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -180,12 +187,59 @@ def read_path(d: Path, repeat: int, label: str) -> None:
           f"pread {best['texts, pread'][0] * 1e6 / len(ids):.2f} us; {o * 1e6 / (mb * 1e6):.2f} ns per text byte (default)")
 
 
+# One epoch of TarReader.texts with the loader's default random readers (`TarReader(path, False)`,
+# an LRU of 64 opened fresh), CPU of this thread; run in a fresh process under either glotta.
+EPOCH = r"""
+import json, logging, sys, time
+from collections import OrderedDict
+logging.disable(logging.WARNING)
+import numpy as np
+from glotta._native import TarReader
+from glotta.data import list_shards
+from glotta.data.corpus_index import build_corpus_index
+index = build_corpus_index([(p, None) for p in list_shards(sys.argv[1])], set())
+ids = np.concatenate([(np.int64(s) << 32) | np.arange(ix.docs, dtype=np.int64) for s, ix in enumerate(index.indexes)])
+ids = ids[np.random.default_rng(0).permutation(len(ids))][:20000]
+fetched = [index.fetch(ids[i : i + 128]) for i in range(0, len(ids), 128)]
+best = float("inf")
+for _ in range(3):
+    t = time.thread_time()
+    readers = OrderedDict()
+    for _, groups in fetched:
+        for s, _, offs, blob, ends in groups:
+            r = readers.pop(s, None) or TarReader(index.shards[s], False)
+            while len(readers) >= 64:
+                readers.popitem(last=False)[1].close()
+            readers[s] = r
+            r.texts(offs, blob, ends)
+    for r in readers.values():
+        r.close()
+    best = min(best, time.thread_time() - t)
+print(json.dumps({"ms": best * 1e3, "docs": len(ids)}))
+"""
+
+
+def against_site(d: Path, site: Path, repeat: int) -> None:
+    """texts epochs of this glotta and the one in `site`, alternating processes."""
+    env_old = dict(os.environ, PYTHONPATH=str(site))
+    runs: dict[str, list[float]] = {"baseline": [], "ours": []}
+    for _ in range(repeat):
+        for who, env in (("baseline", env_old), ("ours", dict(os.environ))):
+            out = subprocess.run([sys.executable, "-c", EPOCH, str(d)], env=env, capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            runs[who].append(r["ms"])
+    b, o = min(runs["baseline"]), min(runs["ours"])
+    print(f"texts epoch ({r['docs']:,} documents), default random readers, best CPU ms: {site} {b:.1f}, "
+          f"this glotta {o:.1f}; {b / o:.2f}x less CPU ({b * 1e3 / r['docs']:.2f} -> {o * 1e3 / r['docs']:.2f} us per document)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shards", nargs="?", type=Path)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sparse-docs", type=int, default=100_000, help="documents of the many-shard set (0: skip it)")
     ap.add_argument("--sparse-shards", type=int, default=1000)
+    ap.add_argument("--baseline-site", type=Path, help="an older glotta (pip install --no-deps --target DIR) to compare texts with")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)  # unreadable .mo catalogs are counted, not printed here
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,6 +260,8 @@ def main() -> None:
         loader_corpus = Path(tmp) / "loader"
         build_demo_corpus(loader_corpus, langs=LANGS, max_docs_per_lang=500, shard_samples=500)
         read_path(loader_corpus, args.repeat, "loader read path, bench/loader.py's corpus")
+        if args.baseline_site:
+            against_site(loader_corpus, args.baseline_site, args.repeat)
         if args.sparse_docs:
             sys.path.insert(0, str(Path(__file__).parent))
             from loader_scale import build
@@ -214,6 +270,8 @@ def main() -> None:
             sparse = Path(tmp) / "sparse"
             build(sparse, args.sparse_docs, args.sparse_shards, paras)
             read_path(sparse, args.repeat, "loader read path, many shards")
+            if args.baseline_site:
+                against_site(sparse, args.baseline_site, args.repeat)
 
 
 if __name__ == "__main__":
