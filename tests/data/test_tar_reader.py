@@ -275,9 +275,10 @@ def _utf8_child(conn, cases) -> None:
     conn.close()
 
 
-def test_utf8_check_agrees_with_python_decoder(multilingual_text):
-    """csrc/text.h's valid_utf8 accepts exactly what bytes.decode('utf-8') accepts (~420k strings).
-    Cases run in a forked child; the parent waits at most UTF8_CASE_LIMIT seconds per case."""
+def test_utf8_check_agrees_with_python_decoder(tmp_path, multilingual_text):
+    """csrc/text.h's valid_utf8 accepts exactly what bytes.decode('utf-8') accepts (~420k strings;
+    cases run in a forked child, the parent waits at most UTF8_CASE_LIMIT seconds per case), and
+    TarReader.texts (the loader's read path) flags exactly the texts Python cannot decode."""
     import multiprocessing as mp
 
     cases = _utf8_cases(multilingual_text)
@@ -303,11 +304,8 @@ def test_utf8_check_agrees_with_python_decoder(multilingual_text):
         n_ok = sum(map(_python_utf8_ok, batch))
         assert 0 < n_ok < len(batch), name
 
-
-def test_loader_utf8_check_agrees_with_python(tmp_path, multilingual_text):
-    """TarReader.texts (the loader's read path) flags exactly the texts Python cannot decode:
-    every boundary of the UTF-8 byte ranges, truncations of real text, then seeded random bytes
-    biased to multi-byte leads."""
+    # Through TarReader.texts: every boundary of the UTF-8 byte ranges, truncations of real text,
+    # then seeded random bytes biased to multi-byte leads.
     import random
 
     edge = [
