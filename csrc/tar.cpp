@@ -663,6 +663,52 @@ class TarReader {
   Counters counters_;
 };
 
+// A whole file mapped read-only and exported through the buffer protocol, holding no file
+// descriptor (Python's mmap keeps one per mapping): the per-shard index files, which the loader
+// maps and unmaps as its LRU of them turns over. Unmapped when the last view of it goes.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path) {
+    // Errors are OSError naming the file, as Python's open and mmap raise them (the GIL is held).
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st{};
+    void* m = nullptr;
+    bool ok = fd >= 0 && fstat(fd, &st) == 0;
+    if (ok) {
+      size_ = static_cast<uint64_t>(st.st_size);
+      if (size_) {
+        m = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+        ok = m != MAP_FAILED;
+      }
+    }
+    if (!ok) {
+      const int err = errno;
+      if (fd >= 0) ::close(fd);
+      errno = err;
+      PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+      throw py::error_already_set();
+    }
+    ::close(fd);
+    data_ = static_cast<const unsigned char*>(m);
+  }
+  ~MappedFile() {
+    if (data_) munmap(const_cast<unsigned char*>(data_), size_);
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  py::buffer_info buffer() const {
+    static const unsigned char empty = 0;
+    return py::buffer_info(const_cast<unsigned char*>(data_ ? data_ : &empty), 1, py::format_descriptor<uint8_t>::format(), 1,
+                           {static_cast<py::ssize_t>(size_)}, {1}, /*readonly=*/true);
+  }
+  uint64_t size() const { return size_; }
+
+ private:
+  const unsigned char* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
 // The next samples with the GIL released: read() and scan() parse whole batches of members.
 std::vector<RawSample> parse_released(TarReader& r, size_t max_samples) {
   py::gil_scoped_release release;
@@ -673,6 +719,12 @@ std::vector<RawSample> parse_released(TarReader& r, size_t max_samples) {
 
 void register_tar(py::module_& m) {
   py::register_exception<TarError>(m, "TarError", PyExc_ValueError);
+  py::class_<MappedFile>(m, "MappedFile", py::buffer_protocol(),
+                         "A whole file mapped read-only (a bytes-like buffer for numpy.frombuffer) that holds no file "
+                         "descriptor; unmapped when the last view of it goes.")
+      .def(py::init<const std::string&>(), py::arg("path"))
+      .def_buffer(&MappedFile::buffer)
+      .def("__len__", &MappedFile::size);
   py::class_<TarReader>(m, "TarReader",
                         "Reader of one webdataset tar shard (memory-mapped for scans, pread for random reads); damage is "
                         "counted, never thrown.")
