@@ -25,9 +25,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <optional>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -209,10 +209,10 @@ struct Counters {
 // (bench/read_shards.py): a mapping faults ~64-128 KiB around every document into the process's
 // RSS (fault-around) and costs an mmap + munmap per reader, so when a task's documents are spread
 // over many shards and readers leave the loader's LRU after a document or two (the corpus-scale
-// case: 1,000 shards), pread is ~2.4x cheaper in CPU and maps nothing (bench/loader_scale.py: +15
-// MB instead of +88 MB); when a shard is read densely (19 shards of 500 documents) the kernel's
-// copy makes pread ~0.5 us per document dearer than reading the mapping, so a reader that keeps
-// being asked maps its file.
+// case: 1,000 shards), pread takes ~2.2x less CPU and maps nothing (bench/loader_scale.py: +11-15
+// MB above the small set instead of +68-88 MB); when a shard is read densely (19 shards of 500
+// documents) the kernel's copy makes pread ~0.5 us per document dearer than reading the mapping,
+// so a reader that keeps being asked maps its file.
 enum class Mapping { kAlways, kNever, kAdaptive };
 
 class TarReader {
