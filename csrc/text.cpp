@@ -68,7 +68,7 @@ std::string collapse(const unsigned char* p, size_t n) {
 __attribute__((target("avx2"))) static bool valid_utf8_avx2(const unsigned char* p, size_t n) { return valid_utf8_loop(p, n); }
 
 bool valid_utf8(const unsigned char* p, size_t n) {
-  static const bool avx2 = __builtin_cpu_supports("avx2");
+  static const bool avx2 = (__builtin_cpu_init(), __builtin_cpu_supports("avx2"));
   return avx2 ? valid_utf8_avx2(p, n) : valid_utf8_loop(p, n);
 }
 #else
