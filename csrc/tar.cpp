@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -44,6 +45,12 @@ namespace {
 
 constexpr uint64_t kBlock = 512;
 constexpr size_t kMaxWarnings = 100;
+// pread sizes of random readers: a sample's header with a typical document behind it (texts),
+// and larger reads when a random reader is read through sample by sample (read / scan).
+constexpr uint64_t kDocRead = 4096;
+constexpr uint64_t kScanRead = 256 << 10;
+// Documents a random reader serves with pread before it maps its file (see TarReader).
+constexpr uint64_t kMapAfter = 32;
 
 struct Field {
   std::string ext;
@@ -190,9 +197,27 @@ struct Counters {
   uint64_t damaged = 0, skipped_bytes = 0, truncated = 0;
 };
 
+// Two ways to reach the bytes, one parser over both (`at`):
+//   * mapped: the file is memory-mapped (read-ahead advice for a full scan: the index pass,
+//     iter_samples; random advice otherwise);
+//   * pread: nothing is mapped. Each call opens the file, `pread`s the header block(s) of a sample
+//     and its text straight into the Python bytes object, and closes it again; between calls the
+//     reader holds neither a descriptor nor a mapping, and a file that shrank is an error naming
+//     it, not a SIGBUS.
+// Random readers (the loader's document-by-document reads) start with pread and map their file
+// once they have served kMapAfter documents (Mapping::kAdaptive). Measured on the bench corpus
+// (bench/read_shards.py): a mapping faults ~64-128 KiB around every document into the process's
+// RSS (fault-around) and costs an mmap + munmap per reader, so when a task's documents are spread
+// over many shards and readers leave the loader's LRU after a document or two (the corpus-scale
+// case: 1,000 shards), pread takes ~2.2x less CPU and maps nothing (bench/loader_scale.py: +11-15
+// MB above the small set instead of +68-88 MB); when a shard is read densely (19 shards of 500
+// documents) the kernel's copy makes pread ~0.5 us per document dearer than reading the mapping,
+// so a reader that keeps being asked maps its file.
+enum class Mapping { kAlways, kNever, kAdaptive };
+
 class TarReader {
  public:
-  TarReader(const std::string& path, bool sequential) : path_(path) {
+  TarReader(const std::string& path, bool sequential, Mapping mapping) : path_(path), mapping_(mapping) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
     struct stat st{};
@@ -201,34 +226,79 @@ class TarReader {
       throw std::runtime_error(path + ": cannot stat");
     }
     size_ = static_cast<uint64_t>(st.st_size);
-    if (size_ > 0) {
-      void* m = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (m == MAP_FAILED) {
-        ::close(fd);
-        throw std::runtime_error(path + ": mmap failed: " + std::strerror(errno));
-      }
-      // A full scan reads ahead; document-by-document access must not drag whole shards in.
-      madvise(m, size_, sequential ? MADV_SEQUENTIAL : MADV_RANDOM);
-      data_ = static_cast<const unsigned char*>(m);
+    if (mapping == Mapping::kAlways && !map_file(fd, sequential)) {
+      ::close(fd);
+      throw std::runtime_error(path + ": mmap failed: " + std::strerror(errno));
     }
-    ::close(fd);  // the mapping stays valid: a reader holds no file descriptor
-    if (const char* kind = compression(data_, size_)) {
+    const char* kind = nullptr;
+    if (data_) {
+      kind = compression(data_, size_);
+    } else if (size_ > 0) {
+      unsigned char head[8] = {};
+      const ssize_t got = ::pread(fd, head, sizeof head, 0);
+      kind = got > 0 ? compression(head, static_cast<uint64_t>(got)) : nullptr;
+    }
+    ::close(fd);  // a mapping stays valid without it; pread reads open the file per call
+    if (kind) {
       close();
       throw TarError(path + ": unsupported: compressed shard (" + kind +
                      "); glotta reads plain .tar shards (decompress it, e.g. `" +
                      (std::string(kind) == "gzip" ? "gunzip" : kind) + " -d`)");
     }
   }
-  ~TarReader() { close(); }
+  ~TarReader() {
+    close();
+    if (fd_ >= 0) ::close(fd_);
+  }
 
   void close() {
     if (data_) munmap(const_cast<unsigned char*>(data_), size_);
     data_ = nullptr;
+    closed_ = true;
+    std::vector<unsigned char>().swap(buf_);
+    buf_len_ = 0;
+  }
+
+  // Keeps the file open for random reads during one call (RAII; nested calls share it).
+  class Session {
+   public:
+    Session(TarReader& r, uint64_t read_ahead) : r_(r), saved_(r.read_ahead_) {
+      r.read_ahead_ = read_ahead;
+      if (!r.data_ && !r.closed_ && r.size_ > 0 && r.fd_ < 0) {
+        r.open_for_reads();
+        opened_ = true;
+      }
+    }
+    ~Session() {
+      r_.read_ahead_ = saved_;
+      if (!opened_) return;
+      ::close(r_.fd_);
+      r_.fd_ = -1;
+      r_.buf_len_ = 0;  // the file may change before the next call
+      if (r_.buf_.size() > (64u << 10)) std::vector<unsigned char>().swap(r_.buf_);  // 64 open readers per worker
+    }
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+   private:
+    TarReader& r_;
+    uint64_t saved_;
+    bool opened_ = false;
+  };
+
+  // A random reader asked for `docs` more documents (texts): past kMapAfter it maps its file
+  // (inside a Session, with its descriptor; if mmap fails it keeps reading with pread).
+  void served(size_t docs) {
+    served_ += docs;
+    if (mapping_ == Mapping::kAdaptive && !data_ && !closed_ && fd_ >= 0 && served_ >= kMapAfter) {
+      map_file(fd_, false);
+      buf_len_ = 0;
+    }
   }
 
   uint64_t offset() const { return next_sample_start_; }
   uint64_t size() const { return size_; }
-  const unsigned char* data() const { return data_; }
+  bool mapped() const { return data_ != nullptr; }
   bool done() const { return done_; }
   const std::string& path() const { return path_; }
 
@@ -246,7 +316,7 @@ class TarReader {
   // Up to `max_samples` samples (GIL released by the caller). Damage is counted, never thrown.
   std::vector<RawSample> parse(size_t max_samples) {
     std::vector<RawSample> out;
-    if (!data_) {
+    if (closed_ || size_ == 0) {
       done_ = true;
       return out;
     }
@@ -301,7 +371,7 @@ class TarReader {
   };
   TextAt text_at(uint64_t off, std::string_view key) {
     TextAt t;
-    if (!data_ || off % kBlock || off >= size_) return t;
+    if (closed_ || off % kBlock || off >= size_) return t;
     restart(off);
     Member m;
     while (next_member(&m)) {
@@ -325,14 +395,26 @@ class TarReader {
     return t;
   }
 
-  py::bytes bytes_at(uint64_t off, uint64_t n) const {
-    return py::bytes(reinterpret_cast<const char*>(data_ + off), n);
+  // bytes [off, off + n) of the file (within its size) as a Python bytes object: copied from
+  // the mapping, or read straight into the object (what the read buffer already holds is copied).
+  py::bytes bytes_at(uint64_t off, uint64_t n) {
+    if (data_) return py::bytes(reinterpret_cast<const char*>(data_ + off), n);
+    py::bytes out = py::reinterpret_steal<py::bytes>(PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n)));
+    if (!out) throw py::error_already_set();
+    auto* dst = reinterpret_cast<unsigned char*>(PyBytes_AS_STRING(out.ptr()));
+    uint64_t have = 0;
+    if (off >= buf_off_ && off - buf_off_ < buf_len_) {
+      have = std::min(n, buf_len_ - (off - buf_off_));
+      std::memcpy(dst, buf_.data() + (off - buf_off_), have);
+    }
+    if (have < n) pread_all(dst + have, n - have, off + have);
+    return out;
   }
 
   // Unmap the pages read so far (they stay in the page cache). The kernel maps up to 64 KiB
   // around each page touched (fault-around), so a worker's LRU of open shards would otherwise
   // hold most of each shard's pages in its RSS long after the texts were copied out.
-  void drop_pages() const {
+  void drop_pages() const {  // random readers map nothing: a no-op
     if (data_) madvise(const_cast<unsigned char*>(data_), size_, MADV_DONTNEED);
   }
 
@@ -361,6 +443,58 @@ class TarReader {
     bool skip = false;
   };
 
+  bool map_file(int fd, bool sequential) {
+    if (size_ == 0) return true;
+    void* m = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED) return false;
+    madvise(m, size_, sequential ? MADV_SEQUENTIAL : MADV_RANDOM);
+    data_ = static_cast<const unsigned char*>(m);
+    return true;
+  }
+
+  // Bytes [off, off + n) of the file (off + n <= size_): a pointer into the mapping, or into the
+  // read buffer, refilled from `off` with at least `read_ahead_` bytes when it does not hold them.
+  // A buffer pointer is valid until the next call.
+  const unsigned char* at(uint64_t off, uint64_t n) {
+    if (data_) return data_ + off;
+    if (off >= buf_off_ && n <= buf_len_ && off - buf_off_ <= buf_len_ - n) return buf_.data() + (off - buf_off_);
+    const uint64_t want = std::min(size_ - off, std::max(n, read_ahead_));
+    if (buf_.size() < want) buf_.resize(want);
+    buf_len_ = 0;
+    pread_all(buf_.data(), want, off);
+    buf_off_ = off;
+    buf_len_ = want;
+    return buf_.data();
+  }
+
+  void open_for_reads() {
+    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) throw TarError(path_ + ": cannot open: " + std::strerror(errno));
+    struct stat st{};
+    if (fstat(fd_, &st) != 0 || static_cast<uint64_t>(st.st_size) < size_) {
+      const uint64_t now = static_cast<uint64_t>(st.st_size);
+      ::close(fd_);
+      fd_ = -1;
+      throw TarError(path_ + ": the shard shrank to " + std::to_string(now) + " bytes from " + std::to_string(size_) +
+                     " while it was being read (changed after indexing)");
+    }
+  }
+
+  void pread_all(unsigned char* dst, uint64_t n, uint64_t off) {
+    if (fd_ < 0) throw std::logic_error(path_ + ": read outside a session (bug)");
+    while (n) {
+      const ssize_t got = ::pread(fd_, dst, static_cast<size_t>(std::min<uint64_t>(n, 1u << 30)), static_cast<off_t>(off));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) throw TarError(path_ + ": read failed at byte " + std::to_string(off) + ": " + std::strerror(errno));
+      if (got == 0)
+        throw TarError(path_ + ": the shard ends at byte " + std::to_string(off) + ", before its size " + std::to_string(size_) +
+                       " when opened (it shrank: changed after indexing)");
+      dst += got;
+      n -= static_cast<uint64_t>(got);
+      off += static_cast<uint64_t>(got);
+    }
+  }
+
   // Read from `off` (a block boundary within the file) as if the reader had just been opened there.
   void restart(uint64_t off) {
     pos_ = next_sample_start_ = off;
@@ -380,16 +514,16 @@ class TarReader {
   }
 
   // Damage at `at`: skip block by block to the next header that passes its checksum.
-  void resync(uint64_t at, const std::string& why) {
-    problem(&counters_.damaged, at, why + "; skipping to the next valid header");
-    uint64_t p = at + kBlock;
+  void resync(uint64_t from, const std::string& why) {
+    problem(&counters_.damaged, from, why + "; skipping to the next valid header");
+    uint64_t p = from + kBlock;
     while (p + kBlock <= size_) {
-      const unsigned char* h = data_ + p;
+      const unsigned char* h = at(p, kBlock);
       if (!is_zero_block(h) && std::memcmp(h + 257, "ustar", 5) == 0 && checksum_ok(h)) break;
       p += kBlock;
     }
     if (p + kBlock > size_) p = size_;
-    counters_.skipped_bytes += p - at;
+    counters_.skipped_bytes += p - from;
     move_to(p);
   }
 
@@ -411,7 +545,7 @@ class TarReader {
         pos_ = size_;
         return false;
       }
-      const unsigned char* h = data_ + pos_;
+      const unsigned char* h = at(pos_, kBlock);  // valid until the next at()
       if (is_zero_block(h)) {
         ended_ = true;
         return false;
@@ -439,7 +573,7 @@ class TarReader {
           ended_ = true;
           return false;
         }
-        const unsigned char* p = data_ + data_at;
+        const unsigned char* p = at(data_at, size);  // h is not used after this
         if (type == 'L') long_name = cstr(p, size);
         if (type == 'x') {
           std::string err = parse_pax(p, size, &long_name, &pax_size, &has_pax_size);
@@ -514,13 +648,65 @@ class TarReader {
   }
 
   std::string path_;
-  const unsigned char* data_ = nullptr;
+  const unsigned char* data_ = nullptr;  // the mapping (sequential readers)
   uint64_t size_ = 0, pos_ = 0, next_sample_start_ = 0;
-  bool done_ = false, ended_ = false;
+  bool done_ = false, ended_ = false, closed_ = false;
+  Mapping mapping_;
+  uint64_t served_ = 0;  // documents asked for through texts()
+  // Random readers: the descriptor during a call (Session), the read buffer and what it holds.
+  int fd_ = -1;
+  std::vector<unsigned char> buf_;
+  uint64_t buf_off_ = 0, buf_len_ = 0, read_ahead_ = kScanRead;
   RawSample pending_;
   std::unordered_set<std::string> seen_;
   std::vector<std::string> warnings_;
   Counters counters_;
+};
+
+// A whole file mapped read-only and exported through the buffer protocol, holding no file
+// descriptor (Python's mmap keeps one per mapping): the per-shard index files, which the loader
+// maps and unmaps as its LRU of them turns over. Unmapped when the last view of it goes.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path) {
+    // Errors are OSError naming the file, as Python's open and mmap raise them (the GIL is held).
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st{};
+    void* m = nullptr;
+    bool ok = fd >= 0 && fstat(fd, &st) == 0;
+    if (ok) {
+      size_ = static_cast<uint64_t>(st.st_size);
+      if (size_) {
+        m = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+        ok = m != MAP_FAILED;
+      }
+    }
+    if (!ok) {
+      const int err = errno;
+      if (fd >= 0) ::close(fd);
+      errno = err;
+      PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+      throw py::error_already_set();
+    }
+    ::close(fd);
+    data_ = static_cast<const unsigned char*>(m);
+  }
+  ~MappedFile() {
+    if (data_) munmap(const_cast<unsigned char*>(data_), size_);
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  py::buffer_info buffer() const {
+    static const unsigned char empty = 0;
+    return py::buffer_info(const_cast<unsigned char*>(data_ ? data_ : &empty), 1, py::format_descriptor<uint8_t>::format(), 1,
+                           {static_cast<py::ssize_t>(size_)}, {1}, /*readonly=*/true);
+  }
+  uint64_t size() const { return size_; }
+
+ private:
+  const unsigned char* data_ = nullptr;
+  uint64_t size_ = 0;
 };
 
 // The next samples with the GIL released: read() and scan() parse whole batches of members.
@@ -531,14 +717,84 @@ std::vector<RawSample> parse_released(TarReader& r, size_t max_samples) {
 
 }  // namespace
 
+// The loader's read: the texts of samples in several readers, checked, in one call. Entry i is
+// the sample at offsets[i] of readers[which[i]] with key blob[key_ends[i-1]:key_ends[i]]; it
+// becomes item pos[i] of the result. Returns (texts, status per item, text bytes per reader).
+py::tuple read_texts(const std::vector<TarReader*>& readers, const int32_t* which, const int64_t* pos,
+                     const uint64_t* offsets, const char* blob_p, int64_t blob_n, const int64_t* key_ends, size_t n) {
+  std::vector<char> placed(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (pos[i] < 0 || static_cast<size_t>(pos[i]) >= n || placed[static_cast<size_t>(pos[i])]++)
+      throw std::invalid_argument("pos must be a permutation of range(n)");
+    if (key_ends[i] < (i ? key_ends[i - 1] : 0) || key_ends[i] > blob_n)
+      throw std::invalid_argument("key_ends must be non-decreasing and within the key blob");
+    if (which[i] < 0 || static_cast<size_t>(which[i]) >= readers.size())
+      throw std::invalid_argument("which: reader index out of range");
+  }
+  py::array_t<int8_t> status_a(static_cast<py::ssize_t>(n));
+  py::array_t<int64_t> text_bytes_a(static_cast<py::ssize_t>(readers.size()));
+  int8_t* status = status_a.mutable_data();
+  int64_t* text_bytes = text_bytes_a.mutable_data();
+  std::fill(text_bytes, text_bytes + readers.size(), 0);
+  py::list texts(n);
+  // The GIL stays held: a task is ~130 documents over a few to a hundred shards, ~2 us per
+  // document. A run of one reader's documents is one Session, so a pread reader holds a
+  // descriptor only while its run is read (fetch groups a task by shard: one run each),
+  // and never more than one at a time (ulimit -n stays out of reach at 10,000 shards).
+  // A text goes straight into its bytes object (one copy), which is then checked.
+  for (size_t a = 0; a < n;) {
+    size_t b = a;
+    while (b < n && which[b] == which[a]) ++b;
+    TarReader& r = *readers[static_cast<size_t>(which[a])];
+    TarReader::Session session(r, kDocRead);
+    r.served(b - a);
+    for (size_t i = a; i < b; ++i) {
+      const int64_t k0 = i ? key_ends[i - 1] : 0;
+      const TarReader::TextAt t = r.text_at(offsets[i], std::string_view(blob_p + k0, static_cast<size_t>(key_ends[i] - k0)));
+      int8_t& st = status[pos[i]];
+      st = t.status;
+      if (st != 0) {
+        texts[static_cast<size_t>(pos[i])] = py::str(t.found);
+        continue;
+      }
+      py::bytes text = r.bytes_at(t.offset, t.size);
+      const auto* p = reinterpret_cast<const unsigned char*>(PyBytes_AS_STRING(text.ptr()));
+      if (!valid_utf8(p, t.size))
+        st = 1;
+      else if (only_space(p, t.size))
+        st = 4;
+      text_bytes[which[a]] += static_cast<int64_t>(t.size);
+      texts[static_cast<size_t>(pos[i])] = st == 4 ? py::bytes() : std::move(text);
+    }
+    a = b;
+  }
+  return py::make_tuple(texts, status_a, text_bytes_a);
+}
+
 void register_tar(py::module_& m) {
   py::register_exception<TarError>(m, "TarError", PyExc_ValueError);
-  py::class_<TarReader>(m, "TarReader", "mmap reader of one webdataset tar shard; damage is counted, never thrown.")
-      .def(py::init<const std::string&, bool>(), py::arg("path"), py::arg("sequential") = true,
-           "sequential=False for document-by-document access (random read-ahead advice).")
+  py::class_<MappedFile>(m, "MappedFile", py::buffer_protocol(),
+                         "A whole file mapped read-only (a bytes-like buffer for numpy.frombuffer) that holds no file "
+                         "descriptor; unmapped when the last view of it goes.")
+      .def(py::init<const std::string&>(), py::arg("path"))
+      .def_buffer(&MappedFile::buffer)
+      .def("__len__", &MappedFile::size);
+  py::class_<TarReader>(m, "TarReader",
+                        "Reader of one webdataset tar shard (memory-mapped for scans, pread for random reads); damage is "
+                        "counted, never thrown.")
+      .def(py::init([](const std::string& path, bool sequential, std::optional<bool> mapped) {
+             const Mapping how = mapped ? (*mapped ? Mapping::kAlways : Mapping::kNever)
+                                        : (sequential ? Mapping::kAlways : Mapping::kAdaptive);
+             return new TarReader(path, sequential, how);
+           }),
+           py::arg("path"), py::arg("sequential") = true, py::arg("mapped") = py::none(),
+           "sequential=False for document-by-document access. mapped: True memory-maps the file (read-ahead advice "
+           "when sequential, random advice otherwise), False preads what each call needs (nothing mapped); the "
+           "default maps sequential readers, and random ones once they have served 32 documents through texts().")
       .def(
           "read",
           [](TarReader& r, size_t max_samples) {
+            TarReader::Session session(r, kScanRead);
             const std::vector<RawSample> raw = parse_released(r, max_samples);
             py::list out(raw.size());
             for (size_t i = 0; i < raw.size(); ++i) {
@@ -552,6 +808,7 @@ void register_tar(py::module_& m) {
       .def(
           "scan",
           [](TarReader& r, size_t max_samples, const std::string& want) {
+            TarReader::Session session(r, kScanRead);
             const std::vector<RawSample> raw = parse_released(r, max_samples);
             py::list out(raw.size());
             for (size_t i = 0; i < raw.size(); ++i) {
@@ -567,11 +824,30 @@ void register_tar(py::module_& m) {
           },
           py::arg("max_samples") = 256, py::arg("want") = "json",
           "Index pass: [(key, start offset, {ext: size}, bytes of the `want` member or None)], no text copied.")
+      .def(
+          "texts",
+          [](TarReader& r, py::array_t<uint64_t, py::array::c_style | py::array::forcecast> offsets_a, py::bytes key_blob,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> key_ends_a) {
+            const size_t n = static_cast<size_t>(offsets_a.size());
+            if (static_cast<size_t>(key_ends_a.size()) != n) throw std::invalid_argument("offsets and keys differ in length");
+            char* blob_p = nullptr;
+            Py_ssize_t blob_n = 0;
+            PyBytes_AsStringAndSize(key_blob.ptr(), &blob_p, &blob_n);
+            const std::vector<int32_t> which(n, 0);
+            std::vector<int64_t> pos(n);
+            for (size_t i = 0; i < n; ++i) pos[i] = static_cast<int64_t>(i);
+            py::tuple got = read_texts({&r}, which.data(), pos.data(), offsets_a.data(), blob_p, blob_n, key_ends_a.data(), n);
+            return py::make_tuple(got[0], got[1]);
+          },
+          py::arg("offsets"), py::arg("key_blob"), py::arg("key_ends"),
+          "read_texts of this reader alone: (texts, status) of the samples starting at `offsets`.")
       .def("seek", &TarReader::seek, py::arg("offset"), "Restart at a sample boundary returned by `offset`.")
       .def("drop_pages", &TarReader::drop_pages,
-           "Unmap the pages touched so far (they stay in the page cache; the next read maps them again).")
+           "Unmap the pages touched so far (they stay in the page cache; the next read maps them again). "
+           "A random reader maps nothing: a no-op.")
       .def_property_readonly("offset", &TarReader::offset, "Byte offset of the first sample not yet returned.")
       .def_property_readonly("size", &TarReader::size)
+      .def_property_readonly("mapped", &TarReader::mapped, "True for a sequential reader (its file is memory-mapped).")
       .def_property_readonly("done", &TarReader::done)
       .def_property_readonly("path", &TarReader::path)
       .def("counters", &TarReader::counters)
@@ -584,9 +860,8 @@ void register_tar(py::module_& m) {
          py::array_t<int64_t, py::array::c_style | py::array::forcecast> pos_a,
          py::array_t<uint64_t, py::array::c_style | py::array::forcecast> offsets_a, py::bytes key_blob,
          py::array_t<int64_t, py::array::c_style | py::array::forcecast> key_ends_a) {
-        // The loader's read: one call per task, whatever the number of shards it touches (a
-        // call per shard and task cost ~15 us of Python each: 1,441 calls per epoch of
-        // bench/loader.py). Keys come as one blob + end offsets (no Python str per document).
+        // One call per loader task, whatever the number of shards it touches (a call per shard
+        // and task cost ~15 us of Python each: 1,441 calls per epoch of bench/loader.py).
         const size_t n = static_cast<size_t>(offsets_a.size());
         if (static_cast<size_t>(key_ends_a.size()) != n || static_cast<size_t>(which_a.size()) != n ||
             static_cast<size_t>(pos_a.size()) != n)
@@ -596,55 +871,7 @@ void register_tar(py::module_& m) {
         char* blob_p = nullptr;
         Py_ssize_t blob_n = 0;
         PyBytes_AsStringAndSize(key_blob.ptr(), &blob_p, &blob_n);
-        const uint64_t* offsets = offsets_a.data();
-        const int64_t* key_ends = key_ends_a.data();
-        const int32_t* which = which_a.data();
-        const int64_t* pos = pos_a.data();
-        std::vector<char> placed(n, 0);
-        for (size_t i = 0; i < n; ++i) {
-          if (pos[i] < 0 || static_cast<size_t>(pos[i]) >= n || placed[static_cast<size_t>(pos[i])]++)
-            throw std::invalid_argument("pos must be a permutation of range(n)");
-          if (key_ends[i] < (i ? key_ends[i - 1] : 0) || key_ends[i] > blob_n)
-            throw std::invalid_argument("key_ends must be non-decreasing and within the key blob");
-          if (which[i] < 0 || static_cast<size_t>(which[i]) >= readers.size())
-            throw std::invalid_argument("which: reader index out of range");
-        }
-        py::array_t<int8_t> status_a(static_cast<py::ssize_t>(n));
-        py::array_t<int64_t> text_bytes_a(static_cast<py::ssize_t>(readers.size()));
-        int8_t* status = status_a.mutable_data();
-        int64_t* text_bytes = text_bytes_a.mutable_data();
-        std::fill(text_bytes, text_bytes + readers.size(), 0);
-        std::vector<TarReader::TextAt> at(n);
-        {
-          // Headers, key checks and the UTF-8/blank checks without the GIL: once per task, so the
-          // hand-off costs one wake-up of the loader's thread, not one per shard. The readers
-          // belong to this thread's Encoder; nothing else touches them meanwhile.
-          py::gil_scoped_release release;
-          for (size_t i = 0; i < n; ++i) {
-            TarReader& r = *readers[static_cast<size_t>(which[i])];
-            const int64_t k0 = i ? key_ends[i - 1] : 0;
-            at[i] = r.text_at(offsets[i], std::string_view(blob_p + k0, static_cast<size_t>(key_ends[i] - k0)));
-            int8_t& st = status[pos[i]];
-            st = at[i].status;
-            if (st == 0) {
-              const unsigned char* p = r.data() + at[i].offset;
-              if (!valid_utf8(p, at[i].size))
-                st = 1;
-              else if (only_space(p, at[i].size))
-                st = 4;
-              text_bytes[which[i]] += static_cast<int64_t>(at[i].size);
-            }
-          }
-        }
-        py::list texts(n);
-        for (size_t i = 0; i < n; ++i) {
-          const TarReader& r = *readers[static_cast<size_t>(which[i])];
-          const int8_t st = status[pos[i]];
-          texts[static_cast<size_t>(pos[i])] = st <= 1   ? py::object(r.bytes_at(at[i].offset, at[i].size))
-                                             : st == 4 ? py::object(py::bytes())
-                                                       : py::object(py::str(at[i].found));
-        }
-        return py::make_tuple(texts, status_a, text_bytes_a);
+        return read_texts(readers, which_a.data(), pos_a.data(), offsets_a.data(), blob_p, blob_n, key_ends_a.data(), n);
       },
       py::arg("readers"), py::arg("which"), py::arg("pos"), py::arg("offsets"), py::arg("key_blob"), py::arg("key_ends"),
       "Text bytes of the samples starting at `offsets` in readers[which[i]] (keys: "

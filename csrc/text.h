@@ -19,8 +19,7 @@ namespace glotta {
 // character start every earlier lead's character is complete, so none predicts one), and text
 // that meets them decodes character by character from the start. Every byte's test is
 // independent of the others, so the loop has no branch and no loop-carried state and the
-// compiler vectorises it: ~0.07 ns/byte on the bench corpus, 11x a table-driven DFA and ~25x the
-// earlier per-character branches (the loader validates every document it reads, and half of a
+// compiler vectorises it (the loader validates every document it reads, and half of a
 // multilingual corpus is multi-byte text). tests/data/test_tar_reader.py checks it against
 // Python's strict decoder.
 namespace utf8 {
@@ -34,8 +33,8 @@ inline uint8_t bad_at(uint8_t b, uint8_t b1, uint8_t b2, uint8_t b3) {
 }
 }  // namespace utf8
 
-// True when p[0..n) is valid UTF-8 (exactly what Python's strict decoder accepts).
-inline bool valid_utf8(const unsigned char* p, size_t n) {
+// The portable loop; valid_utf8 (text.cpp) runs it compiled for AVX2 where the CPU has it.
+inline bool valid_utf8_loop(const unsigned char* p, size_t n) {
   uint8_t bad = 0;
   for (size_t i = 0; i < n && i < 3; ++i)  // bytes before the start count as ASCII
     bad |= utf8::bad_at(p[i], i >= 1 ? p[i - 1] : 0, i >= 2 ? p[i - 2] : 0, 0);
@@ -43,6 +42,9 @@ inline bool valid_utf8(const unsigned char* p, size_t n) {
   if ((n >= 1 && p[n - 1] >= 0xC0) || (n >= 2 && p[n - 2] >= 0xE0) || (n >= 3 && p[n - 3] >= 0xF0)) bad = 1;
   return !bad;
 }
+
+// True when p[0..n) is valid UTF-8 (exactly what Python's strict decoder accepts).
+bool valid_utf8(const unsigned char* p, size_t n);
 
 // Length in bytes of the whitespace character starting at p (0 if none); p[0..n) is valid UTF-8.
 // \t \n \v \f \r, \x1c-\x1f, space, U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029,

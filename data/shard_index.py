@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import mmap
 import os
 import shutil
 import struct
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from glotta.data.manifest import ShardInfo, atomic_write_bytes, load_part, save_part
+from glotta._native import MappedFile
 from glotta.data.shards import PROBLEMS, add_reader_counters, check_expected, open_reader
 from glotta.errors import DataError
 
@@ -195,25 +195,22 @@ class ShardIndex:
 
 
 class _MapCache:
-    """An LRU of memory-mapped index files: Python's mmap keeps a file descriptor per mapping,
-    so at 10,000 shards the number held open must be bounded."""
+    """An LRU of memory-mapped index files. A mapping (glotta._native.MappedFile) holds no file
+    descriptor and is unmapped when its owner's arrays go, so the bound is on mapped pages and
+    address space, not on descriptors. A miss costs ~10 us (open, mmap, close, the array views):
+    a task whose documents fall in more shards than the LRU holds re-maps most of them."""
 
     def __init__(self, size: int = 128):
         self.size = size
-        self._maps: OrderedDict[Path, tuple[mmap.mmap, ShardIndex]] = OrderedDict()
+        self._maps: OrderedDict[Path, tuple[MappedFile, ShardIndex]] = OrderedDict()
 
-    def get(self, path: Path, owner: ShardIndex) -> mmap.mmap:
+    def get(self, path: Path, owner: ShardIndex) -> MappedFile:
         entry = self._maps.pop(path, None)
         if entry is None:
-            with open(path, "rb") as f:
-                entry = (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), owner)
+            entry = (MappedFile(str(path)), owner)
             while len(self._maps) >= self.size:
-                _, (old, old_owner) = self._maps.popitem(last=False)
-                old_owner._cols = None
-                try:
-                    old.close()
-                except BufferError:  # a caller still holds a view: the mapping goes with it
-                    pass
+                _, (_, old_owner) = self._maps.popitem(last=False)
+                old_owner._cols = None  # the mapping goes with the last view of it
         elif entry[1] is not owner:
             entry[1]._cols = None
             entry = (entry[0], owner)

@@ -262,7 +262,9 @@ PROBLEMS = frozenset(
 
 
 def open_reader(path: str | Path, sequential: bool = True) -> TarReader:
-    """A TarReader; a compressed shard is a DataError naming it, never a 'corrupt' skip."""
+    """A TarReader; a compressed shard is a DataError naming it, never a 'corrupt' skip.
+    sequential=False (the loader's document reads): the reader preads what each call needs and
+    maps the shard only once it has served 32 documents (csrc/tar.cpp)."""
     try:
         return TarReader(str(path), sequential)
     except TarError as e:  # the only TarError the constructor raises: a compressed stream

@@ -22,7 +22,7 @@ import numpy as np
 import sentencepiece as spm
 
 from glotta.data.corpus_index import ReadTask
-from glotta.data.native import TarReader, join_documents_i32, join_documents_u16, read_texts, token_dtype
+from glotta.data.native import TarError, TarReader, join_documents_i32, join_documents_u16, read_texts, token_dtype
 from glotta.data.shards import open_reader
 from glotta.errors import DataError
 
@@ -81,10 +81,11 @@ def _load(p: Path) -> tuple[spm.SentencePieceProcessor, TokenizerInfo]:
 
 # ---- reading + encoding (runs in workers, or in-process with num_workers=0) -----------------
 class Encoder:
-    # Open readers per process. A reader holds no file descriptor (csrc/tar.cpp closes it after
-    # mmap), so this bounds mappings and address space, not fds: 10,000 shards stay mappable.
+    # Open readers per process. A reader holds no file descriptor between calls (a random reader
+    # preads with a descriptor opened per call until it has served 32 documents, then maps its
+    # file and closes it; csrc/tar.cpp), so this bounds mappings and address space, not fds.
     MAX_OPEN = 64
-    # Pages of open readers stay mapped after their texts are copied out, so over an epoch each
+    # Pages of mapped readers stay mapped after their texts are copied out, so over an epoch each
     # reader's share of RSS would grow towards its whole shard: 64 readers x 1 GB shards per
     # worker. Clean file pages are reclaimable, but they count in RSS and in the OOM killer's
     # score. Past MAPPED_BUDGET (estimated from above: a read maps ~128 KiB around each document,
@@ -134,13 +135,18 @@ class Encoder:
         readers = [self._reader(s) for s in task.shards]
         for s, reader in zip(task.shards, readers):
             # A mapped file that shrank would fault (SIGBUS) on access, killing the whole trainer
-            # when workers are threads: one stat per shard and task turns it into an error instead.
-            if os.stat(self.shards[s]).st_size < reader.size:
+            # when workers are threads: one stat per mapped shard and task turns it into an error.
+            # (A pread reader checks its file's size itself, when it opens it for the call.)
+            if reader.mapped and os.stat(self.shards[s]).st_size < reader.size:
                 raise DataError(f"{self.names[s]}: the shard shrank while the loader was reading it (changed after indexing)")
-        texts, codes, text_bytes = read_texts(readers, task.which, task.pos, task.offsets, task.key_blob, task.key_ends)
+        try:
+            texts, codes, text_bytes = read_texts(readers, task.which, task.pos, task.offsets, task.key_blob, task.key_ends)
+        except TarError as e:  # a shard that shrank or cannot be read, named
+            raise DataError(str(e)) from None
         docs = np.bincount(task.which, minlength=len(readers)) if len(readers) > 1 else [task.n]
         for s, reader, d, nb in zip(task.shards, readers, docs, text_bytes.tolist()):
-            self._account_mapped(s, reader, int(d) * self._PER_DOC + nb)
+            if reader.mapped:  # pread readers map nothing
+                self._account_mapped(s, reader, int(d) * self._PER_DOC + nb)
         if not codes.any():  # the common case: every text valid and not blank
             return texts, codes
         entry = np.empty(task.n, np.int64)

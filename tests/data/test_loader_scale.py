@@ -96,23 +96,50 @@ def _mapped_kib(folder) -> int:
     return total
 
 
-def test_pages_of_open_shards_are_unmapped_past_the_budget(big_set, sp_model, monkeypatch):
-    # Open readers keep their mappings (LRU); what a read maps must not stay in RSS without
-    # bound. With no budget the read pages stay mapped; with a budget below one task's reads
-    # every open reader has dropped its pages after each read.
+def test_sparse_reads_map_no_shard_pages_dense_ones_stay_within_the_budget(big_set, sp_model, monkeypatch):
+    """Random readers pread their first 32 documents and map nothing: a loader that reads a few
+    documents per shard (the corpus-scale case, where readers leave the LRU after a document or
+    two) adds no shard pages to RSS. A reader asked for more maps its file; those pages stay
+    mapped for the next reads, and past the encoder's MAPPED_BUDGET every open reader drops them."""
+    from glotta.data.shard_index import load_index
     from glotta.data.tokenize import Encoder
 
-    mapped = {}
-    for budget in (1 << 40, 1):
-        monkeypatch.setattr(Encoder, "MAPPED_BUDGET", budget)
+    path = list_shards(big_set)[0]
+    idx = load_index(path)
+    keys = [k.encode() for k in idx.keys()]
+    offsets = idx.cols()["offset"].astype("uint64")
+
+    def ask(reader, lo, hi):
+        ends = [sum(map(len, keys[lo : i + 1])) for i in range(lo, hi)]
+        texts, status = reader.texts(offsets[lo:hi], b"".join(keys[lo:hi]), ends)
+        assert status.tolist() == [0] * (hi - lo)
+        return texts
+
+    r = shards.open_reader(path, sequential=False)
+    first = ask(r, 0, 20)
+    assert not r.mapped and _mapped_kib(big_set) == 0
+    assert ask(r, 20, 60) and r.mapped and _mapped_kib(big_set) > 0  # served 60 > 32: mapped
+    assert ask(r, 0, 20) == first  # the same bytes through the mapping
+    r.drop_pages()
+    assert _mapped_kib(big_set) == 0
+    r.close()
+
+    def run(batches: int, seq_len: int, mbs: int) -> tuple[int, int]:
         with TokenLoader(
-            str(big_set), str(sp_model), seq_len=128, micro_batch_size=2, global_batch_size=2,
+            str(big_set), str(sp_model), seq_len=seq_len, micro_batch_size=mbs, global_batch_size=mbs,
             num_workers=0, mix={"method": "natural"},
         ) as ld:  # fmt: skip
             it = iter(ld)
-            for _ in range(10):
+            for _ in range(batches):
                 next(it)
-            assert ld.tokenized_docs > 0
-            mapped[budget] = _mapped_kib(big_set)
+            return ld.tokenized_docs, _mapped_kib(big_set)
+
+    docs, kib = run(3, 128, 2)  # a few documents per shard: all read with pread
+    assert 0 < docs < 32 * N_SHARDS // 2 and kib == 0
+    mapped = {}
+    for budget in (1 << 40, 1):  # dense: readers map their shard, the budget bounds what stays mapped
+        monkeypatch.setattr(Encoder, "MAPPED_BUDGET", budget)
+        docs, mapped[budget] = run(8, 1024, 4)
+        assert docs > 32 * N_SHARDS
     assert mapped[1 << 40] > 0, mapped
     assert mapped[1] == 0, mapped

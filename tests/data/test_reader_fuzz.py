@@ -7,7 +7,9 @@ with the GIL released) fails the test naming the case instead of stalling the su
 Per case we assert: no crash (only a DataError naming an unsupported compressed shard is
 allowed), and no silent loss: without the manifest, fewer intact documents than written means a
 problem counter is non-zero; with the manifest entry, every written document is either
-yielded or counted (`lost_documents`, `missing_text`, ...).
+yielded or counted (`lost_documents`, `missing_text`, ...). The loader's random reads
+(`TarReader.texts` at the original samples' offsets) give the same texts and statuses through
+pread as through a mapping.
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ from collections import Counter
 
 import pytest
 
+import numpy as np
+
+from glotta._native import TarReader
 from glotta.data import Sample, ShardWriter, iter_samples, list_shards
 from glotta.data.shards import PROBLEMS
 from glotta.errors import DataError
@@ -107,8 +112,23 @@ def _cases(good: bytes) -> list[tuple[str, bytes]]:
     return out + _crafted(good)
 
 
-def _run_case(path, data: bytes, expected, originals: dict) -> dict:
+def _random_reads(path, where) -> list:
+    """texts() of the original samples through a pread reader and a mapped one."""
+    out = []
+    for mapped in (False, True):
+        r = TarReader(str(path), False, mapped)
+        texts, status = r.texts(*where)
+        out.append((texts, status.tolist()))
+        r.close()
+    return out
+
+
+def _run_case(path, data: bytes, expected, originals: dict, where) -> dict:
     path.write_bytes(data)
+    if data[:2] != b"\x1f\x8b":  # a compressed shard cannot be opened (tested below)
+        pread, mapped = _random_reads(path, where)
+        if pread != mapped:
+            return {"error": "texts differ between pread and mapped reads"}
     problems = Counter()
     got = list(iter_samples(path, problems))
     intact = sum(1 for s in got if originals.get(s.key) == (s.text, s.meta))
@@ -119,10 +139,10 @@ def _run_case(path, data: bytes, expected, originals: dict) -> dict:
     return {"intact": intact, "flagged": flagged, "accounted": accounted}
 
 
-def _child(conn, cases, workdir, expected, originals) -> None:
+def _child(conn, cases, workdir, expected, originals, where) -> None:
     for i, (_, data) in enumerate(cases):
         try:
-            res = _run_case(workdir / f"case{i}.tar", data, expected, originals)
+            res = _run_case(workdir / f"case{i}.tar", data, expected, originals, where)
         except Exception as e:  # reported to the parent: a crash is a failure
             res = {"error": f"{type(e).__name__}: {e}"}
         conn.send((i, res))
@@ -142,12 +162,29 @@ def real_shard(demo_shards, tmp_path_factory):
     return (out / info.name).read_bytes(), info, originals
 
 
+def _sample_starts(path) -> tuple[np.ndarray, bytes, np.ndarray]:
+    """(offsets, key blob, key ends) of every sample: the arguments the loader gives texts()."""
+    r = TarReader(str(path))
+    offsets, keys = [], []
+    while True:
+        at = r.offset
+        got = r.read(1)
+        if not got:
+            return np.asarray(offsets, np.uint64), b"".join(keys), np.cumsum([len(k) for k in keys])
+        offsets.append(at)
+        keys.append(got[0][0].encode())
+
+
 def test_fuzzed_shards_never_hang_crash_or_lose_documents_silently(real_shard, tmp_path):
     good, info, originals = real_shard
     cases = _cases(good)
+    (tmp_path / "good.tar").write_bytes(good)
+    where = _sample_starts(tmp_path / "good.tar")
+    (pread, _), (mapped, _) = _random_reads(tmp_path / "good.tar", where)
+    assert pread == mapped == [t.encode() for t, _ in originals.values()]
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, cases, tmp_path, info, originals), daemon=True)
+    proc = ctx.Process(target=_child, args=(child, cases, tmp_path, info, originals, where), daemon=True)
     proc.start()
     child.close()
     results = {}

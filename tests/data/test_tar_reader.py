@@ -275,9 +275,10 @@ def _utf8_child(conn, cases) -> None:
     conn.close()
 
 
-def test_utf8_check_agrees_with_python_decoder(multilingual_text):
-    """csrc/text.h's valid_utf8 accepts exactly what bytes.decode('utf-8') accepts (~420k strings).
-    Cases run in a forked child; the parent waits at most UTF8_CASE_LIMIT seconds per case."""
+def test_utf8_check_agrees_with_python_decoder(tmp_path, multilingual_text):
+    """csrc/text.h's valid_utf8 accepts exactly what bytes.decode('utf-8') accepts (~420k strings;
+    cases run in a forked child, the parent waits at most UTF8_CASE_LIMIT seconds per case), and
+    TarReader.texts (the loader's read path) flags exactly the texts Python cannot decode."""
     import multiprocessing as mp
 
     cases = _utf8_cases(multilingual_text)
@@ -303,11 +304,8 @@ def test_utf8_check_agrees_with_python_decoder(multilingual_text):
         n_ok = sum(map(_python_utf8_ok, batch))
         assert 0 < n_ok < len(batch), name
 
-
-def test_loader_utf8_check_agrees_with_python(tmp_path, multilingual_text):
-    """TarReader.texts (the loader's read path) flags exactly the texts Python cannot decode:
-    every boundary of the UTF-8 byte ranges, truncations of real text, then seeded random bytes
-    biased to multi-byte leads."""
+    # Through TarReader.texts: every boundary of the UTF-8 byte ranges, truncations of real text,
+    # then seeded random bytes biased to multi-byte leads.
     import random
 
     edge = [
@@ -344,3 +342,43 @@ def test_loader_utf8_check_agrees_with_python(tmp_path, multilingual_text):
             ok = False
         assert (st != 1) == ok, (p, st)
         assert st == 1 or t == b"x" + p
+
+
+def test_pread_and_mapped_random_reads_agree_and_a_shrunk_shard_is_named(tmp_path):
+    """texts() through pread (nothing mapped) and through a mapping: texts around the 4 KiB read
+    size, past the 64 KiB buffer, empty, .json before .txt (webdataset's order), no .txt, a key
+    that moved. A shard cut while a pread reader holds it is an error naming it (a mapping would
+    take SIGBUS)."""
+    members = []
+    for i, n in enumerate([0, 1, 100, 3500, 3583, 3584, 3585, 3700, 9000, 70_000]):
+        members += [(f"k{i}.json", b"{}"), (f"k{i}.txt", ("é" * (n // 2) + "x" * (n % 2)).encode())]
+    members += [("half.json", b"{}"), ("last.txt", b"end")]
+    path = make_tar(tmp_path / "s.tar", members)
+    keys, offsets = [], []
+    r = TarReader(str(path))
+    while True:
+        at = r.offset
+        got = r.read(1)
+        if not got:
+            break
+        offsets.append(at)
+        keys.append(got[0][0].encode())
+    keys[-1] = b"moved"  # the index says another key starts there
+    args = (np.asarray(offsets, np.uint64), b"".join(keys), np.cumsum([len(k) for k in keys]))
+    reads = []
+    for mapped in (False, True, None):
+        rr = TarReader(str(path), False, mapped)
+        texts, status = rr.texts(*args)
+        assert rr.mapped == bool(mapped)  # the default maps only after 32 documents
+        reads.append((texts, status.tolist()))
+    assert reads[0] == reads[1] == reads[2]
+    texts, status = reads[0]
+    assert status == [4] + [0] * 9 + [2, 3]
+    assert texts[1:10] == [dict(members)[f"k{i}.txt"] for i in range(1, 10)]
+    assert texts[10:] == ["", "last"]
+
+    rr = TarReader(str(path), False, False)
+    assert rr.texts(*args)[1].tolist() == status
+    path.write_bytes(path.read_bytes()[:5000])  # cut in place (same file, now shorter)
+    with pytest.raises(TarError, match=r"s\.tar: the shard shrank to 5000 bytes"):
+        rr.texts(*args)
