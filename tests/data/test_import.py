@@ -283,10 +283,16 @@ def test_torchrun_two_processes(tmp_path, docs):
     """Two real processes started by torchrun split the files by RANK/WORLD_SIZE; one of them merges."""
     files = [write_jsonl(tmp_path / f"part{i}.jsonl", docs[i::4]) for i in range(4)]
     out = tmp_path / "out"
-    cmd = ["torchrun", "--nproc-per-node=2", "--no-python", "glotta", "data", "import", *map(str, files), "--out", str(out), "--json"]
+    # Each rank's stdout goes to its own file (--redirects 1): two processes printing JSON to one pipe
+    # can interleave their writes (the test failed that way once under load).
+    logs = tmp_path / "logs"
+    cmd = ["torchrun", "--nproc-per-node=2", "--log-dir", str(logs), "--redirects", "1", "--no-python",
+           "glotta", "data", "import", *map(str, files), "--out", str(out), "--json"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]
-    summaries = [json.loads(chunk) for chunk in re.findall(r"^\{.*?^\}", run.stdout, flags=re.S | re.M)]
+    stdouts = sorted(logs.rglob("stdout.log"))
+    assert len(stdouts) == 2, stdouts
+    summaries = [json.loads(chunk) for f in stdouts for chunk in re.findall(r"^\{.*?^\}", f.read_text(), flags=re.S | re.M)]
     assert sorted(s["rank"] for s in summaries) == [0, 1] and {s["world_size"] for s in summaries} == {2}
     assert sum(s["samples"] for s in summaries) == len(docs)
     assert sorted(s.key for s in imported(out)) == sorted(d["id"] for d in docs)
