@@ -397,6 +397,24 @@ class TarReader {
 
   // bytes [off, off + n) of the file (within its size) as a Python bytes object: copied from
   // the mapping, or read straight into the object (what the read buffer already holds is copied).
+  // Bytes [off, off + n) of the file into dst, without Python: from the mapping, or from the read
+  // buffer and pread (inside a Session).
+  void read_into(uint64_t off, uint64_t n, unsigned char* dst) {
+    if (data_) {
+      std::memcpy(dst, data_ + off, n);
+      return;
+    }
+    uint64_t have = 0;
+    if (off >= buf_off_ && off - buf_off_ < buf_len_) {
+      have = std::min(n, buf_len_ - (off - buf_off_));
+      std::memcpy(dst, buf_.data() + (off - buf_off_), have);
+    }
+    if (have < n) pread_all(dst + have, n - have, off + have);
+  }
+
+  // The mapping, or nullptr for a pread reader.
+  const unsigned char* mapping() const { return data_; }
+
   py::bytes bytes_at(uint64_t off, uint64_t n) {
     if (data_) return py::bytes(reinterpret_cast<const char*>(data_ + off), n);
     py::bytes out = py::reinterpret_steal<py::bytes>(PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n)));
@@ -736,37 +754,64 @@ py::tuple read_texts(const std::vector<TarReader*>& readers, const int32_t* whic
   int8_t* status = status_a.mutable_data();
   int64_t* text_bytes = text_bytes_a.mutable_data();
   std::fill(text_bytes, text_bytes + readers.size(), 0);
-  py::list texts(n);
-  // The GIL stays held: a task is ~130 documents over a few to a hundred shards, ~2 us per
-  // document. A run of one reader's documents is one Session, so a pread reader holds a
-  // descriptor only while its run is read (fetch groups a task by shard: one run each),
-  // and never more than one at a time (ulimit -n stays out of reach at 10,000 shards).
-  // A text goes straight into its bytes object (one copy), which is then checked.
-  for (size_t a = 0; a < n;) {
-    size_t b = a;
-    while (b < n && which[b] == which[a]) ++b;
-    TarReader& r = *readers[static_cast<size_t>(which[a])];
-    TarReader::Session session(r, kDocRead);
-    r.served(b - a);
-    for (size_t i = a; i < b; ++i) {
-      const int64_t k0 = i ? key_ends[i - 1] : 0;
-      const TarReader::TextAt t = r.text_at(offsets[i], std::string_view(blob_p + k0, static_cast<size_t>(key_ends[i] - k0)));
-      int8_t& st = status[pos[i]];
-      st = t.status;
-      if (st != 0) {
-        texts[static_cast<size_t>(pos[i])] = py::str(t.found);
-        continue;
+  // Two phases, so that the GIL is held only for what needs Python (the bytes objects):
+  //   1. without the GIL: per document, the header walk to its .txt member, the key check, and the
+  //      UTF-8/blank checks, on the mapping or (pread readers) on a copy in this call's arena;
+  //   2. with it: the bytes objects, copied from the mapping or the arena.
+  // A run of one reader's documents is one Session, so a pread reader holds a descriptor only
+  // while its run is read (fetch groups a task by shard: one run each), and never more than one
+  // at a time (ulimit -n stays out of reach at 10,000 shards). Holding the GIL through phase 1
+  // (~2 us per document, ~0.3 ms per task) stalled the loader's thread and the other tokenizer
+  // thread; giving it up once per task costs one hand-off (per shard, it cost more than it saved).
+  struct Got {
+    TarReader::TextAt t;
+    const unsigned char* src = nullptr;  // the text in the mapping, or in the arena (see arena_at)
+    int64_t arena_at = -1;
+  };
+  std::vector<Got> got(n);
+  std::vector<unsigned char> arena;
+  {
+    py::gil_scoped_release release;
+    for (size_t a = 0; a < n;) {
+      size_t b = a;
+      while (b < n && which[b] == which[a]) ++b;
+      TarReader& r = *readers[static_cast<size_t>(which[a])];
+      TarReader::Session session(r, kDocRead);
+      r.served(b - a);
+      for (size_t i = a; i < b; ++i) {
+        const int64_t k0 = i ? key_ends[i - 1] : 0;
+        Got& g = got[i];
+        g.t = r.text_at(offsets[i], std::string_view(blob_p + k0, static_cast<size_t>(key_ends[i] - k0)));
+        int8_t& st = status[pos[i]];
+        st = g.t.status;
+        if (st != 0) continue;
+        const unsigned char* p = nullptr;
+        if (r.mapping()) {
+          p = g.src = r.mapping() + g.t.offset;
+        } else {
+          g.arena_at = static_cast<int64_t>(arena.size());
+          arena.resize(arena.size() + g.t.size);
+          r.read_into(g.t.offset, g.t.size, arena.data() + g.arena_at);
+          p = arena.data() + g.arena_at;
+        }
+        if (!valid_utf8(p, g.t.size))
+          st = 1;
+        else if (only_space(p, g.t.size))
+          st = 4;
+        text_bytes[which[a]] += static_cast<int64_t>(g.t.size);
       }
-      py::bytes text = r.bytes_at(t.offset, t.size);
-      const auto* p = reinterpret_cast<const unsigned char*>(PyBytes_AS_STRING(text.ptr()));
-      if (!valid_utf8(p, t.size))
-        st = 1;
-      else if (only_space(p, t.size))
-        st = 4;
-      text_bytes[which[a]] += static_cast<int64_t>(t.size);
-      texts[static_cast<size_t>(pos[i])] = st == 4 ? py::bytes() : std::move(text);
+      a = b;
     }
-    a = b;
+  }
+  py::list texts(n);
+  for (size_t i = 0; i < n; ++i) {
+    const Got& g = got[i];
+    const int8_t st = status[pos[i]];
+    const unsigned char* src = g.arena_at >= 0 ? arena.data() + g.arena_at : g.src;
+    texts[static_cast<size_t>(pos[i])] =
+        st <= 1   ? py::object(py::bytes(reinterpret_cast<const char*>(src), static_cast<size_t>(g.t.size)))
+        : st == 4 ? py::object(py::bytes())
+                  : py::object(py::str(g.t.found));
   }
   return py::make_tuple(texts, status_a, text_bytes_a);
 }
