@@ -106,16 +106,30 @@ class Encoder:
         self._numpy = True
         self._join = join_documents_u16 if self.dtype == np.uint16 else join_documents_i32
 
-    def _reader(self, shard: int) -> TarReader:
-        reader = self._readers.pop(shard, None)
-        if reader is None:
-            reader = open_reader(self.shards[shard], sequential=False)  # one document at a time
-            while len(self._readers) >= self.MAX_OPEN:
-                old, r = self._readers.popitem(last=False)
-                r.close()
-                self._mapped_total -= self._mapped.pop(old, 0)
-        self._readers[shard] = reader
-        return reader
+    def _task_readers(self, shards: list[int]) -> list[TarReader]:
+        """Open readers for a task's shards, least recently used evicted first, but never one of
+        this task's: a task may touch more shards than MAX_OPEN (128 documents in 128 shards of
+        10,000), so the LRU holds them all for the call and is trimmed after it (`_trim`). Unmapped
+        readers hold neither a descriptor nor a mapping, so the overshoot costs little."""
+        need = set(shards)
+        out = []
+        for shard in shards:
+            reader = self._readers.pop(shard, None)
+            if reader is None:
+                reader = open_reader(self.shards[shard], sequential=False)  # one document at a time
+                for old in [s for s in self._readers if s not in need][: max(0, len(self._readers) + 1 - self.MAX_OPEN)]:
+                    self._close(old)
+            self._readers[shard] = reader
+            out.append(reader)
+        return out
+
+    def _trim(self) -> None:
+        while len(self._readers) > self.MAX_OPEN:
+            self._close(next(iter(self._readers)))
+
+    def _close(self, shard: int) -> None:
+        self._readers.pop(shard).close()
+        self._mapped_total -= self._mapped.pop(shard, 0)
 
     def _account_mapped(self, shard: int, reader: TarReader, touched: int) -> None:
         was = self._mapped.get(shard, 0)
@@ -132,7 +146,7 @@ class Encoder:
         """Text bytes (valid UTF-8) and status of the task's documents, in task order, read in one
         C++ call (which also checks each key and finds whitespace-only texts); Python only sees
         the exceptions."""
-        readers = [self._reader(s) for s in task.shards]
+        readers = self._task_readers(task.shards)
         for s, reader in zip(task.shards, readers):
             # A mapped file that shrank would fault (SIGBUS) on access, killing the whole trainer
             # when workers are threads: one stat per mapped shard and task turns it into an error.
@@ -147,6 +161,7 @@ class Encoder:
         for s, reader, d, nb in zip(task.shards, readers, docs, text_bytes.tolist()):
             if reader.mapped:  # pread readers map nothing
                 self._account_mapped(s, reader, int(d) * self._PER_DOC + nb)
+        self._trim()
         if not codes.any():  # the common case: every text valid and not blank
             return texts, codes
         entry = np.empty(task.n, np.int64)

@@ -56,3 +56,49 @@ def test_index_mappings_hold_no_file_descriptors_and_survive_eviction(demo_shard
     assert len(os.listdir("/proc/self/fd")) == before
     assert len(index.indexes) > 2 and first == again and all(first)
     assert kept.tobytes() == index.indexes[0].cols()["keys"].tobytes()
+
+
+def test_locator_finds_the_kth_document_of_each_language(demo_shards):
+    # Against a plain walk over the language tables: shard by shard, by_lang order.
+    paths = list_shards(demo_shards)
+    index = build_corpus_index([(p, None) for p in paths], set())
+    langs = sorted(index.tables)
+    locate = index.locator(langs)
+    want: dict[int, list[int]] = {}
+    for li, lang in enumerate(langs):
+        t = index.tables[lang]
+        for s, ll in zip(t.shards.tolist(), t.local.tolist()):
+            idx = index.indexes[s]
+            start = idx.lang_start(ll)
+            want.setdefault(li, []).extend((s << 32) | int(j) for j in idx.cols()["by_lang"][start : start + idx.header["lang_docs"][ll]])
+    rng = np.random.default_rng(3)
+    lang = rng.integers(0, len(langs), 500)
+    k = np.array([rng.integers(0, len(want[int(li)])) for li in lang])
+    assert locate(lang, k).tolist() == [want[int(li)][int(kk)] for li, kk in zip(lang, k)]
+    assert locate(lang[:0], k[:0]).tolist() == []
+
+
+def test_one_read_per_task_returns_texts_in_task_order(demo_shards, sp_model, monkeypatch):
+    # Documents of many shards, interleaved and shuffled: each text is the one iter_samples reads;
+    # the task touches more shards than the encoder keeps open (MAX_OPEN 2 here; 64 by default,
+    # while a task of 128 documents can touch 128 shards): none of the task's readers is evicted.
+    from glotta.data import iter_samples
+    from glotta.data.tokenize import Encoder
+
+    paths = list_shards(demo_shards)
+    index = build_corpus_index([(p, None) for p in paths], set())
+    text = {(s, k): smp.text.encode() for s, p in enumerate(paths) for k, smp in enumerate(iter_samples(p))}
+    keys = {(s, smp.key): k for s, p in enumerate(paths) for k, smp in enumerate(iter_samples(p))}
+    every = np.concatenate([(np.int64(s) << 32) | np.arange(idx.docs, dtype=np.int64) for s, idx in enumerate(index.indexes)])
+    ids = np.random.default_rng(9).permutation(every)[:200]
+    monkeypatch.setattr(Encoder, "MAX_OPEN", 2)
+    enc = Encoder(index.shards, str(sp_model))
+    task = index.fetch(ids)
+    assert len(task.shards) > 2
+    texts, status = enc._read(task)
+    assert len(enc._readers) == 2  # trimmed back after the call
+    assert status.tolist() == [0] * len(ids)
+    for g, t in zip(ids.tolist(), texts):
+        s, j = g >> 32, g & 0xFFFFFFFF
+        assert t == text[(s, keys[(s, index.indexes[s].keys()[j])])]
+    enc.close()
