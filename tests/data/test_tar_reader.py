@@ -274,6 +274,18 @@ def _utf8_child(conn, cases) -> None:
         conn.send((i, [b for b, o in zip(batch, ours) if o != _python_utf8_ok(b)][:5]))
     conn.close()
 
+def _sample_starts(r: TarReader) -> tuple[list[int], list[bytes]]:
+    """(offset, key) of every sample, read through once (what an index records)."""
+    offsets, keys = [], []
+    while True:
+        at = r.offset
+        got = r.read(1)
+        if not got:
+            return offsets, keys
+        offsets.append(at)
+        keys.append(got[0][0].encode())
+
+
 
 def test_utf8_check_agrees_with_python_decoder(tmp_path, multilingual_text):
     """csrc/text.h's valid_utf8 accepts exactly what bytes.decode('utf-8') accepts (~420k strings;
@@ -321,14 +333,7 @@ def test_utf8_check_agrees_with_python_decoder(tmp_path, multilingual_text):
     payloads = edge + [real[:k] for k in range(len(real))] + [bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(3000)]
     path = make_tar(tmp_path / "u.tar", [(f"k{i:05d}.txt", b"x" + p) for i, p in enumerate(payloads)])
     r = TarReader(str(path), False)
-    offsets, keys = [], []
-    while True:
-        at = r.offset
-        got = r.read(1)
-        if not got:
-            break
-        offsets.append(at)
-        keys.append(got[0][0].encode())
+    offsets, keys = _sample_starts(r)
     ends = np.cumsum([len(k) for k in keys])
     n = len(offsets)
     texts, status, text_bytes = read_texts([r], np.zeros(n, np.int32), np.arange(n), np.asarray(offsets, np.uint64), b"".join(keys), ends)
@@ -354,15 +359,7 @@ def test_pread_and_mapped_random_reads_agree_and_a_shrunk_shard_is_named(tmp_pat
         members += [(f"k{i}.json", b"{}"), (f"k{i}.txt", ("é" * (n // 2) + "x" * (n % 2)).encode())]
     members += [("half.json", b"{}"), ("last.txt", b"end")]
     path = make_tar(tmp_path / "s.tar", members)
-    keys, offsets = [], []
-    r = TarReader(str(path))
-    while True:
-        at = r.offset
-        got = r.read(1)
-        if not got:
-            break
-        offsets.append(at)
-        keys.append(got[0][0].encode())
+    offsets, keys = _sample_starts(TarReader(str(path)))
     keys[-1] = b"moved"  # the index says another key starts there
     args = (np.asarray(offsets, np.uint64), b"".join(keys), np.cumsum([len(k) for k in keys]))
     reads = []
