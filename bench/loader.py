@@ -9,10 +9,13 @@
 All three count the same tokens (every document's ids plus EOD). Shards default to a demo corpus
 of real gettext text; the SentencePiece model is trained on it (unigram) unless --model is given.
 
-Fairness: no row pays for loading the model in a timed run (raw and baseline get a loaded
-processor, the loader its per-process cached one); an untimed warm-up pass of every row comes
-first, and the order of the rows rotates between repeats, so no row is always the cold first
-one. Best of --repeat per row.
+Fairness: every timed pass runs in a process of its own (`--child ROW`), which loads its inputs
+and the model and runs one untimed warm-up pass of its row first; no row pays for loading the
+model (raw and baseline get a loaded processor, the loader its per-process cached one). In one
+shared process the rows disturbed each other: a pass right after the baseline row (3 s of Python
+building 7.6 M int objects) ran 7-12% slower, raw or ours alike, and a rotating order put ours
+after the baseline every time (0.72 vs 0.79 of raw 2 threads, measured on the default corpus).
+Processes alternate row by row, the order rotating between repeats; best of --repeat per row.
 
 Two corpus sizes by default (--docs-per-lang 500, then --small-docs-per-lang 120): the small
 one is the corpus of earlier sessions, where a whole loader run lasts ~0.6 s and start-up
@@ -39,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import sentencepiece as spm
@@ -135,18 +138,13 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline-site", help="site dir of an older glotta: its TokenLoader vs ours, separate processes")
-    ap.add_argument("--epoch-once", nargs=2, metavar=("SHARDS", "MODEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, metavar=("ROW", "SHARDS", "MODEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--passes", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("glotta").setLevel(logging.ERROR)
-    if args.epoch_once:  # a child of --baseline-site: 3 epochs, the last 2 (model loaded) as JSON lines
-        import glotta
-
-        for i in range(3):
-            t0, c0 = time.perf_counter(), cpu_seconds()
-            n, _ = ours(args.epoch_once[0], args.epoch_once[1], args.seq_len, args.batch, args.workers)
-            if i:
-                print(json.dumps({"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "tokens": n, "glotta": glotta.__file__}))
+    if args.child:  # one row in this process: a warm-up pass, then --passes timed ones as JSON lines
+        child(args, *args.child)
         return
 
     with tempfile.TemporaryDirectory(prefix="glotta-bench-loader-") as tmp:
@@ -154,6 +152,44 @@ def main() -> None:
         if args.shards is None and args.small_docs_per_lang:
             print()
             run(args, Path(tmp), None, args.small_docs_per_lang, model, site=False)
+
+
+ROWS = ("raw1", "rawW", "baseline", "ours")
+
+
+def child(args, row: str, shard_dir: str, model: str) -> None:
+    """One row in a fresh process: its inputs, an untimed warm-up pass, then --passes timed passes,
+    one JSON line each."""
+    import glotta
+
+    shards = list_shards(Path(shard_dir))
+    sp = spm.SentencePieceProcessor(model_file=model)
+    if row in ("raw1", "rawW"):
+        texts = [s.text for p in shards for s in iter_samples(p)]
+        threads = 1 if row == "raw1" else args.workers
+        fn = lambda: raw(sp, texts, threads)  # noqa: E731
+    elif row == "baseline":
+        fn = lambda: baseline(shards, sp, args.seq_len, args.batch)  # noqa: E731
+    else:
+        fn = lambda: ours(shard_dir, model, args.seq_len, args.batch, args.workers)  # noqa: E731
+    fn()
+    for _ in range(args.passes):
+        rate, n, per_cpu, extra = measured(fn)
+        extra = asdict(extra) if extra is not None else None
+        print(json.dumps({"rate": rate, "tokens": n, "per_cpu": per_cpu, "extra": extra, "glotta": glotta.__file__}), flush=True)
+
+
+def in_child(args, row: str, shard_dir: Path, model: Path, passes: int = 1, site: str | None = None) -> list[dict]:
+    """Run `row` in a child process (with `site` ahead of the installed glotta) and return its passes."""
+    env = dict(os.environ)
+    if site:  # ahead of the installed glotta (an editable install's finder comes after sys.path)
+        env["PYTHONPATH"] = site + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, __file__, "--child", row, str(shard_dir), str(model), "--passes", str(passes),
+           "--workers", str(args.workers), "--seq-len", str(args.seq_len), "--batch", str(args.batch)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"bench child {row} failed:\n{out.stderr[-4000:]}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
 def run(args, tmp: Path, shard_dir: Path | None, docs_per_lang: int, model: Path | None, site: bool = True) -> Path:
@@ -175,32 +211,30 @@ def run(args, tmp: Path, shard_dir: Path | None, docs_per_lang: int, model: Path
     mb = sum(len(t.encode()) for t in texts) / 1e6
     print(f"corpus: {len(shards)} shards, {len(texts)} documents, {mb:.1f} MB text; vocab {sp.get_piece_size()}; "
           f"seq_len {args.seq_len}, batch {args.batch}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    del texts
 
-    # Interleaved repeats, best of each: the machine may be shared, so a busy moment hits all four.
-    # An untimed warm-up pass first, and the order rotates, so no row is always the cold first one.
-    runs = {
-        "raw sp.encode, 1 thread": lambda: raw(sp, texts, 1),
-        f"raw sp.encode, {args.workers} threads": lambda: raw(sp, texts, args.workers),
-        "baseline webdataset+sp+python": lambda: baseline(shards, sp, args.seq_len, args.batch),
-        f"TokenLoader, {args.workers} workers": lambda: ours(shard_dir, model, args.seq_len, args.batch, args.workers),
-    }
-    for fn in runs.values():
-        fn()
-    res: dict[str, tuple] = {}
+    # Every pass in its own process; rows alternate and the order rotates between repeats, so a
+    # busy moment of a shared machine hits all rows alike. Best of --repeat per row.
+    labels = {"raw1": "raw sp.encode, 1 thread", "rawW": f"raw sp.encode, {args.workers} threads",
+              "baseline": "baseline webdataset+sp+python", "ours": f"TokenLoader, {args.workers} workers"}
+    res: dict[str, dict] = {}
     ours_runs: list[Ours] = []
-    names = list(runs)
     for rep in range(args.repeat):
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
-            r = measured(runs[name])
-            if isinstance(r[3], Ours):
-                ours_runs.append(r[3])
-            if name not in res or r[0] > res[name][0]:
-                res[name] = r
+        for row in ROWS[rep % len(ROWS):] + ROWS[: rep % len(ROWS)]:
+            (r,) = in_child(args, row, shard_dir, model)
+            if row == "ours":
+                r["extra"] = Ours(**r["extra"])
+                ours_runs.append(r["extra"])
+            if row not in res or r["rate"] > res[row]["rate"]:
+                res[row] = r
     print(f"{'':34s}{'tokens/s':>12s}{'tokens/CPU-s':>14s}{'tokens':>12s}")
-    for name, (rate, n, per_cpu, _) in res.items():
-        print(f"{name:34s}{rate:12,.0f}{per_cpu:14,.0f}{n:12,d}")
-    raw1, rawW, base, our = (res[k][0] for k in runs)
-    best: Ours = res[list(runs)[3]][3]
+    for row in ROWS:
+        r = res[row]
+        print(f"{labels[row]:34s}{r['rate']:12,.0f}{r['per_cpu']:14,.0f}{r['tokens']:12,d}")
+    if len({r["tokens"] for r in res.values()}) != 1:
+        raise SystemExit(f"the rows counted different tokens: { {k: r['tokens'] for k, r in res.items()} }")
+    raw1, rawW, base, our = (res[k]["rate"] for k in ROWS)
+    best: Ours = res["ours"]["extra"]
     st, steady = best.stats, best.steady
     print(f"{'  TokenLoader after the first batch':34s}{steady:12,.0f}")
     med = {k: 1e3 * statistics.median(getattr(o, k) for o in ours_runs) for k in ("construct_s", "first_batch_s", "close_s")}
@@ -210,40 +244,34 @@ def run(args, tmp: Path, shard_dir: Path | None, docs_per_lang: int, model: Path
     print(f"ours / raw, {args.workers} threads              = {our / rawW:.2f}    (target >= 0.85)")
     print(f"ours / raw, 1 thread              = {our / raw1:.2f}")
     print(f"ours after batch 1 / raw, {args.workers} thr.   = {steady / rawW:.2f}")
-    cpu = [res[k][2] for k in runs]
+    cpu = [res[k]["per_cpu"] for k in ROWS]
     print(f"CPU efficiency: ours / baseline = {cpu[3] / cpu[2]:.2f}x, ours / raw 1 thread = {cpu[3] / cpu[0]:.2f}")
     print(f"load average after: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
     print(f"padding {st['padding_pct']:.2f}%, truncation {st['truncation_pct']:.1f}% (concat), batches {st['batches']}")
     if args.baseline_site and site:
-        compare_sites(args, shard_dir, model, res[list(runs)[0]][2])
+        compare_sites(args, shard_dir, model, res["raw1"]["per_cpu"])
     return Path(model)
 
 
 def compare_sites(args, shard_dir, model, raw1_per_cpu: float) -> None:
-    """Our TokenLoader vs an older glotta's: processes alternate, each runs 3 epochs and reports the
-    last 2 (the tokenizer model is loaded once per process, as in a training run); 2x --repeat
-    processes each."""
+    """Our TokenLoader vs an older glotta's: processes alternate, each runs a warm-up epoch and
+    reports the next 2 (the tokenizer model is loaded once per process, as in a training run);
+    2x --repeat processes each."""
     got: dict[str, list[dict]] = {"baseline": [], "ours": []}
     for _ in range(2 * args.repeat):
         for who, site in (("baseline", args.baseline_site), ("ours", None)):
-            env = dict(os.environ)
-            if site:  # ahead of the installed glotta (an editable install's finder comes after sys.path)
-                env["PYTHONPATH"] = site + os.pathsep + env.get("PYTHONPATH", "")
-            cmd = [sys.executable, __file__, "--epoch-once", str(shard_dir), str(model), "--workers", str(args.workers),
-                   "--seq-len", str(args.seq_len), "--batch", str(args.batch)]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-            got[who] += [json.loads(line) for line in out.strip().splitlines()[-2:]]
+            got[who] += in_child(args, "ours", shard_dir, model, passes=2, site=site)
     base_file = got["baseline"][0]["glotta"]
     if not os.path.realpath(base_file).startswith(os.path.realpath(args.baseline_site)):
         raise SystemExit(f"--baseline-site {args.baseline_site}: the child imported {base_file} instead")
-    med = {w: (statistics.median(r["tokens"] / r["wall"] for r in rs), statistics.median(r["tokens"] / r["cpu"] for r in rs))
-           for w, rs in got.items()}
+    med = {w: (statistics.median(r["rate"] for r in rs), statistics.median(r["per_cpu"] for r in rs)) for w, rs in got.items()}
     print(f"TokenLoader vs {args.baseline_site}, {len(got['ours'])} warm epochs each, alternating processes (medians):")
     print(f"{'':34s}{'tokens/s':>12s}{'tokens/CPU-s':>14s}")
     for w in ("baseline", "ours"):
         print(f"{'  ' + w:34s}{med[w][0]:12,.0f}{med[w][1]:14,.0f}")
     print(f"ours / baseline glotta per CPU-second = {med['ours'][1] / med['baseline'][1]:.2f}x; "
           f"ours / raw 1 thread per CPU-second = {med['ours'][1] / raw1_per_cpu:.2f}")
+
 
 if __name__ == "__main__":
     main()
