@@ -67,7 +67,7 @@ class LoaderConfig(StrictModel):
     eod_mask_loss: bool = False
     exclude: list[str] = Field(default_factory=list, description="exclude lists (shard.tar/KEY lines or Parquet)")
     num_batches: int | None = Field(None, ge=1, description="micro-batches per rank, then stop (pads if data runs out)")
-    docs_per_task: int = Field(128, ge=1, description="documents per tokenizer task")
+    docs_per_task: int = Field(256, ge=1, description="documents per tokenizer task")
     start_method: Literal["fork", "forkserver", "spawn"] = Field(
         "fork", description="how workers start (fork: like torch's DataLoader; spawn needs a __main__ guard)"
     )
