@@ -58,6 +58,24 @@ def test_index_mappings_hold_no_file_descriptors_and_survive_eviction(demo_shard
     assert kept.tobytes() == index.indexes[0].cols()["keys"].tobytes()
 
 
+def test_index_mappings_are_bounded_by_bytes_as_well_as_count(demo_shards, monkeypatch):
+    """The LRU keeps at most max_bytes of mapped index files (the bound on the RSS their pages
+    can add), evicting least recently used first; what it evicts reads the same when re-mapped."""
+    from glotta.data import shard_index
+
+    index = build_corpus_index([(p, None) for p in list_shards(demo_shards)], set())
+    sizes = [ix.path.stat().st_size for ix in index.indexes]
+    cache = shard_index._MapCache(size=4096, max_bytes=sizes[0] + sizes[1])
+    monkeypatch.setattr(shard_index, "_MAPS", cache)
+    for ix in index.indexes:
+        ix._cols = None
+    first = [ix.cols()["offset"].tolist() for ix in index.indexes]
+    assert 1 <= len(cache._maps) <= 2 < len(index.indexes)
+    assert cache._bytes == sum(len(m) for m, _ in cache._maps.values()) <= cache.max_bytes
+    assert list(cache._maps) == [ix.path for ix in index.indexes][-len(cache._maps):]  # the newest stay
+    assert [ix.cols()["offset"].tolist() for ix in index.indexes] == first and all(first)
+
+
 def test_locator_finds_the_kth_document_of_each_language(demo_shards):
     # Against a plain walk over the language tables: shard by shard, by_lang order.
     paths = list_shards(demo_shards)
