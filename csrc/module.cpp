@@ -9,4 +9,5 @@ PYBIND11_MODULE(_native, m) {
   glotta::register_lanes(m);
   glotta::register_mix(m);
   glotta::register_text(m);
+  glotta::register_index_lookup(m);
 }

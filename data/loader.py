@@ -40,7 +40,7 @@ from glotta.data.loader_state import STATE_VERSION, check_fingerprint, merge_sta
 from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
 from glotta.data.native import deal, token_dtype
 from glotta.data.packing import new_lanes, row_stats
-from glotta.data.corpus_index import CorpusIndex, cached_corpus_index
+from glotta.data.corpus_index import CorpusIndex, ReadTask, cached_corpus_index
 from glotta.data.manifest import ShardInfo
 from glotta.data.shards import shard_entries
 from glotta.data.tokenize import Encoder, open_tokenizer, thread_encode, worker_encode, worker_init
@@ -267,9 +267,9 @@ class TokenLoader:
         )  # fmt: skip
 
     # ---- documents ------------------------------------------------------------------------
-    def _job_docs(self, job: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+    def _job_docs(self, job: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, ReadTask]:
         """((block, local lane), language, global doc index or -1) for every owned lane of the
-        job's blocks, block-major."""
+        job's blocks, block-major, and the ReadTask of its documents (those with an index)."""
         L = self.global_batch
         b0, b1 = self._job_start(job), self._job_start(job + 1)
         blocks = np.arange(max(b0, self._low_block), b1, dtype=np.int64)  # blocks below: no lane needs them
@@ -279,10 +279,10 @@ class TokenLoader:
         lang, doc, _ = self.schedule.lookup(slots)
         gidx = np.full(len(slots), -1, np.int64)
         ok = np.flatnonzero(lang >= 0)
-        gidx[ok] = self._locate(lang[ok], doc[ok])
+        gidx[ok], task = self._locate.task(lang[ok], doc[ok])
         n = len(self.lane_ids)
         where = (np.repeat(blocks, n), np.tile(np.arange(n, dtype=np.int64), len(blocks)))
-        return where, lang, gidx
+        return where, lang, gidx, task
 
     def _job_start(self, job: int) -> int:
         """First block of a job: jobs 0..ramp-1 hold 1, 2, 4, ... blocks, then _blocks_per_job each."""
@@ -297,10 +297,7 @@ class TokenLoader:
         return self._ramp + (block - head) // self._blocks_per_job
 
     def _submit(self, job: int) -> None:
-        where, lang, gidx = self._job_docs(job)
-        ok = gidx >= 0
-        sel = gidx[ok]
-        task = self.index.fetch(sel)
+        where, lang, gidx, task = self._job_docs(job)
         if self._pool is not None:
             fut = self._pool.submit(thread_encode if self.cfg.worker_type == "thread" else worker_encode, task)
         else:

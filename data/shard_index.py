@@ -125,6 +125,7 @@ class ShardIndex:
         self._blob = blob  # an index built in memory (shard folder not writable)
         self._cols: dict[str, np.ndarray] | None = None
         self._starts: np.ndarray | None = None
+        self._layout: tuple[int, int, int, int, int] | None = None
 
     # ---- header -------------------------------------------------------------------------
     @property
@@ -172,10 +173,32 @@ class ShardIndex:
             cols = {name: np.frombuffer(buf, dt, n, at[name]) for name, dt in _ARRAYS}
             end = int(cols["key_end"][-1]) if n else 0
             cols["keys"] = np.frombuffer(buf, np.uint8, end, at["keys"])
+            cols["raw"] = np.frombuffer(buf, np.uint8)  # the whole file, for lookup_index
         except (ValueError, KeyError) as e:
             raise DataError(f"{self.path}: shard index arrays do not fit the file (damaged): {e}") from None
         self._cols = cols  # dropped by the LRU when it unmaps the file
         return cols
+
+    # An index this small is mapped on its first lookup whatever the task (a shard of up to ~5,000
+    # documents): its pages in RSS are bounded by its size, and a mapping turns every later
+    # lookup into memory reads. Larger ones are mapped only when a task reads them densely.
+    SMALL = 256 << 10
+
+    @property
+    def layout(self) -> tuple[int, int, int, int, int]:
+        """Where lookup_index finds the arrays: by_lang, offset, key_end and keys, and the documents."""
+        if self._layout is None:
+            at = self.header["arrays"]
+            self._layout = (at["by_lang"], at["offset"], at["key_end"], at["keys"], self.docs)
+        return self._layout
+
+    def lookup_source(self, dense: bool) -> np.ndarray | None:
+        """What lookup_index reads this index from: its bytes when it is mapped already (or was
+        built in memory), small, or read densely by the task (then mapped through the LRU); None
+        for pread, which maps nothing (a large index touched for a document or two)."""
+        if self._cols is None and self._blob is None and not dense and self.layout[3] > self.SMALL:
+            return None
+        return self.cols()["raw"]
 
     def key(self, j: int, cols: dict[str, np.ndarray] | None = None) -> str:
         c = cols or self.cols()

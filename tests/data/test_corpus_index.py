@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from glotta.data import list_shards
 from glotta.data.corpus_index import build_corpus_index
@@ -28,7 +29,18 @@ def _check(index, ids, task) -> None:
         assert at == sorted(at)
 
 
-def test_fetch_returns_each_document_where_the_index_says(demo_shards):
+@pytest.mark.parametrize("source", ["default", "pread", "mapped"])
+def test_fetch_returns_each_document_where_the_index_says(demo_shards, monkeypatch, source):
+    # lookup_index reads an index by pread or through its mapping; both must give what the
+    # mapped numpy arrays say (_check's reference).
+    from glotta.data.corpus_index import CorpusIndex
+    from glotta.data.shard_index import ShardIndex
+
+    if source == "pread":
+        monkeypatch.setattr(CorpusIndex, "DENSE", 1 << 40)
+        monkeypatch.setattr(ShardIndex, "SMALL", 0)
+    elif source == "mapped":
+        monkeypatch.setattr(CorpusIndex, "DENSE", 1)
     index = build_corpus_index([(p, None) for p in list_shards(demo_shards)], set())
     every = np.concatenate([(np.int64(s) << 32) | np.arange(idx.docs, dtype=np.int64) for s, idx in enumerate(index.indexes)])
     assert len(index.indexes) > 3 and len(every) > 500
@@ -36,7 +48,75 @@ def test_fetch_returns_each_document_where_the_index_says(demo_shards):
     sets = [every[:0], every[:1], every[-1:], every, every[::-1], np.repeat(every[:3], 4)]
     sets += [rng.choice(every, size=int(rng.integers(1, 300)), replace=bool(k % 2)) for k in range(40)]
     for ids in sets:
+        if source == "pread":
+            for ix in index.indexes:
+                ix._cols = None  # unmapped (the reference below maps them again)
         _check(index, ids, index.fetch(ids))
+
+
+def test_locator_with_exclusions_reads_the_kept_documents(demo_shards):
+    # Shards with excluded documents find the k-th document through their kept lists.
+    paths = list_shards(demo_shards)
+    full = build_corpus_index([(p, None) for p in paths], set())
+    rng = np.random.default_rng(11)
+    dropped = {f"{full.names[s]}/{k}" for s in (0, 2) for k in rng.choice(full.indexes[s].keys(), 25, replace=False)}
+    index = build_corpus_index([(p, None) for p in paths], dropped)
+    assert index.kept and set(index.kept) == {0, 2}
+    langs = sorted(index.tables)
+    locate = index.locator(langs)
+    for li, lang in enumerate(langs):
+        n = index.tables[lang].docs
+        got, task = locate.task(np.full(n, li), np.arange(n))
+        names = [index.doc_id(int(g)) for g in got]
+        assert not set(names) & dropped and len(set(names)) == n
+        _check(index, got, task)
+    every = {i for i in full.doc_ids()}
+    assert set(index.doc_ids()) == every - dropped
+
+
+def test_damaged_or_truncated_index_files_raise_data_errors_naming_them(demo_shards, tmp_path, monkeypatch):
+    # Indexes read by pread after start-up: a truncated file or flipped bytes give a DataError
+    # naming the file (or, where the damage still decodes, a task of the right shape), never a
+    # crash or a read outside the file.
+    import shutil
+
+    from glotta.data.corpus_index import CorpusIndex
+    from glotta.data.shard_index import ShardIndex
+    from glotta.errors import DataError
+
+    monkeypatch.setattr(CorpusIndex, "DENSE", 1 << 40)
+    monkeypatch.setattr(ShardIndex, "SMALL", 0)
+    shutil.copytree(demo_shards, tmp_path / "s")
+    paths = list_shards(tmp_path / "s")
+    rng = np.random.default_rng(2)
+    for case in range(30):
+        index = build_corpus_index([(p, None) for p in paths], set())
+        ix = index.indexes[0]
+        path = ix.path
+        good = path.read_bytes()
+        blob = bytearray(good)
+        if case < 10:
+            blob = blob[: int(rng.integers(16, len(blob)))]
+        else:
+            lo = ix.layout[0] if case % 2 else ix.layout[1]  # by_lang or offset/key arrays
+            for at in rng.integers(lo, len(blob), 8):
+                blob[at] ^= int(rng.integers(1, 256))
+        path.write_bytes(bytes(blob))
+        try:
+            ids = (np.int64(0) << 32) | np.arange(ix.docs, dtype=np.int64)
+            try:
+                task = index.fetch(ids)
+                assert task.n == ix.docs and len(task.key_ends) == ix.docs
+            except DataError as e:
+                assert path.name in str(e)
+            locate = index.locator(sorted(index.tables))
+            for li, lang in enumerate(sorted(index.tables)):
+                try:
+                    locate.task(np.full(3, li), np.arange(3))
+                except DataError as e:
+                    assert ".idx" in str(e)
+        finally:
+            path.write_bytes(good)
 
 
 def test_index_mappings_hold_no_file_descriptors_and_survive_eviction(demo_shards, monkeypatch):
