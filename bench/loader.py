@@ -20,7 +20,9 @@ Processes alternate row by row, the order rotating between repeats; best of --re
 Two corpus sizes by default (--docs-per-lang 500, then --small-docs-per-lang 120): the small
 one is the corpus of earlier sessions, where a whole loader run lasts ~0.6 s and start-up
 weighs in; the larger one (3.4x) is long enough to be a throughput figure. Both are printed.
-`--small-docs-per-lang 0` runs only the first.
+`--small-docs-per-lang 0` skips the second. A third run writes the first corpus again in
+shards of 10 documents (~940 shards, `--many-shards-samples 0`: not): the same text and tokens,
+with every task's documents spread over ~250 shards, as on a corpus of 10,000 shards.
 
 With --baseline-site DIR (a glotta installed from an older commit with `pip install --no-deps
 --target DIR`), `ours` is also run by that glotta and by this one, each epoch in its own process,
@@ -28,7 +30,8 @@ alternating; medians per CPU-second are printed (a code-vs-code comparison that 
 machine, where wall-clock ratios do not).
 
     python bench/loader.py [SHARD_DIR] [--model M] [--workers 2] [--seq-len 2048] [--repeat 3]
-                           [--docs-per-lang 500] [--small-docs-per-lang 120] [--baseline-site DIR]
+                           [--docs-per-lang 500] [--small-docs-per-lang 120] [--many-shards-samples 10]
+                           [--baseline-site DIR]
 """
 from __future__ import annotations
 
@@ -135,6 +138,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--docs-per-lang", type=int, default=500, help="demo corpus size (documents per language)")
     ap.add_argument("--small-docs-per-lang", type=int, default=120, help="then also this smaller corpus (0: not)")
+    ap.add_argument("--many-shards-samples", type=int, default=10,
+                    help="then the first corpus again in shards of this many documents (~940 shards; 0: not)")
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline-site", help="site dir of an older glotta: its TokenLoader vs ours, separate processes")
@@ -152,6 +157,9 @@ def main() -> None:
         if args.shards is None and args.small_docs_per_lang:
             print()
             run(args, Path(tmp), None, args.small_docs_per_lang, model, site=False)
+        if args.shards is None and args.many_shards_samples:
+            print()
+            run(args, Path(tmp), None, args.docs_per_lang, model, site=False, shard_samples=args.many_shards_samples)
 
 
 ROWS = ("raw1", "rawW", "baseline", "ours")
@@ -192,11 +200,12 @@ def in_child(args, row: str, shard_dir: Path, model: Path, passes: int = 1, site
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def run(args, tmp: Path, shard_dir: Path | None, docs_per_lang: int, model: Path | None, site: bool = True) -> Path:
+def run(args, tmp: Path, shard_dir: Path | None, docs_per_lang: int, model: Path | None, site: bool = True,
+        shard_samples: int = 500) -> Path:
     """One corpus: the table and the ratios. Returns the model (trained on the first corpus, reused)."""
     if shard_dir is None:
-        shard_dir = tmp / f"shards-{docs_per_lang}"
-        build_demo_corpus(shard_dir, langs=LANGS, max_docs_per_lang=docs_per_lang, shard_samples=500)
+        shard_dir = tmp / f"shards-{docs_per_lang}-{shard_samples}"
+        build_demo_corpus(shard_dir, langs=LANGS, max_docs_per_lang=docs_per_lang, shard_samples=shard_samples)
     shards = list_shards(shard_dir)
     texts = [s.text for p in shards for s in iter_samples(p)]
     if model is None:
