@@ -109,10 +109,11 @@ class CorpusIndex:
 
         One stable argsort groups the task by shard (task order inside a shard), so each index is
         opened once per task and the reader walks each shard's documents together; then one
-        `lookup_index` call reads every document's local id, byte offset and key. An index the
-        task reads densely (>= DENSE documents) or that is mapped already is read through its
-        mapping, any other by pread: on 10,000 shards a task's documents fall in ~250 shards,
-        one or two each, and mapping each index costs more than the reads (csrc/index_lookup.cpp)."""
+        `lookup_index` call reads every document's local id, byte offset and key. An index that
+        is mapped already, small (ShardIndex.SMALL) or read densely by the task (>= DENSE
+        documents) is read through its mapping, any other by pread: on 10,000 shards a task's
+        documents fall in ~250 shards, one or two each, and mapping each large index costs more
+        than the reads (csrc/index_lookup.cpp)."""
         shard = np.asarray(shard, np.int64)
         n = len(shard)
         if not n:
