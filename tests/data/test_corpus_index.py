@@ -74,49 +74,65 @@ def test_locator_with_exclusions_reads_the_kept_documents(demo_shards):
     assert set(index.doc_ids()) == every - dropped
 
 
-def test_damaged_or_truncated_index_files_raise_data_errors_naming_them(demo_shards, tmp_path, monkeypatch):
-    # Indexes read by pread after start-up: a truncated file or flipped bytes give a DataError
-    # naming the file (or, where the damage still decodes, a task of the right shape), never a
-    # crash or a read outside the file.
-    import shutil
-
+def _damaged_index_cases(conn, paths, blobs) -> None:
+    """Child of the fuzz test below: each case writes a damaged copy of shard 0's index after
+    start-up and looks documents up by pread; sends (case, outcome)."""
     from glotta.data.corpus_index import CorpusIndex
     from glotta.data.shard_index import ShardIndex
     from glotta.errors import DataError
 
-    monkeypatch.setattr(CorpusIndex, "DENSE", 1 << 40)
-    monkeypatch.setattr(ShardIndex, "SMALL", 0)
-    shutil.copytree(demo_shards, tmp_path / "s")
-    paths = list_shards(tmp_path / "s")
-    rng = np.random.default_rng(2)
-    for case in range(30):
+    CorpusIndex.DENSE, ShardIndex.SMALL = 1 << 40, 0  # pread: nothing mapped that a truncation could fault
+    for i, blob in enumerate(blobs):
         index = build_corpus_index([(p, None) for p in paths], set())
         ix = index.indexes[0]
-        path = ix.path
-        good = path.read_bytes()
-        blob = bytearray(good)
-        if case < 10:
-            blob = blob[: int(rng.integers(16, len(blob)))]
-        else:
-            lo = ix.layout[0] if case % 2 else ix.layout[1]  # by_lang or offset/key arrays
-            for at in rng.integers(lo, len(blob), 8):
-                blob[at] ^= int(rng.integers(1, 256))
-        path.write_bytes(bytes(blob))
+        good = ix.path.read_bytes()
+        ix.path.write_bytes(blob)
+        outcome = "ok"
         try:
-            ids = (np.int64(0) << 32) | np.arange(ix.docs, dtype=np.int64)
             try:
-                task = index.fetch(ids)
-                assert task.n == ix.docs and len(task.key_ends) == ix.docs
+                task = index.fetch((np.int64(0) << 32) | np.arange(ix.docs, dtype=np.int64))
+                assert task.n == ix.docs == len(task.key_ends) and len(task.key_blob) == int(task.key_ends[-1])
             except DataError as e:
-                assert path.name in str(e)
-            locate = index.locator(sorted(index.tables))
-            for li, lang in enumerate(sorted(index.tables)):
+                outcome = "named" if ix.path.name in str(e) else f"unnamed: {e}"
+            langs = sorted(index.tables)
+            for li in range(len(langs)):
                 try:
-                    locate.task(np.full(3, li), np.arange(3))
+                    index.locator(langs).task(np.full(3, li), np.arange(3))
                 except DataError as e:
-                    assert ".idx" in str(e)
+                    if ".idx" not in str(e):
+                        outcome = f"unnamed: {e}"
+        except Exception as e:  # anything else is a failure the parent reports
+            outcome = f"crash: {type(e).__name__}: {e}"
         finally:
-            path.write_bytes(good)
+            ix.path.write_bytes(good)
+        conn.send((i, outcome))
+
+
+def test_damaged_or_truncated_index_files_raise_data_errors_naming_them(demo_shards, tmp_path):
+    # Fuzz: 30 damaged copies of a real index (truncations; bytes flipped in the by_lang,
+    # offset and key arrays), read by pread after start-up, each in a forked child with a time
+    # limit: a DataError naming the file or a task of the right shape, never a crash or a hang.
+    import shutil
+
+    from case_limit import run_cases  # tests/data
+
+    shutil.copytree(demo_shards, tmp_path / "s")
+    paths = list_shards(tmp_path / "s")
+    ix = build_corpus_index([(p, None) for p in paths], set()).indexes[0]
+    good = ix.path.read_bytes()
+    rng = np.random.default_rng(2)
+    blobs = [good[: int(rng.integers(16, len(good)))] for _ in range(10)]
+    for case in range(20):
+        blob = bytearray(good)
+        lo = ix.layout[0] if case % 2 else ix.layout[1]  # by_lang, or offset/key arrays on
+        for at in rng.integers(lo, len(blob), 8):
+            blob[at] ^= int(rng.integers(1, 256))
+        blobs.append(bytes(blob))
+    out = run_cases(_damaged_index_cases, (paths, blobs), [f"case {i}" for i in range(len(blobs))], 10.0, "index lookup")
+    bad = {i: o for i, o in out.items() if o not in ("ok", "named")}
+    assert not bad, bad
+    assert all(out[i] == "named" for i in range(10))  # every truncation is caught
+    assert sum(o == "named" for o in out.values()) > 10  # and some flips are
 
 
 def test_index_mappings_hold_no_file_descriptors_and_survive_eviction(demo_shards, monkeypatch):

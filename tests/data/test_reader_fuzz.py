@@ -14,7 +14,6 @@ pread as through a mapping.
 from __future__ import annotations
 
 import gzip
-import multiprocessing as mp
 import random
 import struct
 from collections import Counter
@@ -23,6 +22,7 @@ import pytest
 
 import numpy as np
 
+from case_limit import run_cases  # tests/data: a forked child, a time limit per case
 from glotta._native import TarReader
 from glotta.data import Sample, ShardWriter, iter_samples, list_shards
 from glotta.data.shards import PROBLEMS
@@ -182,22 +182,7 @@ def test_fuzzed_shards_never_hang_crash_or_lose_documents_silently(real_shard, t
     where = _sample_starts(tmp_path / "good.tar")
     (pread, _), (mapped, _) = _random_reads(tmp_path / "good.tar", where)
     assert pread == mapped == [t.encode() for t, _ in originals.values()]
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, cases, tmp_path, info, originals, where), daemon=True)
-    proc.start()
-    child.close()
-    results = {}
-    try:
-        for _ in cases:
-            if not parent.poll(CASE_LIMIT):
-                pending = len(results)
-                pytest.fail(f"reader hung (> {CASE_LIMIT}s) on case {cases[pending][0]!r}")
-            i, res = parent.recv()
-            results[i] = res
-    finally:
-        proc.kill()
-        proc.join()
+    results = run_cases(_child, (cases, tmp_path, info, originals, where), [name for name, _ in cases], CASE_LIMIT, "reader")
     crashes = {cases[i][0]: r["error"] for i, r in results.items() if "error" in r}
     assert not crashes
     silent = [cases[i][0] for i, r in results.items() if r["intact"] < N_DOCS and r["flagged"] == 0]
