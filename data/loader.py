@@ -93,8 +93,8 @@ def _shards(sources: list[str]) -> list[tuple[Path, ShardInfo | None]]:
             out.append((p, None))
         else:
             raise DataError(f"loader source not found: {p}")
-    names = [p.name for p, _ in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    # Counted, not names.count(n) per name: that was O(shards^2), 0.9 s of start-up at 10,000 shards.
+    dup = sorted(n for n, c in Counter(p.name for p, _ in out).items() if c > 1)
     if dup:
         raise DataError(f"shard names must be unique across sources (exclude lists use them): {dup[:5]}")
     return out

@@ -31,6 +31,16 @@ def test_tokenizer_missing_or_not_sentencepiece(demo_shards, tmp_path):
         TokenLoader(str(demo_shards), str(bogus), seq_len=64, micro_batch_size=1)
 
 
+def test_sources_with_the_same_shard_name_are_refused_naming_them(demo_shards, sp_model, tmp_path):
+    # Exclude lists and CAT scores name documents `shard.tar/KEY`, so two sources may not both
+    # hold a shard of the same name; the error lists the names (a shard set and its copy).
+    copy = _copy(demo_shards, tmp_path)
+    names = sorted(p.name for p in list_shards(copy))
+    with pytest.raises(DataError, match=f"shard names must be unique across sources.*{names[0]}"):
+        TokenLoader([str(demo_shards), str(copy)], str(sp_model), seq_len=64, micro_batch_size=1)
+    TokenLoader([str(demo_shards)], str(sp_model), seq_len=64, micro_batch_size=1).close()
+
+
 @pytest.mark.parametrize(
     "kw,match",
     [
