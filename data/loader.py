@@ -24,7 +24,7 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
@@ -36,6 +36,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from glotta.config import StrictModel
 from glotta.data.exclude import read_exclude
+from glotta.data.job_layout import JobLayout
 from glotta.data.loader_state import STATE_VERSION, check_fingerprint, merge_states
 from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
 from glotta.data.native import deal, token_dtype
@@ -45,7 +46,7 @@ from glotta.data.manifest import ShardInfo
 from glotta.data.shards import shard_entries
 from glotta.data.tokenize import Encoder, open_tokenizer, thread_encode, worker_encode, worker_init
 from glotta.errors import ConfigError, DataError
-from glotta.seeding import stable_seed
+from glotta.seeding import stable_seed, stable_seeds
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class LoaderConfig(StrictModel):
     eod_mask_loss: bool = False
     exclude: list[str] = Field(default_factory=list, description="exclude lists (shard.tar/KEY lines or Parquet)")
     num_batches: int | None = Field(None, ge=1, description="micro-batches per rank, then stop (pads if data runs out)")
-    docs_per_task: int = Field(256, ge=1, description="documents per tokenizer task")
+    docs_per_task: int = Field(512, ge=1, description="documents per tokenizer task")
     start_method: Literal["fork", "forkserver", "spawn"] = Field(
         "fork", description="how workers start (fork: like torch's DataLoader; spawn needs a __main__ guard)"
     )
@@ -209,9 +210,10 @@ class TokenLoader:
         self._low_block = 0  # the lowest block any lane still needs
         self._low_job = 0  # ... and its job
         self.tokenized_docs = 0  # by this process since start (depends on prefetch; not in the state)
-        self._blocks_per_job = max(1, round(cfg.docs_per_task / len(self.lane_ids)))
-        # Jobs ramp up 1, 2, 4, ... blocks to the full size, so the first batch waits for a small task.
-        self._ramp = max(0, (self._blocks_per_job - 1).bit_length())
+        # Jobs ramp up 1, 2, 4, ... blocks to docs_per_task's size and, on a finite schedule (its
+        # length is the sum of the caps), down again at its end (data/job_layout.py).
+        total = -(-sum(self._caps) // self.global_batch) if self.finite else None
+        self._layout = JobLayout(max(1, round(cfg.docs_per_task / len(self.lane_ids))), total)
         self._pool: Executor | None = None
         self._encoder: Encoder | None = None
         self._fingerprint = {
@@ -247,7 +249,7 @@ class TokenLoader:
         n_docs = [tables[lang].docs for lang in self.langs]
         # Document rate = byte share / mean document size, so byte shares follow the weights.
         rates = [weights[lang] * n / max(sizes[lang], 1.0) for lang, n in zip(self.langs, n_docs)]
-        caps = doc_caps(cfg.mix, n_docs)
+        self._caps = caps = doc_caps(cfg.mix, n_docs)
         self.finite = all(c >= 0 for c in caps)
         if self.finite and self.dp_size > 1 and cfg.num_batches is None:
             raise ConfigError(
@@ -271,10 +273,10 @@ class TokenLoader:
         """((block, local lane), language, global doc index or -1) for every owned lane of the
         job's blocks, block-major, and the ReadTask of its documents (those with an index)."""
         L = self.global_batch
-        b0, b1 = self._job_start(job), self._job_start(job + 1)
+        b0, b1 = self._layout.start(job), self._layout.start(job + 1)
         blocks = np.arange(max(b0, self._low_block), b1, dtype=np.int64)  # blocks below: no lane needs them
         # Block p's slot for each lane: permutation(L, seed of p)[lane], all blocks in one C++ call.
-        dealt = deal(L, [stable_seed(self.cfg.seed, "deal", p) for p in blocks.tolist()], self.lane_ids)
+        dealt = deal(L, stable_seeds(self.cfg.seed, "deal", last=blocks), self.lane_ids)
         slots = (blocks[:, None] * L + dealt).reshape(-1)
         lang, doc, _ = self.schedule.lookup(slots)
         gidx = np.full(len(slots), -1, np.int64)
@@ -284,21 +286,12 @@ class TokenLoader:
         where = (np.repeat(blocks, n), np.tile(np.arange(n, dtype=np.int64), len(blocks)))
         return where, lang, gidx, task
 
-    def _job_start(self, job: int) -> int:
-        """First block of a job: jobs 0..ramp-1 hold 1, 2, 4, ... blocks, then _blocks_per_job each."""
-        if job <= self._ramp:
-            return (1 << job) - 1
-        return (1 << self._ramp) - 1 + (job - self._ramp) * self._blocks_per_job
-
-    def _job_of(self, block: int) -> int:
-        head = (1 << self._ramp) - 1
-        if block < head:
-            return (block + 1).bit_length() - 1
-        return self._ramp + (block - head) // self._blocks_per_job
-
     def _submit(self, job: int) -> None:
         where, lang, gidx, task = self._job_docs(job)
-        if self._pool is not None:
+        if task.n == 0:  # past the end of the schedule (lanes finding it dry): no round trip through a worker
+            fut = Future()
+            fut.set_result((np.zeros(0, self._dtype), np.zeros(0, np.int64), np.zeros(0, np.int8)))
+        elif self._pool is not None:
             fut = self._pool.submit(thread_encode if self.cfg.worker_type == "thread" else worker_encode, task)
         else:
             fut = None
@@ -321,7 +314,7 @@ class TokenLoader:
 
     def _deliver(self, block: int) -> None:
         """Tokenize (or wait for) the job holding `block`, and submit the next ones."""
-        job = self._job_of(block)
+        job = self._layout.of(block)
         ahead = 2 * self.cfg.num_workers if self._pool is not None else 0
         for j in range(job, job + ahead + 1):  # keep the workers busy with the next jobs
             if j not in self._jobs and j not in self._collected:
@@ -335,7 +328,7 @@ class TokenLoader:
         self._lanes.evict(low)
         self._low_block = low
         self.schedule.forget(low * self.global_batch)
-        low_job = self._job_of(low)
+        low_job = self._layout.of(low)
         if low_job == self._low_job:
             return
         self._low_job = low_job
@@ -501,7 +494,7 @@ class TokenLoader:
         if snap is not None and int(snap["pos"]) <= first_slot:
             self.schedule.restore(snap)
         self._low_block = first_slot // self.global_batch
-        self._low_job = self._job_of(self._low_block)
+        self._low_job = self._layout.of(self._low_block)
         self.schedule.forget(first_slot)
         # Counters: a same-layout resume restores this rank's; an elastic one gives the totals to rank 0.
         st = state["stats"]

@@ -41,9 +41,12 @@ def permutation(n: int, seed: int) -> np.ndarray:
     return _permutation(int(n), int(seed) & _MASK63)
 
 
-def deal(n: int, seeds: list[int], lanes: list[int]) -> np.ndarray:
+def deal(n: int, seeds: list[int] | np.ndarray, lanes: list[int]) -> np.ndarray:
     """[len(seeds), len(lanes)]: permutation(n, seed)[lanes] for each seed, in one call."""
-    seeds = np.fromiter((int(s) & _MASK63 for s in seeds), np.uint64, len(seeds))
+    if isinstance(seeds, np.ndarray):  # stable_seeds' uint64 array: no Python step per seed
+        seeds = seeds.astype(np.uint64, copy=False) & np.uint64(_MASK63)
+    else:
+        seeds = np.fromiter((int(s) & _MASK63 for s in seeds), np.uint64, len(seeds))
     return _deal(int(n), seeds, np.asarray(lanes, np.int64))
 
 

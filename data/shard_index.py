@@ -196,7 +196,9 @@ class ShardIndex:
         """What lookup_index reads this index from: its bytes when it is mapped already (or was
         built in memory), small, or read densely by the task (then mapped through the LRU); None
         for pread, which maps nothing (a large index touched for a document or two)."""
-        if self._cols is None and self._blob is None and not dense and self.layout[3] > self.SMALL:
+        if self._cols is not None:  # mapped already: the common case, once per shard and task
+            return self._cols["raw"]
+        if self._blob is None and not dense and self.layout[3] > self.SMALL:
             return None
         return self.cols()["raw"]
 

@@ -81,10 +81,15 @@ def _load(p: Path) -> tuple[spm.SentencePieceProcessor, TokenizerInfo]:
 
 # ---- reading + encoding (runs in workers, or in-process with num_workers=0) -----------------
 class Encoder:
-    # Open readers per process. A reader holds no file descriptor between calls (a random reader
+    # Open readers per worker. A reader holds no file descriptor between calls: a random reader
     # preads with a descriptor opened per call until it has served 32 documents, then maps its
-    # file and closes it; csrc/tar.cpp), so this bounds mappings and address space, not fds.
-    MAX_OPEN = 64
+    # file and closes it (csrc/tar.cpp). Until it maps, it holds no buffer either (~0.5 KiB: its
+    # path and counters), so many are kept: on 938 shards of 10 documents, with 64 kept, 7,062 of
+    # 9,372 reads re-created their reader (4 system calls and a Python object each, 37 ms of CPU
+    # an epoch). MAX_MAPPED bounds the mapped ones (mappings and address space), least recently
+    # used first; MAX_READERS all of them (8 MiB per worker at 16,384).
+    MAX_MAPPED = 64
+    MAX_READERS = 16384
     # Pages of mapped readers stay mapped after their texts are copied out, so over an epoch each
     # reader's share of RSS would grow towards its whole shard: 64 readers x 1 GB shards per
     # worker. Clean file pages are reclaimable, but they count in RSS and in the OOM killer's
@@ -100,35 +105,39 @@ class Encoder:
         self.names = [Path(s).name for s in shards]
         self.sp, self.info = open_tokenizer(tokenizer)
         self.dtype = token_dtype(self.info.vocab_size)
-        self._readers: OrderedDict[int, TarReader] = OrderedDict()
+        self._readers: OrderedDict[int, TarReader] = OrderedDict()  # least recently used first
+        self._mapped_readers: set[int] = set()  # shards whose open reader has mapped its file
         self._mapped: dict[int, int] = {}  # shard -> estimated mapped bytes
         self._mapped_total = 0
         self._numpy = True
         self._join = join_documents_u16 if self.dtype == np.uint16 else join_documents_i32
 
     def _task_readers(self, shards: list[int]) -> list[TarReader]:
-        """Open readers for a task's shards, least recently used evicted first, but never one of
-        this task's: a task may touch more shards than MAX_OPEN (128 documents in 128 shards of
-        10,000), so the LRU holds them all for the call and is trimmed after it (`_trim`). Unmapped
-        readers hold neither a descriptor nor a mapping, so the overshoot costs little."""
-        need = set(shards)
+        """Open readers for a task's shards, most recently used last. Eviction waits until after
+        the call (`_trim`): a task may touch more shards than either bound (512 documents in
+        512 shards of 10,000), and none of its readers may close while it runs."""
         out = []
         for shard in shards:
             reader = self._readers.pop(shard, None)
             if reader is None:
                 reader = open_reader(self.shards[shard], sequential=False)  # one document at a time
-                for old in [s for s in self._readers if s not in need][: max(0, len(self._readers) + 1 - self.MAX_OPEN)]:
-                    self._close(old)
             self._readers[shard] = reader
             out.append(reader)
         return out
 
     def _trim(self) -> None:
-        while len(self._readers) > self.MAX_OPEN:
+        """Close least recently used readers past MAX_READERS, then mapped ones past MAX_MAPPED
+        (the walk only happens when a bound is exceeded)."""
+        while len(self._readers) > self.MAX_READERS:
             self._close(next(iter(self._readers)))
+        if len(self._mapped_readers) > self.MAX_MAPPED:
+            excess = len(self._mapped_readers) - self.MAX_MAPPED
+            for shard in [s for s in self._readers if s in self._mapped_readers][:excess]:
+                self._close(shard)
 
     def _close(self, shard: int) -> None:
         self._readers.pop(shard).close()
+        self._mapped_readers.discard(shard)
         self._mapped_total -= self._mapped.pop(shard, 0)
 
     def _account_mapped(self, shard: int, reader: TarReader, touched: int) -> None:
@@ -137,8 +146,8 @@ class Encoder:
         self._mapped[shard] = now
         self._mapped_total += now - was
         if self._mapped_total > self.MAPPED_BUDGET:
-            for r in self._readers.values():
-                r.drop_pages()
+            for shard in self._mapped_readers:
+                self._readers[shard].drop_pages()
             self._mapped.clear()
             self._mapped_total = 0
 
@@ -160,6 +169,7 @@ class Encoder:
         docs = np.bincount(task.which, minlength=len(readers)) if len(readers) > 1 else [task.n]
         for s, reader, d, nb in zip(task.shards, readers, docs, text_bytes.tolist()):
             if reader.mapped:  # pread readers map nothing
+                self._mapped_readers.add(s)
                 self._account_mapped(s, reader, int(d) * self._PER_DOC + nb)
         self._trim()
         if not codes.any():  # the common case: every text valid and not blank
@@ -209,6 +219,7 @@ class Encoder:
         for r in self._readers.values():
             r.close()
         self._readers.clear()
+        self._mapped_readers.clear()
         self._mapped.clear()
         self._mapped_total = 0
 

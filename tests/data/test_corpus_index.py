@@ -194,8 +194,9 @@ def test_locator_finds_the_kth_document_of_each_language(demo_shards):
 
 def test_one_read_per_task_returns_texts_in_task_order(demo_shards, sp_model, monkeypatch):
     # Documents of many shards, interleaved and shuffled: each text is the one iter_samples reads;
-    # the task touches more shards than the encoder keeps open (MAX_OPEN 2 here; 64 by default,
-    # while a task of 128 documents can touch 128 shards): none of the task's readers is evicted.
+    # the task touches more shards than the encoder keeps open (MAX_READERS 2 here; 16,384 by
+    # default, while a task of 512 documents can touch 512 shards): none of the task's readers is
+    # evicted while it runs.
     from glotta.data import iter_samples
     from glotta.data.tokenize import Encoder
 
@@ -205,7 +206,7 @@ def test_one_read_per_task_returns_texts_in_task_order(demo_shards, sp_model, mo
     keys = {(s, smp.key): k for s, p in enumerate(paths) for k, smp in enumerate(iter_samples(p))}
     every = np.concatenate([(np.int64(s) << 32) | np.arange(idx.docs, dtype=np.int64) for s, idx in enumerate(index.indexes)])
     ids = np.random.default_rng(9).permutation(every)[:200]
-    monkeypatch.setattr(Encoder, "MAX_OPEN", 2)
+    monkeypatch.setattr(Encoder, "MAX_READERS", 2)
     enc = Encoder(index.shards, str(sp_model))
     task = index.fetch(ids)
     assert len(task.shards) > 2
@@ -215,4 +216,28 @@ def test_one_read_per_task_returns_texts_in_task_order(demo_shards, sp_model, mo
     for g, t in zip(ids.tolist(), texts):
         s, j = g >> 32, g & 0xFFFFFFFF
         assert t == text[(s, keys[(s, index.indexes[s].keys()[j])])]
+    enc.close()
+
+
+def test_readers_stay_open_but_only_max_mapped_of_them_keep_a_mapping(demo_shards, sp_model, monkeypatch):
+    # A reader maps its shard after 32 documents; past MAX_MAPPED the least recently used mapped
+    # readers close, while readers that only pread (no descriptor, no buffer) stay open for the
+    # next task instead of being re-created.
+    from glotta.data.tokenize import Encoder
+
+    paths = list_shards(demo_shards)
+    index = build_corpus_index([(p, None) for p in paths], set())
+    dense = [s for s, idx in enumerate(index.indexes) if idx.docs > 40][:3]
+    assert len(dense) == 3, [idx.docs for idx in index.indexes]
+    monkeypatch.setattr(Encoder, "MAX_MAPPED", 1)
+    enc = Encoder(index.shards, str(sp_model))
+    sparse = [s for s in range(len(paths)) if s not in dense]
+    enc._read(index.fetch(np.array([np.int64(s) << 32 for s in sparse])))  # one document each: pread
+    assert set(enc._readers) == set(sparse) and not enc._mapped_readers
+    for s in dense:  # 40 documents of one shard: its reader maps it
+        texts, status = enc._read(index.fetch((np.int64(s) << 32) | np.arange(40, dtype=np.int64)))
+        assert status.tolist() == [0] * 40
+        assert enc._mapped_readers == {s}  # the one mapped before it was closed
+        assert [r for r in enc._readers.values() if r.mapped] == [enc._readers[s]]
+    assert set(sparse) <= set(enc._readers)  # the pread readers were kept all along
     enc.close()
