@@ -47,6 +47,10 @@ class JobLayout:
             return self.tail_start + (1 << self.tail_ramp) - (1 << (self.tail_ramp - t))
         return self._end + (t - self.tail_ramp) * self.per_job  # past the schedule: lanes find it dry
 
+    def past_end(self, job: int) -> bool:
+        """True for a job wholly after the last block of a finite schedule (its tasks are empty)."""
+        return self.mid_jobs is not None and self.start(job) >= self._end
+
     def of(self, block: int) -> int:
         """The job holding `block` (the inverse of start)."""
         if block < self.head:

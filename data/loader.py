@@ -314,9 +314,15 @@ class TokenLoader:
 
     def _deliver(self, block: int) -> None:
         """Tokenize (or wait for) the job holding `block`, and submit the next ones."""
-        job = self._layout.of(block)
+        lay = self._layout
+        job = lay.of(block)
         ahead = 2 * self.cfg.num_workers if self._pool is not None else 0
-        for j in range(job, job + ahead + 1):  # keep the workers busy with the next jobs
+        last = job + ahead  # keep the workers busy with the next jobs ...
+        if ahead and block >= lay.head:  # ... and in the tail ramp with as many blocks as `ahead` full jobs
+            want = lay.start(job + 1) + ahead * lay.per_job
+            while lay.start(last + 1) < want and not lay.past_end(last + 1):
+                last += 1
+        for j in range(job, last + 1):
             if j not in self._jobs and j not in self._collected:
                 self._submit(j)
         self._collect(job)
