@@ -261,12 +261,13 @@ PROBLEMS = frozenset(
 )  # fmt: skip
 
 
-def open_reader(path: str | Path, sequential: bool = True) -> TarReader:
+def open_reader(path: str | Path, sequential: bool = True, mapped: bool | None = None) -> TarReader:
     """A TarReader; a compressed shard is a DataError naming it, never a 'corrupt' skip.
-    sequential=False (the loader's document reads): the reader preads what each call needs and
-    maps the shard only once it has served 32 documents (csrc/tar.cpp)."""
+    sequential=False: document-by-document reads, pread until the reader has served 32 documents,
+    then through a mapping; mapped=False preads always (the loader's workers), True maps at once
+    (csrc/tar.cpp)."""
     try:
-        return TarReader(str(path), sequential)
+        return TarReader(str(path), sequential, mapped)
     except TarError as e:  # the only TarError the constructor raises: a compressed stream
         raise DataError(str(e)) from None
 

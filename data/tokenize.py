@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -81,24 +80,15 @@ def _load(p: Path) -> tuple[spm.SentencePieceProcessor, TokenizerInfo]:
 
 # ---- reading + encoding (runs in workers, or in-process with num_workers=0) -----------------
 class Encoder:
-    # Open readers per worker. A reader holds no file descriptor between calls: a random reader
-    # preads with a descriptor opened per call until it has served 32 documents, then maps its
-    # file and closes it (csrc/tar.cpp). Until it maps, it holds no buffer either (~0.5 KiB: its
-    # path and counters), so many are kept: on 938 shards of 10 documents, with 64 kept, 7,062 of
-    # 9,372 reads re-created their reader (4 system calls and a Python object each, 37 ms of CPU
-    # an epoch). MAX_MAPPED bounds the mapped ones (mappings and address space), least recently
-    # used first; MAX_READERS all of them (8 MiB per worker at 16,384).
-    MAX_MAPPED = 64
-    MAX_READERS = 16384
-    # Pages of mapped readers stay mapped after their texts are copied out, so over an epoch each
-    # reader's share of RSS would grow towards its whole shard: 64 readers x 1 GB shards per
-    # worker. Clean file pages are reclaimable, but they count in RSS and in the OOM killer's
-    # score. Past MAPPED_BUDGET (estimated from above: a read maps ~128 KiB around each document,
-    # measured 120 KiB with 64 KiB fault-around, plus its bytes, at most the file) every open
-    # reader unmaps its pages; the page cache keeps them. A corpus smaller than the budget
-    # never drops (re-mapping costs: dropping every 16 MiB cost 6-8% of bench/loader.py's CPU).
-    MAPPED_BUDGET = 256 << 20
-    _PER_DOC = 128 << 10
+    # Open readers per worker. They only pread (mapped=False): a reader holds a file descriptor
+    # for the length of one call and nothing between calls but its path and counters (~0.5 KiB),
+    # so many are kept: on 938 shards of 10 documents, with 64 kept, 7,062 of 9,372 reads
+    # re-created their reader (4 system calls and a Python object each, 37 ms of CPU an epoch).
+    # Until session 7 a reader mapped its shard after serving 32 documents; with readers kept,
+    # sparse ones reached that too, and pread measured the same CPU on bench/loader.py's three
+    # corpora (882-946 ms against 886-964 ms an epoch of the 19-shard one) without the mapped
+    # pages in RSS, the budget that had to bound them or the unmapping at close (~3 ms a worker).
+    MAX_READERS = 16384  # 8 MiB per worker
 
     def __init__(self, shards: list[str], tokenizer: str, strict: bool = False):
         self.shards, self.strict = shards, strict
@@ -106,71 +96,37 @@ class Encoder:
         self.sp, self.info = open_tokenizer(tokenizer)
         self.dtype = token_dtype(self.info.vocab_size)
         self._readers: OrderedDict[int, TarReader] = OrderedDict()  # least recently used first
-        self._mapped_readers: set[int] = set()  # shards whose open reader has mapped its file
-        self._mapped: dict[int, int] = {}  # shard -> estimated mapped bytes
-        self._mapped_total = 0
         self._numpy = True
         self._join = join_documents_u16 if self.dtype == np.uint16 else join_documents_i32
 
     def _task_readers(self, shards: list[int]) -> list[TarReader]:
         """Open readers for a task's shards, most recently used last. Eviction waits until after
-        the call (`_trim`): a task may touch more shards than either bound (512 documents in
-        512 shards of 10,000), and none of its readers may close while it runs."""
+        the call (`_trim`): a task may touch more shards than MAX_READERS allows, and none of its
+        readers may close while it runs."""
         out = []
         for shard in shards:
             reader = self._readers.pop(shard, None)
             if reader is None:
-                reader = open_reader(self.shards[shard], sequential=False)  # one document at a time
+                reader = open_reader(self.shards[shard], sequential=False, mapped=False)
             self._readers[shard] = reader
             out.append(reader)
         return out
 
     def _trim(self) -> None:
-        """Close least recently used readers past MAX_READERS, then mapped ones past MAX_MAPPED
-        (the walk only happens when a bound is exceeded)."""
         while len(self._readers) > self.MAX_READERS:
-            self._close(next(iter(self._readers)))
-        if len(self._mapped_readers) > self.MAX_MAPPED:
-            excess = len(self._mapped_readers) - self.MAX_MAPPED
-            for shard in [s for s in self._readers if s in self._mapped_readers][:excess]:
-                self._close(shard)
-
-    def _close(self, shard: int) -> None:
-        self._readers.pop(shard).close()
-        self._mapped_readers.discard(shard)
-        self._mapped_total -= self._mapped.pop(shard, 0)
-
-    def _account_mapped(self, shard: int, reader: TarReader, touched: int) -> None:
-        was = self._mapped.get(shard, 0)
-        now = min(reader.size, was + touched)
-        self._mapped[shard] = now
-        self._mapped_total += now - was
-        if self._mapped_total > self.MAPPED_BUDGET:
-            for shard in self._mapped_readers:
-                self._readers[shard].drop_pages()
-            self._mapped.clear()
-            self._mapped_total = 0
+            self._readers.pop(next(iter(self._readers))).close()
 
     def _read(self, task: ReadTask) -> tuple[list[bytes], np.ndarray]:
         """Text bytes (valid UTF-8) and status of the task's documents, in task order, read in one
         C++ call (which also checks each key and finds whitespace-only texts); Python only sees
         the exceptions."""
         readers = self._task_readers(task.shards)
-        for s, reader in zip(task.shards, readers):
-            # A mapped file that shrank would fault (SIGBUS) on access, killing the whole trainer
-            # when workers are threads: one stat per mapped shard and task turns it into an error.
-            # (A pread reader checks its file's size itself, when it opens it for the call.)
-            if reader.mapped and os.stat(self.shards[s]).st_size < reader.size:
-                raise DataError(f"{self.names[s]}: the shard shrank while the loader was reading it (changed after indexing)")
         try:
-            texts, codes, text_bytes = read_texts(readers, task.which, task.pos, task.offsets, task.key_blob, task.key_ends)
+            # A reader checks its file's size when it opens it for the call: a shard that shrank
+            # is a TarError naming it (a mapping would have faulted, SIGBUS, instead).
+            texts, codes, _ = read_texts(readers, task.which, task.pos, task.offsets, task.key_blob, task.key_ends)
         except TarError as e:  # a shard that shrank or cannot be read, named
             raise DataError(str(e)) from None
-        docs = np.bincount(task.which, minlength=len(readers)) if len(readers) > 1 else [task.n]
-        for s, reader, d, nb in zip(task.shards, readers, docs, text_bytes.tolist()):
-            if reader.mapped:  # pread readers map nothing
-                self._mapped_readers.add(s)
-                self._account_mapped(s, reader, int(d) * self._PER_DOC + nb)
         self._trim()
         if not codes.any():  # the common case: every text valid and not blank
             return texts, codes
@@ -219,9 +175,6 @@ class Encoder:
         for r in self._readers.values():
             r.close()
         self._readers.clear()
-        self._mapped_readers.clear()
-        self._mapped.clear()
-        self._mapped_total = 0
 
 
 _WORKER: Encoder | None = None

@@ -152,3 +152,19 @@ def test_same_size_change_is_found_by_the_key_check(demo_shards, sp_model, tmp_p
         with pytest.raises(DataError, match=rf"{a.name}: expected document '[^']+' at offset \d+ .*changed after indexing"):
             for _ in ld:
                 pass
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_shard_cut_short_while_the_loader_reads_it_is_an_error_naming_it(demo_shards, sp_model, tmp_path, worker_type):
+    # Indexed at construction, then truncated under the running loader: workers pread (a reader
+    # opened before the cut checks the file's size when a call opens it; one opened after finds no
+    # sample at the indexed offset), so the cut is a DataError naming the shard, never a crash of
+    # the trainer (a mapped read past the end would be SIGBUS) or documents silently missing.
+    shards = _copy(demo_shards, tmp_path)
+    with TokenLoader(str(shards), str(sp_model), 128, 2, mix=DROP, num_workers=2, worker_type=worker_type) as ld:
+        victim = max(sorted(shards.glob("*.tar")), key=lambda p: p.stat().st_size)
+        with open(victim, "r+b") as f:
+            f.truncate(victim.stat().st_size // 2)
+        with pytest.raises(DataError, match=rf"{victim.name}: .*(shrank to \d+ bytes|changed after indexing)"):
+            for _ in ld:
+                pass
