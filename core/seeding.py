@@ -15,7 +15,7 @@ def stable_seed(*parts: object) -> int:
 def stable_seeds(*parts: object, last: np.ndarray) -> np.ndarray:
     """uint64 array: stable_seed(*parts, int(v)) for every v in `last`, in one C++ call (the
     loader derives one seed per block of every task; csrc/seed.cpp hashes the same bytes)."""
-    from glotta._native import stable_seeds as _stable_seeds  # the extension imports numpy; seeding stays light
+    from glotta._native import stable_seeds as _stable_seeds  # on first use: core/ imports without the extension
 
     head = "(" + "".join(repr(p) + ", " for p in parts)  # repr(parts + (v,)) up to v
     return _stable_seeds(head.encode("utf-8"), np.asarray(last, np.int64))
