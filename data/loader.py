@@ -317,6 +317,8 @@ class TokenLoader:
         lay = self._layout
         job = lay.of(block)
         ahead = 2 * self.cfg.num_workers if self._pool is not None else 0
+        if self._micro == 0:  # the first batch: plan one job ahead, not 2 x num_workers, before it
+            ahead = min(ahead, 1)
         last = job + ahead  # keep the workers busy with the next jobs ...
         if ahead and block >= lay.head:  # ... and in the tail ramp with as many blocks as `ahead` full jobs
             want = lay.start(job + 1) + ahead * lay.per_job
