@@ -68,8 +68,8 @@ class CorpusIndex:
         numpy gather instead of two Python steps per shard (a task of 512 documents on ~900 shards
         touches ~170 of them: ~45 us a task)."""
         if self._layouts is None:
-            self._layouts = np.array([ix.layout if ix else (0,) * 5 for ix in self.indexes], np.int64).reshape(-1, 5)
-            self._index_paths = [str(ix.path) if ix else "" for ix in self.indexes]
+            self._layouts = np.array([ix.layout if ix is not None else (0,) * 5 for ix in self.indexes], np.int64).reshape(-1, 5)
+            self._index_paths = [str(ix.path) if ix is not None else "" for ix in self.indexes]
         return self._layouts, self._index_paths
 
     @property

@@ -22,7 +22,6 @@ class JobLayout:
         self.per_job = per_job
         self.ramp = (per_job - 1).bit_length()  # head jobs: 1, 2, ..., 2^(ramp-1) blocks
         self.head = (1 << self.ramp) - 1  # blocks in the head jobs
-        self.total = total_blocks
         if total_blocks is None:  # endless schedule: no tail
             self.tail_ramp, self.tail_start, self.mid_jobs = 0, None, None
             return
