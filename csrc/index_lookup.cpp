@@ -5,8 +5,8 @@
 // mapping an index costs ~10 us plus the page faults and the RSS its pages then hold).
 //
 // Index layout (data/shard_index.py): little-endian arrays at byte offsets given by the header;
-// offset and key_end are u64 per document, by_lang u32 per document, keys the concatenated key
-// bytes (key j is keys[key_end[j-1] : key_end[j]], key_end[-1] taken as 0).
+// offset and key_end are u64 per document, by_lang and nbytes (the text's size) u32 per document,
+// keys the concatenated key bytes (key j is keys[key_end[j-1] : key_end[j]], key_end[-1] taken as 0).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -82,22 +82,22 @@ struct Group {
   std::string path;
   const unsigned char* data = nullptr;  // a mapping's bytes, or nullptr: pread
   uint64_t size = 0;
-  int64_t by_lang = 0, offset = 0, key_end = 0, keys = 0, docs = 0;
+  int64_t by_lang = 0, offset = 0, key_end = 0, keys = 0, docs = 0, nbytes = 0;
 };
 
 py::tuple lookup_index(const std::vector<std::string>& paths, const py::list& bufs, py::array_t<int64_t, py::array::c_style> layout,
                        py::array_t<int64_t, py::array::c_style> ends, py::array_t<int64_t, py::array::c_style> pos) {
   const size_t G = paths.size();
   if (bufs.size() != G || ends.size() != static_cast<py::ssize_t>(G) || layout.ndim() != 2 ||
-      layout.shape(0) != static_cast<py::ssize_t>(G) || layout.shape(1) != 5)
-    throw std::invalid_argument("lookup_index: paths, bufs, layout [G, 5] and ends must describe the same groups");
+      layout.shape(0) != static_cast<py::ssize_t>(G) || layout.shape(1) != 6)
+    throw std::invalid_argument("lookup_index: paths, bufs, layout [G, 6] and ends must describe the same groups");
   std::vector<Group> groups(G);
   std::vector<py::buffer_info> keep;  // the mappings stay referenced by `bufs` for the call
   auto L = layout.unchecked<2>();
   for (size_t g = 0; g < G; ++g) {
     Group& gr = groups[g];
     gr.path = paths[g];
-    gr.by_lang = L(g, 0), gr.offset = L(g, 1), gr.key_end = L(g, 2), gr.keys = L(g, 3), gr.docs = L(g, 4);
+    gr.by_lang = L(g, 0), gr.offset = L(g, 1), gr.key_end = L(g, 2), gr.keys = L(g, 3), gr.docs = L(g, 4), gr.nbytes = L(g, 5);
     py::handle b = bufs[g];
     if (!b.is_none()) {
       keep.push_back(py::reinterpret_borrow<py::buffer>(b).request());
@@ -109,10 +109,11 @@ py::tuple lookup_index(const std::vector<std::string>& paths, const py::list& bu
   const int64_t* P = pos.data();
   const size_t n = static_cast<size_t>(pos.size());
   if (G && static_cast<size_t>(E[G - 1]) != n) throw std::invalid_argument("lookup_index: ends[-1] must be len(pos)");
-  py::array_t<int64_t> j_out(n), off_out(n), kend_out(n);
+  py::array_t<int64_t> j_out(n), off_out(n), kend_out(n), size_out(n);
   int64_t* J = j_out.mutable_data();
   int64_t* O = off_out.mutable_data();
   int64_t* K = kend_out.mutable_data();
+  int64_t* S = size_out.mutable_data();
   std::string blob;
   std::string error;
   {
@@ -153,6 +154,7 @@ py::tuple lookup_index(const std::vector<std::string>& paths, const py::list& bu
           const size_t at = blob.size();
           blob.resize(at + (hi - lo));
           if (hi > lo) src->read(static_cast<uint64_t>(gr.keys) + lo, hi - lo, &blob[at]);
+          S[i] = src->at<uint32_t>(static_cast<uint64_t>(gr.nbytes), j);
           J[i] = static_cast<int64_t>(j), O[i] = static_cast<int64_t>(off), K[i] = static_cast<int64_t>(blob.size());
         }
         a = b;
@@ -162,16 +164,16 @@ py::tuple lookup_index(const std::vector<std::string>& paths, const py::list& bu
     }
   }
   if (!error.empty()) throw std::runtime_error(error);
-  return py::make_tuple(j_out, off_out, py::bytes(blob), kend_out);
+  return py::make_tuple(j_out, off_out, py::bytes(blob), kend_out, size_out);
 }
 
 }  // namespace
 
 void register_index_lookup(py::module_& m) {
   m.def("lookup_index", &lookup_index, py::arg("paths"), py::arg("bufs"), py::arg("layout"), py::arg("ends"), py::arg("pos"),
-        "A task's index lookups grouped by shard: (local id, byte offset, key blob, key ends) per entry. Group g "
+        "A task's index lookups grouped by shard: (local id, byte offset, key blob, key ends, text size) per entry. Group g "
         "covers entries [ends[g-1], ends[g]) of shard paths[g], read from bufs[g] (its mapped bytes) or by pread "
-        "when None; layout[g] = (by_lang, offset, key_end, keys array offsets, documents). pos[i] >= 0 is a "
+        "when None; layout[g] = (by_lang, offset, key_end, keys array offsets, documents, nbytes array offset). pos[i] >= 0 is a "
         "position in by_lang; pos[i] < 0 means the local id -1 - pos[i]. Errors name the index file.");
 }
 

@@ -739,9 +739,11 @@ std::vector<RawSample> parse_released(TarReader& r, size_t max_samples) {
 
 // The loader's read: the texts of samples in several readers, checked, in one call. Entry i is
 // the sample at offsets[i] of readers[which[i]] with key blob[key_ends[i-1]:key_ends[i]]; it
-// becomes item pos[i] of the result. Returns (texts, status per item, text bytes per reader).
+// becomes item pos[i] of the result. sizes[i] is the text's size as the index recorded it, or -1
+// when unknown (sizes may be null: all unknown). Returns (texts, status per item).
 py::tuple read_texts(const std::vector<TarReader*>& readers, const int32_t* which, const int64_t* pos,
-                     const uint64_t* offsets, const char* blob_p, int64_t blob_n, const int64_t* key_ends, size_t n) {
+                     const uint64_t* offsets, const char* blob_p, int64_t blob_n, const int64_t* key_ends,
+                     const int64_t* sizes, size_t n) {
   std::vector<char> placed(n, 0);
   for (size_t i = 0; i < n; ++i) {
     if (pos[i] < 0 || static_cast<size_t>(pos[i]) >= n || placed[static_cast<size_t>(pos[i])]++)
@@ -750,16 +752,20 @@ py::tuple read_texts(const std::vector<TarReader*>& readers, const int32_t* whic
       throw std::invalid_argument("key_ends must be non-decreasing and within the key blob");
     if (which[i] < 0 || static_cast<size_t>(which[i]) >= readers.size())
       throw std::invalid_argument("which: reader index out of range");
+    if (sizes && (sizes[i] < -1 || sizes[i] > static_cast<int64_t>(PY_SSIZE_T_MAX)))
+      throw std::invalid_argument("sizes must be -1 (unknown) or a text size");
   }
   py::array_t<int8_t> status_a(static_cast<py::ssize_t>(n));
-  py::array_t<int64_t> text_bytes_a(static_cast<py::ssize_t>(readers.size()));
   int8_t* status = status_a.mutable_data();
-  int64_t* text_bytes = text_bytes_a.mutable_data();
-  std::fill(text_bytes, text_bytes + readers.size(), 0);
-  // Two phases, so that the GIL is held only for what needs Python (the bytes objects):
-  //   1. without the GIL: per document, the header walk to its .txt member, the key check, and the
-  //      UTF-8/blank checks, on the mapping or (pread readers) on a copy in this call's arena;
-  //   2. with it: the bytes objects, copied from the mapping or the arena.
+  // Three phases, so that the GIL is held only for what needs Python (the bytes objects):
+  //   0. with it: a bytes object of the indexed size for every text whose size is known;
+  //   1. without it: per document, the header walk to its .txt member, the key and size checks,
+  //      the text read straight into its bytes object (pread, or a copy from the mapping), and
+  //      the UTF-8/blank checks; a text of unknown size goes to this call's arena instead;
+  //   2. with it: the list, and bytes objects for the arena's texts.
+  // Reading into the final objects saves two copies of every text (read buffer -> arena, arena
+  // -> bytes) and the arena's regrowth: ~15 ms of an epoch of bench/loader.py (40 MB of text),
+  // where a copy of page-cache memory runs at ~3 GB/s.
   // A run of one reader's documents is one Session, so a pread reader holds a descriptor only
   // while its run is read (fetch groups a task by shard: one run each), and never more than one
   // at a time (ulimit -n stays out of reach at 10,000 shards). Holding the GIL through phase 1
@@ -767,10 +773,21 @@ py::tuple read_texts(const std::vector<TarReader*>& readers, const int32_t* whic
   // thread; giving it up once per task costs one hand-off (per shard, it cost more than it saved).
   struct Got {
     TarReader::TextAt t;
-    const unsigned char* src = nullptr;  // the text in the mapping, or in the arena (see arena_at)
+    int64_t want = -1;  // the indexed size, -1 unknown
+    py::object obj;     // phase 0's bytes object (only its buffer is touched in phase 1)
     int64_t arena_at = -1;
   };
   std::vector<Got> got(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (!sizes || sizes[i] < 0) continue;
+    got[i].want = sizes[i];
+    // A size past the end of the file cannot be right (a damaged index): no allocation for it;
+    // the size check in phase 1 reports it.
+    if (static_cast<uint64_t>(sizes[i]) > readers[static_cast<size_t>(which[i])]->size()) continue;
+    PyObject* b = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(sizes[i]));
+    if (!b) throw py::error_already_set();
+    got[i].obj = py::reinterpret_steal<py::object>(b);
+  }
   std::vector<unsigned char> arena;
   {
     py::gil_scoped_release release;
@@ -787,35 +804,44 @@ py::tuple read_texts(const std::vector<TarReader*>& readers, const int32_t* whic
         int8_t& st = status[pos[i]];
         st = g.t.status;
         if (st != 0) continue;
-        const unsigned char* p = nullptr;
-        if (r.mapping()) {
-          p = g.src = r.mapping() + g.t.offset;
+        if (g.want >= 0 && g.t.size != static_cast<uint64_t>(g.want)) {
+          st = 5;  // the index recorded another size: the shard changed after indexing
+          continue;
+        }
+        unsigned char* p = nullptr;
+        if (g.obj) {
+          p = reinterpret_cast<unsigned char*>(PyBytes_AS_STRING(g.obj.ptr()));
         } else {
           g.arena_at = static_cast<int64_t>(arena.size());
           arena.resize(arena.size() + g.t.size);
-          r.read_into(g.t.offset, g.t.size, arena.data() + g.arena_at);
           p = arena.data() + g.arena_at;
         }
+        r.read_into(g.t.offset, g.t.size, p);
         if (!valid_utf8(p, g.t.size))
           st = 1;
         else if (only_space(p, g.t.size))
           st = 4;
-        text_bytes[which[a]] += static_cast<int64_t>(g.t.size);
       }
       a = b;
     }
   }
   py::list texts(n);
   for (size_t i = 0; i < n; ++i) {
-    const Got& g = got[i];
+    Got& g = got[i];
     const int8_t st = status[pos[i]];
-    const unsigned char* src = g.arena_at >= 0 ? arena.data() + g.arena_at : g.src;
-    texts[static_cast<size_t>(pos[i])] =
-        st <= 1   ? py::object(py::bytes(reinterpret_cast<const char*>(src), static_cast<size_t>(g.t.size)))
-        : st == 4 ? py::object(py::bytes())
-                  : py::object(py::str(g.t.found));
+    py::object item;
+    if (st <= 1)
+      item = g.obj ? std::move(g.obj)
+                   : py::object(py::bytes(reinterpret_cast<const char*>(arena.data() + g.arena_at), static_cast<size_t>(g.t.size)));
+    else if (st == 4)
+      item = py::bytes();
+    else if (st == 5)
+      item = py::int_(g.t.size);
+    else
+      item = py::str(g.t.found);
+    texts[static_cast<size_t>(pos[i])] = std::move(item);
   }
-  return py::make_tuple(texts, status_a, text_bytes_a);
+  return py::make_tuple(texts, status_a);
 }
 
 void register_tar(py::module_& m) {
@@ -883,8 +909,7 @@ void register_tar(py::module_& m) {
             const std::vector<int32_t> which(n, 0);
             std::vector<int64_t> pos(n);
             for (size_t i = 0; i < n; ++i) pos[i] = static_cast<int64_t>(i);
-            py::tuple got = read_texts({&r}, which.data(), pos.data(), offsets_a.data(), blob_p, blob_n, key_ends_a.data(), n);
-            return py::make_tuple(got[0], got[1]);
+            return read_texts({&r}, which.data(), pos.data(), offsets_a.data(), blob_p, blob_n, key_ends_a.data(), nullptr, n);
           },
           py::arg("offsets"), py::arg("key_blob"), py::arg("key_ends"),
           "read_texts of this reader alone: (texts, status) of the samples starting at `offsets`.")
@@ -906,26 +931,30 @@ void register_tar(py::module_& m) {
       [](py::list readers_l, py::array_t<int32_t, py::array::c_style | py::array::forcecast> which_a,
          py::array_t<int64_t, py::array::c_style | py::array::forcecast> pos_a,
          py::array_t<uint64_t, py::array::c_style | py::array::forcecast> offsets_a, py::bytes key_blob,
-         py::array_t<int64_t, py::array::c_style | py::array::forcecast> key_ends_a) {
+         py::array_t<int64_t, py::array::c_style | py::array::forcecast> key_ends_a,
+         std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> sizes_a) {
         // One call per loader task, whatever the number of shards it touches (a call per shard
         // and task cost ~15 us of Python each: 1,441 calls per epoch of bench/loader.py).
         const size_t n = static_cast<size_t>(offsets_a.size());
         if (static_cast<size_t>(key_ends_a.size()) != n || static_cast<size_t>(which_a.size()) != n ||
-            static_cast<size_t>(pos_a.size()) != n)
-          throw std::invalid_argument("which, pos, offsets and keys differ in length");
+            static_cast<size_t>(pos_a.size()) != n || (sizes_a && static_cast<size_t>(sizes_a->size()) != n))
+          throw std::invalid_argument("which, pos, offsets, keys and sizes differ in length");
         std::vector<TarReader*> readers;
         for (py::handle h : readers_l) readers.push_back(h.cast<TarReader*>());
         char* blob_p = nullptr;
         Py_ssize_t blob_n = 0;
         PyBytes_AsStringAndSize(key_blob.ptr(), &blob_p, &blob_n);
-        return read_texts(readers, which_a.data(), pos_a.data(), offsets_a.data(), blob_p, blob_n, key_ends_a.data(), n);
+        return read_texts(readers, which_a.data(), pos_a.data(), offsets_a.data(), blob_p, blob_n, key_ends_a.data(),
+                          sizes_a ? sizes_a->data() : nullptr, n);
       },
       py::arg("readers"), py::arg("which"), py::arg("pos"), py::arg("offsets"), py::arg("key_blob"), py::arg("key_ends"),
+      py::arg("sizes") = py::none(),
       "Text bytes of the samples starting at `offsets` in readers[which[i]] (keys: "
-      "key_blob[key_ends[i-1]:key_ends[i]]), as item pos[i] of the result (pos: a permutation of range(n)), with a "
-      "status each (int8 array, in the same order): 0 ok, 1 invalid UTF-8, 2 no .txt, "
-      "3 another key there (the item is then the key found, or ''), 4 only whitespace (Python's str.isspace set; "
-      "the item is b''); and the text bytes read per reader.");
+      "key_blob[key_ends[i-1]:key_ends[i]]; sizes: each text's size as indexed, -1 or None: unknown), as item pos[i] "
+      "of the result (pos: a permutation of range(n)), with a status each (int8 array, in the same order): 0 ok, "
+      "1 invalid UTF-8, 2 no .txt, 3 another key there (the item is then the key found, or ''), 4 only whitespace "
+      "(Python's str.isspace set; the item is b''), 5 the text's size is not the indexed one (the item is the size "
+      "found).");
 }
 
 }  // namespace glotta

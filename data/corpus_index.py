@@ -60,7 +60,7 @@ class CorpusIndex:
 
     def __post_init__(self) -> None:
         self.names = [os.path.basename(s) for s in self.shards]  # not Path(s).name: 18 µs a shard
-        self._layouts: np.ndarray | None = None  # [shards, 5] ShardIndex.layout, built on the first task
+        self._layouts: np.ndarray | None = None  # [shards, 6] ShardIndex.layout, built on the first task
         self._index_paths: list[str] = []
 
     def _lookup_tables(self) -> tuple[np.ndarray, list[str]]:
@@ -68,7 +68,7 @@ class CorpusIndex:
         numpy gather instead of two Python steps per shard (a task of 512 documents on ~900 shards
         touches ~170 of them: ~45 us a task)."""
         if self._layouts is None:
-            self._layouts = np.array([ix.layout if ix is not None else (0,) * 5 for ix in self.indexes], np.int64).reshape(-1, 5)
+            self._layouts = np.array([ix.layout if ix is not None else (0,) * 6 for ix in self.indexes], np.int64).reshape(-1, 6)
             self._index_paths = [str(ix.path) if ix is not None else "" for ix in self.indexes]
         return self._layouts, self._index_paths
 
@@ -128,7 +128,8 @@ class CorpusIndex:
         shard = np.asarray(shard, np.int64)
         n = len(shard)
         if not n:
-            empty = ReadTask(0, [], np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64), b"", np.zeros(0, np.int64))
+            z = np.zeros(0, np.int64)
+            empty = ReadTask(0, [], np.zeros(0, np.int32), z, z, b"", z, z)
             return np.zeros(0, np.int64), empty
         order = np.argsort(shard, kind="stable")
         grouped = shard[order]
@@ -136,18 +137,18 @@ class CorpusIndex:
         ends = np.append(cut, n)
         first = grouped[np.append(0, cut)]
         shards = first.tolist()
-        sizes = ends - np.append(0, cut)
+        per_shard = ends - np.append(0, cut)
         layouts, paths = self._lookup_tables()
         indexes = self.indexes
-        bufs = [indexes[s].lookup_source(d >= self.DENSE) for s, d in zip(shards, sizes.tolist())]
+        bufs = [indexes[s].lookup_source(d >= self.DENSE) for s, d in zip(shards, per_shard.tolist())]
         try:
-            j, offsets, blob, key_ends = lookup_index([paths[s] for s in shards], bufs, layouts[first], ends, np.asarray(pos, np.int64)[order])
+            j, offsets, blob, key_ends, text_sizes = lookup_index([paths[s] for s in shards], bufs, layouts[first], ends, np.asarray(pos, np.int64)[order])
         except RuntimeError as e:  # a damaged or replaced index file, named
             raise DataError(str(e)) from None
         local = np.empty(n, np.int64)
         local[order] = j
-        which = np.repeat(np.arange(len(shards), dtype=np.int32), sizes)
-        return local, ReadTask(n, shards, which, order, offsets, blob, key_ends)
+        which = np.repeat(np.arange(len(shards), dtype=np.int32), per_shard)
+        return local, ReadTask(n, shards, which, order, offsets, blob, key_ends, text_sizes)
 
     def doc_ids(self):
         """Every loadable document's `shard.tar/KEY` (reads every index: for tools and tests, not start-up)."""
@@ -171,8 +172,9 @@ class CorpusIndex:
 
 class ReadTask(NamedTuple):
     """The documents of one tokenizer task, grouped by shard: entry i is the sample at byte
-    `offsets[i]` of shard `shards[which[i]]` with key key_blob[key_ends[i-1]:key_ends[i]], and it
-    is document `pos[i]` of the task (`data/tokenize.py` reads them all in one C++ call)."""
+    `offsets[i]` of shard `shards[which[i]]` with key key_blob[key_ends[i-1]:key_ends[i]] and a
+    text of sizes[i] bytes (as indexed), and it is document `pos[i]` of the task
+    (`data/tokenize.py` reads them all in one C++ call)."""
 
     n: int
     shards: list[int]
@@ -181,6 +183,7 @@ class ReadTask(NamedTuple):
     offsets: np.ndarray  # int64
     key_blob: bytes
     key_ends: np.ndarray  # int64
+    sizes: np.ndarray  # int64: read_texts reads each text straight into a bytes object of this size
 
 
 class Locator:

@@ -185,11 +185,11 @@ class ShardIndex:
     SMALL = 256 << 10
 
     @property
-    def layout(self) -> tuple[int, int, int, int, int]:
-        """Where lookup_index finds the arrays: by_lang, offset, key_end and keys, and the documents."""
+    def layout(self) -> tuple[int, int, int, int, int, int]:
+        """Where lookup_index finds the arrays: by_lang, offset, key_end and keys, the documents, nbytes."""
         if self._layout is None:
             at = self.header["arrays"]
-            self._layout = (at["by_lang"], at["offset"], at["key_end"], at["keys"], self.docs)
+            self._layout = (at["by_lang"], at["offset"], at["key_end"], at["keys"], self.docs, at["nbytes"])
         return self._layout
 
     def lookup_source(self, dense: bool) -> np.ndarray | None:

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 # Per-document status returned by workers, counted when the loader consumes the document.
 OK, UTF8_REPLACED, EMPTY = 0, 1, 2
 STATUS_NAMES = {UTF8_REPLACED: "utf8_replaced", EMPTY: "empty_text"}
-_CPP_SPACE_ONLY = 4  # TarReader.texts: the text is only whitespace
+_CPP_SPACE_ONLY = 4  # read_texts: the text is only whitespace
+_CPP_SIZE = 5  # read_texts: the text's size is not the indexed one
 
 
 # ---- tokenizer ------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ class Encoder:
         try:
             # A reader checks its file's size when it opens it for the call: a shard that shrank
             # is a TarError naming it (a mapping would have faulted, SIGBUS, instead).
-            texts, codes, _ = read_texts(readers, task.which, task.pos, task.offsets, task.key_blob, task.key_ends)
+            texts, codes = read_texts(readers, task.which, task.pos, task.offsets, task.key_blob, task.key_ends, task.sizes)
         except TarError as e:  # a shard that shrank or cannot be read, named
             raise DataError(str(e)) from None
         self._trim()
@@ -132,12 +133,15 @@ class Encoder:
             return texts, codes
         entry = np.empty(task.n, np.int64)
         entry[task.pos] = np.arange(task.n)  # task position -> entry of the grouped arrays
-        for i in np.flatnonzero((codes >= 1) & (codes <= 3)).tolist():
+        for i in np.flatnonzero((codes >= 1) & (codes != _CPP_SPACE_ONLY)).tolist():
             t, c, k = texts[i], int(codes[i]), int(entry[i])
             name = self.names[task.shards[task.which[k]]]
             key = task.key_blob[int(task.key_ends[k - 1]) if k else 0 : int(task.key_ends[k])].decode("utf-8", "replace")
             if c >= 2:
-                found = f"found {t!r}" if t else "no sample starts there"
+                if c == _CPP_SIZE:
+                    found = f"its text is {t} bytes, the index says {int(task.sizes[k])}"
+                else:
+                    found = f"found {t!r}" if t else "no sample starts there"
                 raise DataError(
                     f"{name}: expected document {key!r} at offset {int(task.offsets[k])} ({found}); the shard changed after indexing"
                 )

@@ -154,6 +154,33 @@ def test_same_size_change_is_found_by_the_key_check(demo_shards, sp_model, tmp_p
                 pass
 
 
+def test_a_text_of_another_size_under_the_same_key_is_found_by_the_size_check(demo_shards, sp_model, tmp_path):
+    # One text a byte shorter, in the same number of tar blocks: every key, offset and the shard's
+    # size stay as indexed, so the index is reused and only the text size (read_texts compares it
+    # with the index's nbytes) can tell. Before, the shorter text was read silently.
+    shards = _copy(demo_shards, tmp_path)
+    TokenLoader(str(shards), str(sp_model), 128, 2, mix=DROP).close()  # writes the indexes
+    victim = sorted(shards.glob("*.tar"))[0]
+    size = victim.stat().st_size
+    with tarfile.open(victim) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    edited = next(m.name for m, data in members if m.name.endswith(".txt") and len(data) % 512 != 1)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for m, data in members:
+            if m.name == edited:
+                data = data[:-1]
+                m.size = len(data)
+            tf.addfile(m, io.BytesIO(data))
+    blob = buf.getvalue()[:size]
+    assert len(blob) == size and blob.rstrip(b"\0") != victim.read_bytes().rstrip(b"\0")
+    victim.write_bytes(blob)
+    with TokenLoader(str(shards), str(sp_model), 128, 2, mix=DROP, num_workers=1) as ld:
+        with pytest.raises(DataError, match=rf"{victim.name}: expected document '{edited[:-4]}' at offset \d+ \(its text is \d+ bytes, the index says \d+\)"):
+            for _ in ld:
+                pass
+
+
 @pytest.mark.parametrize("worker_type", ["thread", "process"])
 def test_a_shard_cut_short_while_the_loader_reads_it_is_an_error_naming_it(demo_shards, sp_model, tmp_path, worker_type):
     # Indexed at construction, then truncated under the running loader: workers pread (a reader

@@ -336,9 +336,20 @@ def test_utf8_check_agrees_with_python_decoder(tmp_path, multilingual_text):
     offsets, keys = _sample_starts(r)
     ends = np.cumsum([len(k) for k in keys])
     n = len(offsets)
-    texts, status, text_bytes = read_texts([r], np.zeros(n, np.int32), np.arange(n), np.asarray(offsets, np.uint64), b"".join(keys), ends)
+    texts, status = read_texts([r], np.zeros(n, np.int32), np.arange(n), np.asarray(offsets, np.uint64), b"".join(keys), ends)
     assert len(texts) == len(payloads)
-    assert text_bytes.tolist() == [sum(1 + len(p) for p in payloads)]  # every sample has its .txt
+    # With the indexed sizes each text is read straight into its bytes object: the same result.
+    sized = read_texts([r], np.zeros(n, np.int32), np.arange(n), np.asarray(offsets, np.uint64), b"".join(keys), ends,
+                       np.array([1 + len(p) for p in payloads]))  # fmt: skip
+    assert sized[0] == texts and sized[1].tolist() == status.tolist()
+    # A size the index did not record is status 5 with the size found; one past the end of the
+    # file (a damaged index) too, without allocating it.
+    wrong = np.array([1 + len(p) for p in payloads])
+    wrong[3] += 1
+    wrong[5] = 1 << 40
+    got, st = read_texts([r], np.zeros(n, np.int32), np.arange(n), np.asarray(offsets, np.uint64), b"".join(keys), ends, wrong)
+    assert st[3] == st[5] == 5 and got[3] == 1 + len(payloads[3]) and got[5] == 1 + len(payloads[5])
+    assert got[:3] == texts[:3] and got[6:] == texts[6:]
     for p, t, st in zip(payloads, texts, status.tolist()):
         try:
             (b"x" + p).decode("utf-8")
