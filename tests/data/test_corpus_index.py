@@ -1,6 +1,9 @@
 """CorpusIndex.fetch and the locator (the loader's per-task gathers) on a real corpus."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -85,15 +88,15 @@ def _damaged_index_cases(conn, paths, blobs) -> None:
     for i, blob in enumerate(blobs):
         index = build_corpus_index([(p, None) for p in paths], set())
         ix = index.indexes[0]
-        good = ix.path.read_bytes()
-        ix.path.write_bytes(blob)
+        good = Path(ix.path).read_bytes()
+        Path(ix.path).write_bytes(blob)
         outcome = "ok"
         try:
             try:
                 task = index.fetch((np.int64(0) << 32) | np.arange(ix.docs, dtype=np.int64))
                 assert task.n == ix.docs == len(task.key_ends) and len(task.key_blob) == int(task.key_ends[-1])
             except DataError as e:
-                outcome = "named" if ix.path.name in str(e) else f"unnamed: {e}"
+                outcome = "named" if Path(ix.path).name in str(e) else f"unnamed: {e}"
             langs = sorted(index.tables)
             for li in range(len(langs)):
                 try:
@@ -104,7 +107,7 @@ def _damaged_index_cases(conn, paths, blobs) -> None:
         except Exception as e:  # anything else is a failure the parent reports
             outcome = f"crash: {type(e).__name__}: {e}"
         finally:
-            ix.path.write_bytes(good)
+            Path(ix.path).write_bytes(good)
         conn.send((i, outcome))
 
 
@@ -119,7 +122,7 @@ def test_damaged_or_truncated_index_files_raise_data_errors_naming_them(demo_sha
     shutil.copytree(demo_shards, tmp_path / "s")
     paths = list_shards(tmp_path / "s")
     ix = build_corpus_index([(p, None) for p in paths], set()).indexes[0]
-    good = ix.path.read_bytes()
+    good = Path(ix.path).read_bytes()
     rng = np.random.default_rng(2)
     blobs = [good[: int(rng.integers(16, len(good)))] for _ in range(10)]
     for case in range(20):
@@ -160,7 +163,7 @@ def test_index_mappings_are_bounded_by_bytes_as_well_as_count(demo_shards, monke
     from glotta.data import shard_index
 
     index = build_corpus_index([(p, None) for p in list_shards(demo_shards)], set())
-    sizes = [ix.path.stat().st_size for ix in index.indexes]
+    sizes = [os.stat(ix.path).st_size for ix in index.indexes]
     cache = shard_index._MapCache(size=4096, max_bytes=sizes[0] + sizes[1])
     monkeypatch.setattr(shard_index, "_MAPS", cache)
     for ix in index.indexes:
