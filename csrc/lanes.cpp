@@ -45,6 +45,10 @@ struct RowCounts {  // packing counters (the loader's RowStats)
   int64_t docs = 0, split = 0, empty = 0;
 };
 
+struct BatchCounts {  // what the batches held, for the loader's stats (kept here: no Python per batch)
+  int64_t rows = 0, pad_tokens = 0, pad_rows = 0, utf8_replaced = 0;
+};
+
 template <typename T>
 class Lanes {
  public:
@@ -62,13 +66,16 @@ class Lanes {
   };
 
   Lanes(int64_t n_lanes, int64_t row_len, int64_t best_fit_buffer, int64_t pad_id, int64_t eod_id, bool reset_pos,
-        bool eod_mask_loss, int64_t n_langs)
+        bool eod_mask_loss, const std::vector<std::string>& lang_names)
       : n_lanes_(n_lanes),
         S1_(row_len),
         buffer_(best_fit_buffer),
-        opt_{0, row_len, pad_id, eod_id, n_langs, reset_pos, eod_mask_loss},
+        opt_{0, row_len, pad_id, eod_id, static_cast<int64_t>(lang_names.size()), reset_pos, eod_mask_loss},
         state_(static_cast<size_t>(n_lanes)),
         plans_(static_cast<size_t>(n_lanes)) {
+    lang_tokens_.assign(lang_names.size(), 0);
+    for (const auto& name : lang_names) names_.push_back(py::str(name));
+    names_.push_back(py::str(""));  // padding's language: names_[n_langs]
     if (n_lanes < 1) throw std::invalid_argument("n_lanes must be >= 1");
     if (row_len < 3) throw std::invalid_argument("row_len must be >= 3 (seq_len >= 2)");
     if (best_fit_buffer < 0) throw std::invalid_argument("best_fit_buffer must be >= 0 (0: concat)");
@@ -122,8 +129,9 @@ class Lanes {
   }
 
   // The batch of lanes `group` (local lane numbers) as a dict, or the first block (int) that a lane
-  // needs and no task has delivered; then nothing changed.
-  py::object next_batch(const std::vector<int64_t>& group) {
+  // needs and no task has delivered; then nothing changed. The batch is added to the counters
+  // unless every row is dry and not count_dry (a loader without num_batches drops that batch).
+  py::object next_batch(const std::vector<int64_t>& group, bool count_dry) {
     const int64_t B = static_cast<int64_t>(group.size());
     std::vector<LaneState> st(group.size());
     std::vector<std::vector<Seg>> rows(group.size());
@@ -168,17 +176,26 @@ class Lanes {
     AssembleOptions o = opt_;
     o.B = B;
     BatchArrays a = assemble_pieces<T>(pieces, o);
-    py::array_t<int64_t> doc_lang(static_cast<py::ssize_t>(a.kept.size())), doc_id(static_cast<py::ssize_t>(a.kept.size()));
-    for (size_t i = 0; i < a.kept.size(); ++i) {
+    if (!all_dry || count_dry) {
+      int64_t tokens = 0;
+      for (size_t l = 0; l < lang_tokens_.size(); ++l) lang_tokens_[l] += a.lang_tokens[l], tokens += a.lang_tokens[l];
+      totals_.rows += B;
+      totals_.pad_tokens += B * (S1_ - 1) - tokens;
+      totals_.pad_rows += pad_rows;
+      totals_.utf8_replaced += replaced;
+    }
+    const size_t n_kept = a.kept.size();
+    py::list doc_langs(n_kept);
+    py::array_t<int64_t> doc_id(static_cast<py::ssize_t>(n_kept));
+    for (size_t i = 0; i < n_kept; ++i) {
       const size_t s = static_cast<size_t>(a.kept[i]);
-      doc_lang.mutable_data()[i] = pieces[s].lang;
+      const int32_t lang = pieces[s].lang;
+      doc_langs[i] = names_[lang >= 0 ? static_cast<size_t>(lang) : names_.size() - 1];
       doc_id.mutable_data()[i] = piece_doc[s];
     }
     py::dict d = batch_dict(a);
-    d["doc_lang"] = doc_lang;
+    d["doc_langs"] = std::move(doc_langs);
     d["doc_id"] = doc_id;
-    d["pad_rows"] = pad_rows;
-    d["utf8_replaced"] = replaced;
     d["dry"] = static_cast<bool>(all_dry);
     return std::move(d);
   }
@@ -208,6 +225,8 @@ class Lanes {
   }
 
   RowCounts counts_;
+  BatchCounts totals_;
+  std::vector<int64_t> lang_tokens_;  // tokens per language in the batches' token regions
 
   int64_t blocks() const { return static_cast<int64_t>(blocks_.size()); }
 
@@ -357,6 +376,7 @@ class Lanes {
 
   const int64_t n_lanes_, S1_, buffer_;
   AssembleOptions opt_;
+  std::vector<py::object> names_;  // languages' names, then "" for padding
   std::vector<LaneState> state_;
   std::vector<Plan> plans_;
   std::map<int64_t, Block> blocks_;
@@ -366,12 +386,12 @@ template <typename T>
 void bind_lanes(py::module_& m, const char* name) {
   using L = Lanes<T>;
   py::class_<L>(m, name)
-      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, int64_t>(), py::arg("n_lanes"),
-           py::arg("row_len"), py::arg("best_fit_buffer"), py::arg("pad_id"), py::arg("eod_id"),
-           py::arg("reset_position_ids"), py::arg("eod_mask_loss"), py::arg("n_langs"))
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, const std::vector<std::string>&>(),
+           py::arg("n_lanes"), py::arg("row_len"), py::arg("best_fit_buffer"), py::arg("pad_id"), py::arg("eod_id"),
+           py::arg("reset_position_ids"), py::arg("eod_mask_loss"), py::arg("lang_names"))
       .def("add", &L::add, py::arg("blocks"), py::arg("lanes"), py::arg("langs"), py::arg("ids"), py::arg("flat"),
            py::arg("lengths"), py::arg("status"))
-      .def("next_batch", &L::next_batch, py::arg("lanes"))
+      .def("next_batch", &L::next_batch, py::arg("lanes"), py::arg("count_dry") = true)
       .def("first_needed", &L::first_needed)
       .def("evict", &L::evict, py::arg("below"))
       .def("clear", &L::clear)
@@ -382,7 +402,23 @@ void bind_lanes(py::module_& m, const char* name) {
           "counts", [](const L& l) { return py::make_tuple(l.counts_.docs, l.counts_.split, l.counts_.empty); },
           [](L& l, std::tuple<int64_t, int64_t, int64_t> v) {
             l.counts_ = {std::get<0>(v), std::get<1>(v), std::get<2>(v)};
-          });
+          })
+      .def_property(
+          "totals",
+          [](const L& l) {
+            return py::make_tuple(l.totals_.rows, l.totals_.pad_tokens, l.totals_.pad_rows, l.totals_.utf8_replaced);
+          },
+          [](L& l, std::tuple<int64_t, int64_t, int64_t, int64_t> v) {
+            l.totals_ = {std::get<0>(v), std::get<1>(v), std::get<2>(v), std::get<3>(v)};
+          },
+          "(rows, pad_tokens, pad_rows, utf8_replaced) over the batches so far.")
+      .def_property(
+          "lang_tokens", [](const L& l) { return py::array_t<int64_t>(static_cast<py::ssize_t>(l.lang_tokens_.size()), l.lang_tokens_.data()); },
+          [](L& l, const std::vector<int64_t>& v) {
+            if (v.size() != l.lang_tokens_.size()) throw std::invalid_argument("one count per language expected");
+            l.lang_tokens_ = v;
+          },
+          "Tokens per language in the batches' token regions so far (a copy).");
 }
 
 // A task's token buffer from SentencePiece's per-text id arrays: each kept text's ids then EOD,

@@ -192,7 +192,6 @@ py::dict batch_dict(BatchArrays& a) {
   d["lang_ids"] = a.lang;
   d["cu_seqlens"] = cu;
   d["max_seqlen"] = a.max_seqlen;
-  d["lang_tokens"] = to_array(a.lang_tokens);
   return d;
 }
 

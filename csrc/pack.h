@@ -47,7 +47,7 @@ struct AssembleOptions {
 template <typename T>
 BatchArrays assemble_pieces(const std::vector<Piece<T>>& pieces, const AssembleOptions& o);
 
-// The arrays as a batch dict of numpy arrays (`lang_tokens` as int64; `kept` is left to the caller).
+// The arrays as a batch dict of numpy arrays (`kept` and `lang_tokens` are left to the caller).
 pybind11::dict batch_dict(BatchArrays& a);
 
 }  // namespace glotta

@@ -40,7 +40,7 @@ from glotta.data.job_layout import JobLayout
 from glotta.data.loader_state import STATE_VERSION, check_fingerprint, merge_states
 from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
 from glotta.data.native import deal, token_dtype
-from glotta.data.packing import new_lanes, row_stats
+from glotta.data.packing import batch_totals, new_lanes, row_stats
 from glotta.data.corpus_index import CorpusIndex, ReadTask, cached_corpus_index
 from glotta.data.manifest import ShardInfo
 from glotta.data.shards import shard_entries
@@ -139,6 +139,9 @@ class DocIds(Sequence):
         return (list, (self._list(),))
 
 
+_TENSORS = ("tokens", "labels", "loss_mask", "position_ids", "lang_ids", "cu_seqlens")  # a batch's torch tensors
+
+
 class TokenLoader:
     """Iterable of Megatron batches for one data-parallel rank (see the module docstring)."""
 
@@ -201,10 +204,10 @@ class TokenLoader:
         L, D = self.global_batch, dp_size
         self.lane_ids = list(range(dp_rank * L // D, (dp_rank + 1) * L // D))
         self.groups = len(self.lane_ids) // cfg.micro_batch_size
+        B = cfg.micro_batch_size
+        self._group_lanes = [list(range(g * B, (g + 1) * B)) for g in range(self.groups)]  # local lane numbers
         self._lanes = self._new_lanes()
         self._micro = 0
-        self._counts: Counter = Counter()
-        self._lang_tokens = np.zeros(len(self.langs), np.int64)
         self._jobs: dict[int, Any] = {}
         self._collected: set[int] = set()
         self._low_block = 0  # the lowest block any lane still needs
@@ -244,7 +247,6 @@ class TokenLoader:
         sizes = {lang: float(t.nbytes) for lang, t in tables.items()}
         weights = mix_weights(cfg.mix, sizes)
         self.langs: list[str] = list(weights)
-        self._lang_names = np.array(self.langs + [""], dtype=object)  # [-1] is padding's ""
         self.weights = weights
         n_docs = [tables[lang].docs for lang in self.langs]
         # Document rate = byte share / mean document size, so byte shares follow the weights.
@@ -265,7 +267,7 @@ class TokenLoader:
         cfg = self.cfg
         return new_lanes(
             self._dtype, len(self.lane_ids), self.row_len, cfg.packing, cfg.best_fit_buffer, self.pad_id, self.eod_id,
-            cfg.reset_position_ids, cfg.eod_mask_loss, len(self.langs),
+            cfg.reset_position_ids, cfg.eod_mask_loss, self.langs,
         )  # fmt: skip
 
     # ---- documents ------------------------------------------------------------------------
@@ -335,11 +337,12 @@ class TokenLoader:
             return
         self._lanes.evict(low)
         self._low_block = low
-        self.schedule.forget(low * self.global_batch)
         low_job = self._layout.of(low)
         if low_job == self._low_job:
             return
         self._low_job = low_job
+        # Once per job, not per batch: the schedule drops slots in chunks of 65,536 anyway.
+        self.schedule.forget(low * self.global_batch)
         self._collected = {j for j in self._collected if j >= low_job}
         for j in [j for j in self._jobs if j < low_job]:
             _, _, _, fut, _ = self._jobs.pop(j)
@@ -368,64 +371,53 @@ class TokenLoader:
             yield batch
 
     def _next_batch(self) -> dict | None:
-        B = self.cfg.micro_batch_size
-        g = self._micro % self.groups
-        group = list(range(g * B, (g + 1) * B))  # local lane numbers
+        group = self._group_lanes[self._micro % self.groups]
+        # The lanes count what each batch holds (stats()); an all-dry batch only when it is yielded.
+        padded = self.cfg.num_batches is not None
         while True:
-            out = self._lanes.next_batch(group)
+            out = self._lanes.next_batch(group, padded)
             if not isinstance(out, int):
                 break
             self._deliver(out)  # a lane needs a block no task delivered yet; nothing changed
-        if out["dry"] and self.cfg.num_batches is None:
+        if out["dry"] and not padded:
             return None
-        batch = self._batch(out)
+        batch = {k: torch.from_numpy(out[k]) for k in _TENSORS}
+        batch["max_seqlen"] = out["max_seqlen"]
+        batch["doc_langs"] = out["doc_langs"]  # "" for padding
+        batch["doc_ids"] = DocIds(self.index, out["doc_id"])
         self._micro += 1
         self._evict()
         return batch
 
-    def _batch(self, out: dict) -> dict:
-        """The Megatron batch from Lanes.next_batch's arrays; counts what it holds."""
-        counts = out.pop("lang_tokens")
-        self._lang_tokens += counts
-        c = self._counts
-        c["pad_tokens"] += self.cfg.micro_batch_size * (self.row_len - 1) - int(counts.sum())
-        c["rows"] += self.cfg.micro_batch_size
-        if out["pad_rows"]:
-            c["pad_rows"] += out["pad_rows"]
-        if out["utf8_replaced"]:
-            c["utf8_replaced"] += out["utf8_replaced"]
-        doc_lang, doc_id = out["doc_lang"], out["doc_id"]
-        batch = {k: torch.from_numpy(out[k]) for k in ("tokens", "labels", "loss_mask", "position_ids", "lang_ids", "cu_seqlens")}
-        batch["max_seqlen"] = out["max_seqlen"]
-        batch["doc_langs"] = self._lang_names[doc_lang].tolist()  # index -1 is "" (padding)
-        batch["doc_ids"] = DocIds(self.index, doc_id)
-        return batch
-
     # ---- stats and state ------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        tokens = int(self._lang_tokens.sum())
-        total = tokens + self._counts["pad_tokens"]
-        st = row_stats(self._lanes)
+        lang_tokens = self._lanes.lang_tokens
+        tokens = int(lang_tokens.sum())
+        bt, st = batch_totals(self._lanes), row_stats(self._lanes)
+        total = tokens + bt.pad_tokens
         return {
             "batches": self._micro,
-            "rows": self._counts["rows"],
+            "rows": bt.rows,
             "tokens": tokens,
-            "padding_pct": 100.0 * self._counts["pad_tokens"] / total if total else 0.0,
+            "padding_pct": 100.0 * bt.pad_tokens / total if total else 0.0,
             "truncation_pct": 100.0 * st.split / st.docs if st.docs else 0.0,
             "documents": st.docs,
             "split_documents": st.split,
-            "pad_rows": self._counts["pad_rows"],
+            "pad_rows": bt.pad_rows,
             "tokenized_documents": self.tokenized_docs,
-            "tokens_per_lang": {lang: int(n) for lang, n in zip(self.langs, self._lang_tokens)},
+            "tokens_per_lang": {lang: int(n) for lang, n in zip(self.langs, lang_tokens)},
             "weights": dict(self.weights),
             "skipped": {k: int(v) for k, v in sorted(self.index.counters.items()) if k != "indexed" and v}
-            | ({"utf8_replaced": self._counts["utf8_replaced"]} if self._counts["utf8_replaced"] else {})
+            | ({"utf8_replaced": bt.utf8_replaced} if bt.utf8_replaced else {})
             | ({"empty_text": st.empty} if st.empty else {}),
         }
 
     def state_dict(self) -> dict[str, Any]:
         """State after the last yielded batch: small, versioned, plain types."""
-        st = row_stats(self._lanes)
+        st, bt = row_stats(self._lanes), batch_totals(self._lanes)
+        # The counts as the loader kept them before they moved into the lanes: saved states stay readable.
+        counts = {"pad_tokens": bt.pad_tokens, "rows": bt.rows} if bt.rows else {}
+        counts |= {k: v for k, v in (("pad_rows", bt.pad_rows), ("utf8_replaced", bt.utf8_replaced)) if v}
         return {
             "version": STATE_VERSION,
             "fingerprint": dict(self._fingerprint),
@@ -437,8 +429,8 @@ class TokenLoader:
                 "docs": st.docs,
                 "split": st.split,
                 "empty": st.empty,
-                "counts": dict(self._counts),
-                "lang_tokens": self._lang_tokens.tolist(),
+                "counts": counts,
+                "lang_tokens": self._lanes.lang_tokens.tolist(),
             },
         }
 
@@ -507,12 +499,13 @@ class TokenLoader:
         # Counters: a same-layout resume restores this rank's; an elastic one gives the totals to rank 0.
         st = state["stats"]
         if same_layout or self.dp_rank == 0:
+            c = st["counts"]
             self._lanes.counts = (st["docs"], st["split"], st["empty"])
-            self._counts = Counter(st["counts"])
-            self._lang_tokens = np.asarray(st["lang_tokens"], np.int64)
+            self._lanes.totals = tuple(int(c.get(k, 0)) for k in ("rows", "pad_tokens", "pad_rows", "utf8_replaced"))
+            self._lanes.lang_tokens = [int(x) for x in st["lang_tokens"]]
         else:
-            self._lanes.counts, self._counts = (0, 0, 0), Counter()
-            self._lang_tokens = np.zeros(len(self.langs), np.int64)
+            self._lanes.counts, self._lanes.totals = (0, 0, 0), (0, 0, 0, 0)
+            self._lanes.lang_tokens = [0] * len(self.langs)
 
     # ---- lifetime -------------------------------------------------------------------------
     def close(self) -> None:

@@ -43,15 +43,28 @@ def new_lanes(
     eod_id: int,
     reset_position_ids: bool,
     eod_mask_loss: bool,
-    n_langs: int,
+    lang_names: list[str],
 ) -> Lanes:
-    """The lanes of one rank over token buffers of `dtype` (uint16 or int32, token_dtype)."""
+    """The lanes of one rank over token buffers of `dtype` (uint16 or int32, token_dtype); language
+    i is lang_names[i] (a batch's `doc_langs`)."""
     cls = Lanes_u16 if np.dtype(dtype) == np.uint16 else Lanes_i32
     return cls(
         n_lanes, row_len, best_fit_buffer if packing == "best_fit" else 0, pad_id, eod_id,
-        reset_position_ids, eod_mask_loss, n_langs,
+        reset_position_ids, eod_mask_loss, list(lang_names),
     )  # fmt: skip
+
+
+@dataclass
+class BatchTotals:
+    rows: int = 0
+    pad_tokens: int = 0  # in the token regions (seq_len per row)
+    pad_rows: int = 0  # rows of lanes whose stream had ended (num_batches set)
+    utf8_replaced: int = 0  # documents read with U+FFFD in place of invalid UTF-8
 
 
 def row_stats(lanes: Lanes) -> RowStats:
     return RowStats(*lanes.counts)
+
+
+def batch_totals(lanes: Lanes) -> BatchTotals:
+    return BatchTotals(*lanes.totals)

@@ -66,7 +66,8 @@ EOD, PAD = 2, 3
 
 def _lanes(row_len, packing="concat", buffer=0, n_lanes=1, n_langs=4, dtype=np.int32, **kw):
     opts = dict(reset_position_ids=True, eod_mask_loss=False) | kw
-    return new_lanes(np.dtype(dtype), n_lanes, row_len, packing, buffer, PAD, EOD, opts["reset_position_ids"], opts["eod_mask_loss"], n_langs)
+    names = [f"l{i}" for i in range(n_langs)]
+    return new_lanes(np.dtype(dtype), n_lanes, row_len, packing, buffer, PAD, EOD, opts["reset_position_ids"], opts["eod_mask_loss"], names)
 
 
 def _feed(lanes, docs, lane=0, first=0, end=True, langs=None, status=None):
@@ -183,9 +184,13 @@ def test_batch_has_the_megatron_fields():
     assert out["lang_ids"].tolist() == [[0, 0, 0, 1, 1], [2, 2, -1, -1, -1]]
     assert out["cu_seqlens"].tolist() == [0, 3, 5, 7, 10]
     assert out["max_seqlen"] == 3
-    assert out["doc_lang"].tolist() == [0, 1, 2, -1] and out["doc_id"].tolist() == [0, 1, 0, -1]
-    assert out["lang_tokens"].tolist() == [3, 2, 2, 0]  # token region only: row 0's last label is not counted
-    assert out["utf8_replaced"] == 1 and out["pad_rows"] == 0 and not out["dry"]
+    assert out["doc_langs"] == ["l0", "l1", "l2", ""] and out["doc_id"].tolist() == [0, 1, 0, -1]
+    # The lanes count what their batches held: tokens per language in the token region only (row
+    # 0's last label is not counted), padding, padded rows and documents read with U+FFFD.
+    assert lanes.lang_tokens.tolist() == [3, 2, 2, 0] and not out["dry"]
+    assert lanes.totals == (2, 3, 0, 1)  # rows, pad tokens, pad rows, utf8_replaced
+    lanes.totals, lanes.lang_tokens = (7, 1, 1, 1), [1, 2, 3, 4]  # restored by a resume
+    assert lanes.totals == (7, 1, 1, 1) and lanes.lang_tokens.tolist() == [1, 2, 3, 4]
     # Lane 1 is dry now: a padding row, counted; with eod_mask_loss and no position reset.
     masked = _lanes(6, n_lanes=2, reset_position_ids=False, eod_mask_loss=True, dtype=np.uint16)
     _feed(masked, [[10, 11, EOD], [20, 21, EOD]], lane=0)
@@ -193,7 +198,11 @@ def test_batch_has_the_megatron_fields():
     out = masked.next_batch([0, 1])
     assert out["loss_mask"].tolist() == [[1, 1, 0, 1, 1], [0, 0, 0, 0, 0]]
     assert out["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
-    assert out["pad_rows"] == 1 and out["tokens"].dtype == np.int64
+    assert masked.totals == (2, 5, 1, 0) and out["tokens"].dtype == np.int64
+    # Every row dry: counted only when asked to (a loader with num_batches yields it as padding).
+    _feed(masked, [], lane=0, first=3)
+    assert masked.next_batch([0, 1], count_dry=False)["dry"] and masked.totals == (2, 5, 1, 0)
+    assert masked.next_batch([0, 1])["dry"] and masked.totals == (4, 15, 3, 0)
 
 
 def test_lanes_reject_bad_deliveries():
