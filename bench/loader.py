@@ -16,6 +16,10 @@ shared process the rows disturbed each other: a pass right after the baseline ro
 building 7.6 M int objects) ran 7-12% slower, raw or ours alike, and a rotating order put ours
 after the baseline every time (0.72 vs 0.79 of raw 2 threads, measured on the default corpus).
 Processes alternate row by row, the order rotating between repeats; best of --repeat per row.
+Every timed pass starts right after a full garbage collection (gc.collect()): in a fresh process
+the ~190k objects that importing torch leaves are collected by whichever code next allocates
+enough containers, and on the 938-shard corpus that was always the loader's timed start-up
+(index headers: one full collection, ~116 ms, in construct 151-200 ms against ~50 ms without).
 The ratio to raw is also taken within each repeat (its two passes ran seconds apart): their
 median and a distribution-free 90% interval for it are printed. On a shared machine whose speed
 drifts by up to 20% from one minute to the next, the ratio of two rows' best passes moved by up to
@@ -40,6 +44,7 @@ machine, where wall-clock ratios do not).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -187,6 +192,7 @@ def child(args, row: str, shard_dir: str, model: str) -> None:
         fn = lambda: ours(shard_dir, model, args.seq_len, args.batch, args.workers)  # noqa: E731
     fn()
     for _ in range(args.passes):
+        gc.collect()  # see the module docstring: no row starts its timed pass with the imports' debris
         rate, n, per_cpu, extra = measured(fn)
         extra = asdict(extra) if extra is not None else None
         print(json.dumps({"rate": rate, "tokens": n, "per_cpu": per_cpu, "extra": extra, "glotta": glotta.__file__}), flush=True)
