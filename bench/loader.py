@@ -9,19 +9,21 @@
 All three count the same tokens (every document's ids plus EOD). Shards default to a demo corpus
 of real gettext text; the SentencePiece model is trained on it (unigram) unless --model is given.
 
-Fairness: every timed pass runs in a process of its own (`--child ROW`), which loads its inputs
+Fairness: each row runs in a process of its own every repeat (`--child ROW`), which loads its inputs
 and the model and runs one untimed warm-up pass of its row first; no row pays for loading the
 model (raw and baseline get a loaded processor, the loader its per-process cached one). In one
 shared process the rows disturbed each other: a pass right after the baseline row (3 s of Python
 building 7.6 M int objects) ran 7-12% slower, raw or ours alike, and a rotating order put ours
 after the baseline every time (0.72 vs 0.79 of raw 2 threads, measured on the default corpus).
-Processes alternate row by row, the order rotating between repeats; best of --repeat per row.
+Processes alternate row by row, the order rotating between repeats; each runs --passes timed
+passes (3) after its warm-up; best of all passes per row.
 Every timed pass starts right after a full garbage collection (gc.collect()): in a fresh process
 the ~190k objects that importing torch leaves are collected by whichever code next allocates
 enough containers, and on the 938-shard corpus that was always the loader's timed start-up
 (index headers: one full collection, ~116 ms, in construct 151-200 ms against ~50 ms without).
-The ratio to raw is also taken within each repeat (its two passes ran seconds apart): their
-median and a distribution-free 90% interval for it are printed. On a shared machine whose speed
+The ratio to raw is also taken within each repeat (the medians of the two rows' processes, which
+ran seconds apart): the median of those ratios and a distribution-free 90% interval for it are
+printed. On a shared machine whose speed
 drifts by up to 20% from one minute to the next, the ratio of two rows' best passes moved by up to
 0.19 between runs of the same code; the paired ratios show how much of that is the machine.
 
@@ -37,7 +39,7 @@ With --baseline-site DIR (a glotta installed from an older commit with `pip inst
 alternating; medians per CPU-second are printed (a code-vs-code comparison that holds on a busy
 machine, where wall-clock ratios do not).
 
-    python bench/loader.py [SHARD_DIR] [--model M] [--workers 2] [--seq-len 2048] [--repeat 3]
+    python bench/loader.py [SHARD_DIR] [--model M] [--workers 2] [--seq-len 2048] [--repeat 3] [--passes 3]
                            [--docs-per-lang 500] [--small-docs-per-lang 120] [--many-shards-samples 10]
                            [--baseline-site DIR]
 """
@@ -154,7 +156,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline-site", help="site dir of an older glotta: its TokenLoader vs ours, separate processes")
     ap.add_argument("--child", nargs=3, metavar=("ROW", "SHARDS", "MODEL"), help=argparse.SUPPRESS)
-    ap.add_argument("--passes", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--passes", type=int, default=3, help="timed passes per process, after its warm-up pass")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("glotta").setLevel(logging.ERROR)
@@ -233,8 +235,8 @@ def run(args, tmp: Path, shard_dir: Path | None, docs_per_lang: int, model: Path
           f"seq_len {args.seq_len}, batch {args.batch}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     del texts
 
-    # Every pass in its own process; rows alternate and the order rotates between repeats, so a
-    # busy moment of a shared machine hits all rows alike. Best of --repeat per row.
+    # Every row in processes of its own; rows alternate and the order rotates between repeats, so a
+    # busy moment of a shared machine hits all rows alike. Best of --repeat x --passes per row.
     labels = {"raw1": "raw sp.encode, 1 thread", "rawW": f"raw sp.encode, {args.workers} threads",
               "baseline": "baseline webdataset+sp+python", "ours": f"TokenLoader, {args.workers} workers"}
     res: dict[str, dict] = {}
@@ -243,14 +245,15 @@ def run(args, tmp: Path, shard_dir: Path | None, docs_per_lang: int, model: Path
     for rep in range(args.repeat):
         this: dict[str, float] = {}
         for row in ROWS[rep % len(ROWS):] + ROWS[: rep % len(ROWS)]:
-            (r,) = in_child(args, row, shard_dir, model)
-            this[row] = r["rate"]
-            if row == "ours":
-                r["extra"] = Ours(**r["extra"])
-                ours_runs.append(r["extra"])
-            if row not in res or r["rate"] > res[row]["rate"]:
-                res[row] = r
-        paired.append(this["ours"] / this["rawW"])
+            passes = in_child(args, row, shard_dir, model, passes=args.passes)
+            this[row] = statistics.median(r["rate"] for r in passes)
+            for r in passes:
+                if row == "ours":
+                    r["extra"] = Ours(**r["extra"])
+                    ours_runs.append(r["extra"])
+                if row not in res or r["rate"] > res[row]["rate"]:
+                    res[row] = r
+        paired.append(this["ours"] / this["rawW"])  # the medians of the two processes' passes
     print(f"{'':34s}{'tokens/s':>12s}{'tokens/CPU-s':>14s}{'tokens':>12s}")
     for row in ROWS:
         r = res[row]
