@@ -175,6 +175,8 @@ class ShardIndex:
         # (with torch imported, one took 116 ms, and bench/loader.py's timed start-up on 938 shards
         # met one in most runs).
         for k in ("langs", "lang_docs", "lang_bytes"):
+            if not isinstance(header.get(k), list):
+                raise DataError(f"{path}: shard index header has no {k} list (damaged)")
             header[k] = tuple(header[k])
         return cls(path, header)
 

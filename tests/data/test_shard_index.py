@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from glotta.data import Manifest, iter_samples, list_shards
 from glotta.data.manifest import sha256_file
-from glotta.data.shard_index import ShardIndex, index_path, scan_shard
+from glotta.data.shard_index import ShardIndex, index_path, load_index, scan_shard
 from glotta.launch.cli import app
 
 runner = CliRunner()
@@ -31,6 +31,21 @@ def test_index_written_at_import_equals_a_scan_and_is_hashed_in_the_manifest(dem
         samples = list(iter_samples(shard))
         assert idx.keys() == [s.key for s in samples]
         assert idx.cols()["nbytes"].tolist() == [len(s.text.encode()) for s in samples]
+
+
+def test_an_index_whose_header_lacks_a_field_is_rebuilt_not_a_crash(demo_shards, tmp_path):
+    # Valid JSON without `langs` (or with it not a list): a DataError inside, so load_index
+    # rebuilds the index from the shard instead of failing with a KeyError at start-up.
+    shard = tmp_path / list_shards(demo_shards)[0].name
+    shutil.copy(list_shards(demo_shards)[0], shard)
+    good = index_path(list_shards(demo_shards)[0]).read_bytes()
+    for broken in ({"langs": None}, {"langs": "en"}, {"lang_docs": 3}):
+        n = int.from_bytes(good[8:16], "little")
+        head = json.loads(good[16 : 16 + n]) | broken
+        raw = json.dumps(head).encode()
+        index_path(shard).write_bytes(good[:8] + len(raw).to_bytes(8, "little") + raw)
+        idx = load_index(shard)
+        assert index_path(shard).read_bytes() == good and idx.langs == ShardIndex.read_header(index_path(shard)).langs
 
 
 def test_direct_writer_output_reads_with_tarfile_and_webdataset(demo_shards):
