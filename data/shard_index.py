@@ -124,6 +124,7 @@ class ShardIndex:
         self.path, self.header = path, header  # a str from load_index (no Path per shard at start-up)
         self._blob = blob  # an index built in memory (shard folder not writable)
         self._cols: dict[str, np.ndarray] | None = None
+        self._raw: Any = None  # the file's bytes: its mapping (MappedFile) or the blob
         self._starts: np.ndarray | None = None
         self._layout: tuple[int, int, int, int, int] | None = None
 
@@ -186,11 +187,21 @@ class ShardIndex:
         return cls(path, json.loads(blob[16 : 16 + n]), blob)
 
     # ---- arrays -------------------------------------------------------------------------
+    def _mapping(self) -> Any:
+        """The whole file as a buffer: mapped through the LRU on first use, or the in-memory blob."""
+        if self._raw is None:
+            self._raw = self._blob if self._blob is not None else _MAPS.get(self.path, self)
+        return self._raw
+
+    def release_mapping(self) -> None:
+        """Drop this index's hold on its mapping (the LRU calls it when it evicts the file)."""
+        self._cols = self._raw = None
+
     def cols(self) -> dict[str, np.ndarray]:
         """Views into the mapping, kept until the LRU of mappings unmaps the file."""
         if self._cols is not None:
             return self._cols
-        buf = self._blob if self._blob is not None else _MAPS.get(self.path, self)
+        buf = self._mapping()
         n, at = self.docs, self.header["arrays"]
         try:
             cols = {name: np.frombuffer(buf, dt, n, at[name]) for name, dt in _ARRAYS}
@@ -215,15 +226,17 @@ class ShardIndex:
             self._layout = (at["by_lang"], at["offset"], at["key_end"], at["keys"], self.docs, at["nbytes"])
         return self._layout
 
-    def lookup_source(self, dense: bool) -> np.ndarray | None:
+    def lookup_source(self, dense: bool) -> Any:
         """What lookup_index reads this index from: its bytes when it is mapped already (or was
         built in memory), small, or read densely by the task (then mapped through the LRU); None
-        for pread, which maps nothing (a large index touched for a document or two)."""
-        if self._cols is not None:  # mapped already: the common case, once per shard and task
-            return self._cols["raw"]
+        for pread, which maps nothing (a large index touched for a document or two). The mapping
+        itself, not the array views of cols(): a fresh loader on 938 shards spent ~10 ms making
+        seven views a shard that its lookups never use."""
+        if self._raw is not None:  # mapped already: the common case, once per shard and task
+            return self._raw
         if self._blob is None and not dense and self.layout[3] > self.SMALL:
             return None
-        return self.cols()["raw"]
+        return self._mapping()
 
     def key(self, j: int, cols: dict[str, np.ndarray] | None = None) -> str:
         c = cols or self.cols()
@@ -244,7 +257,7 @@ class ShardIndex:
 
 class _MapCache:
     """An LRU of memory-mapped index files. A mapping (glotta._native.MappedFile) holds no file
-    descriptor and is unmapped when its owner's arrays go, so the bound is on mapped pages and
+    descriptor and is unmapped when its owner lets go of it (and of its arrays), so the bound is on mapped pages and
     address space, not on descriptors: at most `size` mappings and `max_bytes` of mapped index
     files together, which bounds the RSS their touched pages can add. A miss costs ~10 us (open,
     mmap, close, the array views) plus its page faults.
@@ -270,9 +283,9 @@ class _MapCache:
             while self._maps and (len(self._maps) >= self.size or self._bytes > self.max_bytes):
                 _, (old_map, old_owner) = self._maps.popitem(last=False)
                 self._bytes -= len(old_map)
-                old_owner._cols = None  # the mapping goes with the last view of it
+                old_owner.release_mapping()  # the mapping goes with the last view of it
         elif entry[1] is not owner:
-            entry[1]._cols = None
+            entry[1].release_mapping()
             entry = (entry[0], owner)
         self._maps[path] = entry
         return entry[0]

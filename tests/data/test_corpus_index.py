@@ -53,7 +53,7 @@ def test_fetch_returns_each_document_where_the_index_says(demo_shards, monkeypat
     for ids in sets:
         if source == "pread":
             for ix in index.indexes:
-                ix._cols = None  # unmapped (the reference below maps them again)
+                ix.release_mapping()  # unmapped (the reference below maps them again)
         _check(index, ids, index.fetch(ids))
 
 
@@ -167,7 +167,7 @@ def test_index_mappings_are_bounded_by_bytes_as_well_as_count(demo_shards, monke
     cache = shard_index._MapCache(size=4096, max_bytes=sizes[0] + sizes[1])
     monkeypatch.setattr(shard_index, "_MAPS", cache)
     for ix in index.indexes:
-        ix._cols = None
+        ix.release_mapping()
     first = [ix.cols()["offset"].tolist() for ix in index.indexes]
     assert 1 <= len(cache._maps) <= 2 < len(index.indexes)
     assert cache._bytes == sum(len(m) for m, _ in cache._maps.values()) <= cache.max_bytes
