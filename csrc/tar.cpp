@@ -27,6 +27,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <list>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -217,7 +219,10 @@ enum class Mapping { kAlways, kNever, kAdaptive };
 
 class TarReader {
  public:
-  TarReader(const std::string& path, bool sequential, Mapping mapping) : path_(path), mapping_(mapping) {
+  // keep_fd: a pread reader keeps the descriptor it opened here, and every later one, open between
+  // calls until release_fd() (ShardFiles bounds how many such readers hold one).
+  TarReader(const std::string& path, bool sequential, Mapping mapping, bool keep_fd = false)
+      : path_(path), mapping_(mapping), keep_fd_(keep_fd && mapping == Mapping::kNever) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
     struct stat st{};
@@ -238,13 +243,17 @@ class TarReader {
       const ssize_t got = ::pread(fd, head, sizeof head, 0);
       kind = got > 0 ? compression(head, static_cast<uint64_t>(got)) : nullptr;
     }
-    ::close(fd);  // a mapping stays valid without it; pread reads open the file per call
     if (kind) {
+      ::close(fd);
       close();
       throw TarError(path + ": unsupported: compressed shard (" + kind +
                      "); glotta reads plain .tar shards (decompress it, e.g. `" +
                      (std::string(kind) == "gzip" ? "gunzip" : kind) + " -d`)");
     }
+    if (keep_fd_ && size_ > 0)
+      fd_ = fd;
+    else
+      ::close(fd);  // a mapping stays valid without it; pread reads open the file per call
   }
   ~TarReader() {
     close();
@@ -252,6 +261,7 @@ class TarReader {
   }
 
   void close() {
+    release_fd();
     if (data_) munmap(const_cast<unsigned char*>(data_), size_);
     data_ = nullptr;
     closed_ = true;
@@ -259,24 +269,33 @@ class TarReader {
     buf_len_ = 0;
   }
 
-  // Keeps the file open for random reads during one call (RAII; nested calls share it).
+  // Keeps the file open for random reads during one call (RAII; nested calls share it). A
+  // keep_fd reader's descriptor stays open after it; the next session checks its size again.
   class Session {
    public:
     Session(TarReader& r, uint64_t read_ahead) : r_(r), saved_(r.read_ahead_) {
       r.read_ahead_ = read_ahead;
-      if (!r.data_ && !r.closed_ && r.size_ > 0 && r.fd_ < 0) {
-        r.open_for_reads();
-        opened_ = true;
+      if (r.in_session_) return;  // nested: the outer session holds the file
+      if (!r.data_ && !r.closed_ && r.size_ > 0) {
+        if (r.fd_ < 0)
+          r.open_for_reads();
+        else if (r.keep_fd_)
+          r.check_size();  // held since an earlier call: the file may have shrunk meanwhile
       }
+      r.in_session_ = outer_ = true;
     }
     ~Session() {
       r_.read_ahead_ = saved_;
-      if (!opened_) return;
-      ::close(r_.fd_);
-      r_.fd_ = -1;
+      if (!outer_) return;
+      r_.in_session_ = false;
+      if (r_.fd_ < 0) return;
+      if (!r_.keep_fd_) {
+        ::close(r_.fd_);
+        r_.fd_ = -1;
+      }
       r_.buf_len_ = 0;  // the file may change before the next call
       // Its contents are stale from now on, so keep no allocation either: a worker keeps up to
-      // 16,384 readers that are between calls (data/tokenize.py Encoder.MAX_READERS).
+      // 16,384 readers that are between calls (ShardFiles).
       std::vector<unsigned char>().swap(r_.buf_);
     }
     Session(const Session&) = delete;
@@ -285,8 +304,14 @@ class TarReader {
    private:
     TarReader& r_;
     uint64_t saved_;
-    bool opened_ = false;
+    bool outer_ = false;
   };
+
+  bool has_fd() const { return fd_ >= 0; }
+  void release_fd() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
 
   // A random reader asked for `docs` more documents (texts): past kMapAfter it maps its file
   // (inside a Session, with its descriptor; if mmap fails it keeps reading with pread).
@@ -490,6 +515,11 @@ class TarReader {
   void open_for_reads() {
     fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) throw TarError(path_ + ": cannot open: " + std::strerror(errno));
+    check_size();
+  }
+
+  // The open file is not shorter than when the reader was made (else an error, descriptor closed).
+  void check_size() {
     struct stat st{};
     if (fstat(fd_, &st) != 0 || static_cast<uint64_t>(st.st_size) < size_) {
       const uint64_t now = static_cast<uint64_t>(st.st_size);
@@ -675,6 +705,7 @@ class TarReader {
   uint64_t served_ = 0;  // documents asked for through texts()
   // Random readers: the descriptor during a call (Session), the read buffer and what it holds.
   int fd_ = -1;
+  bool keep_fd_ = false, in_session_ = false;
   std::vector<unsigned char> buf_;
   uint64_t buf_off_ = 0, buf_len_ = 0, read_ahead_ = kScanRead;
   RawSample pending_;
@@ -729,6 +760,135 @@ class MappedFile {
   uint64_t size_ = 0;
 };
 
+// The shards of one tokenizer worker (data/tokenize.py Encoder): a pread reader per shard, made on
+// its first read, and at most `max_open` of them holding their file open between calls, least
+// recently used closed first. On 938 shards of 10 documents a task touches ~170 shards, and a
+// worker that opened, stat-ed and closed each per task made ~6,000 such sessions an epoch;
+// kept open, a shard costs one fstat per task (its size checked again: a shard that shrank is
+// an error naming it, as before). The budget comes from RLIMIT_NOFILE (fd_budget in Python), so
+// 10,000 shards with `ulimit -n 1024` still read, reopening what was closed. At most
+// `max_readers` readers are kept (~0.4 KiB each), least recently used dropped first.
+// Not thread-safe: one per worker thread or process.
+class ShardFiles {
+ public:
+  ShardFiles(std::vector<std::string> paths, size_t max_open, size_t max_readers)
+      : paths_(std::move(paths)),
+        max_open_(std::max<size_t>(1, max_open)),
+        max_readers_(std::max<size_t>(1, max_readers)),
+        slot_(paths_.size()) {}
+
+  size_t size() const { return paths_.size(); }
+  size_t open_files() const { return fd_lru_.size(); }
+  size_t readers() const { return reader_lru_.size(); }
+
+  // Is the reader of every shard in `shards` made? (With the GIL: no I/O.)
+  bool ready(const std::vector<int64_t>& shards) const {
+    for (int64_t s : shards)
+      if (!slot_[check(s)].reader) return false;
+    return true;
+  }
+
+  // The readers of `shards`, made where missing (opening files: call without the GIL). A run of
+  // reads from one of them goes between before_run and after_run.
+  std::vector<TarReader*> prepare(const std::vector<int64_t>& shards) {
+    std::vector<TarReader*> out;
+    out.reserve(shards.size());
+    for (int64_t s : shards) {
+      Slot& sl = slot_[check(s)];
+      if (!sl.reader) {
+        make_room();
+        try {
+          sl.reader = std::make_unique<TarReader>(paths_[static_cast<size_t>(s)], false, Mapping::kNever, true);
+        } catch (const TarError&) {
+          throw;
+        } catch (const std::runtime_error& e) {  // cannot open or stat: named, as every read error
+          throw TarError(e.what());
+        }
+        reader_lru_.push_back(static_cast<size_t>(s));
+        sl.in_readers = std::prev(reader_lru_.end());
+        note_fd(static_cast<size_t>(s));
+      } else {
+        reader_lru_.splice(reader_lru_.end(), reader_lru_, sl.in_readers);
+      }
+      out.push_back(sl.reader.get());
+    }
+    return out;
+  }
+
+  // Room for one more descriptor, if shard `s`'s reader must open its file for the run.
+  void before_run(int64_t s) {
+    if (!slot_[static_cast<size_t>(s)].reader->has_fd()) make_room();
+  }
+  // After the run (also when it threw): count the descriptor the reader holds now, most recent last.
+  void after_run(int64_t s) { note_fd(static_cast<size_t>(s)); }
+
+  // After a call: readers beyond max_readers dropped, least recently used first (not during
+  // one, whose readers are all in use however many shards its task touches).
+  void trim() {
+    while (reader_lru_.size() > max_readers_) drop_reader(reader_lru_.front());
+  }
+
+  void close() {
+    for (Slot& sl : slot_) {
+      sl.reader.reset();
+      sl.has_fd = false;
+    }
+    fd_lru_.clear();
+    reader_lru_.clear();
+  }
+
+ private:
+  struct Slot {
+    std::unique_ptr<TarReader> reader;
+    bool has_fd = false;
+    std::list<size_t>::iterator in_fds, in_readers;
+  };
+
+  size_t check(int64_t s) const {
+    if (s < 0 || static_cast<size_t>(s) >= paths_.size()) throw std::invalid_argument("shard index out of range");
+    return static_cast<size_t>(s);
+  }
+
+  void make_room() {
+    while (fd_lru_.size() >= max_open_) {
+      const size_t old = fd_lru_.front();
+      fd_lru_.pop_front();
+      slot_[old].has_fd = false;
+      slot_[old].reader->release_fd();
+    }
+  }
+
+  void note_fd(size_t s) {
+    Slot& sl = slot_[s];
+    const bool open = sl.reader && sl.reader->has_fd();
+    if (sl.has_fd) {
+      if (open)
+        fd_lru_.splice(fd_lru_.end(), fd_lru_, sl.in_fds);
+      else {
+        fd_lru_.erase(sl.in_fds);
+        sl.has_fd = false;
+      }
+    } else if (open) {
+      fd_lru_.push_back(s);
+      sl.in_fds = std::prev(fd_lru_.end());
+      sl.has_fd = true;
+    }
+  }
+
+  void drop_reader(size_t s) {
+    Slot& sl = slot_[s];
+    if (sl.has_fd) fd_lru_.erase(sl.in_fds);
+    sl.has_fd = false;
+    reader_lru_.erase(sl.in_readers);
+    sl.reader.reset();
+  }
+
+  std::vector<std::string> paths_;
+  size_t max_open_, max_readers_;
+  std::vector<Slot> slot_;
+  std::list<size_t> fd_lru_, reader_lru_;  // least recently used first
+};
+
 // The next samples with the GIL released: read() and scan() parse whole batches of members.
 std::vector<RawSample> parse_released(TarReader& r, size_t max_samples) {
   py::gil_scoped_release release;
@@ -740,10 +900,12 @@ std::vector<RawSample> parse_released(TarReader& r, size_t max_samples) {
 // The loader's read: the texts of samples in several readers, checked, in one call. Entry i is
 // the sample at offsets[i] of readers[which[i]] with key blob[key_ends[i-1]:key_ends[i]]; it
 // becomes item pos[i] of the result. sizes[i] is the text's size as the index recorded it, or -1
-// when unknown (sizes may be null: all unknown). Returns (texts, status per item).
+// when unknown (sizes may be null: all unknown). Returns (texts, status per item). With `files`,
+// readers[k] is the reader of shard shard_of[k] there, and each run of reads goes between its
+// before_run and after_run (its bound on open descriptors).
 py::tuple read_texts(const std::vector<TarReader*>& readers, const int32_t* which, const int64_t* pos,
                      const uint64_t* offsets, const char* blob_p, int64_t blob_n, const int64_t* key_ends,
-                     const int64_t* sizes, size_t n) {
+                     const int64_t* sizes, size_t n, ShardFiles* files = nullptr, const int64_t* shard_of = nullptr) {
   std::vector<char> placed(n, 0);
   for (size_t i = 0; i < n; ++i) {
     if (pos[i] < 0 || static_cast<size_t>(pos[i]) >= n || placed[static_cast<size_t>(pos[i])]++)
@@ -768,9 +930,9 @@ py::tuple read_texts(const std::vector<TarReader*>& readers, const int32_t* whic
   // against the index. Measured on bench/loader.py, CPU per epoch did not change: the copies left
   // user space (memmove 389 -> 148 perf samples over 10 epochs) but the kernel's copy into the
   // fresh objects grew about as much.
-  // A run of one reader's documents is one Session, so a pread reader holds a descriptor only
-  // while its run is read (fetch groups a task by shard: one run each), and never more than one
-  // at a time (ulimit -n stays out of reach at 10,000 shards). Holding the GIL through phase 1
+  // A run of one reader's documents is one Session (fetch groups a task by shard: one run each),
+  // so a plain pread reader holds a descriptor only while its run is read, and ShardFiles' readers
+  // keep theirs within its budget (ulimit -n stays out of reach at 10,000 shards). Holding the GIL through phase 1
   // (~2 us per document, ~0.3 ms per task) stalled the loader's thread and the other tokenizer
   // thread; giving it up once per task costs one hand-off (per shard, it cost more than it saved).
   struct Got {
@@ -797,6 +959,14 @@ py::tuple read_texts(const std::vector<TarReader*>& readers, const int32_t* whic
       size_t b = a;
       while (b < n && which[b] == which[a]) ++b;
       TarReader& r = *readers[static_cast<size_t>(which[a])];
+      struct Run {  // declared before the session, so after_run sees the descriptor it leaves
+        ShardFiles* files;
+        int64_t shard;
+        ~Run() {
+          if (files) files->after_run(shard);
+        }
+      } run{files, files ? shard_of[which[a]] : 0};
+      if (files) files->before_run(run.shard);
       TarReader::Session session(r, kDocRead);
       r.served(b - a);
       for (size_t i = a; i < b; ++i) {
@@ -927,6 +1097,48 @@ void register_tar(py::module_& m) {
       .def("counters", &TarReader::counters)
       .def("warnings", &TarReader::warnings)
       .def("close", &TarReader::close);
+
+  py::class_<ShardFiles>(m, "ShardFiles",
+                         "The shards of one tokenizer worker: a pread reader per shard made on first use, at most max_open "
+                         "of them keeping their file open between calls (least recently used closed first), at most "
+                         "max_readers kept. Not thread-safe: one per worker.")
+      .def(py::init([](std::vector<std::string> paths, size_t max_open, size_t max_readers) {
+             return new ShardFiles(std::move(paths), max_open, max_readers);
+           }),
+           py::arg("paths"), py::arg("max_open"), py::arg("max_readers") = 16384)
+      .def(
+          "read_texts",
+          [](ShardFiles& f, const std::vector<int64_t>& shards, py::array_t<int32_t, py::array::c_style | py::array::forcecast> which_a,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> pos_a,
+             py::array_t<uint64_t, py::array::c_style | py::array::forcecast> offsets_a, py::bytes key_blob,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> key_ends_a,
+             std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> sizes_a) {
+            const size_t n = static_cast<size_t>(offsets_a.size());
+            if (static_cast<size_t>(key_ends_a.size()) != n || static_cast<size_t>(which_a.size()) != n ||
+                static_cast<size_t>(pos_a.size()) != n || (sizes_a && static_cast<size_t>(sizes_a->size()) != n))
+              throw std::invalid_argument("which, pos, offsets, keys and sizes differ in length");
+            std::vector<TarReader*> readers;
+            if (f.ready(shards)) {
+              readers = f.prepare(shards);  // every reader made: no I/O, keep the GIL
+            } else {
+              py::gil_scoped_release release;  // opening the new shards' files
+              readers = f.prepare(shards);
+            }
+            char* blob_p = nullptr;
+            Py_ssize_t blob_n = 0;
+            PyBytes_AsStringAndSize(key_blob.ptr(), &blob_p, &blob_n);
+            py::tuple out = read_texts(readers, which_a.data(), pos_a.data(), offsets_a.data(), blob_p, blob_n, key_ends_a.data(),
+                                       sizes_a ? sizes_a->data() : nullptr, n, &f, shards.data());
+            f.trim();
+            return out;
+          },
+          py::arg("shards"), py::arg("which"), py::arg("pos"), py::arg("offsets"), py::arg("key_blob"), py::arg("key_ends"),
+          py::arg("sizes") = py::none(),
+          "read_texts (below) from the readers of `shards` (indexes into paths): readers[which[i]] is shard shards[which[i]].")
+      .def_property_readonly("open_files", &ShardFiles::open_files, "Descriptors its readers hold now.")
+      .def_property_readonly("readers", &ShardFiles::readers)
+      .def("__len__", &ShardFiles::size)
+      .def("close", &ShardFiles::close, "Close every file and drop every reader.");
 
   m.def(
       "read_texts",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from glotta._native import BlendSchedule, TarError, TarReader, collapse_ws, read_texts, tar_sample
+    from glotta._native import BlendSchedule, ShardFiles, TarError, TarReader, collapse_ws, read_texts, tar_sample
     from glotta._native import Lanes_i32, Lanes_u16  # the loader's lanes (data/packing.py)
     from glotta._native import join_documents_i32, join_documents_u16  # data/tokenize.py
     from glotta._native import lookup_index  # data/corpus_index.py
@@ -22,7 +22,7 @@ except ImportError as e:  # pragma: no cover - only when the package was not ins
         "(needs a C++17 compiler and the Python headers)"
     ) from e
 
-__all__ = ["BlendSchedule", "Lanes_i32", "Lanes_u16", "TarError", "TarReader", "collapse_ws", "best_fit_pack", "join_documents_i32", "join_documents_u16", "lookup_index", "read_texts", "deal", "permutation", "permute", "tar_sample", "token_dtype"]
+__all__ = ["BlendSchedule", "ShardFiles", "Lanes_i32", "Lanes_u16", "TarError", "TarReader", "collapse_ws", "best_fit_pack", "join_documents_i32", "join_documents_u16", "lookup_index", "read_texts", "deal", "permutation", "permute", "tar_sample", "token_dtype"]
 
 _MASK63 = (1 << 63) - 1
 

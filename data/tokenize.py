@@ -1,7 +1,7 @@
 """SentencePiece on the fly: reading + encoding documents in workers.
 
 Where each document starts comes from the per-shard index (shard_index.py, corpus_index.py).
-Workers read documents by offset (TarReader.seek) and encode them in batches
+Workers read a task's documents by offset in one C++ call (ShardFiles.read_texts) and encode them in batches
 (`sp.encode(list_of_texts)`), appending EOD. Workers are stateless: the
 result of a task depends only on the task, which is what makes resume exact with any number
 of workers.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import resource
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +21,7 @@ import numpy as np
 import sentencepiece as spm
 
 from glotta.data.corpus_index import ReadTask
-from glotta.data.native import TarError, TarReader, join_documents_i32, join_documents_u16, read_texts, token_dtype
-from glotta.data.shards import open_reader
+from glotta.data.native import ShardFiles, TarError, join_documents_i32, join_documents_u16, token_dtype
 from glotta.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -81,54 +80,34 @@ def _load(p: Path) -> tuple[spm.SentencePieceProcessor, TokenizerInfo]:
 
 # ---- reading + encoding (runs in workers, or in-process with num_workers=0) -----------------
 class Encoder:
-    # Open readers per worker. They only pread (mapped=False): a reader holds a file descriptor
-    # for the length of one call and nothing between calls but its path and counters (~0.5 KiB),
-    # so many are kept: on 938 shards of 10 documents, with 64 kept, 7,062 of 9,372 reads
-    # re-created their reader (4 system calls and a Python object each, 37 ms of CPU an epoch).
-    # Until session 7 a reader mapped its shard after serving 32 documents; with readers kept,
-    # sparse ones reached that too, and pread measured the same CPU on bench/loader.py's three
-    # corpora (882-946 ms against 886-964 ms an epoch of the 19-shard one) without the mapped
-    # pages in RSS, the budget that had to bound them or the unmapping at close (~3 ms a worker).
-    MAX_READERS = 16384  # ~10 MiB per worker (0.55 KiB a reader, measured, and its LRU entry)
+    # The worker's shards (csrc/tar.cpp ShardFiles): a pread reader per shard, made in C++ on its
+    # first read (no Python object per shard), and up to `max_open` of them keeping their file
+    # open between tasks (fd_budget). Until session 9 a reader held its descriptor for one call
+    # only: on 938 shards of 10 documents a worker opened, stat-ed and closed ~3,000 files an
+    # epoch and made a Python reader per shard (together ~50 ms of the workers' CPU an epoch).
+    # Readers never map their shard: pread measured the same CPU on bench/loader.py's corpora
+    # without the mapped pages in RSS (session 7).
+    MAX_READERS = 16384  # ~6 MiB per worker (~0.4 KiB a reader)
 
-    def __init__(self, shards: list[str], tokenizer: str, strict: bool = False):
+    def __init__(self, shards: list[str], tokenizer: str, strict: bool = False, max_open: int | None = None):
         self.shards, self.strict = shards, strict
         self.names = [Path(s).name for s in shards]
         self.sp, self.info = open_tokenizer(tokenizer)
         self.dtype = token_dtype(self.info.vocab_size)
-        self._readers: OrderedDict[int, TarReader] = OrderedDict()  # least recently used first
+        self.files = ShardFiles([str(s) for s in shards], max_open if max_open is not None else fd_budget(1), self.MAX_READERS)
         self._numpy = True
         self._join = join_documents_u16 if self.dtype == np.uint16 else join_documents_i32
-
-    def _task_readers(self, shards: list[int]) -> list[TarReader]:
-        """Open readers for a task's shards, most recently used last. Eviction waits until after
-        the call (`_trim`): a task may touch more shards than MAX_READERS allows, and none of its
-        readers may close while it runs."""
-        out = []
-        for shard in shards:
-            reader = self._readers.pop(shard, None)
-            if reader is None:
-                reader = open_reader(self.shards[shard], sequential=False, mapped=False)
-            self._readers[shard] = reader
-            out.append(reader)
-        return out
-
-    def _trim(self) -> None:
-        while len(self._readers) > self.MAX_READERS:
-            self._readers.pop(next(iter(self._readers))).close()
 
     def _read(self, task: ReadTask) -> tuple[list[bytes], np.ndarray]:
         """Text bytes (valid UTF-8) and status of the task's documents, in task order, read in one
         C++ call (which also checks each key and finds whitespace-only texts); Python only sees
         the exceptions."""
-        readers = self._task_readers(task.shards)
         try:
-            # A reader checks its file's size when it opens it for the call: a shard that shrank
-            # is a TarError naming it (a mapping would have faulted, SIGBUS, instead).
-            texts, codes = read_texts(readers, task.which, task.pos, task.offsets, task.key_blob, task.key_ends, task.sizes)
+            # A reader checks its file's size whenever a call reads it: a shard that shrank is a
+            # TarError naming it (a mapping would have faulted, SIGBUS, instead).
+            texts, codes = self.files.read_texts(task.shards, task.which, task.pos, task.offsets, task.key_blob, task.key_ends, task.sizes)
         except TarError as e:  # a shard that shrank or cannot be read, named
             raise DataError(str(e)) from None
-        self._trim()
         if not codes.any():  # the common case: every text valid and not blank
             return texts, codes
         entry = np.empty(task.n, np.int64)
@@ -176,19 +155,28 @@ class Encoder:
         return [np.asarray(x, np.int32) for x in self.sp.encode(texts, out_type=int, num_threads=1)]
 
     def close(self) -> None:
-        for r in self._readers.values():
-            r.close()
-        self._readers.clear()
+        self.files.close()
+
+
+def fd_budget(workers: int) -> int:
+    """Shard files one tokenizer worker may keep open between tasks: half of the process's soft
+    RLIMIT_NOFILE (less 64 for everything else) shared by `workers`, at least 1 and at most
+    4,096. With `ulimit -n 1024` and 2 workers: 240 each; a worker touching more shards reopens
+    the least recently used."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, min(4096, (soft - 64) // 2 // max(1, workers)))
 
 
 _WORKER: Encoder | None = None
 _THREAD = threading.local()
 
 
-def worker_init(shards: list[str], tokenizer: str, strict: bool) -> None:
+def worker_init(shards: list[str], tokenizer: str, strict: bool, max_open: int | None = None) -> None:
     """Pool initializer: one Encoder per process (process pool) or per thread (thread pool)."""
     global _WORKER
-    enc = Encoder(shards, tokenizer, strict)
+    enc = Encoder(shards, tokenizer, strict, max_open)
     if threading.current_thread() is threading.main_thread():
         _WORKER = enc
     else:

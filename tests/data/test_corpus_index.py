@@ -195,11 +195,9 @@ def test_locator_finds_the_kth_document_of_each_language(demo_shards):
     assert locate(lang[:0], k[:0]).tolist() == []
 
 
-def test_one_read_per_task_returns_texts_in_task_order(demo_shards, sp_model, monkeypatch):
-    # Documents of many shards, interleaved and shuffled: each text is the one iter_samples reads;
-    # the task touches more shards than the encoder keeps open (MAX_READERS 2 here; 16,384 by
-    # default, while a task of 512 documents can touch 512 shards): none of the task's readers is
-    # evicted while it runs.
+def test_one_read_per_task_returns_texts_in_task_order(demo_shards, sp_model):
+    # Documents of many shards, interleaved and shuffled: each text is the one iter_samples reads.
+    # (The readers' budgets: tests/data/test_shard_files.py.)
     from glotta.data import iter_samples
     from glotta.data.tokenize import Encoder
 
@@ -209,37 +207,12 @@ def test_one_read_per_task_returns_texts_in_task_order(demo_shards, sp_model, mo
     keys = {(s, smp.key): k for s, p in enumerate(paths) for k, smp in enumerate(iter_samples(p))}
     every = np.concatenate([(np.int64(s) << 32) | np.arange(idx.docs, dtype=np.int64) for s, idx in enumerate(index.indexes)])
     ids = np.random.default_rng(9).permutation(every)[:200]
-    monkeypatch.setattr(Encoder, "MAX_READERS", 2)
     enc = Encoder(index.shards, str(sp_model))
     task = index.fetch(ids)
     assert len(task.shards) > 2
     texts, status = enc._read(task)
-    assert len(enc._readers) == 2  # trimmed back after the call
     assert status.tolist() == [0] * len(ids)
     for g, t in zip(ids.tolist(), texts):
         s, j = g >> 32, g & 0xFFFFFFFF
         assert t == text[(s, keys[(s, index.indexes[s].keys()[j])])]
-    enc.close()
-
-
-def test_readers_only_pread_and_stay_open_for_the_next_task(demo_shards, sp_model):
-    # A reader left between calls holds no descriptor, no buffer and no mapping, so the encoder
-    # keeps it for the next task instead of re-creating it (4 system calls and an object each),
-    # even after serving more than the 32 documents after which a default reader maps its shard.
-    from glotta.data.tokenize import Encoder
-
-    paths = list_shards(demo_shards)
-    index = build_corpus_index([(p, None) for p in paths], set())
-    dense = [s for s, idx in enumerate(index.indexes) if idx.docs > 40][:3]
-    assert len(dense) == 3, [idx.docs for idx in index.indexes]
-    enc = Encoder(index.shards, str(sp_model))
-    sparse = [s for s in range(len(paths)) if s not in dense]
-    enc._read(index.fetch(np.array([np.int64(s) << 32 for s in sparse])))  # one document each
-    kept = {s: enc._readers[s] for s in sparse}
-    for s in dense:  # 40 documents of one shard
-        texts, status = enc._read(index.fetch((np.int64(s) << 32) | np.arange(40, dtype=np.int64)))
-        assert status.tolist() == [0] * 40
-    enc._read(index.fetch(np.array([np.int64(s) << 32 | 1 for s in sparse])))
-    assert all(enc._readers[s] is r for s, r in kept.items())  # the same objects, not re-created
-    assert not any(r.mapped for r in enc._readers.values())
     enc.close()

@@ -1,0 +1,138 @@
+"""ShardFiles (csrc/tar.cpp): a tokenizer worker's readers keep their shard files open between
+tasks, never more than their budget, and read exactly what a fresh reader reads."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from glotta.data import iter_samples, list_shards
+from glotta.data.corpus_index import build_corpus_index
+from glotta.data.demo_corpus import build_demo_corpus
+from glotta.data.tokenize import Encoder, fd_budget
+
+
+@pytest.fixture(scope="module")
+def many_shards(tmp_path_factory):
+    """~30 shards of 8 documents in 10 languages (a task of 60 documents touches most of them)."""
+    out = tmp_path_factory.mktemp("many_shards")
+    build_demo_corpus(out, langs=["en", "de", "fr", "es", "ru", "el", "ja", "zh", "hi", "ar"], max_docs_per_lang=24, shard_samples=8)
+    return out
+
+
+def _shard_fds(shards) -> list[str]:
+    """Targets of this process's descriptors that are one of `shards` (or such a file, replaced)."""
+    names = {os.path.basename(str(s)) for s in shards}
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if os.path.basename(target.removesuffix(" (deleted)")) in names:
+            out.append(target)
+    return out
+
+
+def _texts(paths):
+    return {(s, smp.key): smp.text.encode() for s, p in enumerate(paths) for smp in iter_samples(p)}
+
+
+def _tasks(index, size, seed):
+    every = np.concatenate([(np.int64(s) << 32) | np.arange(ix.docs, dtype=np.int64) for s, ix in enumerate(index.indexes)])
+    ids = np.random.default_rng(seed).permutation(every)
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+@pytest.mark.parametrize("max_open", [1, 3, 1000])
+def test_a_worker_keeps_at_most_max_open_shard_files_and_reads_every_text(many_shards, sp_model, max_open):
+    paths = list_shards(many_shards)
+    assert len(paths) >= 25
+    index = build_corpus_index([(p, None) for p in paths], set())
+    want = _texts(paths)
+    enc = Encoder(index.shards, str(sp_model), max_open=max_open)
+    seen = 0
+    for ids in _tasks(index, 60, seed=max_open):
+        task = index.fetch(ids)
+        assert len(task.shards) > 3  # more shards than the small budgets
+        texts, status = enc._read(task)
+        assert status.tolist() == [0] * len(ids)
+        for g, t in zip(ids.tolist(), texts):
+            s, j = g >> 32, g & 0xFFFFFFFF
+            assert t == want[(s, index.indexes[s].keys()[j])]
+        assert enc.files.open_files == len(_shard_fds(paths)) <= max_open
+        seen += len(ids)
+    assert seen == sum(ix.docs for ix in index.indexes)
+    assert enc.files.open_files == min(max_open, len(paths))  # kept between tasks, up to the budget
+    enc.close()
+    assert _shard_fds(paths) == []
+
+
+def test_a_kept_descriptor_is_reused_by_the_next_task(many_shards, sp_model, tmp_path):
+    # A shard replaced (renamed over) after a task read it: the worker still holds the first file
+    # (its link reads "(deleted)"), so the next task did not open the shard again; the old file is
+    # the one the index describes, and its texts come back unchanged.
+    shards = tmp_path / "set"
+    shutil.copytree(many_shards, shards)
+    paths = list_shards(shards)
+    index = build_corpus_index([(p, None) for p in paths], set())
+    want = _texts(paths)
+    enc = Encoder(index.shards, str(sp_model), max_open=1000)
+    ids = (np.int64(0) << 32) | np.arange(index.indexes[0].docs, dtype=np.int64)
+    first, _ = enc._read(index.fetch(ids))
+    shutil.copy(paths[0], tmp_path / "copy.tar")
+    os.replace(tmp_path / "copy.tar", paths[0])
+    assert [t.endswith(" (deleted)") for t in _shard_fds(paths)] == [True]
+    again, status = enc._read(index.fetch(ids))
+    assert again == first == [want[(0, k)] for k in index.indexes[0].keys()]
+    assert status.tolist() == [0] * len(ids)
+    enc.close()
+
+
+def test_readers_beyond_max_readers_are_dropped_after_the_task_not_during_it(many_shards, sp_model, monkeypatch):
+    paths = list_shards(many_shards)
+    index = build_corpus_index([(p, None) for p in paths], set())
+    want = _texts(paths)
+    monkeypatch.setattr(Encoder, "MAX_READERS", 2)
+    enc = Encoder(index.shards, str(sp_model), max_open=4)
+    ids = _tasks(index, 100, seed=5)[0]
+    task = index.fetch(ids)
+    assert len(task.shards) > 2
+    texts, status = enc._read(task)
+    assert enc.files.readers == 2 and enc.files.open_files <= 2  # trimmed back after the call
+    assert [want[(g >> 32, index.indexes[g >> 32].keys()[g & 0xFFFFFFFF])] for g in ids.tolist()] == texts
+    enc.close()
+
+
+def test_fd_budget_shares_half_the_soft_limit_among_the_workers(monkeypatch):
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
+    assert fd_budget(2) == 240 and fd_budget(0) == fd_budget(1) == 480
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (64, 64))
+    assert fd_budget(64) == 1  # never zero
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert fd_budget(2) == 4096
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_the_loader_gives_the_same_batches_with_one_open_file_per_worker(many_shards, sp_model, monkeypatch, worker_type):
+    from glotta.data import loader as loader_mod
+
+    def run() -> str:
+        h = hashlib.sha256()
+        with loader_mod.TokenLoader(
+            str(many_shards), str(sp_model), 64, 2, mix={"method": "natural", "exhausted": "drop"}, num_workers=2,
+            worker_type=worker_type, docs_per_task=40,
+        ) as ld:  # fmt: skip
+            for b in ld:
+                h.update(b["tokens"].numpy().tobytes() + b["position_ids"].numpy().tobytes())
+                h.update("\n".join(b["doc_ids"]).encode())
+        return h.hexdigest()
+
+    default = run()
+    monkeypatch.setattr(loader_mod, "fd_budget", lambda workers: 1)
+    assert run() == default
