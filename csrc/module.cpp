@@ -10,5 +10,6 @@ PYBIND11_MODULE(_native, m) {
   glotta::register_mix(m);
   glotta::register_text(m);
   glotta::register_index_lookup(m);
+  glotta::register_index_heads(m);
   glotta::register_seed(m);
 }

@@ -10,5 +10,6 @@ void register_lanes(pybind11::module_& m);
 void register_mix(pybind11::module_& m);
 void register_text(pybind11::module_& m);
 void register_index_lookup(pybind11::module_& m);
+void register_index_heads(pybind11::module_& m);
 void register_seed(pybind11::module_& m);
 }  // namespace glotta

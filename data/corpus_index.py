@@ -28,9 +28,9 @@ import numpy as np
 
 from glotta.data.manifest import ShardInfo
 from glotta.data.native import lookup_index
-from glotta.data.shard_index import ShardIndex, load_index
+from glotta._native import stat_sizes
+from glotta.data.shard_index import ShardIndex, load_indexes
 from glotta.errors import DataError
-from glotta.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,15 @@ class CorpusIndex:
     tables: dict[str, LangTable]
     kept: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # shards with excluded documents
     counters: Counter = field(default_factory=Counter)
+    names: list[str] = field(default_factory=list)  # each shard's file name (computed when not given)
     # A task's documents in one shard from which read_task reads its index through a mapping
     # rather than by pread (~0.7 µs per read, four per document, against ~10 µs to map an index
     # and the RSS its pages then hold; a mapping makes a lookup a memory read).
     DENSE = 8
 
     def __post_init__(self) -> None:
-        self.names = [os.path.basename(s) for s in self.shards]  # not Path(s).name: 18 µs a shard
+        if not self.names:
+            self.names = [os.path.basename(s) for s in self.shards]  # not Path(s).name: 18 µs a shard
         self._layouts: np.ndarray | None = None  # [shards, 6] ShardIndex.layout, built on the first task
         self._index_paths: list[str] = []
 
@@ -250,19 +252,27 @@ def build_corpus_index(
     p_bytes: list[int] = []
     p_lang: list[str] = []
     p_start: list[int] = []  # where the pair's documents begin in the shard's by_lang (0 for kept lists)
-    for si, (path, expected) in enumerate(track(shards, "index shards") if len(shards) > 50 else shards):
-        name = os.path.basename(path)
-        if name in exclude:
-            counters["excluded_shards"] += 1
+    # Strings once: a Path's str() or name costs microseconds, and start-up used each ~5 times a shard.
+    paths = [os.fspath(p) for p, _ in shards]
+    shard_names = [os.path.basename(p) for p in paths]
+    wanted = [si for si, name in enumerate(shard_names) if name not in exclude]
+    counters["excluded_shards"] += len(shards) - len(wanted)
+    if sizes is None:
+        sizes = [None] * len(shards)
+    # Headers in one call (csrc/index_heads.cpp), then checked or built shard by shard (with a
+    # bar: a shard without an index is scanned).
+    loaded = dict(zip(wanted, load_indexes([(paths[si], shards[si][1]) for si in wanted], [sizes[si] for si in wanted], strict, [shard_names[si] for si in wanted])))
+    for si, (path, expected) in enumerate(shards):
+        name = shard_names[si]
+        idx = loaded.get(si)
+        if idx is None:  # excluded
             indexes.append(None)
             continue
-        try:
-            idx = load_index(path, expected, strict, size=sizes[si] if sizes else None)
-        except OSError as e:
+        if isinstance(idx, OSError):
             if strict:
-                raise DataError(f"{path}: {e}") from None
+                raise DataError(f"{path}: {idx}") from None
             counters["unreadable_shard"] += 1
-            log.warning("%s: %s", path, e)
+            log.warning("%s: %s", path, idx)
             indexes.append(None)
             continue
         indexes.append(idx)
@@ -309,7 +319,7 @@ def build_corpus_index(
             if r.shape[1]:
                 tables[name] = LangTable(r[0].astype(np.int32), np.cumsum(r[2]), r[1].astype(np.int32), int(r[3].sum()), r[4].copy())
     counters["indexed"] = sum(t.docs for t in tables.values())
-    return CorpusIndex([str(p) for p, _ in shards], indexes, tables, kept, counters)
+    return CorpusIndex(paths, indexes, tables, kept, counters, shard_names)
 
 
 def _distinct(a: np.ndarray) -> list[int]:
@@ -328,19 +338,11 @@ def cached_corpus_index(shards: list[tuple[Path, ShardInfo | None]], exclude: se
     """build_corpus_index, remembered per process while the shard files are unchanged (size,
     mtime): a trainer that builds a fresh validation loader for every evaluation reads the
     headers once."""
-    files, sizes = [], []
-    for p, _ in shards:  # one stat a shard, its size passed on to load_index
-        try:
-            st = os.stat(p)
-        except FileNotFoundError:
-            files.append((str(p),))
-            sizes.append(None)
-            continue
-        files.append((str(p), st.st_size, st.st_mtime_ns))
-        sizes.append(st.st_size)
-    key = (tuple(files), hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest(), strict)
+    paths = [os.fspath(p) for p, _ in shards]
+    stats = stat_sizes(paths)  # [n, 2] size and mtime_ns, -1 where stat failed; one C++ call
+    key = (tuple(paths), stats.tobytes(), hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest(), strict)
     if key not in _CACHE:
         if len(_CACHE) >= 8:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = build_corpus_index(shards, exclude, strict, sizes)
+        _CACHE[key] = build_corpus_index(shards, exclude, strict, stats[:, 0].tolist())
     return _CACHE[key]

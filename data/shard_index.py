@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 
 from glotta.data.manifest import ShardInfo, atomic_write_bytes, load_part, save_part
-from glotta._native import MappedFile
+from glotta._native import MappedFile, index_heads
 from glotta.data.shards import PROBLEMS, add_reader_counters, check_expected, open_reader
 from glotta.errors import DataError
+from glotta.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -143,43 +144,39 @@ class ShardIndex:
 
     @classmethod
     def read_header(cls, path: str | Path, missing_ok: bool = False) -> "ShardIndex | None":
-        """The header (arrays stay on disk). One open and, for headers under 4 KiB, one pread: at
-        start-up this runs once per shard (10,000 on a large corpus). None when the file does not
-        exist and missing_ok."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        """The header (arrays stay on disk), read in C++ (csrc/index_heads.cpp; start-up reads
+        every shard's at once, load_indexes). None when the file does not exist and missing_ok."""
+        head = index_heads([os.fspath(path)])[0]
+        if head is None:
             if missing_ok:
                 return None
-            raise DataError(f"{path}: unreadable shard index: no such file") from None
-        except OSError as e:
-            raise DataError(f"{path}: unreadable shard index: {e}") from None
-        try:
-            head = os.pread(fd, 4096, 0)
-            if len(head) < 16 or head[:8] != MAGIC:
-                raise DataError(f"{path}: not a glotta shard index (bad magic)")
-            (n,) = struct.unpack_from("<Q", head, 8)
-            if n > 1 << 26:
-                raise DataError(f"{path}: index header of {n} bytes (damaged)")
-            if 16 + n > len(head):
-                head += os.pread(fd, 16 + n - len(head), len(head))
-            header = json.loads(head[16 : 16 + n])  # a short read leaves truncated JSON: an error
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: unreadable shard index: {e}") from None
-        finally:
-            os.close(fd)
-        if header.get("version") != VERSION:
-            raise DataError(f"{path}: shard index version {header.get('version')!r}, expected {VERSION}")
+            raise DataError(f"{path}: unreadable shard index: no such file")
+        return cls.from_head(path, head)
+
+    @classmethod
+    def from_head(cls, path: str | Path, head: bytes | str | dict) -> "ShardIndex":
+        """From an item of index_heads: the header's JSON bytes (or that JSON parsed already), or
+        the reason the file cannot be read (a DataError naming it)."""
+        if isinstance(head, str):
+            raise DataError(f"{path}: {head}")
+        if isinstance(head, bytes):
+            try:
+                head = json.loads(head)
+            except ValueError as e:
+                raise DataError(f"{path}: unreadable shard index: {e}") from None
+        if not isinstance(head, dict) or head.get("version") != VERSION:
+            version = head.get("version") if isinstance(head, dict) else None
+            raise DataError(f"{path}: shard index version {version!r}, expected {VERSION}")
         # Tuples, not lists: a header holding only tuples, strings and numbers is dropped from the
         # cyclic collector's lists at its first collection. A loader keeps one header per shard;
         # as lists they were 4 tracked containers a shard that made full collections come sooner
         # (with torch imported, one took 116 ms, and bench/loader.py's timed start-up on 938 shards
         # met one in most runs).
         for k in ("langs", "lang_docs", "lang_bytes"):
-            if not isinstance(header.get(k), list):
+            if not isinstance(head.get(k), list):
                 raise DataError(f"{path}: shard index header has no {k} list (damaged)")
-            header[k] = tuple(header[k])
-        return cls(path, header)
+            head[k] = tuple(head[k])
+        return cls(path, head)
 
     @classmethod
     def from_bytes(cls, blob: bytes, path: Path | None = None) -> "ShardIndex":
@@ -361,10 +358,47 @@ def load_index(
     path = f"{os.fspath(shard)}{SUFFIX}"  # strings, not Paths: ~10 us a shard at start-up
     if size is None:
         size = os.stat(shard).st_size
+    return _reuse_or_build(shard, expected, strict, write, size, index_heads([path])[0])
+
+
+def load_indexes(
+    shards: list[tuple[str | Path, ShardInfo | None]], sizes: list[int | None], strict: bool = False, names: list[str] | None = None
+) -> list["ShardIndex | OSError"]:
+    """load_index for many shards (start-up), with every index header read in one C++ call and
+    parsed by one json.loads; a shard that cannot be read gives its OSError in its place.
+    `sizes`: each shard's size, stat-ed by the caller (None or -1: stat here); `names`: each
+    shard's file name, if the caller has them."""
+    paths = [os.fspath(p) for p, _ in shards]
+    heads = index_heads([p + SUFFIX for p in paths])
+    good = [h for h in heads if isinstance(h, bytes)]
+    try:  # one parse of all of them: ~40% less than a json.loads each
+        parsed = iter(json.loads(b"[" + b",".join(good) + b"]"))
+        heads = [next(parsed) if isinstance(h, bytes) else h for h in heads]
+    except ValueError:  # a damaged header among them: each is parsed (and named) on its own
+        pass
+    out: list[ShardIndex | OSError] = []
+    items = zip(paths, (e for _, e in shards), sizes, heads, names or [os.path.basename(p) for p in paths])
+    for shard, expected, size, head, name in track(items, "index shards", total=len(shards)) if len(shards) > 50 else items:
+        try:
+            if size is None or size < 0:  # the caller's stat failed: this one raises why
+                size = os.stat(shard).st_size
+            out.append(_reuse_or_build(shard, expected, strict, True, size, head, name))
+        except OSError as e:
+            out.append(e)
+    return out
+
+
+def _reuse_or_build(
+    shard: str | Path, expected: ShardInfo | None, strict: bool, write: bool, size: int, head: bytes | str | dict | None,
+    name: str | None = None,
+) -> ShardIndex:
+    """The index whose header is `head` (an index_heads item) when it matches the shard, else one
+    built by a scan."""
+    path = f"{os.fspath(shard)}{SUFFIX}"
     try:
-        idx = ShardIndex.read_header(path, missing_ok=True)
-        if idx is not None:
-            if idx.header["shard_bytes"] == size and idx.header["shard"] == os.path.basename(path[: -len(SUFFIX)]):
+        if head is not None:
+            idx = ShardIndex.from_head(path, head)
+            if idx.header["shard_bytes"] == size and idx.header["shard"] == (name or os.path.basename(path[: -len(SUFFIX)])):
                 return _checked(idx, shard, expected, strict)
             log.warning("%s: stale (the shard changed since it was indexed); rebuilding", path)
     except DataError as e:

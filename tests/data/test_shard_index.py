@@ -48,6 +48,38 @@ def test_an_index_whose_header_lacks_a_field_is_rebuilt_not_a_crash(demo_shards,
         assert index_path(shard).read_bytes() == good and idx.langs == ShardIndex.read_header(index_path(shard)).langs
 
 
+def test_start_up_reads_all_headers_at_once_and_rebuilds_each_damaged_one_named(demo_shards, tmp_path, caplog):
+    # build_corpus_index reads every header in one C++ call and parses them in one json.loads;
+    # one damaged header among them must not spoil the others: each bad one (cut short, bad
+    # magic, a huge length, broken JSON, missing) is logged with its path and rebuilt, and the
+    # corpus index equals the one from intact headers.
+    from glotta.data.corpus_index import build_corpus_index
+
+    d = tmp_path / "set"
+    d.mkdir()
+    for copy in "ab":  # 2 x 4 shards (their indexes are built by the first start-up)
+        for p in list_shards(demo_shards):
+            shutil.copy(p, d / f"{copy}-{p.name}")
+    shards = list_shards(d)
+    assert len(shards) >= 5
+    intact = build_corpus_index([(p, None) for p in shards], set())
+    good = [index_path(p).read_bytes() for p in shards]
+    n = int.from_bytes(good[1][8:16], "little")
+    index_path(shards[0]).write_bytes(good[0][:30])  # cut inside the header
+    index_path(shards[1]).write_bytes(good[1][:16] + good[1][16 : 16 + n].replace(b'"docs"', b'"docs" :: '))
+    index_path(shards[2]).write_bytes(b"NOTANIDX" + good[2][8:])
+    index_path(shards[3]).write_bytes(good[3][:8] + (1 << 40).to_bytes(8, "little") + good[3][16:])
+    index_path(shards[4]).unlink()
+    with caplog.at_level("WARNING"):
+        again = build_corpus_index([(p, None) for p in shards], set())
+    for p, why in zip(shards[:4], ("cut short", "unreadable shard index", "bad magic", "1099511627776 bytes (damaged)")):
+        assert any(str(index_path(p)) in r.getMessage() and why in r.getMessage() for r in caplog.records), (p, why)
+    assert [index_path(p).read_bytes() for p in shards] == good  # rebuilt, byte for byte
+    assert {k: (t.shards.tolist(), t.ends.tolist(), t.start.tolist()) for k, t in again.tables.items()} == {
+        k: (t.shards.tolist(), t.ends.tolist(), t.start.tolist()) for k, t in intact.tables.items()
+    }
+
+
 def test_direct_writer_output_reads_with_tarfile_and_webdataset(demo_shards):
     shard = list_shards(demo_shards)[0]
     ours = {s.key: s.text for s in iter_samples(shard)}
