@@ -1016,6 +1016,35 @@ py::tuple read_texts(const std::vector<TarReader*>& readers, const int32_t* whic
   return py::make_tuple(texts, status_a);
 }
 
+using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using U64 = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>;
+
+// The arrays both read_texts bindings take besides their readers, their lengths checked.
+struct TextArgs {
+  TextArgs(I32 which_, I64 pos_, U64 offsets_, py::bytes key_blob_, I64 key_ends_, std::optional<I64> sizes_)
+      : which(std::move(which_)), pos(std::move(pos_)), offsets(std::move(offsets_)), key_blob(std::move(key_blob_)),
+        key_ends(std::move(key_ends_)), sizes(std::move(sizes_)), n(static_cast<size_t>(offsets.size())) {
+    if (static_cast<size_t>(key_ends.size()) != n || static_cast<size_t>(which.size()) != n ||
+        static_cast<size_t>(pos.size()) != n || (sizes && static_cast<size_t>(sizes->size()) != n))
+      throw std::invalid_argument("which, pos, offsets, keys and sizes differ in length");
+  }
+  py::tuple read(const std::vector<TarReader*>& readers, ShardFiles* files = nullptr, const int64_t* shard_of = nullptr) const {
+    char* blob_p = nullptr;
+    Py_ssize_t blob_n = 0;
+    PyBytes_AsStringAndSize(key_blob.ptr(), &blob_p, &blob_n);
+    return read_texts(readers, which.data(), pos.data(), offsets.data(), blob_p, blob_n, key_ends.data(),
+                      sizes ? sizes->data() : nullptr, n, files, shard_of);
+  }
+  I32 which;
+  I64 pos;
+  U64 offsets;
+  py::bytes key_blob;
+  I64 key_ends;
+  std::optional<I64> sizes;
+  size_t n;
+};
+
 void register_tar(py::module_& m) {
   py::register_exception<TarError>(m, "TarError", PyExc_ValueError);
   py::class_<MappedFile>(m, "MappedFile", py::buffer_protocol(),
@@ -1108,15 +1137,9 @@ void register_tar(py::module_& m) {
            py::arg("paths"), py::arg("max_open"), py::arg("max_readers") = 16384)
       .def(
           "read_texts",
-          [](ShardFiles& f, const std::vector<int64_t>& shards, py::array_t<int32_t, py::array::c_style | py::array::forcecast> which_a,
-             py::array_t<int64_t, py::array::c_style | py::array::forcecast> pos_a,
-             py::array_t<uint64_t, py::array::c_style | py::array::forcecast> offsets_a, py::bytes key_blob,
-             py::array_t<int64_t, py::array::c_style | py::array::forcecast> key_ends_a,
-             std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> sizes_a) {
-            const size_t n = static_cast<size_t>(offsets_a.size());
-            if (static_cast<size_t>(key_ends_a.size()) != n || static_cast<size_t>(which_a.size()) != n ||
-                static_cast<size_t>(pos_a.size()) != n || (sizes_a && static_cast<size_t>(sizes_a->size()) != n))
-              throw std::invalid_argument("which, pos, offsets, keys and sizes differ in length");
+          [](ShardFiles& f, const std::vector<int64_t>& shards, I32 which, I64 pos, U64 offsets, py::bytes key_blob, I64 key_ends,
+             std::optional<I64> sizes) {
+            const TextArgs args{which, pos, offsets, key_blob, key_ends, sizes};
             std::vector<TarReader*> readers;
             if (f.ready(shards)) {
               readers = f.prepare(shards);  // every reader made: no I/O, keep the GIL
@@ -1124,11 +1147,7 @@ void register_tar(py::module_& m) {
               py::gil_scoped_release release;  // opening the new shards' files
               readers = f.prepare(shards);
             }
-            char* blob_p = nullptr;
-            Py_ssize_t blob_n = 0;
-            PyBytes_AsStringAndSize(key_blob.ptr(), &blob_p, &blob_n);
-            py::tuple out = read_texts(readers, which_a.data(), pos_a.data(), offsets_a.data(), blob_p, blob_n, key_ends_a.data(),
-                                       sizes_a ? sizes_a->data() : nullptr, n, &f, shards.data());
+            py::tuple out = args.read(readers, &f, shards.data());
             f.trim();
             return out;
           },
@@ -1142,24 +1161,13 @@ void register_tar(py::module_& m) {
 
   m.def(
       "read_texts",
-      [](py::list readers_l, py::array_t<int32_t, py::array::c_style | py::array::forcecast> which_a,
-         py::array_t<int64_t, py::array::c_style | py::array::forcecast> pos_a,
-         py::array_t<uint64_t, py::array::c_style | py::array::forcecast> offsets_a, py::bytes key_blob,
-         py::array_t<int64_t, py::array::c_style | py::array::forcecast> key_ends_a,
-         std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> sizes_a) {
+      [](py::list readers_l, I32 which, I64 pos, U64 offsets, py::bytes key_blob, I64 key_ends, std::optional<I64> sizes) {
         // One call per loader task, whatever the number of shards it touches (a call per shard
         // and task cost ~15 us of Python each: 1,441 calls per epoch of bench/loader.py).
-        const size_t n = static_cast<size_t>(offsets_a.size());
-        if (static_cast<size_t>(key_ends_a.size()) != n || static_cast<size_t>(which_a.size()) != n ||
-            static_cast<size_t>(pos_a.size()) != n || (sizes_a && static_cast<size_t>(sizes_a->size()) != n))
-          throw std::invalid_argument("which, pos, offsets, keys and sizes differ in length");
+        const TextArgs args{which, pos, offsets, key_blob, key_ends, sizes};
         std::vector<TarReader*> readers;
         for (py::handle h : readers_l) readers.push_back(h.cast<TarReader*>());
-        char* blob_p = nullptr;
-        Py_ssize_t blob_n = 0;
-        PyBytes_AsStringAndSize(key_blob.ptr(), &blob_p, &blob_n);
-        return read_texts(readers, which_a.data(), pos_a.data(), offsets_a.data(), blob_p, blob_n, key_ends_a.data(),
-                          sizes_a ? sizes_a->data() : nullptr, n);
+        return args.read(readers);
       },
       py::arg("readers"), py::arg("which"), py::arg("pos"), py::arg("offsets"), py::arg("key_blob"), py::arg("key_ends"),
       py::arg("sizes") = py::none(),
