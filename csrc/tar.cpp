@@ -25,10 +25,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <list>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -768,7 +770,8 @@ class MappedFile {
 // an error naming it, as before). The budget comes from RLIMIT_NOFILE (fd_budget in Python), so
 // 10,000 shards with `ulimit -n 1024` still read, reopening what was closed. At most
 // `max_readers` readers are kept (~0.4 KiB each), least recently used dropped first.
-// Not thread-safe: one per worker thread or process.
+// One per worker thread or process; its mutex lets another thread lower the budget
+// (set_max_open: every loader in the process shares one descriptor budget) between calls.
 class ShardFiles {
  public:
   ShardFiles(std::vector<std::string> paths, size_t max_open, size_t max_readers)
@@ -779,6 +782,15 @@ class ShardFiles {
 
   size_t size() const { return paths_.size(); }
   size_t open_files() const { return fd_lru_.size(); }
+  size_t max_open() const { return max_open_; }
+  std::mutex& mutex() { return mu_; }
+
+  // A new budget, applied at once (files over it closed, least recently used first). Waits for a
+  // call in progress: hold mutex() (and not the GIL) around it.
+  void set_max_open(size_t n) {
+    max_open_ = std::max<size_t>(1, n);
+    while (fd_lru_.size() > max_open_) close_oldest();
+  }
   size_t readers() const { return reader_lru_.size(); }
 
   // Is the reader of every shard in `shards` made? (With the GIL: no I/O.)
@@ -850,12 +862,14 @@ class ShardFiles {
   }
 
   void make_room() {
-    while (fd_lru_.size() >= max_open_) {
-      const size_t old = fd_lru_.front();
-      fd_lru_.pop_front();
-      slot_[old].has_fd = false;
-      slot_[old].reader->release_fd();
-    }
+    while (fd_lru_.size() >= max_open_) close_oldest();
+  }
+
+  void close_oldest() {
+    const size_t old = fd_lru_.front();
+    fd_lru_.pop_front();
+    slot_[old].has_fd = false;
+    slot_[old].reader->release_fd();
   }
 
   void note_fd(size_t s) {
@@ -884,7 +898,9 @@ class ShardFiles {
   }
 
   std::vector<std::string> paths_;
-  size_t max_open_, max_readers_;
+  std::atomic<size_t> max_open_;  // set by set_max_open under mu_; read by max_open() without it
+  size_t max_readers_;
+  std::mutex mu_;  // held by read_texts, set_max_open and close
   std::vector<Slot> slot_;
   std::list<size_t> fd_lru_, reader_lru_;  // least recently used first
 };
@@ -1140,6 +1156,11 @@ void register_tar(py::module_& m) {
           [](ShardFiles& f, const std::vector<int64_t>& shards, I32 which, I64 pos, U64 offsets, py::bytes key_blob, I64 key_ends,
              std::optional<I64> sizes) {
             const TextArgs args{which, pos, offsets, key_blob, key_ends, sizes};
+            std::unique_lock<std::mutex> lock(f.mutex(), std::try_to_lock);
+            if (!lock.owns_lock()) {  // set_max_open from another thread: it needs no GIL, wait without it
+              py::gil_scoped_release release;
+              lock.lock();
+            }
             std::vector<TarReader*> readers;
             if (f.ready(shards)) {
               readers = f.prepare(shards);  // every reader made: no I/O, keep the GIL
@@ -1156,8 +1177,24 @@ void register_tar(py::module_& m) {
           "read_texts (below) from the readers of `shards` (indexes into paths): readers[which[i]] is shard shards[which[i]].")
       .def_property_readonly("open_files", &ShardFiles::open_files, "Descriptors its readers hold now.")
       .def_property_readonly("readers", &ShardFiles::readers)
+      .def_property(
+          "max_open", &ShardFiles::max_open,
+          [](ShardFiles& f, size_t n) {
+            py::gil_scoped_release release;  // a read in progress may need the GIL to finish
+            std::lock_guard<std::mutex> lock(f.mutex());
+            f.set_max_open(n);
+          },
+          "Files its readers may keep open between calls; lowering it closes the least recently used at once "
+          "(after a call in progress).")
       .def("__len__", &ShardFiles::size)
-      .def("close", &ShardFiles::close, "Close every file and drop every reader.");
+      .def(
+          "close",
+          [](ShardFiles& f) {
+            py::gil_scoped_release release;
+            std::lock_guard<std::mutex> lock(f.mutex());
+            f.close();
+          },
+          "Close every file and drop every reader.");
 
   m.def(
       "read_texts",

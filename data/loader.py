@@ -44,7 +44,7 @@ from glotta.data.packing import batch_totals, new_lanes, row_stats
 from glotta.data.corpus_index import CorpusIndex, ReadTask, cached_corpus_index
 from glotta.data.manifest import ShardInfo
 from glotta.data.shards import shard_entries
-from glotta.data.tokenize import Encoder, fd_budget, open_tokenizer, thread_encode, worker_encode, worker_init
+from glotta.data.tokenize import Encoder, open_tokenizer, thread_encode, worker_encode, worker_init
 from glotta.errors import ConfigError, DataError
 from glotta.seeding import stable_seed, stable_seeds
 
@@ -353,7 +353,7 @@ class TokenLoader:
     def _start(self) -> None:
         if self.cfg.num_workers == 0 or self._pool is not None:
             return
-        init = (self.index.shards, self.cfg.tokenizer, self.cfg.strict, fd_budget(self.cfg.num_workers))
+        init = (self.index.shards, self.cfg.tokenizer, self.cfg.strict)
         if self.cfg.worker_type == "thread":
             self._pool = ThreadPoolExecutor(self.cfg.num_workers, thread_name_prefix="glotta-tok", initializer=worker_init, initargs=init)
         else:

@@ -15,6 +15,7 @@ import logging
 import os
 import resource
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def _load(p: Path) -> tuple[spm.SentencePieceProcessor, TokenizerInfo]:
 class Encoder:
     # The worker's shards (csrc/tar.cpp ShardFiles): a pread reader per shard, made in C++ on its
     # first read (no Python object per shard), and up to `max_open` of them keeping their file
-    # open between tasks (fd_budget). Until session 9 a reader held its descriptor for one call
+    # open between tasks (by default a share of the process's budget: _share_descriptors). Until session 9 a reader held its descriptor for one call
     # only: on 938 shards of 10 documents a worker opened, stat-ed and closed ~3,000 files an
     # epoch and made a Python reader per shard (together ~50 ms of the workers' CPU an epoch).
     # Readers never map their shard: pread measured the same CPU on bench/loader.py's corpora
@@ -96,7 +97,9 @@ class Encoder:
         self.dtype = token_dtype(self.info.vocab_size)
         # Nothing per shard in Python here: each worker thread makes one (a Path and its name per
         # shard cost ~9 ms of the first batch on 938 shards).
-        self.files = ShardFiles(shards, max_open if max_open is not None else fd_budget(1), self.MAX_READERS)
+        self.files = ShardFiles(shards, max_open if max_open is not None else 1, self.MAX_READERS)
+        if max_open is None:  # every loader's workers in this process share one budget
+            _share_descriptors(self)
         self._numpy = True
         self._join = join_documents_u16 if self.dtype == np.uint16 else join_documents_i32
 
@@ -158,27 +161,48 @@ class Encoder:
 
     def close(self) -> None:
         self.files.close()
+        with _ENCODERS_LOCK:
+            _ENCODERS.discard(self)
 
 
 def fd_budget(workers: int) -> int:
-    """Shard files one tokenizer worker may keep open between tasks: half of the process's soft
-    RLIMIT_NOFILE (less 64 for everything else) shared by `workers`, at least 1 and at most
-    4,096. With `ulimit -n 1024` and 2 workers: 240 each; a worker touching more shards reopens
-    the least recently used."""
+    """Shard files each of `workers` tokenizer workers may keep open between tasks: half of the
+    process's soft RLIMIT_NOFILE (less 64 for everything else) shared by them, at least 1 and at
+    most 4,096. With `ulimit -n 1024` and 2 workers: 240 each; a worker touching more shards
+    reopens the least recently used."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
     return max(1, min(4096, (soft - 64) // 2 // max(1, workers)))
 
 
+# Every live Encoder of this process (the workers of all its loaders: a trainer often holds its
+# train, validation and test loaders at once): each gets fd_budget(how many there are), and a new
+# one lowers the others' budgets, so together they stay within half the soft limit. A budget
+# lowered under a worker takes effect after its task in progress (ShardFiles.max_open); a worker
+# gone (its thread ended) leaves the others at their share until the next one arrives.
+_ENCODERS: "weakref.WeakSet[Encoder]" = weakref.WeakSet()
+_ENCODERS_LOCK = threading.Lock()
+
+
+def _share_descriptors(new: "Encoder") -> None:
+    with _ENCODERS_LOCK:
+        _ENCODERS.add(new)
+        live = list(_ENCODERS)
+        share = fd_budget(len(live))
+        for enc in live:
+            if enc.files.max_open != share:
+                enc.files.max_open = share
+
+
 _WORKER: Encoder | None = None
 _THREAD = threading.local()
 
 
-def worker_init(shards: list[str], tokenizer: str, strict: bool, max_open: int | None = None) -> None:
+def worker_init(shards: list[str], tokenizer: str, strict: bool) -> None:
     """Pool initializer: one Encoder per process (process pool) or per thread (thread pool)."""
     global _WORKER
-    enc = Encoder(shards, tokenizer, strict, max_open)
+    enc = Encoder(shards, tokenizer, strict)
     if threading.current_thread() is threading.main_thread():
         _WORKER = enc
     else:

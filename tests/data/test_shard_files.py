@@ -134,5 +134,59 @@ def test_the_loader_gives_the_same_batches_with_one_open_file_per_worker(many_sh
         return h.hexdigest()
 
     default = run()
-    monkeypatch.setattr(loader_mod, "fd_budget", lambda workers: 1)
+    from glotta.data import tokenize
+
+    monkeypatch.setattr(tokenize, "fd_budget", lambda workers: 1)
     assert run() == default
+
+
+def test_loaders_alive_at_once_share_one_descriptor_budget(many_shards, sp_model, tmp_path):
+    # Train, validation and test loaders iterated together under `ulimit -n 160` (2 workers each):
+    # the six workers share half of it, (160 - 64) // 2 = 48 shard files, 8 each; the process
+    # never holds more, and every loader reads its whole epoch. With a budget per loader instead
+    # (half the limit each) they could hold 144 and the process would reach its limit.
+    import subprocess
+    import sys
+
+    script = tmp_path / "three.py"
+    script.write_text(
+        f"""
+import os, resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (160, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from glotta.data.loader import TokenLoader
+from glotta.data.tokenize import _ENCODERS
+names = {{p for p in os.listdir({str(many_shards)!r}) if p.endswith(".tar")}}
+def shard_fds():
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.path.basename(os.readlink("/proc/self/fd/" + fd)) in names
+        except OSError:
+            pass
+    return n
+loaders = [TokenLoader({str(many_shards)!r}, {str(sp_model)!r}, 64, 2, mix={{"method": "natural", "exhausted": "drop"}},
+                       num_workers=2, docs_per_task=40, seed=s) for s in range(3)]
+its = [iter(ld) for ld in loaders]
+most, batches, left = 0, [0, 0, 0], {{0, 1, 2}}
+while left:
+    for i in sorted(left):
+        try:
+            next(its[i])
+            batches[i] += 1
+        except StopIteration:
+            left.discard(i)
+        most = max(most, shard_fds())
+budgets = sorted(e.files.max_open for e in _ENCODERS)
+print(most, budgets, batches)
+for ld in loaders:
+    ld.close()
+print(shard_fds())
+"""
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first, last = out.stdout.strip().splitlines()
+    most, budgets, batches = first.split(" ", 1)[0], first[first.index("[") : first.index("]") + 1], first[first.rindex("[") :]
+    assert eval(budgets) == [8] * 6  # noqa: S307 - our own output
+    assert 8 < int(most) <= 48  # more than one worker's share was in use, never more than the whole
+    assert min(eval(batches)) > 10 and int(last) == 0  # noqa: S307
