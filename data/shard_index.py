@@ -372,10 +372,15 @@ def load_indexes(
     heads = index_heads([p + SUFFIX for p in paths])
     good = [h for h in heads if isinstance(h, bytes)]
     try:  # one parse of all of them: ~40% less than a json.loads each
-        parsed = iter(json.loads(b"[" + b",".join(good) + b"]"))
-        heads = [next(parsed) if isinstance(h, bytes) else h for h in heads]
+        parsed = json.loads(b"[" + b",".join(good) + b"]")
     except ValueError:  # a damaged header among them: each is parsed (and named) on its own
-        pass
+        parsed = None
+    # A damaged header can also parse as two values (`{..}, {..}`): then the count differs, and
+    # each is parsed on its own too. (Each header is also checked against its own shard's name
+    # and size before it is used.)
+    if isinstance(parsed, list) and len(parsed) == len(good):
+        it = iter(parsed)
+        heads = [next(it) if isinstance(h, bytes) else h for h in heads]
     out: list[ShardIndex | OSError] = []
     items = zip(paths, (e for _, e in shards), sizes, heads, names or [os.path.basename(p) for p in paths])
     for shard, expected, size, head, name in track(items, "index shards", total=len(shards)) if len(shards) > 50 else items:
