@@ -767,7 +767,8 @@ class MappedFile {
 // recently used closed first. On 938 shards of 10 documents a task touches ~170 shards, and a
 // worker that opened, stat-ed and closed each per task made ~6,000 such sessions an epoch;
 // kept open, a shard costs one fstat per task (its size checked again: a shard that shrank is
-// an error naming it, as before). The budget comes from RLIMIT_NOFILE (fd_budget in Python), so
+// an error naming it, as before). The budget is a share of half the soft RLIMIT_NOFILE among the
+// workers of every loader in the process (data/tokenize.py fd_budget, _share_descriptors), so
 // 10,000 shards with `ulimit -n 1024` still read, reopening what was closed. At most
 // `max_readers` readers are kept (~0.4 KiB each), least recently used dropped first.
 // One per worker thread or process; its mutex lets another thread lower the budget
