@@ -145,13 +145,14 @@ def test_loaders_alive_at_once_share_one_descriptor_budget(many_shards, sp_model
     # the six workers share half of it, (160 - 64) // 2 = 48 shard files, 8 each; the process
     # never holds more, and every loader reads its whole epoch. With a budget per loader instead
     # (half the limit each) they could hold 144 and the process would reach its limit.
+    import json
     import subprocess
     import sys
 
     script = tmp_path / "three.py"
     script.write_text(
         f"""
-import os, resource
+import json, os, resource
 resource.setrlimit(resource.RLIMIT_NOFILE, (160, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 from glotta.data.loader import TokenLoader
 from glotta.data.tokenize import _ENCODERS
@@ -177,16 +178,14 @@ while left:
             left.discard(i)
         most = max(most, shard_fds())
 budgets = sorted(e.files.max_open for e in _ENCODERS)
-print(most, budgets, batches)
 for ld in loaders:
     ld.close()
-print(shard_fds())
+print(json.dumps({{"most": most, "budgets": budgets, "batches": batches, "after_close": shard_fds()}}))
 """
     )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    first, last = out.stdout.strip().splitlines()
-    most, budgets, batches = first.split(" ", 1)[0], first[first.index("[") : first.index("]") + 1], first[first.rindex("[") :]
-    assert eval(budgets) == [8] * 6  # noqa: S307 - our own output
-    assert 8 < int(most) <= 48  # more than one worker's share was in use, never more than the whole
-    assert min(eval(batches)) > 10 and int(last) == 0  # noqa: S307
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["budgets"] == [8] * 6
+    assert 8 < got["most"] <= 48  # more than one worker's share was in use, never more than the whole
+    assert min(got["batches"]) > 10 and got["after_close"] == 0
