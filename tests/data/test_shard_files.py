@@ -13,6 +13,7 @@ from glotta.data import iter_samples, list_shards
 from glotta.data.corpus_index import build_corpus_index
 from glotta.data.demo_corpus import build_demo_corpus
 from glotta.data.tokenize import Encoder, fd_budget
+from glotta.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,33 @@ def test_a_kept_descriptor_is_reused_by_the_next_task(many_shards, sp_model, tmp
     again, status = enc._read(index.fetch(ids))
     assert again == first == [want[(0, k)] for k in index.indexes[0].keys()]
     assert status.tolist() == [0] * len(ids)
+    enc.close()
+
+
+def test_a_kept_file_cut_in_place_is_an_error_naming_it_when_a_read_passes_the_cut(many_shards, sp_model, tmp_path):
+    # A kept descriptor is not stat-ed again at the next task: the shard, cut in place between two
+    # tasks, still gives the documents before the cut unchanged (those whose reads end before it), and the first read past it is a
+    # DataError naming the shard (a short pread), never a shorter text or a crash.
+    shards = tmp_path / "set"
+    shutil.copytree(many_shards, shards)
+    paths = list_shards(shards)
+    index = build_corpus_index([(p, None) for p in paths], set())
+    want = _texts(paths)
+    enc = Encoder(index.shards, str(sp_model), max_open=1000)
+    ids = (np.int64(0) << 32) | np.arange(index.indexes[0].docs, dtype=np.int64)
+    enc._read(index.fetch(ids))
+    assert len(_shard_fds(paths)) == 1
+    offsets = index.fetch(ids).offsets  # fetch groups by shard, task order inside: entry i is document i
+    cut = int(offsets[len(ids) // 2])  # the middle document's header starts here
+    os.truncate(paths[0], cut)
+    keys = index.indexes[0].keys()
+    # Documents whose first read (a header and 4 KiB behind it) ends before the cut.
+    early = [i for i in range(len(ids) // 2) if int(offsets[i]) + 4096 <= cut]
+    assert early
+    before, status = enc._read(index.fetch(ids[early]))
+    assert before == [want[(0, keys[i])] for i in early] and status.tolist() == [0] * len(early)
+    with pytest.raises(DataError, match=rf"{paths[0].name}: the shard ends at byte {cut}, before its size \d+ .*changed after indexing"):
+        enc._read(index.fetch(ids[len(ids) // 2 :]))
     enc.close()
 
 
