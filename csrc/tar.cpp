@@ -767,8 +767,8 @@ class MappedFile {
 // its first read, and at most `max_open` of them holding their file open between calls, least
 // recently used closed first. On 938 shards of 10 documents a task touches ~170 shards, and a
 // worker that opened, stat-ed and closed each per task made ~6,000 such sessions an epoch;
-// kept open, a shard costs one fstat per task (its size checked again: a shard that shrank is
-// an error naming it, as before). The budget is a share of half the soft RLIMIT_NOFILE among the
+// kept open, a shard costs no syscall beyond its reads (a shard that shrank is still an error
+// naming it: the first read past its new end comes up short). The budget is a share of half the soft RLIMIT_NOFILE among the
 // workers of every loader in the process (data/tokenize.py fd_budget, _share_descriptors), so
 // 10,000 shards with `ulimit -n 1024` still read, reopening what was closed. At most
 // `max_readers` readers are kept (~0.4 KiB each), least recently used dropped first.

@@ -115,8 +115,9 @@ class Encoder:
         C++ call (which also checks each key and finds whitespace-only texts); Python only sees
         the exceptions."""
         try:
-            # A reader checks its file's size whenever a call reads it: a shard that shrank is a
-            # TarError naming it (a mapping would have faulted, SIGBUS, instead).
+            # A shard that shrank is a TarError naming it: a reader checks the size of a file it
+            # opens, and a read past the end of one it kept comes up short (a mapping would have
+            # faulted, SIGBUS, instead).
             texts, codes = self.files.read_texts(task.shards, task.which, task.pos, task.offsets, task.key_blob, task.key_ends, task.sizes)
         except TarError as e:  # a shard that shrank or cannot be read, named
             raise DataError(str(e)) from None
