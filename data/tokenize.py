@@ -204,6 +204,39 @@ def _share_descriptors(new: "Encoder") -> None:
                 enc.files.max_open = share
 
 
+# A forked process (a loader's process workers with start_method="fork") starts with copies of
+# the parent's Encoders but none of their threads. An Encoder whose worker was reading at the fork
+# has its ShardFiles mutex held forever, and a lock another thread held stays held: before, a
+# process-worker loader made while a thread-worker loader was reading hung in its first worker's
+# start (set_max_open on a copied Encoder, waiting on that mutex). So the child forgets the
+# parent's Encoders (its own workers share its own budget) and takes fresh locks. The parent's
+# Encoders are also pinned across the fork: the child drops the other threads' thread-local data
+# at the fork, and an Encoder destroyed there would stop its SentencePiece pool, whose thread
+# does not exist in the child; pinned, they are never destroyed (multiprocessing's children end
+# with os._exit).
+_FORK_PINNED: list["Encoder"] = []
+
+
+def _pin_encoders_before_fork() -> None:
+    global _FORK_PINNED
+    refs = list(_ENCODERS.data)  # a C-level copy of the weak references: no lock, no iteration
+    _FORK_PINNED = [e for e in (r() for r in refs) if e is not None]
+
+
+def _unpin_in_parent() -> None:
+    global _FORK_PINNED
+    _FORK_PINNED = []
+
+
+def _after_fork_in_child() -> None:
+    global _ENCODERS, _ENCODERS_LOCK, _OPEN_LOCK
+    _ENCODERS = weakref.WeakSet()
+    _ENCODERS_LOCK = threading.Lock()
+    _OPEN_LOCK = threading.Lock()
+
+
+os.register_at_fork(before=_pin_encoders_before_fork, after_in_parent=_unpin_in_parent, after_in_child=_after_fork_in_child)
+
 _WORKER: Encoder | None = None
 _THREAD = threading.local()
 

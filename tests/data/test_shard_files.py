@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -217,3 +220,46 @@ print(json.dumps({{"most": most, "budgets": budgets, "batches": batches, "after_
     assert got["budgets"] == [8] * 6
     assert 8 < got["most"] <= 48  # more than one worker's share was in use, never more than the whole
     assert min(got["batches"]) > 10 and got["after_close"] == 0
+
+
+def test_a_forked_process_does_not_wait_on_the_parents_workers(many_shards, sp_model, tmp_path):
+    # A worker of the parent holds its ShardFiles mutex while it reads (here: blocked opening a
+    # FIFO that stands in for a slow shard). A process forked then (a loader's process workers,
+    # start_method="fork") inherits that Encoder with its mutex held and no thread to release it.
+    # Its first Encoder must not touch the parent's (before: set_max_open waited forever).
+    from glotta.data import tokenize
+
+    fifo = tmp_path / "slow.tar"
+    os.mkfifo(fifo)
+    parent = Encoder([str(fifo)], str(sp_model))
+    parent.files.max_open = 1  # not the share a second Encoder would give: old code reset it in the child
+    got = []
+
+    def read():  # the shard turns out empty once the FIFO opens: no sample at offset 0 (status 3)
+        got.append(parent.files.read_texts([0], np.zeros(1, np.int32), np.zeros(1, np.int64), np.zeros(1, np.uint64), b"k", np.ones(1, np.int64), None)[1].tolist())
+
+    reading = threading.Thread(target=read, daemon=True)
+    reading.start()
+    time.sleep(0.2)  # the reader is blocked in open(), holding the mutex
+    paths = [str(p) for p in list_shards(many_shards)]
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest here, only an exit code
+        try:
+            enc = Encoder(paths, str(sp_model))
+            code = 0 if list(tokenize._ENCODERS) == [enc] else 3
+        except BaseException:
+            code = 4
+        os._exit(code)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    with open(fifo, "wb"):  # let the parent's reader go
+        pass
+    reading.join(10)
+    parent.close()
+    assert got == [[3]]
+    assert done[0] != 0, "the forked process hung on the parent's worker"
+    assert os.waitstatus_to_exitcode(done[1]) == 0
