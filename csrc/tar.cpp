@@ -272,7 +272,8 @@ class TarReader {
   }
 
   // Keeps the file open for random reads during one call (RAII; nested calls share it). A
-  // keep_fd reader's descriptor stays open after it; a read past the end of a file that shrank is an error naming it.
+  // keep_fd reader's descriptor stays open after it; a read past the end of a file that shrank
+  // is an error naming it.
   class Session {
    public:
     Session(TarReader& r, uint64_t read_ahead) : r_(r), saved_(r.read_ahead_) {
@@ -768,9 +769,10 @@ class MappedFile {
 // recently used closed first. On 938 shards of 10 documents a task touches ~170 shards, and a
 // worker that opened, stat-ed and closed each per task made ~6,000 such sessions an epoch;
 // kept open, a shard costs no syscall beyond its reads (a shard that shrank is still an error
-// naming it: the first read past its new end comes up short). The budget is a share of half the soft RLIMIT_NOFILE among the
-// workers of every loader in the process (data/tokenize.py fd_budget, _share_descriptors), so
-// 10,000 shards with `ulimit -n 1024` still read, reopening what was closed. At most
+// naming it: the first read past its new end comes up short). The budget is a share of half
+// the soft RLIMIT_NOFILE among the workers of every loader in the process (data/tokenize.py
+// fd_budget, _share_descriptors), so 10,000 shards with `ulimit -n 1024` still read,
+// reopening what was closed. At most
 // `max_readers` readers are kept (~0.4 KiB each), least recently used dropped first.
 // One per worker thread or process; its mutex lets another thread lower the budget
 // (set_max_open: every loader in the process shares one descriptor budget) between calls.

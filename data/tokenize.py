@@ -105,7 +105,8 @@ class Encoder:
         # joins) a new one for every call, even with num_threads=1: one task's. This worker's own
         # pool keeps that thread, warm, from task to task: bench/loader.py's 6-shard corpus ran
         # 3.3-4.4% faster end to end (paired medians of 40 and 60 epochs), 19 shards 3.1% (20);
-        # 938 shards no change (16). A sentencepiece without ThreadPool (older releases): a thread per call.
+        # 938 shards no change (16). A sentencepiece without ThreadPool (older releases): a
+        # thread per call, as before.
         pool = getattr(spm, "ThreadPool", None)
         self._pool = {"thread_pool": pool(1)} if pool is not None else {}
         self._join = join_documents_u16 if self.dtype == np.uint16 else join_documents_i32
