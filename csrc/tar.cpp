@@ -772,8 +772,8 @@ class MappedFile {
 // naming it: the first read past its new end comes up short). The budget is a share of half
 // the soft RLIMIT_NOFILE among the workers of every loader in the process (data/tokenize.py
 // fd_budget, _share_descriptors), so 10,000 shards with `ulimit -n 1024` still read,
-// reopening what was closed. At most
-// `max_readers` readers are kept (~0.4 KiB each), least recently used dropped first.
+// reopening what was closed. At most `max_readers` readers are kept (~0.4 KiB each), least
+// recently used dropped first.
 // One per worker thread or process; its mutex lets another thread lower the budget
 // (set_max_open: every loader in the process shares one descriptor budget) between calls.
 class ShardFiles {
