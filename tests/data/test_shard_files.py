@@ -75,17 +75,23 @@ def test_a_worker_keeps_at_most_max_open_shard_files_and_reads_every_text(many_s
     assert _shard_fds(paths) == []
 
 
-def test_a_kept_descriptor_is_reused_by_the_next_task(many_shards, sp_model, tmp_path):
-    # A shard replaced (renamed over) after a task read it: the worker still holds the first file
-    # (its link reads "(deleted)"), so the next task did not open the shard again; the old file is
-    # the one the index describes, and its texts come back unchanged.
+def _first_shard_reader(many_shards, sp_model, tmp_path):
+    """A copy of the set (the test may damage it), its index and texts, a worker keeping every
+    file open, and the ids of the first shard's documents."""
     shards = tmp_path / "set"
     shutil.copytree(many_shards, shards)
     paths = list_shards(shards)
     index = build_corpus_index([(p, None) for p in paths], set())
-    want = _texts(paths)
     enc = Encoder(index.shards, str(sp_model), max_open=1000)
     ids = (np.int64(0) << 32) | np.arange(index.indexes[0].docs, dtype=np.int64)
+    return paths, index, _texts(paths), enc, ids
+
+
+def test_a_kept_descriptor_is_reused_by_the_next_task(many_shards, sp_model, tmp_path):
+    # A shard replaced (renamed over) after a task read it: the worker still holds the first file
+    # (its link reads "(deleted)"), so the next task did not open the shard again; the old file is
+    # the one the index describes, and its texts come back unchanged.
+    paths, index, want, enc, ids = _first_shard_reader(many_shards, sp_model, tmp_path)
     first, _ = enc._read(index.fetch(ids))
     shutil.copy(paths[0], tmp_path / "copy.tar")
     os.replace(tmp_path / "copy.tar", paths[0])
@@ -98,15 +104,10 @@ def test_a_kept_descriptor_is_reused_by_the_next_task(many_shards, sp_model, tmp
 
 def test_a_kept_file_cut_in_place_is_an_error_naming_it_when_a_read_passes_the_cut(many_shards, sp_model, tmp_path):
     # A kept descriptor is not stat-ed again at the next task: the shard, cut in place between two
-    # tasks, still gives the documents before the cut unchanged (those whose reads end before it), and the first read past it is a
-    # DataError naming the shard (a short pread), never a shorter text or a crash.
-    shards = tmp_path / "set"
-    shutil.copytree(many_shards, shards)
-    paths = list_shards(shards)
-    index = build_corpus_index([(p, None) for p in paths], set())
-    want = _texts(paths)
-    enc = Encoder(index.shards, str(sp_model), max_open=1000)
-    ids = (np.int64(0) << 32) | np.arange(index.indexes[0].docs, dtype=np.int64)
+    # tasks, still gives the documents before the cut unchanged (those whose reads end before
+    # it), and the first read past it is a DataError naming the shard (a short pread), never a
+    # shorter text or a crash.
+    paths, index, want, enc, ids = _first_shard_reader(many_shards, sp_model, tmp_path)
     enc._read(index.fetch(ids))
     assert len(_shard_fds(paths)) == 1
     offsets = index.fetch(ids).offsets  # fetch groups by shard, task order inside: entry i is document i
