@@ -218,6 +218,7 @@ class TokenLoader:
         total = -(-sum(self._caps) // self.global_batch) if self.finite else None
         self._layout = JobLayout(max(1, round(cfg.docs_per_task / len(self.lane_ids))), total)
         self._pool: Executor | None = None
+        self._thread_encoders: list[Encoder] = []  # the thread workers' (worker_init), closed by close()
         self._encoder: Encoder | None = None
         self._fingerprint = {
             "seq_len": cfg.seq_len,
@@ -355,7 +356,9 @@ class TokenLoader:
             return
         init = (self.index.shards, self.cfg.tokenizer, self.cfg.strict)
         if self.cfg.worker_type == "thread":
-            self._pool = ThreadPoolExecutor(self.cfg.num_workers, thread_name_prefix="glotta-tok", initializer=worker_init, initargs=init)
+            self._pool = ThreadPoolExecutor(
+                self.cfg.num_workers, thread_name_prefix="glotta-tok", initializer=worker_init, initargs=init + (self._thread_encoders,)
+            )
         else:
             self._pool = ProcessPoolExecutor(
                 self.cfg.num_workers, mp_context=get_context(self.cfg.start_method), initializer=worker_init, initargs=init
@@ -512,6 +515,9 @@ class TokenLoader:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        for enc in self._thread_encoders:  # their files close now, not when the last reference goes
+            enc.close()
+        self._thread_encoders.clear()
         if self._encoder is not None:
             self._encoder.close()
             self._encoder = None

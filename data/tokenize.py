@@ -242,14 +242,19 @@ _WORKER: Encoder | None = None
 _THREAD = threading.local()
 
 
-def worker_init(shards: list[str], tokenizer: str, strict: bool) -> None:
-    """Pool initializer: one Encoder per process (process pool) or per thread (thread pool)."""
+def worker_init(shards: list[str], tokenizer: str, strict: bool, registry: list["Encoder"] | None = None) -> None:
+    """Pool initializer: one Encoder per process (process pool) or per thread (thread pool).
+    `registry` (thread pools): the loader's list of its workers' Encoders, which it closes itself
+    (a thread's Encoder outlives the thread while an exception's traceback still holds it, and
+    with it the shard files it keeps open)."""
     global _WORKER
     enc = Encoder(shards, tokenizer, strict)
     if threading.current_thread() is threading.main_thread():
         _WORKER = enc
     else:
         _THREAD.encoder = enc
+    if registry is not None:
+        registry.append(enc)
 
 
 def worker_encode(task: ReadTask):

@@ -2,6 +2,7 @@
 tasks, never more than their budget, and read exactly what a fresh reader reads."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import shutil
@@ -28,15 +29,16 @@ def many_shards(tmp_path_factory):
 
 
 def _shard_fds(shards) -> list[str]:
-    """Targets of this process's descriptors that are one of `shards` (or such a file, replaced)."""
-    names = {os.path.basename(str(s)) for s in shards}
+    """Targets of this process's descriptors that are one of `shards` (or such a file, replaced),
+    by full path: other tests' shard sets use the same file names."""
+    want = {os.path.realpath(s) for s in shards}
     out = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if os.path.basename(target.removesuffix(" (deleted)")) in names:
+        if target.removesuffix(" (deleted)") in want:
             out.append(target)
     return out
 
@@ -148,6 +150,35 @@ def test_fd_budget_shares_half_the_soft_limit_among_the_workers(monkeypatch):
     assert fd_budget(64) == 1  # never zero
     monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     assert fd_budget(2) == 4096
+
+
+def test_a_loader_whose_worker_failed_closes_its_files_at_close(many_shards, sp_model, tmp_path):
+    # The worker's DataError travels to the caller with its traceback, and that traceback holds
+    # the worker's frames and so its Encoder (a cycle, freed only by the garbage collector). The
+    # loader closes its thread workers' Encoders itself: their files close at close(), not at the
+    # next full collection (with the collector off here, as it may well be for a while in a trainer).
+    from glotta.data.loader import TokenLoader
+    from glotta.errors import DataError
+
+    shards = tmp_path / "set"
+    shutil.copytree(many_shards, shards)
+    paths = list_shards(shards)
+    gc.collect()
+    gc.disable()
+    try:
+        ld = TokenLoader(str(shards), str(sp_model), 64, 2, mix={"method": "natural", "exhausted": "drop"}, num_workers=2, docs_per_task=4)
+        first = next(iter(ld))  # the workers hold files now
+        assert first["tokens"].shape == (2, 64) and _shard_fds(paths)
+        for p in paths:
+            os.truncate(p, 1024)  # every shard cut: the next task's read fails
+        with pytest.raises(DataError, match="changed after indexing") as caught:
+            for _ in ld:
+                pass
+        ld.close()
+        assert caught.value.__traceback__ is not None  # still holding the frames
+        assert _shard_fds(paths) == []
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("worker_type", ["thread", "process"])
