@@ -108,7 +108,7 @@ class Encoder:
         # 938 shards no change (16). A sentencepiece without ThreadPool (older releases): a
         # thread per call, as before.
         pool = getattr(spm, "ThreadPool", None)
-        self._pool = {"thread_pool": pool(1)} if pool is not None else {}
+        self._sp_pool = {"thread_pool": pool(1)} if pool is not None else {}
         self._join = join_documents_u16 if self.dtype == np.uint16 else join_documents_i32
 
     def _read(self, task: ReadTask) -> tuple[list[bytes], np.ndarray]:
@@ -163,14 +163,14 @@ class Encoder:
         """Ids per text as numpy arrays (sentencepiece >= 0.2.1 returns them without Python ints)."""
         if self._numpy:
             try:
-                return self.sp.encode(texts, return_type="numpy", num_threads=1, **self._pool)
+                return self.sp.encode(texts, return_type="numpy", num_threads=1, **self._sp_pool)
             except (TypeError, ValueError):
                 self._numpy = False
-        return [np.asarray(x, np.int32) for x in self.sp.encode(texts, out_type=int, num_threads=1, **self._pool)]
+        return [np.asarray(x, np.int32) for x in self.sp.encode(texts, out_type=int, num_threads=1, **self._sp_pool)]
 
     def close(self) -> None:
         self.files.close()
-        self._pool = {}  # its thread ends with the pool
+        self._sp_pool = {}  # its thread ends with the pool
         with _ENCODERS_LOCK:
             _ENCODERS.discard(self)
 
