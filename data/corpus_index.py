@@ -16,7 +16,6 @@ document of such shards), because counting them needs the keys anyway.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
 from collections import Counter
@@ -29,7 +28,9 @@ import numpy as np
 from glotta.data.manifest import ShardInfo
 from glotta.data.native import lookup_index
 from glotta._native import stat_sizes
+from glotta.data.set_heads import SetHeads, load_current, manifest_stat
 from glotta.data.shard_index import ShardIndex, load_indexes
+from glotta.data.shards import shard_entries
 from glotta.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class CorpusIndex:
     kept: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # shards with excluded documents
     counters: Counter = field(default_factory=Counter)
     names: list[str] = field(default_factory=list)  # each shard's file name (computed when not given)
+    read_from: list[str] = field(default_factory=list)  # per source: "heads.idx" or "headers" (data/set_heads.py)
     # A task's documents in one shard from which read_task reads its index through a mapping
     # rather than by pread (~0.7 µs per read, four per document, against ~10 µs to map an index
     # and the RSS its pages then hold; a mapping makes a lookup a memory read).
@@ -82,10 +84,8 @@ class CorpusIndex:
 
     def shard_list_hash(self) -> str:
         """The resume fingerprint's view of the shard set: 16 hex digits, whatever its size."""
-        h = hashlib.sha256()
-        for name, idx in zip(self.names, self.indexes):
-            h.update(f"{name}\0{idx.docs if idx else -1}\n".encode())
-        return h.hexdigest()[:16]
+        text = "".join([f"{name}\0{idx.docs if idx else -1}\n" for name, idx in zip(self.names, self.indexes)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]  # one update: the same digest as one per shard
 
     def locate(self, lang: str, k: np.ndarray) -> np.ndarray:
         """Document ids (shard << 32 | local) of the k-th documents of `lang` (k < docs).
@@ -236,90 +236,121 @@ def build_corpus_index(
 ) -> CorpusIndex:
     """Headers of every shard's index (built where missing), exclusions applied. `sizes`: each
     shard's size if the caller stat-ed it already (None: stat here)."""
+    return from_heads([read_heads(shards, exclude, strict, sizes)], exclude)
+
+
+def read_heads(
+    shards: list[tuple[Path, ShardInfo | None]], exclude: set[str], strict: bool = False, sizes: list[int | None] | None = None,
+    shard_stat: np.ndarray | None = None, directory: str = "",
+) -> SetHeads:
+    """Every shard's index header, read one by one (built where missing; checked against its
+    manifest entry), as a SetHeads. A shard excluded whole is not read; an unreadable one is a
+    DataError when strict, else a warning (and a row that is not present). `directory`: the
+    shards' folder when they all come from one set (heads.idx is then written for it)."""
+    paths = [os.fspath(p) for p, _ in shards]  # strings once: a Path's str() or name costs microseconds
+    names = [os.path.basename(p) for p in paths]
+    wanted = [si for si, name in enumerate(names) if name not in exclude]
+    if sizes is None:
+        sizes = [None] * len(shards)
+    # Headers in one call (csrc/index_heads.cpp), then checked or built shard by shard (with a
+    # bar: a shard without an index is scanned).
+    loaded = dict(zip(wanted, load_indexes([(paths[si], shards[si][1]) for si in wanted], [sizes[si] for si in wanted], strict, [names[si] for si in wanted])))
+    indexes: list[ShardIndex | None] = []
+    for si, path in enumerate(paths):
+        idx = loaded.get(si)
+        if isinstance(idx, OSError):
+            if strict:
+                raise DataError(f"{path}: {idx}") from None
+            log.warning("%s: %s", path, idx)
+            idx = None
+        if idx is not None:
+            idx.header.pop("warnings", None)  # reported when read; not kept for 10,000 shards
+        indexes.append(idx)
+    heads = SetHeads.from_indexes(names, indexes, shard_stat)
+    if directory:
+        heads.directory = directory
+    else:
+        heads.full_paths = paths
+    return heads
+
+
+def from_heads(parts: list[SetHeads], exclude: set[str]) -> CorpusIndex:
+    """The corpus index of one or more shard sets' headers, in order, exclusions applied: a few
+    numpy calls per set, whatever its number of shards (plus the keys of shards that have
+    excluded documents)."""
     counters: Counter = Counter()
     by_shard: dict[str, set[str]] = {}
     for e in exclude:
         name, sep, key = e.partition("/")
         if sep:
             by_shard.setdefault(name, set()).add(key)
+    all_langs = sorted(set().union(*(p.langs for p in parts)))
+    code = {lang: i for i, lang in enumerate(all_langs)}
+    paths: list[str] = []
+    names: list[str] = []
     indexes: list[ShardIndex | None] = []
     kept: dict[int, dict[int, np.ndarray]] = {}
-    # One entry per (shard, language) pair, in flat lists grouped into tables at the end: a list
-    # of tuples per language cost ~3 us a pair (10 pairs a shard on 938 shards of 10 documents).
-    p_shard: list[int] = []
-    p_local: list[int] = []
-    p_docs: list[int] = []
-    p_bytes: list[int] = []
-    p_lang: list[str] = []
-    p_start: list[int] = []  # where the pair's documents begin in the shard's by_lang (0 for kept lists)
-    # Strings once: a Path's str() or name costs microseconds, and start-up used each ~5 times a shard.
-    paths = [os.fspath(p) for p, _ in shards]
-    shard_names = [os.path.basename(p) for p in paths]
-    wanted = [si for si, name in enumerate(shard_names) if name not in exclude]
-    counters["excluded_shards"] += len(shards) - len(wanted)
-    if sizes is None:
-        sizes = [None] * len(shards)
-    # Headers in one call (csrc/index_heads.cpp), then checked or built shard by shard (with a
-    # bar: a shard without an index is scanned).
-    loaded = dict(zip(wanted, load_indexes([(paths[si], shards[si][1]) for si in wanted], [sizes[si] for si in wanted], strict, [shard_names[si] for si in wanted])))
-    for si, (path, expected) in enumerate(shards):
-        name = shard_names[si]
-        idx = loaded.get(si)
-        if idx is None:  # excluded
-            indexes.append(None)
-            continue
-        if isinstance(idx, OSError):
-            if strict:
-                raise DataError(f"{path}: {idx}") from None
-            counters["unreadable_shard"] += 1
-            log.warning("%s: %s", path, idx)
-            indexes.append(None)
-            continue
-        indexes.append(idx)
-        head = idx.header
-        if head["counters"]:
-            counters.update(head["counters"])
-        head.pop("warnings", None)  # reported when read; not kept for 10,000 shards
-        docs, nbytes, langs = head["lang_docs"], head["lang_bytes"], head["langs"]
-        drop = by_shard.get(name)
-        k = len(langs)
-        if k:
-            p_start += [0] * k if drop else itertools.accumulate(docs[:-1], initial=0)
-        if drop:
-            docs, nbytes = list(docs), list(nbytes)
-            c = idx.cols()
-            keys = idx.keys()
-            gone = np.fromiter((k in drop for k in keys), bool, len(keys))
-            counters["excluded"] += int(gone.sum())
-            kept[si] = {}
-            for ll in range(len(langs)):
-                start = idx.lang_start(ll)
-                ids = np.asarray(c["by_lang"][start : start + docs[ll]], np.int64)
-                keep = ids[~gone[ids]]
-                kept[si][ll] = keep.astype(np.uint32)
-                docs[ll], nbytes[ll] = len(keep), int(c["nbytes"][keep].sum())
-        p_shard += [si] * k
-        p_local += range(k)
-        p_docs += docs
-        p_bytes += nbytes
-        p_lang += langs
+    cols: list[np.ndarray] = []  # per set: [6, pairs] shard, local language, docs, bytes, start in by_lang, language
+    base = 0
+    for part in parts:
+        n = part.n
+        present = part.present if part.present is not None else np.ones(n, bool)
+        gone = np.fromiter((nm in exclude for nm in part.names), bool, n) if exclude else np.zeros(n, bool)
+        counters["excluded_shards"] += int(gone.sum())
+        if (bad := int((~present & ~gone).sum())):
+            counters["unreadable_shard"] += bad
+        use = present & ~gone
+        ix = part.shard_indexes()
+        if not use.all():
+            ix = [x if u else None for x, u in zip(ix, use.tolist())]
+        for i, c in part.counters.items():
+            if use[i]:
+                counters.update(c)
+        count = np.diff(part.pair_end, prepend=0)
+        has = count > 0
+        first = (part.pair_end - count)[has]  # each shard's first pair
+        p_shard = np.repeat(np.arange(n, dtype=np.int64), count)
+        p_local = np.arange(len(p_shard), dtype=np.int64) - np.repeat(first, count[has])
+        p_docs = part.pair_docs.astype(np.int64)  # copies: exclusions change them
+        p_bytes = part.pair_bytes.astype(np.int64)
+        before = np.cumsum(p_docs) - p_docs  # where each pair's documents begin in its shard's by_lang
+        p_start = before - np.repeat(before[first], count[has])
+        if by_shard:
+            for i in (i for i, nm in enumerate(part.names) if nm in by_shard and use[i]):
+                idx = ix[i]
+                drop = by_shard[part.names[i]]
+                a, b = int(part.pair_end[i] - count[i]), int(part.pair_end[i])
+                c = idx.cols()
+                keys = idx.keys()
+                out = np.fromiter((k in drop for k in keys), bool, len(keys))
+                counters["excluded"] += int(out.sum())
+                kept[base + i] = {}
+                for ll in range(b - a):
+                    start = idx.lang_start(ll)
+                    ids = np.asarray(c["by_lang"][start : start + int(p_docs[a + ll])], np.int64)
+                    keep = ids[~out[ids]]
+                    kept[base + i][ll] = keep.astype(np.uint32)
+                    p_docs[a + ll], p_bytes[a + ll] = len(keep), int(c["nbytes"][keep].sum())
+                p_start[a:b] = 0  # the kept lists hold the local ids
+        lut = np.array([code[lang] for lang in part.langs] or [0], np.int64)
+        sel = use[p_shard] & (p_docs > 0)  # and a language whose documents were all excluded
+        cols.append(np.array([p_shard + base, p_local, p_docs, p_bytes, p_start, lut[part.pair_lang]], np.int64)[:, sel])
+        paths += part.paths()
+        names += part.names
+        indexes += ix
+        base += n
     tables = {}
-    if p_lang:
-        names = sorted(set(p_lang))
-        code = {lang: i for i, lang in enumerate(names)}
-        lang = np.fromiter(map(code.__getitem__, p_lang), np.int64, len(p_lang))
-        pairs = np.array([p_shard, p_local, p_docs, p_bytes, p_start], np.int64)
-        keep = pairs[2] > 0  # a language whose documents were all excluded
-        lang, pairs = lang[keep], pairs[:, keep]
-        order = np.argsort(lang, kind="stable")  # by language, shard order inside each
-        lang, pairs = lang[order], pairs[:, order]
-        bounds = np.searchsorted(lang, np.arange(len(names) + 1))
-        for i, name in enumerate(names):
+    pairs = np.concatenate(cols, axis=1) if cols else np.zeros((6, 0), np.int64)
+    if pairs.shape[1]:
+        order = np.argsort(pairs[5], kind="stable")  # by language, shard order inside each
+        pairs = pairs[:, order]
+        bounds = np.searchsorted(pairs[5], np.arange(len(all_langs) + 1))
+        for i, name in enumerate(all_langs):
             r = pairs[:, bounds[i] : bounds[i + 1]]
             if r.shape[1]:
                 tables[name] = LangTable(r[0].astype(np.int32), np.cumsum(r[2]), r[1].astype(np.int32), int(r[3].sum()), r[4].copy())
     counters["indexed"] = sum(t.docs for t in tables.values())
-    return CorpusIndex(paths, indexes, tables, kept, counters, shard_names)
+    return CorpusIndex(paths, indexes, tables, kept, counters, names, [p.source for p in parts])
 
 
 def _distinct(a: np.ndarray) -> list[int]:
@@ -334,15 +365,85 @@ def _distinct(a: np.ndarray) -> list[int]:
 _CACHE: dict[tuple, CorpusIndex] = {}
 
 
-def cached_corpus_index(shards: list[tuple[Path, ShardInfo | None]], exclude: set[str], strict: bool = False) -> CorpusIndex:
-    """build_corpus_index, remembered per process while the shard files are unchanged (size,
-    mtime): a trainer that builds a fresh validation loader for every evaluation reads the
-    headers once."""
-    paths = [os.fspath(p) for p, _ in shards]
-    stats = stat_sizes(paths)  # [n, 2] size and mtime_ns, -1 where stat failed; one C++ call
-    key = (tuple(paths), stats.tobytes(), hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest(), strict)
-    if key not in _CACHE:
-        if len(_CACHE) >= 8:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = build_corpus_index(shards, exclude, strict, stats[:, 0].tolist())
-    return _CACHE[key]
+def open_corpus_index(sources: list[str], exclude: set[str], strict: bool = False) -> CorpusIndex:
+    """The loader's start-up: each source (a shard set's folder or one shard file) in order.
+
+    A folder whose heads.idx is current costs one read and one stat per shard and index file
+    (data/set_heads.py); any other is read header by header (load_indexes), and a set with a
+    manifest.json whose every header was read gets a heads.idx for the next start. Remembered
+    per process while the files are unchanged (size, mtime): a trainer that builds a fresh
+    validation loader for every evaluation reads the headers once."""
+    sets: list[SetHeads | tuple[str, tuple[int, int] | None, list[tuple[Path, ShardInfo | None]]]] = []
+    for s in sources:
+        if os.path.isdir(s):
+            heads = load_current(s)
+            if heads is not None and strict and heads.counters:
+                heads = None  # strict: the header scan names each problem and fails on it
+            if heads is None:
+                ms = manifest_stat(s)  # before the manifest is read: a later change makes the heads stale
+                sets.append((s, ms, shard_entries(s)))
+            else:
+                sets.append(heads)
+        elif os.path.isfile(s):
+            sets.append(("", None, [(Path(s), None)]))
+        else:
+            raise DataError(f"loader source not found: {s}")
+    all_names = [n for x in sets for n in (x.names if isinstance(x, SetHeads) else (os.path.basename(os.fspath(p)) for p, _ in x[2]))]
+    # Counted, not names.count(n) per name: that was O(shards^2), 0.9 s of start-up at 10,000 shards.
+    dup = sorted(n for n, c in Counter(all_names).items() if c > 1)
+    if dup:
+        raise DataError(f"shard names must be unique across sources (exclude lists use them): {dup[:5]}")
+    key: list = []
+    stats: list[np.ndarray | None] = []
+    for x in sets:
+        if isinstance(x, SetHeads):
+            key.append((x.directory, x.stat.tobytes(), x.manifest_stat))
+            stats.append(None)
+        else:
+            paths = [os.fspath(p) for p, _ in x[2]]
+            st = stat_sizes(paths)  # [n, 2] size and mtime_ns, -1 where stat failed; one C++ call
+            key.append((tuple(paths), st.tobytes()))
+            stats.append(st)
+    full = (tuple(key), hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest(), strict)
+    if full in _CACHE:
+        return _CACHE[full]
+    parts: list[SetHeads] = []
+    for x, st in zip(sets, stats):
+        if isinstance(x, SetHeads):
+            if x.counters:
+                log.warning("%s: %d shard(s) with problems recorded when indexed: %s", x.directory, len(x.counters),
+                            dict(sum((Counter(c) for c in x.counters.values()), Counter())))  # fmt: skip
+            parts.append(x)
+            continue
+        directory, ms, entries = x
+        parts.append(_read_set(entries, exclude, strict, st, directory, ms))
+    if len(_CACHE) >= 8:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[full] = index = from_heads(parts, exclude)
+    return index
+
+
+def _read_set(
+    entries: list[tuple[Path, ShardInfo | None]], exclude: set[str], strict: bool, st: np.ndarray, directory: str, ms: tuple[int, int] | None
+) -> SetHeads:
+    """read_heads for a source of open_corpus_index, saving heads.idx for a set with a manifest
+    (`ms`: its size and mtime before it was read) whose every header was read."""
+    heads = read_heads(entries, exclude, strict, st[:, 0].tolist(), st, directory if ms is not None else "")
+    if ms is not None:
+        heads.manifest_stat = ms
+        heads.write()
+    return heads
+
+
+def write_heads(directory: str | Path, strict: bool = False) -> bool:
+    """Write DIRECTORY/heads.idx from its shards' index headers (`glotta data index` does at
+    its end); False when the set has no manifest.json or the folder is not writable."""
+    d = os.fspath(directory)
+    ms = manifest_stat(d)
+    if ms is None:
+        return False
+    entries = shard_entries(d)
+    st = stat_sizes([os.fspath(p) for p, _ in entries])
+    heads = read_heads(entries, set(), strict, st[:, 0].tolist(), st, d)
+    heads.manifest_stat = ms
+    return heads.write()

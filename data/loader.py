@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -41,9 +40,7 @@ from glotta.data.loader_state import STATE_VERSION, check_fingerprint, merge_sta
 from glotta.data.mixing import MixConfig, Schedule, doc_caps, mix_weights
 from glotta.data.native import deal, token_dtype
 from glotta.data.packing import batch_totals, new_lanes, row_stats
-from glotta.data.corpus_index import CorpusIndex, ReadTask, cached_corpus_index
-from glotta.data.manifest import ShardInfo
-from glotta.data.shards import shard_entries
+from glotta.data.corpus_index import CorpusIndex, ReadTask, open_corpus_index
 from glotta.data.tokenize import Encoder, open_tokenizer, thread_encode, worker_encode, worker_init
 from glotta.errors import ConfigError, DataError
 from glotta.seeding import stable_seed, stable_seeds
@@ -81,24 +78,6 @@ class LoaderConfig(StrictModel):
                 f"global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
             )
         return self
-
-
-def _shards(sources: list[str]) -> list[tuple[Path, ShardInfo | None]]:
-    """(shard, its manifest entry or None) for every source, in order."""
-    out: list[tuple[Path, ShardInfo | None]] = []
-    for s in sources:
-        p = Path(s)
-        if p.is_dir():
-            out.extend(shard_entries(p))
-        elif p.is_file():
-            out.append((p, None))
-        else:
-            raise DataError(f"loader source not found: {p}")
-    # Counted, not names.count(n) per name: that was O(shards^2), 0.9 s of start-up at 10,000 shards.
-    dup = sorted(n for n, c in Counter(p.name for p, _ in out).items() if c > 1)
-    if dup:
-        raise DataError(f"shard names must be unique across sources (exclude lists use them): {dup[:5]}")
-    return out
 
 
 class DocIds(Sequence):
@@ -196,9 +175,8 @@ class TokenLoader:
         _, tok = open_tokenizer(cfg.tokenizer)
         self.vocab_size, self.eod_id, self.pad_id = tok.vocab_size, tok.eod_id, tok.pad_id
         self._dtype = token_dtype(tok.vocab_size)
-        shards = _shards(cfg.sources)
         exclude = read_exclude(cfg.exclude)
-        self.index: CorpusIndex = cached_corpus_index(shards, exclude, cfg.strict)
+        self.index: CorpusIndex = open_corpus_index(cfg.sources, exclude, cfg.strict)
         self._setup_mix(exclude)
 
         L, D = self.global_batch, dp_size

@@ -121,17 +121,40 @@ def _align(n: int) -> int:
 class ShardIndex:
     """One shard's index: the header at once, the arrays memory-mapped on first use."""
 
-    def __init__(self, path: str | Path | None, header: dict[str, Any], blob: bytes | None = None):
-        self.path, self.header = path, header  # a str from load_index (no Path per shard at start-up)
+    def __init__(self, path: str | Path | None, header: dict[str, Any] | None, blob: bytes | None = None):
+        self.path, self._header = path, header  # a str from load_index (no Path per shard at start-up)
         self._blob = blob  # an index built in memory (shard folder not writable)
         self._cols: dict[str, np.ndarray] | None = None
         self._raw: Any = None  # the file's bytes: its mapping (MappedFile) or the blob
         self._starts: np.ndarray | None = None
-        self._layout: tuple[int, int, int, int, int] | None = None
+        self._layout: tuple[int, int, int, int, int, int] | None = None
+        self._set: Any = None  # (SetHeads, row) when made from heads.idx: the header is built on first use
+
+    @classmethod
+    def from_set(cls, path: str, heads: Any, row: int, layout: tuple[int, int, int, int, int, int]) -> "ShardIndex":
+        """Row `row` of a shard set's heads.idx (data/set_heads.py), whose `layout` its caller
+        gathered for all rows at once: no dict until one is asked for."""
+        idx = cls(path, None)
+        idx._set = (heads, row)
+        idx._layout = layout
+        return idx
 
     # ---- header -------------------------------------------------------------------------
     @property
+    def header(self) -> dict[str, Any]:
+        if self._header is None:
+            heads, row = self._set
+            self._header = heads.header_of(row)
+        return self._header
+
+    @header.setter
+    def header(self, value: dict[str, Any]) -> None:
+        self._header = value
+
+    @property
     def docs(self) -> int:
+        if self._header is None and self._set is not None:
+            return self._layout[4]
         return int(self.header["docs"])
 
     @property
@@ -451,6 +474,7 @@ class IndexReport:
     reused: int = 0  # indexes that already matched their shard
     docs: int = 0
     manifest: str = ""  # "updated" (index hashes added), "written" (none existed), "unchanged", or "left to the last rank"
+    heads: str = ""  # heads.idx (every header in one file, data/set_heads.py): "written", "not written" or "left to the last rank"
     counters: dict[str, int] = field(default_factory=dict)
     rank: int = 0
     world_size: int = 1
@@ -517,7 +541,7 @@ def index_shard_set(
     if world > 1:
         merged = _merge_index_parts(d, rank, world, entries, infos, counters)
         if merged is None:
-            rep.manifest = "left to the last rank"
+            rep.manifest = rep.heads = "left to the last rank"
             return rep
         infos, counters = merged
     if had_manifest:
@@ -532,6 +556,9 @@ def index_shard_set(
         manifest.save(d)
     if world > 1:
         shutil.rmtree(d / INDEX_PARTS_DIR, ignore_errors=True)  # merged: a later run starts clean
+    from glotta.data.corpus_index import write_heads  # (corpus_index imports this module)
+
+    rep.heads = "written" if write_heads(d, strict) else "not written (folder not writable, or a shard unreadable)"
     return rep
 
 

@@ -144,7 +144,7 @@ def index(
         return
     who = f" (rank {rep.rank} of {rep.world_size})" if rep.world_size > 1 else ""
     stdout.print(f"{rep.path}{who}: {rep.shards} shard(s), {rep.docs:,} docs; indexes built {rep.built}, "
-                 f"reused {rep.reused}; manifest.json {rep.manifest}", highlight=False)
+                 f"reused {rep.reused}; manifest.json {rep.manifest}; heads.idx {rep.heads}", highlight=False)
     if rep.counters:
         print_counters("read problems (counted)", rep.counters)
 
