@@ -34,6 +34,7 @@ from pydantic import Field
 from glotta.config import StrictModel
 from glotta.data import dedup
 from glotta.data.langid import DEFAULT_BACKEND, UND, Backend, identify, make_langid, normalize_lang
+from glotta.data.corpus_index import write_heads
 from glotta.data.manifest import MANIFEST, PARTS_DIR, Manifest, ShardInfo, load_part, merge_parts, save_part, sha256_file
 from glotta.data.readers import Format, TextSplit, expand_inputs, iter_records
 from glotta.data.html_meta import doc_signals
@@ -532,6 +533,7 @@ class Importer:
             before = manifest_path.read_bytes() if manifest_path.is_file() else None
             merge_parts(self.out, self.world, meta)
             written = manifest_path.read_bytes() != before
+            write_heads(self.out)  # every index header in one file: a loader's start-up reads only it
         return ImportResult(
             rank=self.rank, world_size=self.world, out=str(self.out), status=status,
             counters=dict(self.counters), examples=self.examples,

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from glotta.data.manifest import ShardInfo, atomic_write_bytes, load_part, save_part
-from glotta._native import MappedFile, index_heads
+from glotta._native import MappedFile, index_heads, stat_sizes
 from glotta.data.shards import PROBLEMS, add_reader_counters, check_expected, open_reader
 from glotta.errors import DataError
 from glotta.progress import track
@@ -510,6 +510,8 @@ def index_shard_set(
     rep = IndexReport(str(d), shards=len(mine), rank=rank, world_size=world)
     counters: Counter = Counter()
     infos: list[ShardInfo] = []
+    checked: list[ShardIndex] = []  # this rank's headers, for heads.idx
+    shard_stat = stat_sizes([os.fspath(p) for p, _ in mine])  # before the headers: a later change makes heads.idx stale
     for shard, expected in track(mine, f"index {d.name}" + (f" (rank {rank}/{world})" if world > 1 else "")):
         path = index_path(shard)
         fresh = False
@@ -525,6 +527,7 @@ def index_shard_set(
             write_index(shard, scan_shard(shard, strict))
             rep.built += 1
         idx = _checked(ShardIndex.read_header(path), shard, expected, strict)
+        checked.append(idx)
         counters.update(idx.counters)
         rep.docs += idx.docs
         info = expected or ShardInfo(name=shard.name)
@@ -556,9 +559,18 @@ def index_shard_set(
         manifest.save(d)
     if world > 1:
         shutil.rmtree(d / INDEX_PARTS_DIR, ignore_errors=True)  # merged: a later run starts clean
+    # Every header in one file for the loader's start-up: from the headers just read on one
+    # rank; the last of several reads them all again (the others' were read elsewhere).
     from glotta.data.corpus_index import write_heads  # (corpus_index imports this module)
+    from glotta.data.set_heads import SetHeads, manifest_stat
 
-    rep.heads = "written" if write_heads(d, strict) else "not written (folder not writable, or a shard unreadable)"
+    if world == 1:
+        heads = SetHeads.from_indexes([p.name for p, _ in mine], checked, shard_stat)
+        heads.directory, heads.manifest_stat = str(d), manifest_stat(str(d))
+        done = heads.write()
+    else:
+        done = write_heads(d, strict)
+    rep.heads = "written" if done else "not written (folder not writable)"
     return rep
 
 

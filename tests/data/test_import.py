@@ -18,6 +18,7 @@ import webdataset as wds
 
 from glotta.data import Manifest, iter_samples, list_shards
 from glotta.data.importer import ImportConfig, assign_files, rank_world, run_import, sanitize_key
+from glotta.data.set_heads import load_current
 from glotta.errors import ConfigError, DataError
 
 
@@ -69,6 +70,8 @@ def test_roundtrip_formats_ours_and_webdataset(tmp_path, docs, fmt):
     assert [(x["__key__"], x["txt"], x["json"]) for x in theirs] == [(s.key, s.text, s.meta) for s in ours]
     m = Manifest.load(tmp_path / "out")
     assert m.samples == len(docs) and m.meta["counters"]["written"] == len(docs)
+    heads = load_current(str(tmp_path / "out"))  # every index header in one file, current
+    assert heads is not None and heads.names == [s.name for s in m.shards] and heads.docs.tolist() == [s.samples for s in m.shards]
     assert {lang: e["samples"] for lang, e in m.langs().items()} == {
         lang: sum(d["lang"] == lang for d in docs) for lang in {d["lang"] for d in docs}
     }

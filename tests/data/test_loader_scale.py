@@ -14,7 +14,7 @@ import pytest
 
 from glotta.data import Sample, ShardWriter, iter_samples, list_shards
 from glotta.data import shard_index, shards
-from glotta.data.corpus_index import build_corpus_index
+from glotta.data.corpus_index import _CACHE, build_corpus_index, open_corpus_index
 from glotta.data.loader import TokenLoader
 from glotta.data.manifest import Manifest
 from glotta.data.shards import shard_entries
@@ -56,6 +56,34 @@ def test_startup_reads_headers_only_and_index_memory_is_per_shard_not_per_docume
     # (the old full index kept ~155 B per document, ~238 B at its peak).
     assert kept / N_SHARDS < 8192, f"{kept / N_SHARDS:.0f} B kept per shard"
     assert peak - kept < 64 * 1024  # no transient per-document buffer either
+
+
+def _kept(start) -> tuple[object, int, int]:
+    tracemalloc.start()
+    out = start()
+    kept, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return out, kept, peak
+
+
+def test_start_up_from_heads_idx_keeps_less_than_from_the_headers(big_set, monkeypatch):
+    # The usual start-up (data/set_heads.py): one file for the set, no header dict made per shard.
+    opened = []
+    real = shards.open_reader
+    monkeypatch.setattr(shard_index, "open_reader", lambda *a, **k: opened.append(a) or real(*a, **k))
+    _CACHE.clear()
+    open_corpus_index([str(big_set)], set())  # writes heads.idx if an earlier test did not
+    _CACHE.clear()
+    entries = shard_entries(big_set)
+    headers, kept_headers, _ = _kept(lambda: build_corpus_index(entries, set()))
+    idx, kept, peak = _kept(lambda: open_corpus_index([str(big_set)], set()))
+    _CACHE.clear()
+    assert opened == [] and idx.read_from == ["heads.idx"] and idx.documents == headers.documents == N_DOCS
+    assert all(ix._header is None for ix in idx.indexes)  # built only when asked for
+    # Per shard, the fixed costs of 20 shards included: ~1.9 KiB against ~3.1 KiB from the headers
+    # (938 shards: ~1.3 against ~2.9 KiB, docs/loader.md).
+    assert kept < kept_headers and kept / N_SHARDS < 4096, (kept / N_SHARDS, kept_headers / N_SHARDS)
+    assert peak - kept < 64 * 1024
 
 
 def test_each_of_8_ranks_touches_only_its_own_documents(big_set, sp_model):

@@ -155,6 +155,9 @@ def test_glotta_data_index_writes_heads_idx(shard_set):
     assert "heads.idx written" in res.output
     assert load_current(str(shard_set)) is not None
     assert _view(_open(shard_set)) == _headers_view(shard_set)
+    written = (shard_set / HEADS).read_bytes()
+    (shard_set / HEADS).unlink()
+    assert _open(shard_set).read_from == ["headers"] and (shard_set / HEADS).read_bytes() == written  # what a loader writes
 
 
 def _recrafted(blob: bytes, edit) -> bytes:
