@@ -262,14 +262,12 @@ def load_current(directory: str) -> SetHeads | None:
     except (ValueError, KeyError, TypeError, IndexError, struct.error, UnicodeDecodeError) as e:
         log.warning("%s: unreadable (%s); reading each shard's index instead", path, e)
         return None
-    ms = manifest_stat(directory)
-    if ms is None or heads.manifest_stat != ms:
+    n, paths = heads.n, heads.paths()
+    now = stat_sizes(paths + [f"{p}{SUFFIX}" for p in paths] + [os.path.join(directory, MANIFEST)])  # one C++ call
+    if now[-1, 0] < 0 or heads.manifest_stat != (int(now[-1, 0]), int(now[-1, 1])):
         log.info("%s: %s changed since it was written; reading each shard's index", path, MANIFEST)
         return None
-    paths = heads.paths()
-    now = stat_sizes(paths + [f"{p}{SUFFIX}" for p in paths])
-    n = heads.n
-    if not (np.array_equal(now[:n], heads.stat[:, :2]) and np.array_equal(now[n:], heads.stat[:, 2:])):
+    if not (np.array_equal(now[:n], heads.stat[:, :2]) and np.array_equal(now[n : 2 * n], heads.stat[:, 2:])):
         log.info("%s: a shard or index changed since it was written; reading each shard's index", path)
         return None
     return heads
