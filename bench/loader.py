@@ -4,7 +4,8 @@
              (1 thread, and as many threads as the loader has workers)
   baseline   webdataset (decode) + sp.encode per document + Python concat-and-chunk + torch.tensor
   ours       TokenLoader(num_workers=W, packing=concat, natural mix, one epoch), end to end
-             including start-up (index headers, tokenizer threads, the first tasks)
+             including start-up (the set's heads.idx, written by the first pass; tokenizer threads;
+             the first tasks)
 
 All three count the same tokens (every document's ids plus EOD). Shards default to a demo corpus
 of real gettext text; the SentencePiece model is trained on it (unigram) unless --model is given.
