@@ -210,6 +210,8 @@ class SetHeads:
         if not d or not os.access(d, os.W_OK) or (self.present is not None and not self.present.all()):
             return False
         self.stat[:, 2:] = stat_sizes([f"{p}{SUFFIX}" for p in self.paths()])
+        if (self.stat < 0).any():  # an index kept in memory only, or a file gone meanwhile: nothing to check against
+            return False
         try:
             atomic_write_bytes(os.path.join(d, HEADS), self.to_bytes())
         except OSError as e:  # a cache: the loader works without it
