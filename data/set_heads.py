@@ -46,6 +46,7 @@ import numpy as np
 from glotta._native import stat_sizes
 from glotta.data.manifest import MANIFEST, atomic_write_bytes
 from glotta.data.shard_index import SUFFIX, ShardIndex
+from glotta.data.shard_index import VERSION as INDEX_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class SetHeads:
     its row is zeros and it has no pairs. `indexes` holds the ShardIndex objects a header scan
     made; rows from heads.idx get lazy ones (ShardIndex.from_set) on first use."""
 
-    directory: str  # where the shards are ("" when each name is a full path)
+    directory: str  # the set's folder ("" for shards given one by one: their paths are in full_paths)
     names: list[str]
     stat: np.ndarray  # int64 [N, 4]
     docs: np.ndarray
@@ -107,7 +108,7 @@ class SetHeads:
         """Row i as the per-shard index header it was made from (what ShardIndex.header holds)."""
         a, b = (int(self.pair_end[i - 1]) if i else 0), int(self.pair_end[i])
         return {
-            "version": 1, "shard": self.names[i], "shard_bytes": int(self.stat[i, 0]), "docs": int(self.docs[i]),
+            "version": INDEX_VERSION, "shard": self.names[i], "shard_bytes": int(self.stat[i, 0]), "docs": int(self.docs[i]),
             "samples": int(self.samples[i]), "langs": tuple(self.langs[c] for c in self.pair_lang[a:b].tolist()),
             "lang_docs": tuple(self.pair_docs[a:b].tolist()), "lang_bytes": tuple(self.pair_bytes[a:b].tolist()),
             "counters": dict(self.counters.get(i, {})), "arrays": dict(zip(ARRAY_NAMES, self.arrays[i].tolist())),
