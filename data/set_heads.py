@@ -45,8 +45,7 @@ import numpy as np
 
 from glotta._native import stat_sizes
 from glotta.data.manifest import MANIFEST, atomic_write_bytes
-from glotta.data.shard_index import SUFFIX, ShardIndex
-from glotta.data.shard_index import VERSION as INDEX_VERSION
+from glotta.data.shard_index import SUFFIX, VERSION as INDEX_VERSION, ShardIndex
 
 log = logging.getLogger(__name__)
 
